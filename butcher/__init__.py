@@ -1,0 +1,27 @@
+"""``butcher`` — exact Butcher tableaux and everything derived from them.
+
+A Runge–Kutta method is validated data: coefficients ``A``, ``b``, ``c``, ``b_hat`` held as exact
+SymPy numbers. Its order (from the rooted-tree conditions), stage order, stability function and
+stability properties are derived from the coefficients, never typed in.
+
+>>> import butcher
+>>> tab = butcher.get("rk4")
+>>> tab.order(), tab.stages, tab.is_explicit
+(4, 4, True)
+>>> tab.imaginary_stability_interval()
+Interval(-2*sqrt(2), 2*sqrt(2))
+"""
+
+from ._catalogue import Entry, UnknownMethodError, entry, get, names
+from ._families import family, nodes
+from ._io import dumps_toml, load
+from ._parse import TableauError, parse_number
+from ._plot import plot_stability_region
+from ._tableau import ButcherTableau, Coefficients, TableauWarning, z
+from ._trees import as_graph, density, symmetry, tree_order, tree_str, trees
+
+__all__ = [
+    "ButcherTableau", "Coefficients", "Entry", "TableauError", "TableauWarning", "UnknownMethodError",
+    "as_graph", "density", "dumps_toml", "entry", "family", "get", "load", "names", "nodes",
+    "parse_number", "plot_stability_region", "symmetry", "tree_order", "tree_str", "trees", "z",
+]

@@ -1,0 +1,65 @@
+"""Reading tableaux from TOML and JSON files, as data only."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+from ._parse import TableauError
+from ._tableau import ButcherTableau
+
+__all__ = ["load", "dumps_toml"]
+
+_MAX_BYTES = 1 << 20
+
+
+def load(path) -> ButcherTableau:
+    """Read a tableau from a ``.toml`` or ``.json`` file with keys ``A``, ``b`` and optionally
+    ``c``, ``b_hat``, ``name``, ``description``, ``reference``. Entries are numbers or exact
+    strings (``"1/3"``, ``"sqrt(3)/6"``); nothing in the file is ever evaluated as code.
+
+    Every problem raises :class:`TableauError` with the file name and the offending entry.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TableauError(f"{path}: no such file")
+    if path.stat().st_size > _MAX_BYTES:
+        raise TableauError(f"{path}: file larger than {_MAX_BYTES} bytes; not a tableau")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise TableauError(f"{path}: cannot read: {err}") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise TableauError(f"{path}: unknown file type {suffix!r} (use .toml or .json)")
+    except tomllib.TOMLDecodeError as err:
+        raise TableauError(f"{path}: invalid TOML: {err}") from None
+    except json.JSONDecodeError as err:
+        raise TableauError(f"{path}: invalid JSON: {err}") from None
+    if isinstance(data, dict) and "name" not in data:
+        data = {**data, "name": path.stem}
+    return ButcherTableau.from_dict(data, source=str(path))
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+
+
+def dumps_toml(tableau: ButcherTableau) -> str:
+    """The tableau as TOML text that :func:`load` reads back to an equal tableau."""
+    lines = []
+    for key, value in tableau.to_dict().items():
+        if key == "A":
+            rows = ",\n".join("    " + _toml_value(row) for row in value)
+            lines.append(f"A = [\n{rows},\n]")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,92 @@
+"""Pictures of stability regions ``{z : |R(z)| ≤ 1}`` (matplotlib, an optional dependency)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ._tableau import ButcherTableau
+
+__all__ = ["plot_stability_region", "default_window"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - depends on the installation
+        raise ImportError("plotting needs matplotlib: pip install 'odernn[plot]'") from None
+    return plt
+
+
+def default_window(tableaux: Sequence[ButcherTableau], points=None) -> tuple[tuple, tuple]:
+    """A window that shows the bounded parts of the regions and all points."""
+    reach = 3.0
+    for tab in tableaux:
+        real = tab.real_stability_interval().inf
+        imag = tab.imaginary_stability_interval().sup
+        for value in (abs(float(real)), float(imag)):
+            if np.isfinite(value):
+                reach = max(reach, 1.25 * value)
+    if points is not None and len(points):
+        p = np.asarray(points, dtype=complex)
+        reach = max(reach, 1.1 * float(np.max(np.abs(p))))
+    reach = min(reach, 60.0)
+    return (-reach, 0.4 * reach), (-0.7 * reach, 0.7 * reach)
+
+
+def plot_stability_region(tableaux: ButcherTableau | Iterable[ButcherTableau], points=None, *,
+                          xlim=None, ylim=None, resolution: int = 600, ax=None, point_label="points"):
+    """Draw the stability region of one or several tableaux, optionally with points overlaid
+    (e.g. the step-scaled eigenvalues ``Δλ`` of a cell's Jacobian). Returns the figure.
+
+    Regions are filled and outlined by the contour ``|R(z)| = 1``; points inside the regions show
+    as dots, points outside as crosses (outside *every* drawn region).
+    """
+    plt = _pyplot()
+    tableaux = [tableaux] if isinstance(tableaux, ButcherTableau) else list(tableaux)
+    if not tableaux:
+        raise ValueError("nothing to plot: give at least one tableau")
+    if xlim is None or ylim is None:
+        auto_x, auto_y = default_window(tableaux, points)
+        xlim, ylim = xlim or auto_x, ylim or auto_y
+    x = np.linspace(*xlim, resolution)
+    y = np.linspace(*ylim, resolution)
+    Z = x[None, :] + 1j * y[:, None]
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=120)
+    else:
+        fig = ax.figure
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    handles = []
+    inside_any = np.zeros(0, dtype=bool)
+    for k, tab in enumerate(tableaux):
+        color = colors[k % len(colors)]
+        amp = tab.amplification(Z)
+        amp = np.where(np.isfinite(amp), amp, 1e6)
+        ax.contourf(x, y, amp, levels=[0, 1], colors=[color], alpha=0.18)
+        ax.contour(x, y, amp, levels=[1], colors=[color], linewidths=1.4)
+        handles.append(plt.Line2D([], [], color=color, lw=2, label=tab.name or f"tableau {k + 1}"))
+    if points is not None and len(points):
+        p = np.asarray(points, dtype=complex).ravel()
+        inside_any = np.zeros(p.shape, dtype=bool)
+        for tab in tableaux:
+            inside_any |= tab.amplification(p) <= 1 + 1e-12
+        ax.scatter(p[inside_any].real, p[inside_any].imag, s=14, c="k", marker="o", zorder=3)
+        ax.scatter(p[~inside_any].real, p[~inside_any].imag, s=30, c="crimson", marker="x", zorder=3)
+        handles.append(plt.Line2D([], [], color="k", marker="o", ls="", label=f"{point_label} (inside)"))
+        if (~inside_any).any():
+            handles.append(plt.Line2D([], [], color="crimson", marker="x", ls="", label=f"{point_label} (outside)"))
+    ax.axhline(0, color="0.5", lw=0.6)
+    ax.axvline(0, color="0.5", lw=0.6)
+    ax.set_xlim(xlim)
+    ax.set_ylim(ylim)
+    ax.set_aspect("equal")
+    ax.set_xlabel("Re z")
+    ax.set_ylabel("Im z")
+    ax.set_title("Stability region |R(z)| ≤ 1")
+    ax.legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,546 @@
+"""The :class:`ButcherTableau`: exact, immutable, validated coefficients and everything derived
+from them (structure, order, stage order, stability function, error coefficients)."""
+
+from __future__ import annotations
+
+import warnings
+from collections import namedtuple
+from functools import cached_property
+from typing import Iterable, Mapping
+
+import sympy as sp
+
+from ._exact import ExactCoefficients
+from ._parse import TableauError, to_exact
+from ._trees import Tree, density, symmetry, trees
+
+__all__ = ["ButcherTableau", "TableauWarning", "Coefficients", "z"]
+
+z = sp.Symbol("z")
+Coefficients = namedtuple("Coefficients", "A b c b_hat")
+
+_KNOWN_KEYS = ("A", "b", "c", "b_hat", "name", "description", "reference")
+_DEFAULT_MAX_ORDER = 12
+
+
+class TableauWarning(UserWarning):
+    """Something about a tableau is suspicious but not invalid (e.g. a parametric ``b`` whose
+    entries do not sum to 1 for every parameter value)."""
+
+
+def _vector(values, name: str, size: int | None) -> tuple:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TableauError(f"{name} must be a list of numbers, got {values!r}")
+    vec = tuple(to_exact(v, f"{name}[{i}]") for i, v in enumerate(values))
+    if size is not None and len(vec) != size:
+        raise TableauError(f"{name} has {len(vec)} entries but A has {size} rows")
+    return vec
+
+
+def _matrix(rows) -> tuple[tuple, ...]:
+    if hasattr(rows, "tolist"):  # numpy arrays, sympy matrices
+        rows = rows.tolist()
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Iterable):
+        raise TableauError(f"A must be a list of rows, got {rows!r}")
+    rows = list(rows)
+    if not rows:
+        raise TableauError("A is empty: a tableau needs at least one stage")
+    s = len(rows)
+    out = []
+    for i, row in enumerate(rows):
+        if isinstance(row, (str, bytes)) or not isinstance(row, Iterable):
+            raise TableauError(f"A row {i} must be a list of numbers, got {row!r}")
+        row = list(row)
+        if not row:
+            raise TableauError(f"A row {i} is empty")
+        if len(row) != s:
+            raise TableauError(f"A row {i} has {len(row)} entries, expected {s} (A must be square)")
+        out.append(tuple(to_exact(v, f"A[{i}][{j}]") for j, v in enumerate(row)))
+    return tuple(out)
+
+
+class ButcherTableau:
+    """A Runge–Kutta method ``(A, b, c, b_hat)`` with exact SymPy coefficients.
+
+    Entries may be numbers, exact strings (``"1/3"``, ``"sqrt(3)/6"``, ``"a"`` for a symbol of a
+    parametric family) or SymPy expressions. ``c`` defaults to the row sums of ``A``; a given ``c``
+    that differs is kept and reported in :attr:`notes`. All properties are derived from the
+    coefficients on first use and cached; the tableau itself is immutable and hashable.
+
+    >>> rk4 = ButcherTableau([[0, 0, 0, 0], ["1/2", 0, 0, 0], [0, "1/2", 0, 0], [0, 0, 1, 0]],
+    ...                      ["1/6", "1/3", "1/3", "1/6"], name="rk4")
+    >>> rk4.stages, rk4.is_explicit, rk4.order()
+    (4, True, 4)
+    >>> rk4.stability_function()
+    z**4/24 + z**3/6 + z**2/2 + z + 1
+    """
+
+    def __init__(self, A, b, c=None, b_hat=None, name: str | None = None, *,
+                 description: str | None = None, reference: str | None = None):
+        A = _matrix(A)
+        s = len(A)
+        b = _vector(b, "b", s)
+        row_sums = tuple(sp.Add(*row) for row in A)
+        c = row_sums if c is None else _vector(c, "c", s)
+        b_hat = None if b_hat is None else _vector(b_hat, "b_hat", s)
+        for label, values in (("A", [x for row in A for x in row]), ("b", b), ("c", c), ("b_hat", b_hat or ())):
+            for x in values:
+                if x.is_real is False:
+                    raise TableauError(f"{label}: entry {x} is not real")
+        object.__setattr__(self, "_data", (A, b, c, b_hat))
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "description", description)
+        object.__setattr__(self, "reference", reference)
+        self._check_consistency()
+
+    # --- immutability, equality ------------------------------------------------------------
+    def __setattr__(self, key, value):
+        raise AttributeError(f"ButcherTableau is immutable (cannot set {key!r})")
+
+    def __delattr__(self, key):
+        raise AttributeError(f"ButcherTableau is immutable (cannot delete {key!r})")
+
+    def __eq__(self, other):
+        if not isinstance(other, ButcherTableau):
+            return NotImplemented
+        return self._data == other._data and self.name == other.name
+
+    def __hash__(self):
+        return hash((self._data, self.name))
+
+    def __repr__(self):
+        label = f" {self.name!r}" if self.name else ""
+        return f"<ButcherTableau{label}: {self.stages} stages, {self.structure}>"
+
+    def _check_consistency(self):
+        ex = self._exact
+        if not ex.is_zero(ex.dot(ex.b, [ex.one] * ex.s) - ex.one):
+            if self.is_parametric:
+                warnings.warn(f"{self._label}: b sums to {sp.Add(*self.b)}, which is 1 only for some "
+                              "parameter values", TableauWarning, stacklevel=3)
+            else:
+                raise TableauError(f"{self._label}: b sums to {sp.nsimplify(sp.Add(*self.b))}, not 1 "
+                                   "(the method would not be consistent)")
+        if ex.b_hat is not None and not self.is_parametric:
+            if not ex.is_zero(ex.dot(ex.b_hat, [ex.one] * ex.s) - ex.one):
+                raise TableauError(f"{self._label}: b_hat sums to {sp.Add(*self.b_hat)}, not 1")
+
+    @property
+    def _label(self) -> str:
+        return f"tableau {self.name!r}" if self.name else "tableau"
+
+    # --- coefficients ----------------------------------------------------------------------
+    @property
+    def A(self) -> sp.ImmutableMatrix:
+        return sp.ImmutableMatrix(self._data[0])
+
+    @property
+    def b(self) -> tuple:
+        return self._data[1]
+
+    @property
+    def c(self) -> tuple:
+        return self._data[2]
+
+    @property
+    def b_hat(self) -> tuple | None:
+        return self._data[3]
+
+    @property
+    def stages(self) -> int:
+        return len(self._data[1])
+
+    @cached_property
+    def symbols(self) -> frozenset:
+        """The free symbols of a parametric tableau (empty for a concrete method)."""
+        A, b, c, b_hat = self._data
+        return frozenset().union(*(x.free_symbols for x in (*sum(A, ()), *b, *c, *(b_hat or ()))))
+
+    @property
+    def is_parametric(self) -> bool:
+        return bool(self.symbols)
+
+    # --- structure ---------------------------------------------------------------------------
+    def _zero(self, i, j) -> bool:
+        """``a_ij == 0`` exactly."""
+        return self._exact.is_zero(self._exact.A[i][j])
+
+    def _row_equals_b(self, i) -> bool:
+        ex = self._exact
+        return all(ex.is_zero(a - w) for a, w in zip(ex.A[i], ex.b))
+
+    @cached_property
+    def is_explicit(self) -> bool:
+        """``A`` is strictly lower triangular: every stage uses only earlier ones."""
+        s = self.stages
+        return all(self._zero(i, j) for i in range(s) for j in range(i, s))
+
+    @cached_property
+    def is_lower_triangular(self) -> bool:
+        s = self.stages
+        return all(self._zero(i, j) for i in range(s) for j in range(i + 1, s))
+
+    @property
+    def is_diagonally_implicit(self) -> bool:
+        """Lower-triangular ``A`` with some nonzero diagonal entry (DIRK): one stage at a time."""
+        return self.is_lower_triangular and not self.is_explicit
+
+    @cached_property
+    def is_singly_diagonally_implicit(self) -> bool:
+        """DIRK whose nonzero diagonal entries are all equal (SDIRK; ESDIRK if ``a11 = 0``)."""
+        if not self.is_diagonally_implicit:
+            return False
+        ex = self._exact
+        diagonal = [ex.A[i][i] for i in range(self.stages)]
+        if ex.is_zero(diagonal[0]) and self.stages > 1:
+            diagonal = diagonal[1:]  # an explicit first stage (ESDIRK)
+        return not ex.is_zero(diagonal[0]) and all(ex.is_zero(d - diagonal[0]) for d in diagonal)
+
+    @property
+    def is_fully_implicit(self) -> bool:
+        return not self.is_lower_triangular
+
+    @property
+    def structure(self) -> str:
+        """One of ``explicit``, ``ESDIRK``, ``SDIRK``, ``DIRK``, ``implicit``."""
+        if self.is_explicit:
+            return "explicit"
+        if self.is_singly_diagonally_implicit:
+            return "ESDIRK" if self._zero(0, 0) else "SDIRK"
+        return "DIRK" if self.is_diagonally_implicit else "implicit"
+
+    @cached_property
+    def is_fsal(self) -> bool:
+        """First Same As Last: the first stage is ``f(y_n)`` and the last stage is evaluated at
+        ``y_{n+1}``, so a step can reuse the previous step's last evaluation."""
+        s = self.stages
+        return s > 1 and all(self._zero(0, j) for j in range(s)) and self._row_equals_b(s - 1)
+
+    @cached_property
+    def is_stiffly_accurate(self) -> bool:
+        """The last row of ``A`` equals ``b`` (the update is the last stage value)."""
+        return self._row_equals_b(self.stages - 1)
+
+    @property
+    def has_embedded(self) -> bool:
+        return self.b_hat is not None
+
+    @cached_property
+    def c_mismatch(self) -> tuple[int, ...]:
+        """Indices ``i`` with ``c_i ≠ Σ_j a_ij`` (the row-sum condition fails there)."""
+        ex = self._exact
+        row_sums = ex.matvec([ex.one] * ex.s)
+        return tuple(i for i in range(ex.s) if not ex.is_zero(row_sums[i] - ex.c[i]))
+
+    @cached_property
+    def notes(self) -> tuple[str, ...]:
+        """Remarks a user should see about this tableau (not errors)."""
+        out = []
+        if self.c_mismatch:
+            rows = ", ".join(str(i) for i in self.c_mismatch)
+            out.append(f"c differs from the row sums of A in row(s) {rows}; the order reported is "
+                       "for autonomous problems (it uses A only)")
+        if self.is_parametric:
+            out.append("parametric in " + ", ".join(sorted(map(str, self.symbols))) +
+                       ": properties hold for all parameter values; solve order_conditions() for a family")
+        return tuple(out)
+
+    # --- exact algebra -----------------------------------------------------------------------
+    @cached_property
+    def _exact(self) -> ExactCoefficients:
+        A, b, c, b_hat = self._data
+        return ExactCoefficients(A, b, c, b_hat)
+
+    @cached_property
+    def _weight_vectors(self) -> dict:
+        """Memo ``tree -> (g(t), A·g(t))`` with ``g(t) = ∏_children A·g(child)`` (elementwise)."""
+        ex = self._exact
+        leaf = [ex.one] * ex.s
+        return {(): (leaf, ex.matvec(leaf))}
+
+    def _g(self, tree: Tree):
+        memo = self._weight_vectors
+        if tree not in memo:
+            ex = self._exact
+            vector = None
+            for child in tree:
+                factor = self._g(child)[1]
+                vector = factor if vector is None else [x * y for x, y in zip(vector, factor)]
+            memo[tree] = (vector, ex.matvec(vector))
+        return memo[tree]
+
+    def _residual(self, tree: Tree, weights) -> object:
+        """``γ(t) Φ(t) − 1`` in the exact domain (zero iff the order condition of ``t`` holds)."""
+        ex = self._exact
+        phi = ex.dot(weights, self._g(tree)[0])
+        return phi * ex.K.convert(density(tree)) - ex.one
+
+    def _simplifying_assumptions(self, weights, limit: int) -> tuple[int, int, int]:
+        """Largest ``(p, η, ζ)`` with ``B(p)``, ``C(η)``, ``D(ζ)`` for ``weights`` and ``c = A𝟙``:
+
+        - ``B(p)``: ``Σ_i b_i c_i^(k−1) = 1/k`` for ``k ≤ p``;
+        - ``C(η)``: ``Σ_j a_ij c_j^(k−1) = c_i^k / k`` for ``k ≤ η``;
+        - ``D(ζ)``: ``Σ_i b_i c_i^(k−1) a_ij = b_j (1 − c_j^k) / k`` for ``k ≤ ζ``.
+        """
+        ex = self._exact
+        c = ex.matvec([ex.one] * ex.s)
+        K, one = ex.K, ex.one
+        def B(k, kk, power, next_power):
+            return ex.is_zero(ex.dot(weights, power) * kk - one)
+
+        def C(k, kk, power, next_power):
+            return all(ex.is_zero(x * kk - y) for x, y in zip(ex.matvec(power), next_power))
+
+        def D(k, kk, power, next_power):
+            bc = [w * x for w, x in zip(weights, power)]
+            return all(ex.is_zero(ex.dot(bc, [row[j] for row in ex.A]) * kk - weights[j] * (one - next_power[j]))
+                       for j in range(ex.s))
+
+        levels, alive = [0, 0, 0], [True, True, True]
+        power = [one] * ex.s  # c^(k-1)
+        for k in range(1, limit + 1):
+            next_power = [x * ci for x, ci in zip(power, c)]
+            for index, holds in enumerate((B, C, D)):
+                if alive[index] and holds(k, K.convert(k), power, next_power):
+                    levels[index] = k
+                else:
+                    alive[index] = False
+            if not any(alive):
+                break
+            power = next_power
+        return tuple(levels)
+
+    def _order_of(self, weights, max_order: int, use_simplifying: bool = True) -> int:
+        # Butcher (1964): B(p), C(η), D(ζ) with p ≤ η + ζ + 1 and p ≤ 2η + 2 imply every order
+        # condition up to p, so only trees beyond that bound are checked one by one. For
+        # collocation methods this skips thousands of trees (all of them, for Gauss–Legendre).
+        proven = 0
+        if use_simplifying:
+            p, eta, zeta = self._simplifying_assumptions(weights, max_order)
+            proven = min(p, eta + zeta + 1, 2 * eta + 2)
+        for order in range(proven + 1, max_order + 1):
+            for tree in trees(order):
+                if not self._exact.is_zero(self._residual(tree, weights)):
+                    return order - 1
+        return max_order
+
+    def order(self, max_order: int = _DEFAULT_MAX_ORDER, *, every_tree: bool = False) -> int:
+        """Classical order for autonomous problems, from the rooted-tree conditions
+        ``Φ(t) = 1/γ(t)`` checked exactly up to ``max_order`` nodes.
+
+        Conditions already implied by the simplifying assumptions (Butcher's theorem) are not
+        re-checked tree by tree unless ``every_tree=True``. Returns ``max_order`` when every
+        condition up to it holds (the order is at least that). For a parametric tableau, the
+        order that holds for *all* parameter values.
+        """
+        return self._order_of(self._exact.b, max_order, not every_tree)
+
+    def embedded_order(self, max_order: int = _DEFAULT_MAX_ORDER, *, every_tree: bool = False) -> int | None:
+        """Order of the embedded weights ``b_hat`` (``None`` without them)."""
+        if self.b_hat is None:
+            return None
+        return self._order_of(self._exact.b_hat, max_order, not every_tree)
+
+    def stage_order(self, max_order: int = _DEFAULT_MAX_ORDER) -> int:
+        """Largest ``q`` with the simplifying assumptions ``B(q)`` and ``C(q)``:
+        ``Σ b_i c_i^(k−1) = 1/k`` and ``Σ_j a_ij c_j^(k−1) = c_i^k / k`` for ``k ≤ q``."""
+        ex = self._exact
+        power = [ex.one] * ex.s  # c^(k-1)
+        for k in range(1, max_order + 1):
+            kk = ex.K.convert(k)
+            Ac = ex.matvec(power)
+            next_power = [p * ci for p, ci in zip(power, ex.c)]
+            b_ok = ex.is_zero(ex.dot(ex.b, power) * kk - ex.one)
+            c_ok = all(ex.is_zero(x * kk - y) for x, y in zip(Ac, next_power))
+            if not (b_ok and c_ok):
+                return k - 1
+            power = next_power
+        return max_order
+
+    def elementary_weight(self, tree: Tree, embedded: bool = False) -> sp.Expr:
+        """``Φ(t) = Σ b_i g_i(t)`` as an exact SymPy expression."""
+        ex = self._exact
+        weights = ex.b_hat if embedded else ex.b
+        if weights is None:
+            raise ValueError(f"{self._label} has no embedded weights")
+        return ex.to_sympy(ex.dot(weights, self._g(tree)[0]))
+
+    def order_conditions(self, order: int, embedded: bool = False, *, unsatisfied_only: bool = False) -> list[sp.Eq]:
+        """The order conditions ``Φ(t) = 1/γ(t)`` for every tree with at most ``order`` nodes, as
+        SymPy equations (unevaluated), ready for ``sympy.solve`` on a parametric tableau.
+
+        >>> import sympy as sp
+        >>> a = sp.Symbol("a")
+        >>> family = ButcherTableau([[0, 0], [a, 0]], ["1 - w", "w"])
+        >>> sp.solve(family.order_conditions(2), [sp.Symbol("w")], dict=True)
+        [{w: 1/(2*a)}]
+        """
+        out = []
+        for tree in (t for n in range(1, order + 1) for t in trees(n)):
+            phi = self.elementary_weight(tree, embedded)
+            condition = sp.Eq(phi, sp.Rational(1, density(tree)), evaluate=False)
+            if unsatisfied_only and sp.simplify(phi - sp.Rational(1, density(tree))) == 0:
+                continue
+            out.append(condition)
+        return out
+
+    def error_coefficients(self, order: int | None = None, embedded: bool = False) -> dict:
+        """Error coefficients ``τ(t) = (Φ(t) − 1/γ(t)) / σ(t)`` of the trees with ``order`` nodes
+        (default: ``p + 1``, the principal error coefficients), keyed by tree."""
+        if order is None:
+            order = (self.embedded_order() if embedded else self.order()) + 1
+        return {t: (self.elementary_weight(t, embedded) - sp.Rational(1, density(t))) / symmetry(t)
+                for t in trees(order)}
+
+    def principal_error_norm(self, embedded: bool = False) -> float:
+        """``‖τ^(p+1)‖₂`` (Dormand & Prince 1980): the size of the leading local error term."""
+        coefficients = self.error_coefficients(embedded=embedded).values()
+        return float(sp.sqrt(sum(sp.N(x, 30) ** 2 for x in coefficients)))
+
+    # --- stability ---------------------------------------------------------------------------
+    @cached_property
+    def _stability_polys(self) -> tuple[sp.Poly, sp.Poly]:
+        ex = self._exact
+        # det(I − zA) = Σ_k p_k z^k where det(λI − A) = Σ_k p_k λ^(s−k).
+        q = ex.charpoly(ex.A)
+        shifted = [[ex.A[i][j] - ex.b[j] for j in range(ex.s)] for i in range(ex.s)]  # A − 𝟙bᵀ
+        p = ex.charpoly(shifted)
+        P = sp.Poly(list(reversed([ex.to_sympy(x) for x in p])), z)
+        Q = sp.Poly(list(reversed([ex.to_sympy(x) for x in q])), z)
+        common = sp.gcd(P, Q)
+        if common.degree() > 0:
+            P, Q = sp.div(P, common)[0], sp.div(Q, common)[0]
+        lead = Q.eval(0)  # normalise so that Q(0) = 1
+        return (P.quo_ground(lead) if lead != 1 else P), (Q.quo_ground(lead) if lead != 1 else Q)
+
+    def stability_function(self) -> sp.Expr:
+        """``R(z) = 1 + z bᵀ(I − zA)⁻¹𝟙 = det(I − zA + z𝟙bᵀ) / det(I − zA)``, exact, in lowest
+        terms, in the symbol ``z``."""
+        P, Q = self._stability_polys
+        return P.as_expr() / Q.as_expr() if Q.degree() > 0 else P.as_expr()
+
+    def stability_polynomials(self) -> tuple[sp.Poly, sp.Poly]:
+        """Numerator and denominator ``(P, Q)`` of ``R = P/Q`` with ``Q(0) = 1``."""
+        return self._stability_polys
+
+    def embedded_stability_function(self) -> sp.Expr | None:
+        if self.b_hat is None:
+            return None
+        return ButcherTableau(self._data[0], self.b_hat, self.c).stability_function()
+
+    @cached_property
+    def _stability(self):
+        from ._stability import StabilityAnalysis
+        if self.is_parametric:
+            raise ValueError(f"{self._label} is parametric in {sorted(map(str, self.symbols))}: "
+                             "substitute values with .subs() before analysing its stability")
+        return StabilityAnalysis(*self._stability_polys)
+
+    @property
+    def is_a_stable(self) -> bool:
+        """``|R(z)| ≤ 1`` on the whole closed left half-plane."""
+        return self._stability.is_a_stable
+
+    @property
+    def is_l_stable(self) -> bool:
+        """A-stable and ``R(z) → 0`` as ``z → ∞``."""
+        return self._stability.is_l_stable
+
+    def real_stability_interval(self) -> sp.Interval:
+        """The interval ``[−r, 0]`` of the negative real axis (through 0) where ``|R| ≤ 1``;
+        ``r`` is exact where SymPy can isolate it, else accurate to far below 1e-10."""
+        return self._stability.real_interval
+
+    def imaginary_stability_interval(self) -> sp.Interval:
+        """The interval ``[−β, β]`` of the imaginary axis (in units of ``i``) where ``|R| ≤ 1``."""
+        return self._stability.imaginary_interval
+
+    def amplification(self, values):
+        """``|R(λ)|`` at complex numbers ``λ`` (numpy array in, numpy array out)."""
+        return self._stability.amplification(values)
+
+    # --- conversion ----------------------------------------------------------------------------
+    def subs(self, *args, **values) -> "ButcherTableau":
+        """A new tableau with symbols replaced: ``family.subs(a=sp.Rational(1, 2))``."""
+        mapping = dict(*args)
+        mapping.update({sp.Symbol(k): v for k, v in values.items()})
+        mapping = {k: to_exact(v, f"value of {k}") for k, v in mapping.items()}
+        A, b, c, b_hat = self._data
+        f = lambda vec: [sp.simplify(x.subs(mapping)) for x in vec]  # noqa: E731
+        return ButcherTableau([f(row) for row in A], f(b), f(c),
+                              None if b_hat is None else f(b_hat), name=self.name)
+
+    def _floats(self, values) -> list[float]:
+        if self.is_parametric:
+            raise ValueError(f"{self._label} is parametric in {sorted(map(str, self.symbols))}: "
+                             "substitute values with .subs() before converting to floats")
+        return [float(sp.N(x, 40)) for x in values]
+
+    def to_numpy(self, dtype=None) -> Coefficients:
+        """Float coefficients as numpy arrays: ``Coefficients(A, b, c, b_hat)``."""
+        import numpy as np
+        dtype = dtype or np.float64
+        A, b, c, b_hat = self._data
+        s = self.stages
+        arr = lambda v, shape: np.array(self._floats(v), dtype=np.float64).reshape(shape).astype(dtype)  # noqa: E731
+        return Coefficients(arr(sum(A, ()), (s, s)), arr(b, (s,)), arr(c, (s,)),
+                            None if b_hat is None else arr(b_hat, (s,)))
+
+    def to_tensors(self, dtype=None, device=None) -> Coefficients:
+        """Float coefficients as torch tensors (torch is imported only here, on request)."""
+        import torch
+        dtype = dtype or torch.float64
+        arrays = self.to_numpy()
+        conv = lambda a: None if a is None else torch.as_tensor(a, dtype=torch.float64).to(dtype=dtype, device=device)  # noqa: E731
+        return Coefficients(*(conv(a) for a in arrays))
+
+    def to_dict(self) -> dict:
+        """A plain dict of strings that :meth:`from_dict` (and the file loaders) read back."""
+        A, b, c, b_hat = self._data
+        out = {"A": [[str(x) for x in row] for row in A], "b": [str(x) for x in b]}
+        if self.c_mismatch:
+            out["c"] = [str(x) for x in c]
+        if b_hat is not None:
+            out["b_hat"] = [str(x) for x in b_hat]
+        for key in ("name", "description", "reference"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping, *, source: str = "dict") -> "ButcherTableau":
+        """Build a tableau from ``{"A": ..., "b": ..., "c"?: ..., "b_hat"?: ..., "name"?: ...}``."""
+        if not isinstance(data, Mapping):
+            raise TableauError(f"{source}: expected a table of keys A, b, c, b_hat, name")
+        unknown = sorted(set(data) - set(_KNOWN_KEYS))
+        if unknown:
+            raise TableauError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))} "
+                               f"(allowed: {', '.join(_KNOWN_KEYS)})")
+        for key in ("A", "b"):
+            if key not in data:
+                raise TableauError(f"{source}: missing {key!r}")
+        for key in ("name", "description", "reference"):
+            if key in data and not isinstance(data[key], str):
+                raise TableauError(f"{source}: {key!r} must be a string")
+        try:
+            return cls(data["A"], data["b"], data.get("c"), data.get("b_hat"), name=data.get("name"),
+                       description=data.get("description"), reference=data.get("reference"))
+        except TableauError as err:
+            raise TableauError(f"{source}: {err}") from None
+
+    def pretty(self) -> str:
+        """The tableau as text, ``c | A`` above ``| b`` (and ``| b_hat``)."""
+        A, b, c, b_hat = self._data
+        rows = [[str(ci), *map(str, row)] for ci, row in zip(c, A)]
+        rows.append(["", *map(str, b)])
+        if b_hat is not None:
+            rows.append(["", *map(str, b_hat)])
+        widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+        lines = []
+        for n, row in enumerate(rows):
+            if n == self.stages:
+                lines.append("-" * widths[0] + "-+-" + "-" * (sum(widths[1:]) + 2 * (len(widths) - 2)))
+            cells = "  ".join(x.rjust(w) for x, w in zip(row[1:], widths[1:]))
+            lines.append(f"{row[0].rjust(widths[0])} | {cells}")
+        return "\n".join(lines)
+

@@ -1,0 +1,53 @@
+"""The ``odernn`` console command.
+
+Each command group lives in its own module and contributes a ``register(subparsers)``; errors a
+user can cause (bad input, unknown names, missing files) are raised as :class:`CLIError` or as the
+packages' own error types and printed as one line with exit code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import _tableau
+from ._errors import USER_ERRORS
+
+_GROUPS = (_tableau,)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="odernn",
+        formatter_class=_Formatter,
+        description="ODERNN: write a Runge–Kutta scheme down as a Butcher tableau, get a trainable "
+                    "recurrent cell from it, check whether it will train stably, and train it on text.",
+        epilog="Run 'odernn COMMAND --help' for the options of each command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in _GROUPS:
+        group.register(sub, _Formatter)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("odernn: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `odernn tableau list | head`
+        return 0
+    except USER_ERRORS as err:
+        print(f"odernn: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

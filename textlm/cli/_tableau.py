@@ -1,0 +1,226 @@
+"""``odernn tableau …``: list, show, check and plot Butcher tableaux."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import sympy as sp
+
+import butcher
+
+from ._errors import CLIError
+
+_TABLEAU_HELP = "a catalogue name (see 'odernn tableau list') or a .toml/.json tableau file"
+
+
+def resolve(spec: str) -> butcher.ButcherTableau:
+    """A catalogue name or a path to a tableau file."""
+    path = Path(spec)
+    if path.suffix.lower() in (".toml", ".json") or path.exists():
+        return butcher.load(path)
+    return butcher.get(spec)
+
+
+def register(sub, formatter) -> None:
+    group = sub.add_parser("tableau", help="Butcher tableaux: list, show, check, plot",
+                           formatter_class=formatter,
+                           description="Inspect Runge–Kutta methods as exact Butcher tableaux: the catalogue, "
+                                       "derived properties (order, stage order, stability function, "
+                                       "stability intervals), validation of your own scheme, and pictures "
+                                       "of stability regions.")
+    tsub = group.add_subparsers(dest="tableau_command", metavar="ACTION", required=True)
+
+    p = tsub.add_parser("list", help="list the catalogue", formatter_class=formatter,
+                        description="List the named methods of the catalogue with their description and "
+                                    "the order their literature reference states.")
+    p.add_argument("--json", action="store_true", help="print JSON (one object per method)")
+    p.set_defaults(handler=cmd_list)
+
+    p = tsub.add_parser("show", help="a tableau and its derived properties", formatter_class=formatter,
+                        description="Print the tableau and every property derived from its coefficients: "
+                                    "structure, FSAL, order (rooted-tree conditions), embedded and stage "
+                                    "order, R(z), A-/L-stability, stability intervals, principal error norm.",
+                        epilog="examples:\n  odernn tableau show rk4\n  odernn tableau show my_scheme.toml --json\n"
+                               "  odernn tableau show dopri5 --toml > my_variant.toml")
+    p.add_argument("tableau", help=_TABLEAU_HELP)
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the properties as JSON")
+    fmt.add_argument("--toml", action="store_true", help="print the tableau as an editable TOML file")
+    p.add_argument("--float", action="store_true", help="also print the coefficients as floats")
+    p.set_defaults(handler=cmd_show)
+
+    p = tsub.add_parser("check", help="validate a tableau file", formatter_class=formatter,
+                        description="Read a user scheme (.toml or .json with keys A, b and optionally c, "
+                                    "b_hat, name) and say what is wrong with it, or what it is. Entries are "
+                                    "numbers or exact strings such as \"1/3\" or \"sqrt(3)/6\"; nothing is "
+                                    "evaluated as code. Exit code 0 when valid, 2 when not.",
+                        epilog='example file:\n  name = "heun"\n  A = [["0", "0"], ["1", "0"]]\n  b = ["1/2", "1/2"]')
+    p.add_argument("file", help="the .toml or .json tableau file")
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    p.set_defaults(handler=cmd_check)
+
+    p = tsub.add_parser("plot", help="draw stability regions to a PNG", formatter_class=formatter,
+                        description="Draw the stability regions {z : |R(z)| <= 1} of one or several tableaux, "
+                                    "optionally with points (e.g. step-scaled eigenvalues) overlaid.",
+                        epilog="example:\n  odernn tableau plot euler rk4 dopri5 -o regions.png --point -1+2j")
+    p.add_argument("tableaux", nargs="+", metavar="TABLEAU", help=_TABLEAU_HELP)
+    p.add_argument("-o", "--output", required=True, help="output image (PNG, or any matplotlib format)")
+    p.add_argument("--point", action="append", default=[], metavar="Z",
+                   help="a complex point to overlay, e.g. -1.5+0.5j (repeatable)")
+    p.add_argument("--xlim", nargs=2, type=float, metavar=("MIN", "MAX"), help="real-axis range")
+    p.add_argument("--ylim", nargs=2, type=float, metavar=("MIN", "MAX"), help="imaginary-axis range")
+    p.set_defaults(handler=cmd_plot)
+
+
+def cmd_list(args) -> int:
+    rows = []
+    for name in butcher.names():
+        e = butcher.entry(name)
+        rows.append({"name": name, "aliases": list(e.aliases), "description": e.description,
+                     "stated_order": e.order, "stated_embedded_order": e.embedded_order,
+                     "reference": e.reference})
+    if args.json:
+        print(json.dumps(rows, indent=1, ensure_ascii=False))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'name'.ljust(width)}  order  description")
+    for r in rows:
+        order = str(r["stated_order"]) + (f"({r['stated_embedded_order']})" if r["stated_embedded_order"] else "")
+        print(f"{r['name'].ljust(width)}  {order.ljust(5)}  {r['description']}")
+    print(f"\n{len(rows)} methods; 'odernn tableau show NAME' derives every property from the coefficients.")
+    return 0
+
+
+def _fmt(x) -> str:
+    if isinstance(x, sp.Interval):
+        return f"[{_fmt(x.inf)}, {_fmt(x.sup)}]"
+    if isinstance(x, sp.Basic):
+        if x.is_infinite:
+            return str(x)
+        text = str(x)
+        if x.is_Rational or len(text) > 40:
+            return text if len(text) <= 40 else f"{float(x):.12g}"
+        return f"{text} ≈ {float(x):.12g}"
+    return str(x)
+
+
+def properties(tab: butcher.ButcherTableau) -> dict:
+    """The derived properties of a tableau, as JSON-ready values."""
+    out = {
+        "name": tab.name,
+        "stages": tab.stages,
+        "structure": tab.structure,
+        "fsal": tab.is_fsal,
+        "stiffly_accurate": tab.is_stiffly_accurate,
+        "order": tab.order(),
+        "embedded_order": tab.embedded_order(),
+        "stage_order": tab.stage_order(),
+        "stability_function": str(tab.stability_function()),
+        "notes": list(tab.notes),
+    }
+    if not tab.is_parametric:
+        real, imag = tab.real_stability_interval(), tab.imaginary_stability_interval()
+        out.update({
+            "a_stable": tab.is_a_stable,
+            "l_stable": tab.is_l_stable,
+            "real_stability_interval": [str(real.inf), str(real.sup)],
+            "real_stability_interval_float": [float(real.inf), float(real.sup)],
+            "imaginary_stability_limit": str(imag.sup),
+            "imaginary_stability_limit_float": float(imag.sup),
+            "principal_error_norm": tab.principal_error_norm(),
+        })
+    if tab.description:
+        out["description"] = tab.description
+    if tab.reference:
+        out["reference"] = tab.reference
+    return out
+
+
+def cmd_show(args) -> int:
+    tab = resolve(args.tableau)
+    if args.toml:
+        sys.stdout.write(butcher.dumps_toml(tab))
+        return 0
+    props = properties(tab)
+    if args.json:
+        if args.float and not tab.is_parametric:
+            arrays = tab.to_numpy()
+            props["float"] = {k: (None if v is None else v.tolist()) for k, v in arrays._asdict().items()}
+        print(json.dumps(props, indent=1, ensure_ascii=False))
+        return 0
+    title = tab.name or args.tableau
+    print(f"{title}: {tab.description}" if tab.description else title)
+    print()
+    print(tab.pretty())
+    print()
+    if args.float and not tab.is_parametric:
+        arrays = tab.to_numpy()
+        import numpy as np
+        with np.printoptions(precision=17, linewidth=120):
+            for key, value in arrays._asdict().items():
+                if value is not None:
+                    print(f"{key} =\n{value}")
+        print()
+    label = {"stages": "stages", "structure": "structure", "fsal": "FSAL", "stiffly_accurate": "stiffly accurate",
+             "order": "order", "embedded_order": "embedded order", "stage_order": "stage order",
+             "stability_function": "R(z)", "a_stable": "A-stable", "l_stable": "L-stable"}
+    for key, text in label.items():
+        if key in props and props[key] is not None:
+            print(f"  {text:<26}{props[key]}")
+    if not tab.is_parametric:
+        print(f"  {'real stability interval':<26}{_fmt(tab.real_stability_interval())}")
+        print(f"  {'imaginary stability limit':<26}{_fmt(tab.imaginary_stability_interval().sup)}")
+        print(f"  {'principal error norm':<26}{props['principal_error_norm']:.6g}")
+    for note in props["notes"]:
+        print(f"  note: {note}")
+    if tab.reference:
+        print(f"\nReference: {tab.reference}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tab = butcher.load(args.file)  # raises TableauError with the offending entry
+    verdict = {"file": args.file, "valid": True, "name": tab.name, "stages": tab.stages,
+               "structure": tab.structure, "order": tab.order(), "embedded_order": tab.embedded_order(),
+               "stage_order": tab.stage_order(),
+               "warnings": [str(w.message) for w in caught], "notes": list(tab.notes)}
+    if args.json:
+        print(json.dumps(verdict, indent=1, ensure_ascii=False))
+        return 0
+    embedded = f", embedded order {verdict['embedded_order']}" if verdict["embedded_order"] is not None else ""
+    print(f"ok: {args.file}: {tab.name!r}, {tab.stages} stages, {tab.structure}, order {verdict['order']}"
+          f"{embedded}, stage order {verdict['stage_order']}")
+    for w in verdict["warnings"]:
+        print(f"warning: {w}")
+    for note in verdict["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
+def _complex(text: str) -> complex:
+    try:
+        return complex(text.replace(" ", "").replace("i", "j"))
+    except ValueError:
+        raise CLIError(f"--point {text!r} is not a complex number (write e.g. -1.5+0.5j)") from None
+
+
+def cmd_plot(args) -> int:
+    tableaux = [resolve(t) for t in args.tableaux]
+    for tab, spec in zip(tableaux, args.tableaux):
+        if tab.is_parametric:
+            raise CLIError(f"{spec} is parametric in {sorted(map(str, tab.symbols))}; give concrete values")
+    points = [_complex(p) for p in args.point]
+    fig = butcher.plot_stability_region(tableaux, points or None, xlim=args.xlim, ylim=args.ylim)
+    output = Path(args.output)
+    if not output.parent.exists():
+        raise CLIError(f"{output.parent} does not exist")
+    tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
+    fig.savefig(tmp)
+    tmp.replace(output)  # atomic: a reader never sees half a picture
+    print(f"wrote {output}")
+    return 0
