@@ -106,11 +106,13 @@ def get(name: str) -> ButcherTableau:
     """
     e = entry(name)
     built = e.build()
+    exact = None
     if isinstance(built, ButcherTableau):
-        A, b, c, b_hat = built.A.tolist(), built.b, built.c, built.b_hat
+        A, b, c, b_hat, exact = built.A.tolist(), built.b, built.c, built.b_hat, built._exact
     else:
         A, b, b_hat, c = built
-    return ButcherTableau(A, b, c, b_hat, name=e.name, description=e.description, reference=e.reference)
+    return ButcherTableau(A, b, c, b_hat, name=e.name, description=e.description, reference=e.reference,
+                          _exact=exact)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,3 +414,85 @@ def _register_families():
 
 
 _register_families()
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods whose exact coefficients are long literature data (kept in ``_data_*`` modules with
+# their provenance and the checks made when they were transcribed).
+# ---------------------------------------------------------------------------------------------
+
+_DATA_ENTRIES = {
+    # data key: (catalogue name, aliases, description)
+    "tsit5": ("tsit5", ("tsitouras5",), "Tsitouras 5(4) pair, FSAL; exact: c5 is a root of a sextic, every other "
+                                      "coefficient a polynomial in it (agrees with the published 85-digit values to 4e-84)"),
+    "dp8": ("dp8", ("rk87", "prince-dormand8"), "Prince–Dormand 8(7) pair RK8(7)13M, rebuilt in exact rationals "
+                                               "(within 5e-16 of the published ten-digit fractions, which satisfy the "
+                                               "order conditions only to ~1e-17)"),
+    "vern6": ("vern6", ("verner6",), "Verner's 'most efficient' 6(5) pair, FSAL"),
+    "vern7": ("vern7", ("verner7",), "Verner's 'most efficient' 7(6) pair"),
+    "vern8": ("vern8", ("verner8",), "Verner's 'most efficient' 8(7) pair"),
+    "butcher6": ("butcher6", (), "Butcher's seven-stage sixth-order method"),
+    "fehlberg78": ("fehlberg78", ("rkf78",), "Runge–Kutta–Fehlberg 7(8) pair: seventh-order solution, eighth-order estimate"),
+    "trbdf2": ("tr-bdf2", ("trbdf2",), "TR-BDF2 as an ESDIRK (γ = 2 − √2), L-stable, with Hosea–Shampine's "
+                                     "third-order embedded formula"),
+    "alexander_sdirk2": ("alexander2", ("sdirk2",), "Alexander's two-stage L-stable SDIRK of order 2 (γ = 1 − √2/2)"),
+    "alexander_sdirk3": ("alexander3", ("sdirk3",), "Alexander's three-stage L-stable SDIRK of order 3 (γ ≈ 0.4358665215)"),
+    "crouzeix_sdirk2": ("crouzeix2", (), "Crouzeix's two-stage A-stable SDIRK of order 3 (γ = 1/2 + √3/6)"),
+    "crouzeix_sdirk3": ("crouzeix3", ("norsett3",), "Crouzeix–Nørsett three-stage A-stable SDIRK of order 4 "
+                                                  "(γ = 1/2 + cos(π/18)/√3)"),
+    "hairer_wanner_sdirk4": ("sdirk4", ("hairer-wanner-sdirk4",), "Hairer–Wanner five-stage L-stable SDIRK 4(3), γ = 1/4"),
+    "hairer_wanner_sdirk4_g4_15": ("sdirk4-b", (), "Hairer–Wanner five-stage L-stable SDIRK 4(3), γ = 4/15 "
+                                                  "(second coefficient set of SDIRK4)"),
+    "kvaerno3": ("kvaerno3", (), "Kværnø's ESDIRK 3(2), four stages, stiffly accurate, L-stable"),
+    "kvaerno4": ("kvaerno4", (), "Kværnø's ESDIRK 4(3), five stages, stiffly accurate (A-stable; the "
+                                 "order-3 embedded formula is the L-stable one)"),
+    "kvaerno5": ("kvaerno5", (), "Kværnø's ESDIRK 5(4), seven stages, stiffly accurate, L-stable"),
+    "kennedy_carpenter_ark436l2sa_esdirk": ("kencarp4", ("ark436l2sa-esdirk",),
+                                            "Kennedy–Carpenter ESDIRK 4(3) (implicit part of ARK4(3)6L[2]SA), L-stable"),
+    "kennedy_carpenter_esdirk436l2sa": ("esdirk436l2sa", (), "Kennedy–Carpenter ESDIRK4(3)6L[2]SA main formula, L-stable"),
+}
+
+
+def _from_power_basis(data) -> ButcherTableau:
+    """A tableau whose entries are given as coordinates ``[q0, …, q_(d−1)]`` in the power basis of
+    one algebraic number ``θ`` (``Σ q_k θ^k``): the exact arithmetic runs in ``QQ(θ)`` directly."""
+    from sympy import QQ
+
+    from ._exact import ExactCoefficients
+
+    alg = data["algebraic"]
+    theta = sp.CRootOf(sp.Poly(alg["minpoly"], sp.Symbol("x")), alg["root_index"])
+    K = QQ.algebraic_field(theta)  # its generator is θ itself, so coordinates map directly
+    element = lambda q: K.new([QQ(sp.Rational(x).p, sp.Rational(x).q) for x in reversed(q)])  # noqa: E731
+    value = lambda q: sp.Add(*(sp.Rational(x) * theta**k for k, x in enumerate(q)))  # noqa: E731
+    rows = [[]] + [list(r) for r in alg["rows_basis"][1:]]
+    s = len(alg["b_basis"])
+    zero = ["0"] * len(alg["minpoly"][1:])
+    A = [[*r, *([zero] * (s - len(r)))] for r in rows]
+    b, b_hat, c = alg["b_basis"], alg["b_hat_basis"], alg["c_basis"]
+    exact = ExactCoefficients(K, [[element(q) for q in row] for row in A], [element(q) for q in b],
+                              [element(q) for q in c], [element(q) for q in b_hat])
+    return ButcherTableau([[value(q) for q in row] for row in A], [value(q) for q in b], [value(q) for q in c],
+                          [value(q) for q in b_hat], _exact=exact)
+
+
+def _register_data():
+    from . import _data_dirk, _data_explicit
+
+    for module in (_data_explicit, _data_dirk):
+        for key, data in module.METHODS.items():
+            name, aliases, description = _DATA_ENTRIES[key]
+
+            def build(data=data):
+                if "algebraic" in data:
+                    return _from_power_basis(data)
+                if "rows" in data:
+                    return explicit(data["rows"], data["b"], data.get("b_hat"), data.get("c"))
+                return data["A"], data["b"], data.get("b_hat"), data.get("c")
+
+            build.__doc__ = f"{description}.\n\n{data['reference']}"
+            _register(Entry(name, build, description, " ".join(data["reference"].split()), data["order"],
+                            data.get("embedded_order"), data.get("stage_order"), aliases))
+
+
+_register_data()

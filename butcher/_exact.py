@@ -18,25 +18,43 @@ from sympy.polys.matrices import DomainMatrix
 class ExactCoefficients:
     """``A``, ``b``, ``c`` and ``b_hat`` of one tableau as elements of one exact domain ``K``."""
 
-    def __init__(self, A, b, c, b_hat):
+    def __init__(self, K, A, b, c, b_hat=None):
+        self.K, self.A, self.b, self.c, self.b_hat = K, A, b, c, b_hat
+        self.s = len(b)
+        self.one = K.one
+        # Sparse rows of A: explicit tableaux are mostly zeros, and the products A·g dominate.
+        self.A_rows = [[(j, a) for j, a in enumerate(row) if not K.is_zero(a)] for row in A]
+
+    @classmethod
+    def from_sympy(cls, A, b, c, b_hat) -> "ExactCoefficients":
+        """Convert SymPy entries into the smallest domain SymPy constructs for all of them."""
         s = len(b)
         flat = [*(x for row in A for x in row), *b, *c, *(b_hat or ())]
         try:
-            self.K, elements = construct_domain(flat, extension=True)
+            K, elements = construct_domain(flat, extension=True)
         except Exception:  # an expression no polynomial domain holds: fall back to SymPy's EX
-            self.K, elements = EX, [EX.from_sympy(x) for x in flat]
+            K, elements = EX, [EX.from_sympy(x) for x in flat]
         it = iter(elements)
-        self.A = [[next(it) for _ in range(s)] for _ in range(s)]
-        self.b = [next(it) for _ in range(s)]
-        self.c = [next(it) for _ in range(s)]
-        self.b_hat = [next(it) for _ in range(s)] if b_hat is not None else None
-        self.s = s
-        # Sparse rows of A: explicit tableaux are mostly zeros, and the products A·g dominate.
-        self.A_rows = [[(j, a) for j, a in enumerate(row) if not self.K.is_zero(a)] for row in self.A]
-        self.one = self.K.one
+        A_ = [[next(it) for _ in range(s)] for _ in range(s)]
+        b_ = [next(it) for _ in range(s)]
+        c_ = [next(it) for _ in range(s)]
+        b_hat_ = [next(it) for _ in range(s)] if b_hat is not None else None
+        return cls(K, A_, b_, c_, b_hat_)
 
     def is_zero(self, x) -> bool:
         return self.K.is_zero(x)
+
+    def as_rational(self, x):
+        """``x`` as an element of ``QQ`` if it is rational, else ``None`` (cheap: no conversion
+        of irrational numbers back to SymPy)."""
+        K = self.K
+        if K.is_QQ or K.is_ZZ:
+            return sp.QQ.convert(x, K)
+        if K.is_AlgebraicField:
+            coefficients = x.to_list()
+            return K.dom.convert(coefficients[-1]) if len(coefficients) <= 1 and coefficients else (
+                sp.QQ.zero if not coefficients else None)
+        return None
 
     def to_sympy(self, x) -> sp.Expr:
         value = self.K.to_sympy(x)

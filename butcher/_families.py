@@ -29,7 +29,11 @@ from functools import lru_cache
 
 import sympy as sp
 from sympy.polys.constructor import construct_domain
+from sympy import QQ
 from sympy.polys.matrices import DomainMatrix
+from sympy.polys.numberfields.subfield import primitive_element
+
+from ._exact import ExactCoefficients
 
 from ._tableau import ButcherTableau
 
@@ -111,6 +115,26 @@ def _exact_form(value: sp.Expr) -> sp.Expr:
     return value if value.has(sp.CRootOf) else sp.radsimp(value)
 
 
+def _node_field(c: list[sp.Expr]):
+    """The number field ``QQ(c_1, …, c_s)`` and the nodes as its elements, through a primitive
+    element (which also gives each node's representation, so nothing is converted back)."""
+    if all(x.is_Rational for x in c):
+        return QQ, [QQ.convert(x) for x in c]
+    irrational = [x for x in c if not x.is_Rational]
+    minpoly, multipliers, reps = primitive_element(irrational, _x, ex=True)
+    theta = sp.Add(*(m * x for m, x in zip(multipliers, irrational)))
+    K = QQ.algebraic_field((sp.Poly(minpoly, _x), theta))
+    it = iter(reps)
+    return K, [K.convert(x) if x.is_Rational else K.new([QQ.convert(r) for r in next(it)]) for x in c]
+
+
+def _evaluate(K, poly: sp.Poly, x, y):
+    acc = K.zero
+    for (i, j), coefficient in poly.terms():
+        acc += K.convert(coefficient) * x**i * y**j
+    return acc
+
+
 @lru_cache(maxsize=None)
 def _generate(family: str, assumption: str, s: int) -> ButcherTableau:
     c = nodes(family, s)
@@ -118,7 +142,12 @@ def _generate(family: str, assumption: str, s: int) -> ButcherTableau:
         F, G = _nodal_formulas(family, s, assumption)
         A = [[_exact_form(F.subs({_x: ci, _y: cj}, simultaneous=True)) for cj in c] for ci in c]
         b = [_exact_form(G.subs(_y, cj)) for cj in c]
-        return ButcherTableau(A, b, c)
+        # The same numbers in the nodes' number field, for the exact order and stability checks.
+        K, ce = _node_field(c)
+        PF, PG = sp.Poly(F, _x, _y), sp.Poly(G, _x, _y)
+        exact = ExactCoefficients(K, [[_evaluate(K, PF, ci, cj) for cj in ce] for ci in ce],
+                                  [_evaluate(K, PG, K.one, cj) for cj in ce], ce)
+        return ButcherTableau(A, b, c, _exact=exact)
     if assumption != "IIIC":
         raise ValueError(assumption)
     # Lobatto IIIC: a_i1 = b_1 and C(s−1) for the other s−1 entries of each row, solved in the

@@ -20,7 +20,7 @@ _DIGITS = 60
 
 
 def _is_rational_poly(poly: sp.Poly) -> bool:
-    return all(c.is_Rational for c in poly.all_coeffs())
+    return poly.domain.is_QQ or poly.domain.is_ZZ
 
 
 def _real_roots(poly: sp.Poly) -> list[sp.Expr]:
@@ -35,12 +35,25 @@ def _real_roots(poly: sp.Poly) -> list[sp.Expr]:
             else:
                 out += list(dict.fromkeys(factor.real_roots()))
         return list(dict.fromkeys(out))
+    real = [r for r in _numeric_roots(poly) if abs(r.imag) < 1e-25]
+    return [sp.Float(mpmath.nstr(mpmath.mpf(r.real), 40), 40) for r in real]
+
+
+def _numeric_roots(poly: sp.Poly) -> list:
+    """Distinct complex roots (as ``mpmath.mpc``) at 60 digits. Roots at 0 and repeated roots are
+    divided out first: ``polyroots`` converges slowly on multiple roots."""
+    (zeros_at_origin,), poly = poly.terms_gcd()
+    try:
+        poly = poly.sqf_part()
+    except Exception:  # a domain without gcd: keep the polynomial as it is
+        pass
+    roots = [mpmath.mpc(0)] if zeros_at_origin else []
+    if poly.degree() < 1:
+        return roots
     with mpmath.workdps(_DIGITS):
         coeffs = [mpmath.mpf(str(sp.N(c, _DIGITS))) for c in poly.all_coeffs()]
-        roots = mpmath.polyroots(coeffs, maxsteps=500, extraprec=4 * _DIGITS)
-        real = [r.real if isinstance(r, mpmath.mpc) else r for r in roots
-                if not isinstance(r, mpmath.mpc) or abs(r.imag) < mpmath.mpf(10) ** (-_DIGITS // 2)]
-        return [sp.Float(mpmath.nstr(r, 40), 40) for r in real]
+        found = mpmath.polyroots(coeffs, maxsteps=4000, extraprec=8 * _DIGITS)
+    return roots + [mpmath.mpc(r) for r in found]
 
 
 def _rational_between(lo: float, hi: float) -> sp.Rational:
@@ -78,10 +91,20 @@ class StabilityAnalysis:
 
     @cached_property
     def _E(self) -> sp.Poly:
+        """``E(y) = |Q(iy)|² − |P(iy)|²`` for real coefficients: with ``F(iy) = F_even(y) + i F_odd(y)``,
+        ``|F(iy)|² = F_even² + F_odd²``, computed in the coefficients' own domain."""
         y = sp.Symbol("y", real=True)
-        at = lambda poly, arg: poly.as_expr().subs(self.z, arg)  # noqa: E731
-        E = sp.expand(at(self.Q, sp.I * y) * at(self.Q, -sp.I * y) - at(self.P, sp.I * y) * at(self.P, -sp.I * y))
-        return sp.Poly(E, y)
+
+        def squared_modulus(poly: sp.Poly) -> sp.Poly:
+            K = poly.domain
+            coefficients = poly.rep.to_list()[::-1]  # ascending, in the domain
+            signed = [c if k % 4 < 2 else K.zero - c for k, c in enumerate(coefficients)]  # i^k up to i
+            even = [c if k % 2 == 0 else K.zero for k, c in enumerate(signed)]
+            odd = [c if k % 2 == 1 else K.zero for k, c in enumerate(signed)]
+            as_poly = lambda cs: sp.Poly.from_list(cs[::-1] or [K.zero], y, domain=K)  # noqa: E731
+            return as_poly(even) ** 2 + as_poly(odd) ** 2
+
+        return squared_modulus(self.Q) - squared_modulus(self.P)
 
     def _E_nonnegative_at(self, y) -> bool:
         return bool(sp.N(self._E.eval(y), _DIGITS) >= 0)
@@ -105,11 +128,7 @@ class StabilityAnalysis:
 
     @cached_property
     def poles(self) -> list[complex]:
-        if self.Q.degree() < 1:
-            return []
-        with mpmath.workdps(_DIGITS):
-            coeffs = [mpmath.mpf(str(sp.N(c, _DIGITS))) for c in self.Q.all_coeffs()]
-            return [complex(r) for r in mpmath.polyroots(coeffs, maxsteps=500, extraprec=4 * _DIGITS)]
+        return [complex(r) for r in _numeric_roots(self.Q)] if self.Q.degree() >= 1 else []
 
     @cached_property
     def is_a_stable(self) -> bool:

@@ -76,7 +76,7 @@ class ButcherTableau:
     """
 
     def __init__(self, A, b, c=None, b_hat=None, name: str | None = None, *,
-                 description: str | None = None, reference: str | None = None):
+                 description: str | None = None, reference: str | None = None, _exact=None):
         A = _matrix(A)
         s = len(A)
         b = _vector(b, "b", s)
@@ -91,6 +91,8 @@ class ButcherTableau:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "description", description)
         object.__setattr__(self, "reference", reference)
+        if _exact is not None:  # a generator that already holds the entries in a number field
+            self.__dict__["_exact"] = _exact
         self._check_consistency()
 
     # --- immutability, equality ------------------------------------------------------------
@@ -248,8 +250,7 @@ class ButcherTableau:
     # --- exact algebra -----------------------------------------------------------------------
     @cached_property
     def _exact(self) -> ExactCoefficients:
-        A, b, c, b_hat = self._data
-        return ExactCoefficients(A, b, c, b_hat)
+        return ExactCoefficients.from_sympy(*self._data)
 
     @cached_property
     def _weight_vectors(self) -> dict:
@@ -405,13 +406,18 @@ class ButcherTableau:
         q = ex.charpoly(ex.A)
         shifted = [[ex.A[i][j] - ex.b[j] for j in range(ex.s)] for i in range(ex.s)]  # A − 𝟙bᵀ
         p = ex.charpoly(shifted)
-        P = sp.Poly(list(reversed([ex.to_sympy(x) for x in p])), z)
-        Q = sp.Poly(list(reversed([ex.to_sympy(x) for x in q])), z)
-        common = sp.gcd(P, Q)
+        rational = [ex.as_rational(x) for x in (*p, *q)]
+        if all(x is not None for x in rational):  # the usual case, even for irrational tableaux
+            domain, p, q = sp.QQ, rational[:len(p)], rational[len(p):]
+        else:
+            domain = ex.K
+        P = sp.Poly.from_list(list(reversed(p)), z, domain=domain)
+        Q = sp.Poly.from_list(list(reversed(q)), z, domain=domain)
+        common = P.gcd(Q)
         if common.degree() > 0:
-            P, Q = sp.div(P, common)[0], sp.div(Q, common)[0]
+            P, Q = P.exquo(common), Q.exquo(common)
         lead = Q.eval(0)  # normalise so that Q(0) = 1
-        return (P.quo_ground(lead) if lead != 1 else P), (Q.quo_ground(lead) if lead != 1 else Q)
+        return P.quo_ground(lead), Q.quo_ground(lead)
 
     def stability_function(self) -> sp.Expr:
         """``R(z) = 1 + z bᵀ(I − zA)⁻¹𝟙 = det(I − zA + z𝟙bᵀ) / det(I − zA)``, exact, in lowest
