@@ -42,7 +42,7 @@ def load(path) -> ButcherTableau:
         raise TableauError(f"{path}: invalid TOML: {err}") from None
     except json.JSONDecodeError as err:
         raise TableauError(f"{path}: invalid JSON: {err}") from None
-    if isinstance(data, dict) and "name" not in data:
+    if isinstance(data, dict) and "name" not in data:  # a file's tableau is named after the file
         data = {**data, "name": path.stem}
     return ButcherTableau.from_dict(data, source=str(path))
 

@@ -19,7 +19,7 @@ __all__ = ["ButcherTableau", "TableauWarning", "Coefficients", "z"]
 z = sp.Symbol("z")
 Coefficients = namedtuple("Coefficients", "A b c b_hat")
 
-_KNOWN_KEYS = ("A", "b", "c", "b_hat", "name", "description", "reference")
+_KNOWN_KEYS = ("A", "b", "c", "b_hat", "name", "description", "reference", "parameters")
 _DEFAULT_MAX_ORDER = 12
 
 
@@ -366,23 +366,25 @@ class ButcherTableau:
             raise ValueError(f"{self._label} has no embedded weights")
         return ex.to_sympy(ex.dot(weights, self._g(tree)[0]))
 
-    def order_conditions(self, order: int, embedded: bool = False, *, unsatisfied_only: bool = False) -> list[sp.Eq]:
-        """The order conditions ``Φ(t) = 1/γ(t)`` for every tree with at most ``order`` nodes, as
-        SymPy equations (unevaluated), ready for ``sympy.solve`` on a parametric tableau.
+    def order_conditions(self, order: int, embedded: bool = False) -> list:
+        """The order conditions ``Φ(t) = 1/γ(t)`` for the trees with at most ``order`` nodes that
+        do not already hold identically, as SymPy equations ready for ``sympy.solve`` on a
+        parametric tableau (an empty list: the order is at least ``order``; ``sympy.false`` in the
+        list: that order is impossible).
 
         >>> import sympy as sp
-        >>> a = sp.Symbol("a")
-        >>> family = ButcherTableau([[0, 0], [a, 0]], ["1 - w", "w"])
-        >>> sp.solve(family.order_conditions(2), [sp.Symbol("w")], dict=True)
+        >>> a, w = sp.symbols("a w")
+        >>> family = ButcherTableau([[0, 0], [a, 0]], [1 - w, w])
+        >>> family.order_conditions(2)
+        [Eq(a*w, 1/2)]
+        >>> sp.solve(family.order_conditions(2), [w], dict=True)
         [{w: 1/(2*a)}]
         """
         out = []
         for tree in (t for n in range(1, order + 1) for t in trees(n)):
-            phi = self.elementary_weight(tree, embedded)
-            condition = sp.Eq(phi, sp.Rational(1, density(tree)), evaluate=False)
-            if unsatisfied_only and sp.simplify(phi - sp.Rational(1, density(tree))) == 0:
-                continue
-            out.append(condition)
+            condition = sp.Eq(self.elementary_weight(tree, embedded), sp.Rational(1, density(tree)))
+            if condition is not sp.true:
+                out.append(condition)
         return out
 
     def error_coefficients(self, order: int | None = None, embedded: bool = False) -> dict:
@@ -515,7 +517,9 @@ class ButcherTableau:
 
     @classmethod
     def from_dict(cls, data: Mapping, *, source: str = "dict") -> "ButcherTableau":
-        """Build a tableau from ``{"A": ..., "b": ..., "c"?: ..., "b_hat"?: ..., "name"?: ...}``."""
+        """Build a tableau from ``{"A": ..., "b": ..., "c"?: ..., "b_hat"?: ..., "name"?: ...,
+        "parameters"?: [...]}``. Names in entries must be declared in ``parameters`` (so that a typo
+        such as ``"half"`` is an error, not a silent parametric family)."""
         if not isinstance(data, Mapping):
             raise TableauError(f"{source}: expected a table of keys A, b, c, b_hat, name")
         unknown = sorted(set(data) - set(_KNOWN_KEYS))
@@ -528,11 +532,31 @@ class ButcherTableau:
         for key in ("name", "description", "reference"):
             if key in data and not isinstance(data[key], str):
                 raise TableauError(f"{source}: {key!r} must be a string")
+        declared = data.get("parameters", [])
+        if not isinstance(declared, list) or not all(isinstance(p, str) and p.isidentifier() for p in declared):
+            raise TableauError(f"{source}: 'parameters' must be a list of names")
         try:
-            return cls(data["A"], data["b"], data.get("c"), data.get("b_hat"), name=data.get("name"),
-                       description=data.get("description"), reference=data.get("reference"))
+            tab = cls(data["A"], data["b"], data.get("c"), data.get("b_hat"), name=data.get("name"),
+                      description=data.get("description"), reference=data.get("reference"))
         except TableauError as err:
             raise TableauError(f"{source}: {err}") from None
+        undeclared = {str(x) for x in tab.symbols} - set(declared)
+        if undeclared:
+            name = sorted(undeclared)[0]
+            where = next(f"{label}{index}" for label, index, value in tab._entries() if sp.Symbol(name) in value.free_symbols)
+            raise TableauError(f"{source}: {where}: unknown name {name!r} (numbers, + - * / ^, parentheses "
+                               f"and sqrt() are allowed; declare a symbol with parameters = [\"{name}\"])")
+        return tab
+
+    def _entries(self):
+        """``(label, index, value)`` for every coefficient, for messages."""
+        A, b, c, b_hat = self._data
+        for i, row in enumerate(A):
+            for j, value in enumerate(row):
+                yield "A", f"[{i}][{j}]", value
+        for label, vector in (("b", b), ("c", c), ("b_hat", b_hat or ())):
+            for i, value in enumerate(vector):
+                yield label, f"[{i}]", value
 
     def pretty(self) -> str:
         """The tableau as text, ``c | A`` above ``| b`` (and ``| b_hat``)."""
