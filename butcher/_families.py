@@ -165,25 +165,27 @@ def _generate(family: str, assumption: str, s: int) -> ButcherTableau:
     return ButcherTableau([[simplify(x) for x in row] for row in A], [simplify(x) for x in b], c)
 
 
+_EHLE = ("B. L. Ehle, On Padé approximations to the exponential function and A-stable methods for the "
+         "numerical solution of initial value problems, Univ. Waterloo report CSRR 2010 (1969)")
+_HW = "E. Hairer & G. Wanner, Solving Ordinary Differential Equations II, 2nd ed., Springer (1996), §IV.5"
+
 _FAMILIES = {
     # name: (node family, defining assumption, smallest s, stated order(s), stated stage order(s), reference)
     "gauss": ("gauss", "C", 1, lambda s: 2 * s, lambda s: s,
-              "J. C. Butcher, Implicit Runge–Kutta processes, Math. Comp. 18 (1964) 50–64; "
-              "F. Ceschino & J. Kuntzmann (1963)."),
+              "J. C. Butcher, Implicit Runge–Kutta processes, Math. Comp. 18 (1964) 50–64; F. Ceschino & "
+              "J. Kuntzmann, Problèmes différentiels de conditions initiales, Dunod (1963); " + _HW),
     "radau1a": ("radau1a", "D", 1, lambda s: 2 * s - 1, lambda s: s - 1,
-                "B. L. Ehle, On Padé approximations to the exponential function and A-stable methods "
-                "for the numerical solution of initial value problems, Univ. Waterloo report CSRR 2010 (1969); "
-                "Hairer & Wanner, Solving ODEs II, §IV.5."),
+                _EHLE + "; " + _HW),
     "radau2a": ("radau2a", "C", 1, lambda s: 2 * s - 1, lambda s: s,
-                "B. L. Ehle (1969), op. cit.; J. C. Butcher, Integration processes based on Radau "
-                "quadrature formulas, Math. Comp. 18 (1964) 233–244; Hairer & Wanner II, §IV.5."),
+                _EHLE + "; J. C. Butcher, Integration processes based on Radau quadrature formulas, "
+                "Math. Comp. 18 (1964) 233–244; " + _HW),
     "lobatto3a": ("lobatto", "C", 2, lambda s: 2 * s - 2, lambda s: s,
-                  "B. L. Ehle (1969), op. cit.; Hairer & Wanner II, §IV.5 (Lobatto IIIA: collocation)."),
+                  _EHLE + "; " + _HW + " (Lobatto IIIA: collocation)"),
     "lobatto3b": ("lobatto", "D", 2, lambda s: 2 * s - 2, lambda s: max(s - 2, 0),
-                  "B. L. Ehle (1969), op. cit.; Hairer & Wanner II, §IV.5 (Lobatto IIIB: D(s))."),
+                  _EHLE + "; " + _HW + " (Lobatto IIIB: D(s))"),
     "lobatto3c": ("lobatto", "IIIC", 2, lambda s: 2 * s - 2, lambda s: s - 1,
-                  "F. H. Chipman, A-stable Runge–Kutta processes, BIT 11 (1971) 384–388; "
-                  "Hairer & Wanner II, §IV.5 (Lobatto IIIC)."),
+                  "F. H. Chipman, A-stable Runge–Kutta processes, BIT 11 (1971) 384–388; " +
+                  _HW + " (Lobatto IIIC)"),
 }
 
 

@@ -158,10 +158,10 @@ def parse_number(text: str, where: str = "entry") -> sp.Expr:
     1/4
     >>> parse_number("2^-1")
     1/2
-    >>> parse_number("__import__('os')")
+    >>> parse_number("__import__(os)")
     Traceback (most recent call last):
     ...
-    butcher._parse.TableauError: entry: cannot parse "__import__('os')": unknown function '__import__' (only sqrt is allowed)
+    butcher._parse.TableauError: entry: cannot parse '__import__(os)': unknown function '__import__' (only sqrt is allowed)
     """
     if len(text) > _MAX_LENGTH:
         raise TableauError(f"{where}: entry longer than {_MAX_LENGTH} characters")

@@ -29,12 +29,12 @@ def default_window(tableaux: Sequence[ButcherTableau], points=None) -> tuple[tup
         imag = tab.imaginary_stability_interval().sup
         for value in (abs(float(real)), float(imag)):
             if np.isfinite(value):
-                reach = max(reach, 1.25 * value)
+                reach = max(reach, 1.2 * value)
     if points is not None and len(points):
         p = np.asarray(points, dtype=complex)
         reach = max(reach, 1.1 * float(np.max(np.abs(p))))
     reach = min(reach, 60.0)
-    return (-reach, 0.4 * reach), (-0.7 * reach, 0.7 * reach)
+    return (-reach, 0.35 * reach), (-0.9 * reach, 0.9 * reach)
 
 
 def plot_stability_region(tableaux: ButcherTableau | Iterable[ButcherTableau], points=None, *,

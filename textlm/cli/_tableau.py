@@ -65,7 +65,8 @@ def register(sub, formatter) -> None:
     p = tsub.add_parser("plot", help="draw stability regions to a PNG", formatter_class=formatter,
                         description="Draw the stability regions {z : |R(z)| <= 1} of one or several tableaux, "
                                     "optionally with points (e.g. step-scaled eigenvalues) overlaid.",
-                        epilog="example:\n  odernn tableau plot euler rk4 dopri5 -o regions.png --point -1+2j")
+                        epilog="example:\n  odernn tableau plot euler rk4 dopri5 -o regions.png --point=-1+2j --point=-2.5\n"
+                               "(write --point=VALUE: a value starting with '-' would read as an option)")
     p.add_argument("tableaux", nargs="+", metavar="TABLEAU", help=_TABLEAU_HELP)
     p.add_argument("-o", "--output", required=True, help="output image (PNG, or any matplotlib format)")
     p.add_argument("--point", action="append", default=[], metavar="Z",

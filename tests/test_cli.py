@@ -1,0 +1,78 @@
+"""The ``odernn tableau`` commands: output, JSON, exit codes, and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from textlm.cli import main
+
+
+def run(*args):
+    """Run the real console entry point in a subprocess (so tracebacks would show in stderr)."""
+    proc = subprocess.run([sys.executable, "-m", "textlm.cli", *args], capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_help_explains_every_command():
+    code, out, _ = run("--help")
+    assert code == 0 and "tableau" in out
+    code, out, _ = run("tableau", "--help")
+    assert code == 0 and all(action in out for action in ("list", "show", "check", "plot"))
+
+
+def test_list_and_json(capsys):
+    assert main(["tableau", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) >= 45 and {"name", "reference", "stated_order"} <= set(rows[0])
+
+
+def test_show_prints_derived_properties(capsys):
+    assert main(["tableau", "show", "rk4", "--json"]) == 0
+    props = json.loads(capsys.readouterr().out)
+    assert props["order"] == 4 and props["stages"] == 4 and props["structure"] == "explicit"
+    assert props["imaginary_stability_limit"] == "2*sqrt(2)"
+    assert props["real_stability_interval_float"][0] == pytest.approx(-2.785293563405282)
+    assert main(["tableau", "show", "gauss-2"]) == 0
+    out = capsys.readouterr().out
+    assert "A-stable                  True" in out and "order                     4" in out
+
+
+def test_show_toml_round_trips_through_check(tmp_path, capsys):
+    assert main(["tableau", "show", "dopri5", "--toml"]) == 0
+    path = tmp_path / "mine.toml"
+    path.write_text(capsys.readouterr().out)
+    assert main(["tableau", "check", str(path), "--json"]) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["valid"] and verdict["order"] == 5 and verdict["embedded_order"] == 4
+
+
+@pytest.mark.parametrize("content, message", [
+    ('A = [["0", "0"], ["1/2", "0"]]\nb = ["0", "1/3"]\n', "b sums to 1/3"),
+    ('A = [["0", "0"], ["1/2"]]\nb = ["0", "1"]\n', "A row 1 has 1 entries"),
+    ('A = [["0", "0"], ["__import__(os)", "0"]]\nb = ["0", "1"]\n', "unknown function '__import__'"),
+    ('A = [["0"]\n', "invalid TOML"),
+])
+def test_check_reports_bad_files_in_one_line_with_exit_code_2(tmp_path, content, message):
+    path = tmp_path / "scheme.toml"
+    path.write_text(content)
+    code, out, err = run("tableau", "check", str(path))
+    assert code == 2
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_names_and_missing_files_exit_2():
+    code, _, err = run("tableau", "show", "rk5")
+    assert code == 2 and "unknown method 'rk5'" in err and "Traceback" not in err
+    code, _, err = run("tableau", "check", "/nonexistent/scheme.toml")
+    assert code == 2 and "no such file" in err
+
+
+def test_plot_writes_a_png(tmp_path):
+    target = tmp_path / "regions.png"
+    code, out, err = run("tableau", "plot", "euler", "rk4", "radau-iia-2", "-o", str(target), "--point=-1+1j")
+    assert code == 0, err
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, _, err = run("tableau", "plot", "rk4", "-o", str(tmp_path / "x.png"), "--point=abc")
+    assert code == 2 and "not a complex number" in err
