@@ -23,6 +23,14 @@ _KNOWN_KEYS = ("A", "b", "c", "b_hat", "name", "description", "reference", "para
 _DEFAULT_MAX_ORDER = 12
 
 
+def _describe_sum(values) -> str:
+    total = sp.Add(*values)
+    text = str(total)
+    if len(text) <= 30:
+        return text
+    return f"1 {'+' if total > 1 else '-'} {float(abs(sp.N(total - 1, 30))):.3g} (exactly {text[:20]}…)"
+
+
 class TableauWarning(UserWarning):
     """Something about a tableau is suspicious but not invalid (e.g. a parametric ``b`` whose
     entries do not sum to 1 for every parameter value)."""
@@ -121,11 +129,11 @@ class ButcherTableau:
                 warnings.warn(f"{self._label}: b sums to {sp.Add(*self.b)}, which is 1 only for some "
                               "parameter values", TableauWarning, stacklevel=3)
             else:
-                raise TableauError(f"{self._label}: b sums to {sp.nsimplify(sp.Add(*self.b))}, not 1 "
+                raise TableauError(f"{self._label}: b sums to {_describe_sum(self.b)}, not 1 "
                                    "(the method would not be consistent)")
         if ex.b_hat is not None and not self.is_parametric:
             if not ex.is_zero(ex.dot(ex.b_hat, [ex.one] * ex.s) - ex.one):
-                raise TableauError(f"{self._label}: b_hat sums to {sp.Add(*self.b_hat)}, not 1")
+                raise TableauError(f"{self._label}: b_hat sums to {_describe_sum(self.b_hat)}, not 1")
 
     @property
     def _label(self) -> str:
