@@ -18,8 +18,6 @@ import json
 import time
 import warnings
 
-import numpy as np
-
 
 def nodepy_methods():
     import nodepy.runge_kutta_method as rk

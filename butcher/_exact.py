@@ -61,7 +61,7 @@ class ExactCoefficients:
         return sp.radsimp(value) if value.has(sp.Pow) else value
 
     def matvec(self, vector):
-        zero, K = self.K.zero, self.K
+        zero = self.K.zero
         out = []
         for row in self.A_rows:
             acc = zero

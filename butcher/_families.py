@@ -28,13 +28,11 @@ from __future__ import annotations
 from functools import lru_cache
 
 import sympy as sp
-from sympy.polys.constructor import construct_domain
 from sympy import QQ
 from sympy.polys.matrices import DomainMatrix
 from sympy.polys.numberfields.subfield import primitive_element
 
 from ._exact import ExactCoefficients
-
 from ._tableau import ButcherTableau
 
 _t = sp.Symbol("t")
@@ -152,17 +150,16 @@ def _generate(family: str, assumption: str, s: int) -> ButcherTableau:
         raise ValueError(assumption)
     # Lobatto IIIC: a_i1 = b_1 and C(s−1) for the other s−1 entries of each row, solved in the
     # number field of the nodes (real radicals for s ≤ 5).
-    K, elements = construct_domain(c, extension=True)
-    K = K.get_field()
-    cs = [K.convert(x) for x in elements]
+    K, cs = _node_field(c)
     one, k_ = K.one, K.convert
     powers = [[ci**k for ci in cs] for k in range(s + 1)]  # powers[k][i] = c_i^k
     b = _solve(K, [powers[k] for k in range(s)], [one / k_(k + 1) for k in range(s)])
     rows = [[powers[k][j] for j in range(1, s)] for k in range(s - 1)]
     A = [[b[0], *_solve(K, rows, [powers[k + 1][i] / k_(k + 1) - b[0] * powers[k][0] for k in range(s - 1)])]
          for i in range(s)]
-    simplify = lambda x: sp.radsimp(sp.expand(K.to_sympy(x)))  # noqa: E731
-    return ButcherTableau([[simplify(x) for x in row] for row in A], [simplify(x) for x in b], c)
+    to_sympy = lambda x: sp.radsimp(sp.expand(K.to_sympy(x)))  # noqa: E731
+    return ButcherTableau([[to_sympy(x) for x in row] for row in A], [to_sympy(x) for x in b], c,
+                          _exact=ExactCoefficients(K, A, b, cs))
 
 
 _EHLE = ("B. L. Ehle, On Padé approximations to the exponential function and A-stable methods for the "

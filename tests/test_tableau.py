@@ -161,8 +161,8 @@ def test_trees_are_pairwise_non_isomorphic_rooted_trees():
 
 
 def test_density_and_symmetry_satisfy_the_counting_identity():
-    # Σ_{|t|=n} n!/(σ(t)γ(t)) = number of labelled monotone trees... = n^(n-1)/? — use the classical
-    # identity Σ_{|t|=n} α(t) = (n-1)!  where α(t) = n!/(σ(t)γ(t)) (Butcher 2016, Thm 301A).
+    # α(t) = n!/(σ(t)γ(t)) counts the increasing labellings of t; every increasing (recursive)
+    # tree on n labelled nodes has exactly one shape, and there are (n−1)! of them.
     for n in range(1, 10):
         total = sum(math.factorial(n) // (butcher.symmetry(t) * butcher.density(t)) for t in butcher.trees(n))
         assert total == math.factorial(n - 1)
@@ -203,7 +203,6 @@ def test_rk4_stability_function_is_the_taylor_polynomial():
 def test_stability_function_of_implicit_methods_is_the_pade_approximant():
     # Gauss s: (s, s) Padé approximant; Radau IIA s: (s−1, s) Padé (Ehle 1969)
     for s in (1, 2, 3):
-        pade = sp.Poly(sp.series(sp.exp(z), z, 0, 2 * s + 1).removeO(), z)
         R = butcher.get(f"gauss-{s}").stability_function()
         num, den = sp.fraction(sp.cancel(R))
         assert sp.Poly(num, z).degree() == s and sp.Poly(den, z).degree() == s
