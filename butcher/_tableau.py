@@ -566,13 +566,21 @@ class ButcherTableau:
             for i, value in enumerate(vector):
                 yield label, f"[{i}]", value
 
-    def pretty(self) -> str:
-        """The tableau as text, ``c | A`` above ``| b`` (and ``| b_hat``)."""
+    def pretty(self, max_width: int = 24) -> str:
+        """The tableau as text, ``c | A`` above ``| b`` (and ``| b_hat``); entries longer than
+        ``max_width`` characters are shown as ``~float``."""
         A, b, c, b_hat = self._data
-        rows = [[str(ci), *map(str, row)] for ci, row in zip(c, A)]
-        rows.append(["", *map(str, b)])
+
+        def text(x):  # long irrational entries read better as floats; to_dict() keeps them exact
+            exact = str(x)
+            if len(exact) <= max_width or x.free_symbols:
+                return exact
+            return f"~{float(sp.N(x, 30)):.12g}"
+
+        rows = [[text(ci), *map(text, row)] for ci, row in zip(c, A)]
+        rows.append(["", *map(text, b)])
         if b_hat is not None:
-            rows.append(["", *map(str, b_hat)])
+            rows.append(["", *map(text, b_hat)])
         widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
         lines = []
         for n, row in enumerate(rows):

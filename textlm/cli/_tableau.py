@@ -121,6 +121,7 @@ def properties(tab: butcher.ButcherTableau) -> dict:
         "stage_order": tab.stage_order(),
         "stability_function": str(tab.stability_function()),
         "notes": list(tab.notes),
+        "tableau": tab.to_dict(),
     }
     if not tab.is_parametric:
         real, imag = tab.real_stability_interval(), tab.imaginary_stability_interval()
@@ -156,6 +157,8 @@ def cmd_show(args) -> int:
     print(f"{title}: {tab.description}" if tab.description else title)
     print()
     print(tab.pretty())
+    if "~" in tab.pretty():
+        print("(~: a long exact entry shown as a float; --toml or --json give every entry exactly)")
     print()
     if args.float and not tab.is_parametric:
         arrays = tab.to_numpy()
