@@ -76,3 +76,9 @@ def test_plot_writes_a_png(tmp_path):
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, _, err = run("tableau", "plot", "rk4", "-o", str(tmp_path / "x.png"), "--point=abc")
     assert code == 2 and "not a complex number" in err
+
+
+def test_list_verify_derives_every_order(catalogue, capsys):
+    assert main(["tableau", "list", "--verify", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == len(catalogue) and all(r["verified"] for r in rows)
