@@ -1,8 +1,25 @@
 """``odernn`` — trainable recurrent cells generated from Butcher tableaux (n–t ODERNN).
 
-The cells arrive with the next piece of work (issue: generate trainable recurrent cells from any
-Butcher tableau); this package is installed now so that the layout and the dependency direction
-``butcher ← odernn ← textlm`` are fixed from the start.
+A cell maps ``(x_k, state_k)`` to ``state_{k+1}`` by Runge–Kutta steps of a tableau on a vector
+field over an interval Δ. ``n`` is the tableau's number of stages, ``t`` the number of state blocks
+(the order of the ODE in time).
+
+>>> import torch, odernn
+>>> cell = odernn.cell("gru-ode:rk4:steps=2", input_size=3, hidden_size=5)
+>>> cell.n, cell.t, cell.nfe_per_token
+(4, 1, 8)
+>>> cell(torch.randn(2, 3)).shape
+torch.Size([2, 5])
 """
 
-__all__: list[str] = []
+from ._cell import ODECell, from_torch
+from ._fields import (AntisymmetricField, CoRNNField, GRUODEField, LSTMField, ModuleField, TanhRNNField,
+                      VectorField)
+from ._spec import CellSpecError, cell, fields, parse_spec
+from ._stepping import ExplicitScheme, reference_step
+
+__all__ = [
+    "AntisymmetricField", "CellSpecError", "CoRNNField", "ExplicitScheme", "GRUODEField", "LSTMField",
+    "ModuleField", "ODECell", "TanhRNNField", "VectorField", "cell", "fields", "from_torch", "parse_spec",
+    "reference_step",
+]

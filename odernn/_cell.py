@@ -1,0 +1,138 @@
+"""The generated cell: a vector field integrated over Δ by a Butcher tableau."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import butcher
+
+from ._fields import GRUODEField, LSTMField, TanhRNNField, VectorField
+from ._stepping import ExplicitScheme
+
+__all__ = ["ODECell", "from_torch"]
+
+
+class ODECell(nn.Module):
+    """``state_{k+1}`` from ``(x_k, state_k)`` by ``steps`` equal steps of ``tableau`` on the field
+    over an interval ``dt`` (a float, or one value per batch element for irregular sampling).
+
+    With ``partitioned=True`` the blocks of a multi-block field are advanced one after the other,
+    each seeing the blocks already advanced (the scheme of ``nn.LSTMCell`` and coRNN). For one block
+    it is the plain method; for several it is a first-order splitting whatever the tableau, so use
+    ``partitioned=False`` to get the tableau's order on the whole system.
+
+    Attributes: ``n`` (stages), ``t`` (state blocks), ``nfe`` (field evaluations of the last call).
+    """
+
+    def __init__(self, field: VectorField, tableau: butcher.ButcherTableau | str = "euler", dt: float = 1.0,
+                 steps: int = 1, partitioned: bool = False):
+        super().__init__()
+        if isinstance(tableau, str):
+            tableau = butcher.get(tableau)
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        if not float(dt) > 0:
+            raise ValueError(f"dt must be positive, got {dt!r}")
+        self.field, self.tableau = field, tableau
+        self.dt, self.steps, self.partitioned = float(dt), steps, bool(partitioned) and field.blocks > 1
+        self.scheme = ExplicitScheme(tableau)
+        self.nfe = 0
+
+    @property
+    def n(self) -> int:
+        return self.tableau.stages
+
+    @property
+    def t(self) -> int:
+        return self.field.blocks
+
+    @property
+    def input_size(self) -> int:
+        return self.field.input_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.field.hidden_size
+
+    @property
+    def nfe_per_token(self) -> int:
+        per_step = self.scheme.evaluations * (self.t if self.partitioned else 1)
+        return self.steps * per_step
+
+    def _step_size(self, dt, batch: int, like: torch.Tensor):
+        if dt is None:
+            return self.dt / self.steps
+        if isinstance(dt, (int, float)):
+            if not dt > 0:
+                raise ValueError(f"dt must be positive, got {dt!r}")
+            return float(dt) / self.steps
+        dt = torch.as_tensor(dt, dtype=like.dtype, device=like.device).reshape(-1, 1)
+        if dt.shape[0] != batch:
+            raise ValueError(f"dt has {dt.shape[0]} entries for a batch of {batch}")
+        return dt / self.steps  # (B, 1): one step size per sequence
+
+    def forward(self, x: torch.Tensor, state=None, dt=None):
+        """``x``: ``(B, input_size)``; ``state``: as the ``torch.nn`` cell (``None`` for zeros);
+        ``dt``: overrides the interval, a float or a ``(B,)`` tensor of gaps."""
+        if state is None:
+            state = self.field.initial_state(x.shape[0], x.dtype, x.device)
+        y = self.field.to_blocks(state)
+        context = self.field.project(x)  # once per token, shared by every stage
+        h = self._step_size(dt, x.shape[0], x)
+        for _ in range(self.steps):
+            if self.partitioned:
+                for k in range(self.t):
+                    def block_field(yk, k=k, y=y):
+                        return (self.field(context, y[:k] + yk + y[k + 1:])[k],)
+                    y = y[:k] + self.scheme.step(block_field, y[k:k + 1], h) + y[k + 1:]
+            else:
+                y = self.scheme.step(lambda blocks: self.field(context, blocks), y, h)
+        self.nfe = self.nfe_per_token
+        return self.field.from_blocks(y)
+
+    def to_torch(self) -> nn.Module:
+        """The equivalent ``torch.nn`` cell with the same weights, where one exists (forward Euler,
+        Δ = 1, one step, on the tanh-RNN, GRU-ODE or partitioned LSTM field)."""
+        euler = self.tableau.A == butcher.get("euler").A and self.tableau.b == butcher.get("euler").b
+        plain = euler and self.dt == 1.0 and self.steps == 1
+        f = self.field
+        if plain and type(f) is TanhRNNField:
+            module = nn.RNNCell(f.input_size, f.hidden_size, bias=f.bias_ih is not None, nonlinearity="tanh")
+        elif plain and type(f) is GRUODEField:
+            module = nn.GRUCell(f.input_size, f.hidden_size, bias=f.bias_ih is not None)
+        elif plain and type(f) is LSTMField and self.partitioned:
+            module = nn.LSTMCell(f.input_size, f.hidden_size, bias=f.bias_ih is not None)
+        else:
+            raise ValueError(f"no torch.nn cell equals {self.describe()}: that needs forward Euler, dt=1, "
+                             "steps=1 on the rnn, gru-ode or (partitioned) lstm field")
+        module = module.to(dtype=f.weight_hh.dtype, device=f.weight_hh.device)
+        with torch.no_grad():
+            for name, parameter in module.named_parameters():
+                parameter.copy_(getattr(f, name))
+        return module
+
+    def describe(self) -> str:
+        return (f"{type(self.field).__name__} with {self.tableau.name or 'a user tableau'}, dt={self.dt}, "
+                f"steps={self.steps}{', partitioned' if self.partitioned else ''}")
+
+    def extra_repr(self) -> str:
+        return (f"n={self.n}, t={self.t}, tableau={self.tableau.name!r}, dt={self.dt}, steps={self.steps}, "
+                f"partitioned={self.partitioned}, nfe_per_token={self.nfe_per_token}")
+
+
+def from_torch(module: nn.Module) -> ODECell:
+    """The generated cell equal to an ``nn.RNNCell`` (tanh), ``nn.GRUCell`` or ``nn.LSTMCell``,
+    with a copy of its weights: forward Euler, Δ = 1, on the matching field."""
+    kinds = {nn.RNNCell: (TanhRNNField, False), nn.GRUCell: (GRUODEField, False), nn.LSTMCell: (LSTMField, True)}
+    if type(module) not in kinds:
+        raise TypeError(f"from_torch takes nn.RNNCell, nn.GRUCell or nn.LSTMCell, got {type(module).__name__}")
+    if isinstance(module, nn.RNNCell) and module.nonlinearity != "tanh":
+        raise ValueError("only the tanh nn.RNNCell is a forward-Euler step of the tanh-RNN field")
+    field_type, partitioned = kinds[type(module)]
+    field = field_type(module.input_size, module.hidden_size, bias=module.bias)
+    field = field.to(dtype=module.weight_hh.dtype, device=module.weight_hh.device)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            getattr(field, name).copy_(parameter)
+    return ODECell(field, "euler", dt=1.0, steps=1, partitioned=partitioned)

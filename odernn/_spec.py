@@ -1,0 +1,128 @@
+"""The named zoo and the one constructor: ``odernn.cell("gru-ode:rk4:steps=2", …)``.
+
+A spec is ``FIELD[:TABLEAU][:key=value…]``: a field name, optionally a tableau (a catalogue name
+or a ``.toml``/``.json`` file), and options. Keyword arguments of :func:`cell` override the spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field as dataclass_field
+from pathlib import Path
+
+import butcher
+
+from ._cell import ODECell
+from ._fields import AntisymmetricField, CoRNNField, GRUODEField, LSTMField, TanhRNNField
+
+__all__ = ["cell", "parse_spec", "fields", "CellSpecError"]
+
+
+class CellSpecError(ValueError):
+    """A cell spec names something that does not exist or has a bad value; the message says which."""
+
+
+@dataclass(frozen=True)
+class _FieldKind:
+    factory: type
+    dt: float
+    partitioned: bool
+    options: dict = dataclass_field(default_factory=dict)  # field constructor options and their types
+    summary: str = ""
+
+
+_FIELDS = {
+    "rnn": _FieldKind(TanhRNNField, 1.0, False, {"bias": bool}, "leaky tanh-RNN; Euler, dt=1 is nn.RNNCell"),
+    "gru-ode": _FieldKind(GRUODEField, 1.0, False, {"bias": bool}, "GRU-ODE; Euler, dt=1 is nn.GRUCell"),
+    "lstm": _FieldKind(LSTMField, 1.0, True, {"bias": bool}, "LSTM on (c, h); partitioned Euler, dt=1 is nn.LSTMCell"),
+    "antisymmetric": _FieldKind(AntisymmetricField, 0.01, False, {"gamma": float, "bias": bool},
+                                "AntisymmetricRNN, tanh((W − Wᵀ − γI)h + Vx + b); Euler with dt=eps"),
+    "cornn": _FieldKind(CoRNNField, 0.042, True, {"gamma": float, "epsilon": float, "bias": bool},
+                        "coRNN, second order (t = 2); partitioned Euler is the published cell"),
+}
+_ALIASES = {"gru": "gru-ode", "gruode": "gru-ode", "tanh-rnn": "rnn", "asrnn": "antisymmetric"}
+_CELL_OPTIONS = {"steps": int, "dt": float, "eps": float, "partitioned": bool}
+
+
+def fields() -> dict[str, str]:
+    """Field names and one-line descriptions."""
+    return {name: kind.summary for name, kind in _FIELDS.items()}
+
+
+def _convert(key: str, text, kind: type):
+    if not isinstance(text, str):
+        return text
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        return kind(text)
+    except ValueError:
+        raise CellSpecError(f"option {key}={text!r} is not a valid {kind.__name__}") from None
+
+
+def parse_spec(spec: str) -> dict:
+    """``"gru-ode:rk4:steps=2"`` → ``{"field": "gru-ode", "tableau": "rk4", "steps": "2"}``."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise CellSpecError(f"a cell spec is a string such as 'gru-ode:rk4:steps=2', got {spec!r}")
+    parts = [p.strip() for p in spec.split(":")]
+    out = {"field": parts[0].lower()}
+    for part in parts[1:]:
+        if "=" in part:
+            key, _, value = part.partition("=")
+            out[key.strip().lower()] = value.strip()
+        elif "tableau" in out:
+            raise CellSpecError(f"{spec!r}: two tableaux given ({out['tableau']!r} and {part!r})")
+        elif part:
+            out["tableau"] = part
+    return out
+
+
+def _tableau(value) -> butcher.ButcherTableau:
+    if isinstance(value, butcher.ButcherTableau):
+        return value
+    path = Path(str(value))
+    if path.suffix.lower() in (".toml", ".json") or path.exists():
+        return butcher.load(path)
+    return butcher.get(str(value))
+
+
+def cell(spec: str, input_size: int, hidden_size: int, **overrides) -> ODECell:
+    """A cell from a spec string (``"gru-ode:rk4:steps=2"``) or a field name with keyword options
+    (``cell("gru-ode", 8, 16, tableau="rk4", steps=2)``).
+
+    Options: ``tableau`` (name, file or ``ButcherTableau``), ``steps``, ``dt`` (``eps`` is its
+    name for the antisymmetric field), ``partitioned``, and the field's own (``gamma``,
+    ``epsilon``, ``bias``).
+    """
+    options = parse_spec(spec)
+    options.update({k.lower(): v for k, v in overrides.items()})
+    name = options.pop("field")
+    name = _ALIASES.get(name, name)
+    if name not in _FIELDS:
+        raise CellSpecError(f"unknown cell field {name!r}; fields: {', '.join(_FIELDS)}")
+    kind = _FIELDS[name]
+    allowed = {"tableau", *kind.options, *_CELL_OPTIONS}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise CellSpecError(f"unknown option(s) {', '.join(unknown)} for {name!r}; options: {', '.join(sorted(allowed))}")
+    try:
+        tableau = _tableau(options.pop("tableau", "euler"))
+    except (butcher.TableauError, butcher.UnknownMethodError) as err:
+        raise CellSpecError(str(err)) from None
+    cell_options = {k: _convert(k, options.pop(k), t) for k, t in _CELL_OPTIONS.items() if k in options}
+    field_options = {k: _convert(k, v, kind.options[k]) for k, v in options.items()}
+    if "eps" in cell_options:
+        cell_options["dt"] = cell_options.pop("eps")
+    if not tableau.is_explicit:
+        raise CellSpecError(f"{tableau.name or 'the tableau'} is {tableau.structure}: implicit stepping is not "
+                            "available in this version yet (explicit tableaux only)")
+    if tableau.is_parametric:
+        raise CellSpecError(f"{tableau.name or 'the tableau'} is parametric in "
+                            f"{sorted(map(str, tableau.symbols))}: give concrete values")
+    field = kind.factory(input_size, hidden_size, **field_options)
+    try:
+        return ODECell(field, tableau, dt=cell_options.get("dt", kind.dt), steps=cell_options.get("steps", 1),
+                       partitioned=cell_options.get("partitioned", kind.partitioned))
+    except ValueError as err:
+        raise CellSpecError(str(err)) from None
