@@ -1,0 +1,221 @@
+"""Generated cells: exact recovery of the torch.nn cells, the stepper against the reference,
+convergence orders, gradients, irregular steps, and spec errors."""
+
+import pytest
+import torch
+import torchdiffeq
+from torch import nn
+
+import butcher
+import odernn
+
+# the generated implicit families are slow to build and never explicit: skip them when collecting
+EXPLICIT = [n for n in butcher.names()
+            if not n.startswith(("gauss-", "radau-", "lobatto-")) and butcher.get(n).is_explicit]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def float64():
+    """These tests compare to round-off: run them in float64, and leave the default as it was."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+# --- exact recovery -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("module_type", [nn.RNNCell, nn.GRUCell, nn.LSTMCell])
+def test_euler_step_recovers_the_torch_cell(module_type):
+    torch.manual_seed(0)
+    module = module_type(7, 11)
+    cell = odernn.from_torch(module)
+    x = torch.randn(5, 7)
+    if module_type is nn.LSTMCell:
+        state = (torch.randn(5, 11), torch.randn(5, 11))
+        for ours, theirs in zip(cell(x, state), module(x, state)):
+            assert (ours - theirs).abs().max() <= 1e-12
+    else:
+        state = torch.randn(5, 11)
+        assert (cell(x, state) - module(x, state)).abs().max() <= 1e-12
+    assert (cell(x) - module(x)).abs().max() <= 1e-12 if module_type is not nn.LSTMCell else True
+    back = cell.to_torch()
+    for (name, p), (_, q) in zip(back.named_parameters(), module.named_parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_recovery_holds_over_a_sequence_and_through_the_constructor():
+    torch.manual_seed(1)
+    gru = nn.GRUCell(4, 6)
+    cell = odernn.cell("gru-ode:euler", 4, 6)
+    cell.field.load_state_dict(gru.state_dict())
+    h_ours = h_theirs = torch.zeros(3, 6)
+    for x in torch.randn(20, 3, 4):
+        h_ours, h_theirs = cell(x, h_ours), gru(x, h_theirs)
+    assert (h_ours - h_theirs).abs().max() <= 1e-12
+
+
+def test_no_torch_equivalent_is_an_error():
+    with pytest.raises(ValueError, match="no torch.nn cell"):
+        odernn.cell("gru-ode:rk4", 3, 4).to_torch()
+    with pytest.raises(ValueError, match="tanh"):
+        odernn.from_torch(nn.RNNCell(3, 4, nonlinearity="relu"))
+
+
+def test_published_cornn_and_antisymmetric_updates():
+    torch.manual_seed(2)
+    cell = odernn.cell("cornn:dt=0.05:gamma=2.0:epsilon=3.0", 3, 4)
+    f = cell.field
+    x, y, z = torch.randn(2, 3), torch.randn(2, 4), torch.randn(2, 4)
+    # Rusch & Mishra (2021), explicit coRNN: z⁺ = z + Δ(σ(Wy + 𝒲z + Vx + b) − γy − εz), y⁺ = y + Δz⁺
+    z_new = z + 0.05 * (torch.tanh(y @ f.weight_y.T + z @ f.weight_z.T + x @ f.input_weight.T + f.bias)
+                        - 2.0 * y - 3.0 * z)
+    y_new = y + 0.05 * z_new
+    out = cell(x, (y, z))
+    assert (out[0] - y_new).abs().max() <= 1e-14 and (out[1] - z_new).abs().max() <= 1e-14
+    cell = odernn.cell("antisymmetric:euler:eps=0.1:gamma=0.5", 3, 4)
+    f = cell.field
+    h = torch.randn(2, 4)
+    # Chang et al. (2019): h⁺ = h + ε tanh((W − Wᵀ − γI)h + Vx + b)
+    expected = h + 0.1 * torch.tanh(h @ (f.weight - f.weight.T - 0.5 * torch.eye(4)).T + x @ f.input_weight.T + f.bias)
+    assert (cell(x, h) - expected).abs().max() <= 1e-14
+
+
+# --- the specialised stepper against the generic reference ----------------------------------
+
+@pytest.mark.parametrize("name", EXPLICIT)
+def test_specialised_stepper_equals_reference(name):
+    torch.manual_seed(3)
+    tab = butcher.get(name)
+    field = odernn.GRUODEField(3, 5)
+    context, y = field.project(torch.randn(4, 3)), (torch.randn(4, 5),)
+    f = lambda blocks: field(context, blocks)  # noqa: E731
+    A, b, _, _ = tab.to_numpy()
+    ours = odernn.ExplicitScheme(tab).step(f, y, 0.3)
+    reference = odernn.reference_step(A, b, f, y, 0.3)
+    assert (ours[0] - reference[0]).abs().max() <= 1e-14
+
+
+def test_fsal_stage_is_not_evaluated():
+    assert odernn.ExplicitScheme(butcher.get("dopri5")).evaluations == 6
+    assert odernn.ExplicitScheme(butcher.get("rk4")).evaluations == 4
+
+
+# --- convergence order against an independent solver -----------------------------------------
+
+class _Smooth(nn.Module):
+    """A nonlinear field with O(1) derivatives of every order (so errors show the method's order)."""
+
+    def __init__(self, size):
+        super().__init__()
+        g = torch.Generator().manual_seed(4)
+        self.W = nn.Parameter(torch.randn(size, size, generator=g) / size**0.5 * 1.5)
+        self.U = nn.Parameter(torch.randn(size, size, generator=g) / size**0.5)
+
+    def forward(self, h, x):
+        return torch.tanh(h @ self.W.T + x) - 0.5 * h + torch.sin(h @ self.U.T)
+
+
+@pytest.fixture(scope="module")
+def smooth_problem():
+    torch.manual_seed(5)
+    module = _Smooth(4)
+    x, h0 = torch.randn(2, 4), torch.randn(2, 4)
+    with torch.no_grad():
+        exact = torchdiffeq.odeint(lambda t, h: module(h, x), h0, torch.tensor([0.0, 1.0]), method="dopri8",
+                                   rtol=1e-13, atol=1e-14)[-1]
+    return module, x, h0, exact
+
+
+@pytest.mark.parametrize("name", [n for n in EXPLICIT if butcher.get(n).order() <= 5])
+def test_error_falls_at_the_rate_of_the_order(name, smooth_problem):
+    module, x, h0, exact = smooth_problem
+    p = butcher.get(name).order()
+    field = odernn.ModuleField(module, 4, 4)
+    base = {1: 32, 2: 16, 3: 8, 4: 4, 5: 4}[p]
+    errors = []
+    with torch.no_grad():
+        for m in (base, 2 * base, 4 * base):
+            cell = odernn.ODECell(field, name, dt=1.0, steps=m)
+            errors.append((cell(x, h0) - exact).abs().max().item())
+    slope = torch.log2(torch.tensor(errors[1] / errors[2])).item()
+    assert slope == pytest.approx(p, abs=0.3), errors
+
+
+def test_unpartitioned_two_block_field_keeps_the_order():
+    torch.manual_seed(6)
+    field = odernn.CoRNNField(3, 4, gamma=1.0, epsilon=0.5)
+    x, state = torch.randn(2, 3), (torch.randn(2, 4), torch.randn(2, 4))
+    with torch.no_grad():
+        fine = odernn.ODECell(field, "rk4", dt=1.0, steps=256)(x, state)
+        errors = [(odernn.ODECell(field, "rk4", dt=1.0, steps=m)(x, state)[0] - fine[0]).abs().max().item()
+                  for m in (4, 8)]
+    assert torch.log2(torch.tensor(errors[0] / errors[1])).item() == pytest.approx(4, abs=0.3)
+
+
+# --- gradients, irregular steps, nfe ---------------------------------------------------------
+
+@pytest.mark.parametrize("spec", ["gru-ode:rk4:steps=2", "lstm", "cornn:midpoint", "rnn:dopri5", "antisymmetric:heun"])
+def test_gradcheck(spec):
+    torch.manual_seed(7)
+    cell = odernn.cell(spec, 2, 3)
+    x = torch.randn(2, 2, requires_grad=True)
+    state = cell.field.initial_state(2, torch.float64, "cpu")
+    state = tuple(torch.randn_like(s).requires_grad_() for s in state) if isinstance(state, tuple) \
+        else torch.randn_like(state).requires_grad_()
+    inputs = (x, *state) if isinstance(state, tuple) else (x, state)
+
+    def run(x, *s):
+        out = cell(x, s if len(s) > 1 else s[0])
+        return out if isinstance(out, tuple) else (out,)
+
+    assert torch.autograd.gradcheck(run, inputs)
+    params = list(cell.parameters())
+    assert torch.autograd.gradcheck(lambda *p: run(x, *(state if isinstance(state, tuple) else (state,))), params)
+
+
+def test_dt_per_batch_element_equals_separate_runs():
+    torch.manual_seed(8)
+    cell = odernn.cell("gru-ode:rk4:steps=3", 3, 4)
+    x, h = torch.randn(3, 3), torch.randn(3, 4)
+    gaps = torch.tensor([0.2, 1.0, 2.5])
+    together = cell(x, h, dt=gaps)
+    for k in range(3):
+        alone = cell(x[k:k + 1], h[k:k + 1], dt=float(gaps[k]))
+        assert (together[k] - alone[0]).abs().max() <= 1e-14
+
+
+def test_nfe_is_reported():
+    cell = odernn.cell("gru-ode:rk4:steps=2", 3, 4)
+    cell(torch.randn(1, 3))
+    assert cell.nfe == 8 and cell.n == 4 and cell.t == 1
+    lstm = odernn.cell("lstm", 3, 4)
+    lstm(torch.randn(1, 3))
+    assert lstm.nfe == 2 and lstm.t == 2
+
+
+# --- specs ---------------------------------------------------------------------------------
+
+def test_spec_forms_are_equivalent(tmp_path):
+    a = odernn.cell("gru-ode:rk4:steps=2", 3, 4)
+    b = odernn.cell("gru-ode", 3, 4, tableau="rk4", steps=2)
+    assert a.tableau == b.tableau and a.steps == b.steps == 2
+    path = tmp_path / "mine.toml"
+    path.write_text(butcher.dumps_toml(butcher.get("ralston3")))
+    c = odernn.cell(f"gru-ode:{path}", 3, 4)
+    assert c.tableau.order() == 3 and c.n == 3
+    assert odernn.cell("antisymmetric:euler:eps=0.1", 3, 4).dt == 0.1
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("gru-odd", "unknown cell field 'gru-odd'; fields: rnn, gru-ode, lstm"),
+    ("gru-ode:rk5", "unknown method 'rk5'"),
+    ("gru-ode:rk4:stepz=2", "unknown option"),
+    ("gru-ode:rk4:steps=two", "not a valid int"),
+    ("gru-ode:rk4:steps=0", "steps must be a positive integer"),
+    ("gru-ode:rk4:euler", "two tableaux"),
+    ("", "a cell spec is a string"),
+])
+def test_bad_specs_say_what_exists(spec, message):
+    with pytest.raises(odernn.CellSpecError, match=message):
+        odernn.cell(spec, 3, 4)
