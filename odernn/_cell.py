@@ -8,7 +8,7 @@ from torch import nn
 import butcher
 
 from ._fields import GRUODEField, LSTMField, TanhRNNField, VectorField
-from ._stepping import ExplicitScheme
+from ._stepping import ExplicitScheme, ImplicitScheme
 
 __all__ = ["ODECell", "from_torch"]
 
@@ -26,7 +26,7 @@ class ODECell(nn.Module):
     """
 
     def __init__(self, field: VectorField, tableau: butcher.ButcherTableau | str = "euler", dt: float = 1.0,
-                 steps: int = 1, partitioned: bool = False):
+                 steps: int = 1, partitioned: bool = False, tol: float | None = None):
         super().__init__()
         if isinstance(tableau, str):
             tableau = butcher.get(tableau)
@@ -36,7 +36,12 @@ class ODECell(nn.Module):
             raise ValueError(f"dt must be positive, got {dt!r}")
         self.field, self.tableau = field, tableau
         self.dt, self.steps, self.partitioned = float(dt), steps, bool(partitioned) and field.blocks > 1
-        self.scheme = ExplicitScheme(tableau)
+        if tableau.is_explicit:
+            self.scheme = ExplicitScheme(tableau)
+        else:
+            if self.partitioned:
+                raise ValueError("partitioned stepping needs an explicit tableau")
+            self.scheme = ImplicitScheme(tableau, tol=tol)
         self.nfe = 0
 
     @property
@@ -57,6 +62,8 @@ class ODECell(nn.Module):
 
     @property
     def nfe_per_token(self) -> int:
+        """Field evaluations per token: exact for explicit tableaux; for implicit ones, those of
+        the last call (the Newton iterations vary)."""
         per_step = self.scheme.evaluations * (self.t if self.partitioned else 1)
         return self.steps * per_step
 
@@ -80,15 +87,20 @@ class ODECell(nn.Module):
         y = self.field.to_blocks(state)
         context = self.field.project(x)  # once per token, shared by every stage
         h = self._step_size(dt, x.shape[0], x)
+        implicit = isinstance(self.scheme, ImplicitScheme)
+        evaluations = 0
         for _ in range(self.steps):
-            if self.partitioned:
+            if implicit:
+                y = self.scheme.step(self.field, context, y, h)
+                evaluations += self.scheme.evaluations
+            elif self.partitioned:
                 for k in range(self.t):
                     def block_field(yk, k=k, y=y):
                         return (self.field(context, y[:k] + yk + y[k + 1:])[k],)
                     y = y[:k] + self.scheme.step(block_field, y[k:k + 1], h) + y[k + 1:]
             else:
                 y = self.scheme.step(lambda blocks: self.field(context, blocks), y, h)
-        self.nfe = self.nfe_per_token
+        self.nfe = evaluations if implicit else self.nfe_per_token
         return self.field.from_blocks(y)
 
     def to_torch(self) -> nn.Module:

@@ -40,7 +40,7 @@ _FIELDS = {
                         "coRNN, second order (t = 2); partitioned Euler is the published cell"),
 }
 _ALIASES = {"gru": "gru-ode", "gruode": "gru-ode", "tanh-rnn": "rnn", "asrnn": "antisymmetric"}
-_CELL_OPTIONS = {"steps": int, "dt": float, "eps": float, "partitioned": bool}
+_CELL_OPTIONS = {"steps": int, "dt": float, "eps": float, "partitioned": bool, "tol": float}
 
 
 def fields() -> dict[str, str]:
@@ -114,15 +114,13 @@ def cell(spec: str, input_size: int, hidden_size: int, **overrides) -> ODECell:
     field_options = {k: _convert(k, v, kind.options[k]) for k, v in options.items()}
     if "eps" in cell_options:
         cell_options["dt"] = cell_options.pop("eps")
-    if not tableau.is_explicit:
-        raise CellSpecError(f"{tableau.name or 'the tableau'} is {tableau.structure}: implicit stepping is not "
-                            "available in this version yet (explicit tableaux only)")
     if tableau.is_parametric:
         raise CellSpecError(f"{tableau.name or 'the tableau'} is parametric in "
                             f"{sorted(map(str, tableau.symbols))}: give concrete values")
     field = kind.factory(input_size, hidden_size, **field_options)
     try:
+        partitioned = cell_options.get("partitioned", kind.partitioned and tableau.is_explicit)
         return ODECell(field, tableau, dt=cell_options.get("dt", kind.dt), steps=cell_options.get("steps", 1),
-                       partitioned=cell_options.get("partitioned", kind.partitioned))
+                       partitioned=partitioned, tol=cell_options.get("tol"))
     except ValueError as err:
         raise CellSpecError(str(err)) from None
