@@ -82,3 +82,14 @@ def test_list_verify_derives_every_order(catalogue, capsys):
     assert main(["tableau", "list", "--verify", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == len(catalogue) and all(r["verified"] for r in rows)
+
+
+def test_cell_show_and_bad_specs(capsys):
+    assert main(["cell", "show", "gru-ode:rk4:steps=2", "--json", "--input-size", "3", "--hidden-size", "4"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n"] == 4 and info["t"] == 1 and info["nfe_per_token"] == 8
+    assert info["parameters"] == 3 * 4 * 3 + 3 * 4 * 4 + 2 * 3 * 4  # the nn.GRUCell layout
+    assert main(["cell", "show", "lstm", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["t"] == 2
+    code, _, err = run("cell", "show", "gru-odd")
+    assert code == 2 and "unknown cell field 'gru-odd'; fields: rnn, gru-ode" in err and "Traceback" not in err

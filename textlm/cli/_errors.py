@@ -1,10 +1,12 @@
 """Errors a user can cause from the command line: printed as one line, exit code 2."""
 
 import butcher
+import odernn
 
 
 class CLIError(Exception):
     """A problem with the command's input, explained in the message."""
 
 
-USER_ERRORS = (CLIError, butcher.TableauError, butcher.UnknownMethodError, OSError)
+USER_ERRORS = (CLIError, butcher.TableauError, butcher.UnknownMethodError, odernn.CellSpecError,
+               odernn.ImplicitSolveError, OSError)

@@ -1,0 +1,64 @@
+"""``odernn cell …``: inspect generated recurrent cells."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+import odernn
+
+from ._errors import CLIError
+
+
+def register(sub, formatter) -> None:
+    group = sub.add_parser("cell", help="generated recurrent cells: list fields, show a cell",
+                           formatter_class=formatter,
+                           description="Recurrent cells generated from a vector field and a Butcher tableau. "
+                                       "A spec is FIELD[:TABLEAU][:key=value...], e.g. gru-ode:rk4:steps=2, "
+                                       "rnn:euler, lstm, antisymmetric:euler:eps=0.1, cornn, gru-ode:FILE.toml.")
+    csub = group.add_subparsers(dest="cell_command", metavar="ACTION", required=True)
+    p = csub.add_parser("list", help="the vector fields", formatter_class=formatter)
+    p.set_defaults(handler=cmd_list)
+    p = csub.add_parser("show", help="n, t, stages, parameters and NFE per token of a cell spec",
+                        formatter_class=formatter,
+                        epilog="examples:\n  odernn cell show gru-ode:rk4:steps=2\n  odernn cell show lstm --json\n"
+                               "  odernn cell show gru-ode:gauss-2 --hidden-size 64")
+    p.add_argument("spec", help="FIELD[:TABLEAU][:key=value...]")
+    p.add_argument("--input-size", type=int, default=32, help="input width (default 32)")
+    p.add_argument("--hidden-size", type=int, default=128, help="hidden width (default 128)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=cmd_show)
+
+
+def cmd_list(args) -> int:
+    for name, summary in odernn.fields().items():
+        print(f"{name:<14} {summary}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    if args.input_size < 1 or args.hidden_size < 1:
+        raise CLIError("--input-size and --hidden-size must be positive")
+    try:
+        cell = odernn.cell(args.spec, args.input_size, args.hidden_size)
+    except odernn.CellSpecError as err:
+        raise CLIError(str(err)) from None
+    with torch.no_grad():  # one token through the cell: the NFE of implicit cells is measured
+        cell(torch.zeros(1, args.input_size))
+    info = {
+        "spec": args.spec, "field": type(cell.field).__name__, "tableau": cell.tableau.name,
+        "structure": cell.tableau.structure, "n": cell.n, "t": cell.t, "stages": cell.tableau.stages,
+        "order": cell.tableau.order(), "dt": cell.dt, "steps": cell.steps, "partitioned": cell.partitioned,
+        "parameters": sum(p.numel() for p in cell.parameters()), "nfe_per_token": cell.nfe,
+        "input_size": args.input_size, "hidden_size": args.hidden_size,
+    }
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"{args.spec}: {cell.n}–{cell.t} ODERNN cell ({info['field']} with {info['tableau']}, {info['structure']})")
+    for key in ("n", "t", "stages", "order", "dt", "steps", "partitioned", "parameters", "nfe_per_token"):
+        print(f"  {key.replace('_', ' '):<16}{info[key]}")
+    if not cell.tableau.is_explicit:
+        print("  (implicit: NFE counts the simplified-Newton iterations of one token from a zero state)")
+    return 0
