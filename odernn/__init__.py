@@ -16,10 +16,11 @@ from ._cell import ODECell, from_torch
 from ._fields import (AntisymmetricField, CoRNNField, GRUODEField, LSTMField, ModuleField, TanhRNNField,
                       VectorField)
 from ._spec import CellSpecError, cell, fields, parse_spec
-from ._stepping import ExplicitScheme, ImplicitScheme, ImplicitSolveError, reference_step
+from ._stepping import (AdaptiveScheme, ExplicitScheme, ImplicitScheme, ImplicitSolveError, StepSizeUnderflow,
+                        reference_step)
 
 __all__ = [
-    "AntisymmetricField", "CellSpecError", "ImplicitScheme", "ImplicitSolveError", "CoRNNField", "ExplicitScheme", "GRUODEField", "LSTMField",
+    "AdaptiveScheme", "AntisymmetricField", "CellSpecError", "StepSizeUnderflow", "ImplicitScheme", "ImplicitSolveError", "CoRNNField", "ExplicitScheme", "GRUODEField", "LSTMField",
     "ModuleField", "ODECell", "TanhRNNField", "VectorField", "cell", "fields", "from_torch", "parse_spec",
     "reference_step",
 ]

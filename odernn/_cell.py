@@ -8,7 +8,7 @@ from torch import nn
 import butcher
 
 from ._fields import GRUODEField, LSTMField, TanhRNNField, VectorField
-from ._stepping import ExplicitScheme, ImplicitScheme
+from ._stepping import AdaptiveScheme, ExplicitScheme, ImplicitScheme
 
 __all__ = ["ODECell", "from_torch"]
 
@@ -26,7 +26,8 @@ class ODECell(nn.Module):
     """
 
     def __init__(self, field: VectorField, tableau: butcher.ButcherTableau | str = "euler", dt: float = 1.0,
-                 steps: int = 1, partitioned: bool = False, tol: float | None = None):
+                 steps: int = 1, partitioned: bool = False, tol: float | None = None,
+                 rtol: float | None = None, atol: float | None = None):
         super().__init__()
         if isinstance(tableau, str):
             tableau = butcher.get(tableau)
@@ -36,7 +37,12 @@ class ODECell(nn.Module):
             raise ValueError(f"dt must be positive, got {dt!r}")
         self.field, self.tableau = field, tableau
         self.dt, self.steps, self.partitioned = float(dt), steps, bool(partitioned) and field.blocks > 1
-        if tableau.is_explicit:
+        if rtol is not None or atol is not None:  # adaptive: an embedded pair with error control
+            if self.partitioned:
+                raise ValueError("adaptive stepping does not combine with partitioned stepping")
+            self.scheme = AdaptiveScheme(tableau, rtol=rtol if rtol is not None else 1e-6,
+                                         atol=atol if atol is not None else 1e-8)
+        elif tableau.is_explicit:
             self.scheme = ExplicitScheme(tableau)
         else:
             if self.partitioned:
@@ -62,8 +68,8 @@ class ODECell(nn.Module):
 
     @property
     def nfe_per_token(self) -> int:
-        """Field evaluations per token: exact for explicit tableaux; for implicit ones, those of
-        the last call (the Newton iterations vary)."""
+        """Field evaluations per token: exact for explicit tableaux; for implicit and adaptive ones,
+        those of the last call (Newton iterations and accepted/rejected steps vary)."""
         per_step = self.scheme.evaluations * (self.t if self.partitioned else 1)
         return self.steps * per_step
 
@@ -87,6 +93,12 @@ class ODECell(nn.Module):
         y = self.field.to_blocks(state)
         context = self.field.project(x)  # once per token, shared by every stage
         h = self._step_size(dt, x.shape[0], x)
+        if isinstance(self.scheme, AdaptiveScheme):
+            if isinstance(h, torch.Tensor):
+                raise ValueError("adaptive cells share their steps across the batch: give dt as a number")
+            y = self.scheme.integrate(lambda blocks: self.field(context, blocks), y, h * self.steps, h)
+            self.nfe = self.scheme.evaluations
+            return self.field.from_blocks(y)
         implicit = isinstance(self.scheme, ImplicitScheme)
         evaluations = 0
         for _ in range(self.steps):

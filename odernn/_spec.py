@@ -40,7 +40,8 @@ _FIELDS = {
                         "coRNN, second order (t = 2); partitioned Euler is the published cell"),
 }
 _ALIASES = {"gru": "gru-ode", "gruode": "gru-ode", "tanh-rnn": "rnn", "asrnn": "antisymmetric"}
-_CELL_OPTIONS = {"steps": int, "dt": float, "eps": float, "partitioned": bool, "tol": float}
+_CELL_OPTIONS = {"steps": int, "dt": float, "eps": float, "partitioned": bool, "tol": float, "rtol": float,
+                 "atol": float}
 
 
 def fields() -> dict[str, str]:
@@ -119,8 +120,10 @@ def cell(spec: str, input_size: int, hidden_size: int, **overrides) -> ODECell:
                             f"{sorted(map(str, tableau.symbols))}: give concrete values")
     field = kind.factory(input_size, hidden_size, **field_options)
     try:
-        partitioned = cell_options.get("partitioned", kind.partitioned and tableau.is_explicit)
+        adaptive = "rtol" in cell_options or "atol" in cell_options
+        partitioned = cell_options.get("partitioned", kind.partitioned and tableau.is_explicit and not adaptive)
         return ODECell(field, tableau, dt=cell_options.get("dt", kind.dt), steps=cell_options.get("steps", 1),
-                       partitioned=partitioned, tol=cell_options.get("tol"))
+                       partitioned=partitioned, tol=cell_options.get("tol"), rtol=cell_options.get("rtol"),
+                       atol=cell_options.get("atol"))
     except ValueError as err:
         raise CellSpecError(str(err)) from None

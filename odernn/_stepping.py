@@ -43,28 +43,91 @@ def reference_step(A, b, f: Field, y: Blocks, h) -> Blocks:
 
 
 class ExplicitScheme:
-    """An explicit tableau specialised into a stage program."""
+    """An explicit tableau specialised into a stage program. With ``embedded=True`` the program
+    also computes the stages the embedded weights need, and :meth:`step_with_error` returns the
+    difference of the two solutions as the local error estimate."""
 
-    def __init__(self, tableau):
+    def __init__(self, tableau, embedded: bool = False):
         if not tableau.is_explicit:
             raise ValueError(f"{tableau.name or 'tableau'} is not explicit")
-        A, b, _, _ = tableau.to_numpy()
+        A, b, _, b_hat = tableau.to_numpy()
+        if embedded and b_hat is None:
+            raise ValueError(f"{tableau.name or 'tableau'} has no embedded weights for error control")
         s = len(b)
-        # Which stages does the update need, directly or through later stages?
-        needed = {i for i in range(s) if b[i] != 0}
+        # Which stages do the weights need, directly or through later stages?
+        needed = {i for i in range(s) if b[i] != 0 or (embedded and b_hat[i] != 0)}
         for i in reversed(range(s)):
             if i in needed:
                 needed |= {j for j in range(i) if A[i, j] != 0}
         self.program = [(i, [(j, float(A[i, j])) for j in range(i) if A[i, j] != 0])
                         for i in range(s) if i in needed]
         self.weights = [(i, float(b[i])) for i in range(s) if b[i] != 0]
+        self.error_weights = [(i, float(b[i] - b_hat[i])) for i in range(s) if embedded and b[i] != b_hat[i]]
         self.evaluations = len(self.program)
 
-    def step(self, f: Field, y: Blocks, h) -> Blocks:
+    def _stages(self, f: Field, y: Blocks, h) -> dict:
         K: dict[int, Blocks] = {}
         for i, row in self.program:
             K[i] = f(_combine(y, h, [(a, K[j]) for j, a in row]))
+        return K
+
+    def step(self, f: Field, y: Blocks, h) -> Blocks:
+        K = self._stages(f, y, h)
         return _combine(y, h, [(w, K[i]) for i, w in self.weights])
+
+    def step_with_error(self, f: Field, y: Blocks, h) -> tuple[Blocks, Blocks]:
+        """``(y⁺, y⁺ − ŷ⁺)``: the step and the embedded local-error estimate."""
+        K = self._stages(f, y, h)
+        zero = tuple(torch.zeros_like(block) for block in y)
+        return _combine(y, h, [(w, K[i]) for i, w in self.weights]), _combine(zero, h, [(w, K[i]) for i, w in self.error_weights])
+
+
+class StepSizeUnderflow(RuntimeError):
+    """Adaptive stepping needed a step smaller than it can take; the message says where."""
+
+
+class AdaptiveScheme:
+    """An embedded explicit pair integrating over a whole interval with error control: a step is
+    accepted when ``‖(y⁺ − ŷ⁺) / (atol + rtol·max(|y|, |y⁺|))‖_RMS ≤ 1`` (the worst sequence of the
+    batch decides, so the batch shares its steps), and the next step is
+    ``h·min(5, max(0.2, 0.9·err^(−1/(q+1))))`` with ``q`` the lower of the two orders. Gradients go
+    through the accepted steps; the step-size choices themselves are not differentiated."""
+
+    def __init__(self, tableau, rtol: float = 1e-6, atol: float = 1e-8, max_steps: int = 10_000):
+        self.scheme = ExplicitScheme(tableau, embedded=True)
+        self.exponent = 1.0 / (min(tableau.order(), tableau.embedded_order()) + 1)
+        self.rtol, self.atol, self.max_steps = rtol, atol, max_steps
+        self.name = tableau.name or "tableau"
+        self.evaluations = 0
+
+    def integrate(self, f: Field, y: Blocks, interval: float, initial_step: float) -> Blocks:
+        tau, h = 0.0, min(initial_step, interval)  # no memory between calls: a call is reproducible
+        evaluations = 0
+        for _ in range(self.max_steps):
+            if tau >= interval * (1 - 1e-12):
+                break
+            h = min(h, interval - tau)
+            y_new, error = self.scheme.step_with_error(f, y, h)
+            evaluations += self.scheme.evaluations
+            with torch.no_grad():
+                ratios = [(e / (self.atol + self.rtol * torch.maximum(a.abs(), b.abs()))).square()
+                          for e, a, b in zip(error, y, y_new)]
+                norm = torch.cat([r.flatten(1) for r in ratios], dim=1).mean(dim=1).sqrt().max().item()
+            if norm <= 1.0:
+                tau, y = tau + h, y_new
+            elif not (norm == norm):  # NaN
+                raise StepSizeUnderflow(f"{self.name}: the error estimate is NaN at τ = {tau:.6g} (the state "
+                                        "diverged); a smaller dt or an implicit tableau may help")
+            factor = 5.0 if norm == 0 else min(5.0, max(0.2, 0.9 * norm ** -self.exponent))
+            h = h * factor
+            if h < 1e-12 * interval:
+                raise StepSizeUnderflow(f"{self.name}: step size underflow at τ = {tau:.6g} of {interval:.6g} "
+                                        f"(h = {h:.3g}, rtol = {self.rtol:g}, atol = {self.atol:g}): the field is "
+                                        "stiff or singular there; try an implicit tableau or looser tolerances")
+        else:
+            raise StepSizeUnderflow(f"{self.name}: more than {self.max_steps} steps over one interval")
+        self.evaluations = evaluations
+        return y
 
 
 class ImplicitSolveError(RuntimeError):

@@ -292,3 +292,38 @@ def test_backward_euler_is_stable_where_forward_euler_explodes():
     for _ in range(10):
         he, hi = explicit(x, he), implicit(x, hi)
     assert he.abs().max() > 1e15 and hi.abs().max() < 1e-15
+
+
+# --- adaptive stepping with embedded pairs ------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["dopri5", "bs3", "cash-karp", "tsit5"])
+def test_adaptive_error_follows_the_tolerance(name, smooth_problem):
+    module, x, h0, exact = smooth_problem
+    field = odernn.ModuleField(module, 4, 4)
+    errors, nfes = [], []
+    with torch.no_grad():
+        for tol in (1e-4, 1e-6, 1e-8, 1e-10):
+            cell = odernn.ODECell(field, name, dt=1.0, rtol=tol, atol=tol)
+            errors.append((cell(x, h0) - exact).abs().max().item())
+            nfes.append(cell.nfe)
+    assert all(e2 < e1 for e1, e2 in zip(errors, errors[1:])) and errors[-1] < 1e-8
+    assert all(n2 > n1 for n1, n2 in zip(nfes, nfes[1:]))
+    assert nfes[0] % odernn.ExplicitScheme(butcher.get(name), embedded=True).evaluations == 0
+
+
+def test_adaptive_gradcheck_and_reproducibility():
+    torch.manual_seed(10)
+    cell = odernn.cell("gru-ode:dopri5:rtol=1e-10:atol=1e-12:dt=2", 2, 3)
+    x, h = torch.randn(2, 2, requires_grad=True), torch.randn(2, 3, requires_grad=True)
+    # the step sizes are chosen, not differentiated: the gradient misses only O(tolerance)
+    assert torch.autograd.gradcheck(lambda a, b: cell(a, b), (x, h), atol=1e-6)
+    assert torch.equal(cell(x, h), cell(x, h))
+
+
+def test_adaptive_step_size_underflow_is_a_clear_error():
+    blow_up = odernn.ModuleField(lambda h, x: h * h, 1, 1)  # h' = h², h(0) = 1: singular at τ = 1
+    cell = odernn.ODECell(blow_up, "dopri5", dt=2.0, rtol=1e-6, atol=1e-9)
+    with pytest.raises(odernn.StepSizeUnderflow, match=r"at τ = 0\.99|NaN|underflow"):
+        cell(torch.zeros(1, 1), torch.ones(1, 1))
+    with pytest.raises(ValueError, match="no embedded weights"):
+        odernn.cell("gru-ode:rk4:rtol=1e-3", 2, 3)
