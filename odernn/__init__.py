@@ -15,6 +15,7 @@ torch.Size([2, 5])
 from ._cell import ODECell, from_torch
 from ._fields import (AntisymmetricField, CoRNNField, GRUODEField, LSTMField, ModuleField, TanhRNNField,
                       VectorField)
+from ._interop import TokenODE, torchdiffeq_method
 from ._spec import CellSpecError, cell, fields, parse_spec
 from ._stepping import (AdaptiveScheme, ExplicitScheme, ImplicitScheme, ImplicitSolveError, StepSizeUnderflow,
                         reference_step)
@@ -22,5 +23,5 @@ from ._stepping import (AdaptiveScheme, ExplicitScheme, ImplicitScheme, Implicit
 __all__ = [
     "AdaptiveScheme", "AntisymmetricField", "CellSpecError", "StepSizeUnderflow", "ImplicitScheme", "ImplicitSolveError", "CoRNNField", "ExplicitScheme", "GRUODEField", "LSTMField",
     "ModuleField", "ODECell", "TanhRNNField", "VectorField", "cell", "fields", "from_torch", "parse_spec",
-    "reference_step",
+    "reference_step", "TokenODE", "torchdiffeq_method",
 ]
