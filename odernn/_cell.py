@@ -115,6 +115,14 @@ class ODECell(nn.Module):
         self.nfe = evaluations if implicit else self.nfe_per_token
         return self.field.from_blocks(y)
 
+    def evolve(self, state, dt):
+        """The state carried over a gap ``dt`` (a float or one per batch element) with no
+        observation: the field with zero input, ODE-RNN / GRU-ODE-Bayes style. Combine with a
+        jump at each observation (this cell, or another one) for irregularly sampled sequences."""
+        blocks = self.field.to_blocks(state)
+        x = torch.zeros(blocks[0].shape[0], self.input_size, dtype=blocks[0].dtype, device=blocks[0].device)
+        return self(x, state, dt=dt)
+
     def to_torch(self) -> nn.Module:
         """The equivalent ``torch.nn`` cell with the same weights, where one exists (forward Euler,
         Δ = 1, one step, on the tanh-RNN, GRU-ODE or partitioned LSTM field)."""
