@@ -18,16 +18,21 @@ Field = Callable[[Blocks], Blocks]
 
 
 def _combine(y: Blocks, h, terms: Sequence[tuple[float, Blocks]]) -> Blocks:
-    """``y + h Σ a K`` blockwise; ``h`` is a float or a ``(B, 1)`` tensor."""
+    """``y + h Σ a K`` blockwise; ``h`` is a float or a ``(B, 1)`` tensor. Fused ``add(alpha=…)``
+    and ``addcmul`` keep it to one kernel per term (this runs once per stage)."""
     if not terms:
         return y
     out = []
     for index, y_block in enumerate(y):
-        acc = None
-        for a, K in terms:
-            term = K[index] if a == 1.0 else a * K[index]
-            acc = term if acc is None else acc + term
-        out.append(y_block + h * acc)
+        if len(terms) == 1 and not isinstance(h, torch.Tensor):
+            a, K = terms[0]
+            out.append(torch.add(y_block, K[index], alpha=h * a))
+            continue
+        a, K = terms[0]
+        acc = K[index] if a == 1.0 else K[index] * a
+        for a, K in terms[1:]:
+            acc = torch.add(acc, K[index], alpha=a)
+        out.append(torch.addcmul(y_block, h, acc) if isinstance(h, torch.Tensor) else torch.add(y_block, acc, alpha=h))
     return tuple(out)
 
 

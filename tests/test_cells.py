@@ -93,7 +93,9 @@ def test_specialised_stepper_equals_reference(name):
     A, b, _, _ = tab.to_numpy()
     ours = odernn.ExplicitScheme(tab).step(f, y, 0.3)
     reference = odernn.reference_step(A, b, f, y, 0.3)
-    assert (ours[0] - reference[0]).abs().max() <= 1e-14
+    # equal up to round-off, which grows with the size of the coefficients (DP8's reach ~1e2)
+    bound = 4e-16 * (1 + abs(A).sum() + abs(b).sum())
+    assert (ours[0] - reference[0]).abs().max() <= bound
 
 
 def test_fsal_stage_is_not_evaluated():
