@@ -8,7 +8,7 @@ from torch import nn
 import butcher
 
 from ._fields import GRUODEField, LSTMField, TanhRNNField, VectorField
-from ._stepping import AdaptiveScheme, ExplicitScheme, ImplicitScheme
+from ._stepping import AdaptiveScheme, ExplicitScheme, ImplicitScheme, field_jacobians
 
 __all__ = ["ODECell", "from_torch"]
 
@@ -114,6 +114,20 @@ class ODECell(nn.Module):
                 y = self.scheme.step(lambda blocks: self.field(context, blocks), y, h)
         self.nfe = evaluations if implicit else self.nfe_per_token
         return self.field.from_blocks(y)
+
+    def jacobian(self, x: torch.Tensor, state=None) -> torch.Tensor:
+        """``∂f/∂y`` of the field at each batch element ``(B, D, D)``, with ``y`` the state blocks
+        concatenated in the field's block order (the linearisation the stability check uses)."""
+        if state is None:
+            state = self.field.initial_state(x.shape[0], x.dtype, x.device)
+        blocks = self.field.to_blocks(state)
+        Y = torch.cat(blocks, dim=-1)
+        return field_jacobians(self.field, self.field.project(x), Y, [b.shape[-1] for b in blocks])
+
+    @property
+    def step_size(self) -> float:
+        """``Δ / steps``: the step each Runge–Kutta step takes (adaptive cells: the first one)."""
+        return self.dt / self.steps
 
     def evolve(self, state, dt):
         """The state carried over a gap ``dt`` (a float or one per batch element) with no

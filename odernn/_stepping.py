@@ -135,6 +135,15 @@ class AdaptiveScheme:
         return y
 
 
+def field_jacobians(field, context, Y: torch.Tensor, sizes) -> torch.Tensor:
+    """Per-sample ``∂f/∂y`` ``(N, D, D)`` at the rows of ``Y`` ``(N, D)`` (the state blocks
+    concatenated, of widths ``sizes``), with the rows of ``context`` matching."""
+    def single(v, c):
+        blocks = tuple(v[None].split(sizes, dim=-1))
+        return torch.cat(field(c[None], blocks), dim=-1)[0]
+    return torch.func.vmap(torch.func.jacrev(single))(Y, context)
+
+
 class ImplicitSolveError(RuntimeError):
     """The stage equations of an implicit step were not solved to the requested tolerance."""
 
@@ -158,12 +167,7 @@ class ImplicitScheme:
 
     @staticmethod
     def _jacobians(field, context, Y: torch.Tensor, sizes) -> torch.Tensor:
-        """Per-sample ``∂f/∂y`` at the rows of ``Y`` ``(N, D)``, with ``context`` rows matching."""
-        def single(v, c):
-            blocks = tuple(v[None].split(sizes, dim=-1))
-            ctx = c[None] if isinstance(c, torch.Tensor) else c
-            return torch.cat(field(ctx, blocks), dim=-1)[0]
-        return torch.func.vmap(torch.func.jacrev(single))(Y, context)
+        return field_jacobians(field, context, Y, sizes)
 
     def step(self, field, context, y: Blocks, h) -> Blocks:
         sizes = [block.shape[-1] for block in y]

@@ -1,6 +1,13 @@
-"""``stability`` — spectral analysis of a cell against its tableau's stability region.
+"""``stability`` — will training a generated cell be stable? The eigenvalues of the field's
+Jacobian at sampled states, scaled by the step, against the tableau's stability region.
 
-Filled by the stability issue; imports ``butcher`` and ``odernn`` only.
+>>> import odernn, stability
+>>> cell = odernn.cell("gru-ode:rk4", input_size=3, hidden_size=8)
+>>> report = stability.check(cell)
+>>> report.stable, report.margin > 0
+(True, True)
 """
 
-__all__: list[str] = []
+from ._check import Condition, StabilityReport, check, max_stable_dt
+
+__all__ = ["Condition", "StabilityReport", "check", "max_stable_dt"]
