@@ -93,3 +93,15 @@ def test_cell_show_and_bad_specs(capsys):
     assert json.loads(capsys.readouterr().out)["t"] == 2
     code, _, err = run("cell", "show", "gru-odd")
     assert code == 2 and "unknown cell field 'gru-odd'; fields: rnn, gru-ode" in err and "Traceback" not in err
+
+
+def test_stability_check_exit_codes_and_plot(tmp_path):
+    code, out, err = run("stability", "check", "gru-ode:rk4", "--hidden-size", "16", "--input-size", "4", "--json")
+    assert code == 0 and json.loads(out)["stable"] is True
+    code, out, _ = run("stability", "check", "gru-ode:euler:dt=6", "--hidden-size", "16", "--input-size", "4")
+    assert code == 1 and out.startswith("UNSTABLE")
+    code, _, err = run("stability", "check", "gru-odd")
+    assert code == 2 and "unknown cell field" in err and "Traceback" not in err
+    target = tmp_path / "eig.png"
+    code, _, err = run("stability", "plot", "rnn:rk4", "--hidden-size", "8", "--input-size", "2", "-o", str(target))
+    assert code == 0 and target.read_bytes()[:4] == b"\x89PNG"
