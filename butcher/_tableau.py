@@ -284,16 +284,18 @@ class ButcherTableau:
         phi = ex.dot(weights, self._g(tree)[0])
         return phi * ex.K.convert(density(tree)) - ex.one
 
-    def _simplifying_assumptions(self, weights, limit: int) -> tuple[int, int, int]:
-        """Largest ``(p, η, ζ)`` with ``B(p)``, ``C(η)``, ``D(ζ)`` for ``weights`` and ``c = A𝟙``:
+    def _simplifying_assumptions(self, weights, limit: int, c=None) -> tuple[int, int, int]:
+        """Largest ``(p, η, ζ)`` with ``B(p)``, ``C(η)``, ``D(ζ)`` for ``weights`` and ``c``
+        (default ``A𝟙``, the row sums the autonomous order theory uses):
 
         - ``B(p)``: ``Σ_i b_i c_i^(k−1) = 1/k`` for ``k ≤ p``;
         - ``C(η)``: ``Σ_j a_ij c_j^(k−1) = c_i^k / k`` for ``k ≤ η``;
         - ``D(ζ)``: ``Σ_i b_i c_i^(k−1) a_ij = b_j (1 − c_j^k) / k`` for ``k ≤ ζ``.
         """
         ex = self._exact
-        c = ex.matvec([ex.one] * ex.s)
+        c = ex.matvec([ex.one] * ex.s) if c is None else c
         K, one = ex.K, ex.one
+
         def B(k, kk, power, next_power):
             return ex.is_zero(ex.dot(weights, power) * kk - one)
 
@@ -354,17 +356,8 @@ class ButcherTableau:
         """Largest ``q`` with the simplifying assumptions ``B(q)`` and ``C(q)``:
         ``Σ b_i c_i^(k−1) = 1/k`` and ``Σ_j a_ij c_j^(k−1) = c_i^k / k`` for ``k ≤ q``."""
         ex = self._exact
-        power = [ex.one] * ex.s  # c^(k-1)
-        for k in range(1, max_order + 1):
-            kk = ex.K.convert(k)
-            Ac = ex.matvec(power)
-            next_power = [p * ci for p, ci in zip(power, ex.c)]
-            b_ok = ex.is_zero(ex.dot(ex.b, power) * kk - ex.one)
-            c_ok = all(ex.is_zero(x * kk - y) for x, y in zip(Ac, next_power))
-            if not (b_ok and c_ok):
-                return k - 1
-            power = next_power
-        return max_order
+        p, eta, _ = self._simplifying_assumptions(ex.b, max_order, c=ex.c)
+        return min(p, eta)
 
     def elementary_weight(self, tree: Tree, embedded: bool = False) -> sp.Expr:
         """``Φ(t) = Σ b_i g_i(t)`` as an exact SymPy expression."""

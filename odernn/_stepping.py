@@ -165,10 +165,6 @@ class ImplicitScheme:
         self.name = tableau.name or "tableau"
         self.evaluations = 0  # field evaluations (stage values) of the last step
 
-    @staticmethod
-    def _jacobians(field, context, Y: torch.Tensor, sizes) -> torch.Tensor:
-        return field_jacobians(field, context, Y, sizes)
-
     def step(self, field, context, y: Blocks, h) -> Blocks:
         sizes = [block.shape[-1] for block in y]
         yf = torch.cat(y, dim=-1)  # (B, D)
@@ -194,7 +190,7 @@ class ImplicitScheme:
             return blocks.permute(0, 1, 3, 2, 4).reshape(B, s * D, s * D)
 
         with torch.no_grad():
-            J0 = self._jacobians(field, context, yf, sizes)  # (B, D, D) at y
+            J0 = field_jacobians(field, context, yf, sizes)  # (B, D, D) at y
             M = eye - kron(J0[:, None].expand(B, s, D, D))
             lu = torch.linalg.lu_factor(M)
             K = torch.cat(field(context, y), dim=-1)[:, None, :].expand(B, s, D).clone()
@@ -224,7 +220,7 @@ class ImplicitScheme:
                 def implicit_gradient(grad):
                     if grad is None:
                         return None
-                    Js = self._jacobians(field, stage_context, Y, sizes).reshape(B, s, D, D).detach()
+                    Js = field_jacobians(field, stage_context, Y, sizes).reshape(B, s, D, D).detach()
                     system = (eye - kron(Js)).transpose(-1, -2)
                     return torch.linalg.solve(system, grad.reshape(B, s * D, 1)).reshape(B, s, D)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -46,7 +46,6 @@ class StabilityReport:
     tableau: str
     samples: int
     max_stable_dt: float | None = None
-    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -62,7 +61,6 @@ class StabilityReport:
             lines.append(f"  [{'ok' if c.verdict else 'FAIL'}] {c.name}: {c.value:.6g}  ({c.detail}) — {c.source}")
         if self.max_stable_dt is not None:
             lines.append(f"  largest stable dt for these weights: {self.max_stable_dt:.6g}")
-        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -162,7 +160,6 @@ def check(cell, inputs=None, dt: float | None = None, samples: int = 16, seed: i
     # any ratio "stiff"): |Re λ| ≥ 1e-6 · max|Re λ|
     decay = -lams.real[lams.real < 0]
     real = decay[decay >= 1e-6 * decay.max()] if decay.size else decay
-    notes = []
     if len(real):
         ratio = float(real.max() / real.min())
         stiff = ratio > 1e3
@@ -173,4 +170,4 @@ def check(cell, inputs=None, dt: float | None = None, samples: int = 16, seed: i
     limit = _largest_dt(cell, lams)
     return StabilityReport(stable=all(c.verdict for c in conditions), margin=margin, conditions=conditions,
                            eigenvalues=scaled, step=step, tableau=cell.tableau.name or "user tableau",
-                           samples=x.shape[0], max_stable_dt=limit, notes=notes)
+                           samples=x.shape[0], max_stable_dt=limit)

@@ -176,8 +176,9 @@ def cmd_show(args) -> int:
     title = tab.name or args.tableau
     print(f"{title}: {tab.description}" if tab.description else title)
     print()
-    print(tab.pretty())
-    if "~" in tab.pretty():
+    text = tab.pretty()
+    print(text)
+    if "~" in text:
         print("(~: a long exact entry shown as a float; --toml or --json give every entry exactly)")
     print()
     if args.float and not tab.is_parametric:
