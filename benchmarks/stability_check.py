@@ -1,4 +1,5 @@
-"""Time of ``stability.check`` on a 256-unit GRU-ODE cell (goal: under 2 s on this machine).
+"""Time of ``stability.check`` on a 256-unit GRU-ODE cell (goal: under 2 s on this machine), and of
+the training probe (ARPACK on Jacobian–vector products) against the dense eigendecomposition.
 
     python benchmarks/stability_check.py
 """
@@ -6,10 +7,20 @@
 import statistics
 import time
 
+import numpy as np
 import torch
 
 import odernn
 import stability
+
+
+def median_time(fn, repeats=3):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
 
 
 def main():
@@ -17,15 +28,26 @@ def main():
     stability.check(odernn.cell("gru-ode:rk4", 4, 4))  # warm-up: torch.func compiles its transforms
     for spec in ("gru-ode:rk4", "gru-ode:euler", "lstm:rk4:partitioned=false"):
         cell = odernn.cell(spec, 256, 256)
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            report = stability.check(cell)
-            times.append(time.perf_counter() - start)
-        print(f"{spec:<28} 256 units, {report.samples} states, {len(report.eigenvalues)} eigenvalues: "
-              f"{statistics.median(times):.2f} s (median of 3; goal < 2 s); "
-              f"{'stable' if report.stable else 'unstable'}, margin {report.margin:+.3f}, "
-              f"largest stable dt {report.max_stable_dt:.3f}")
+        seconds, report = median_time(lambda: stability.check(cell))
+        print(f"check {spec:<28} 256 units, {report.samples} states, {len(report.eigenvalues)} eigenvalues: "
+              f"{seconds:.2f} s (median of 3; goal < 2 s); {'stable' if report.stable else 'unstable'}, "
+              f"margin {report.margin:+.3f}, largest stable dt {report.max_stable_dt:.3f}")
+    print()
+    for hidden in (256, 1024, 2048):
+        cell = odernn.cell("gru-ode:rk4", 16, hidden)
+        x, state = torch.randn(4, 16), None
+        with torch.no_grad():
+            for _ in range(5):
+                state = cell(x, state)
+        probe_s, found = median_time(lambda: stability.top_eigenvalues(cell, x, state))
+
+        def dense():
+            J = cell.jacobian(x[:1], state[:1]).detach()[0].double()
+            return torch.linalg.eigvals(J).numpy()
+        dense_s, full = median_time(dense)
+        gap = abs(np.abs(found).max() - np.abs(full).max()) / np.abs(full).max()
+        print(f"probe gru-ode:rk4 {hidden:>5} units: ARPACK {probe_s:.2f} s, dense Jacobian + eig {dense_s:.2f} s "
+              f"(ratio {dense_s / probe_s:.1f}); max|λ| relative difference {gap:.1e}")
 
 
 if __name__ == "__main__":

@@ -148,6 +148,21 @@ class StabilityAnalysis:
         return (np.array([complex(sp.N(c, 30)) for c in self.P.all_coeffs()]),
                 np.array([complex(sp.N(c, 30)) for c in self.Q.all_coeffs()]))
 
+    def matrix(self, Z):
+        """``R(Z) = Q(Z)⁻¹ P(Z)`` for square matrices ``Z`` (``(..., D, D)``, complex or real):
+        Horner's scheme on matrices, one solve for the denominator."""
+        Z = np.asarray(Z)
+        p, q = (np.real_if_close(c) for c in self._float_coeffs)
+        eye = np.broadcast_to(np.eye(Z.shape[-1], dtype=np.result_type(Z, p, q)), Z.shape)
+
+        def horner(coeffs):
+            out = eye * coeffs[0]
+            for c in coeffs[1:]:
+                out = out @ Z + eye * c
+            return out
+        numerator = horner(p)
+        return numerator if len(q) == 1 else np.linalg.solve(horner(q), numerator)
+
     def amplification(self, values):
         values = np.asarray(values, dtype=complex)
         p, q = self._float_coeffs

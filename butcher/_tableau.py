@@ -468,6 +468,11 @@ class ButcherTableau:
         """``|R(λ)|`` at complex numbers ``λ`` (numpy array in, numpy array out)."""
         return self._stability.amplification(values)
 
+    def stability_matrix(self, Z):
+        """``R(Z)`` for square matrices ``Z`` (numpy, ``(..., D, D)``): the linear map one step of
+        the method applies to ``y' = J y`` when ``Z = hJ``."""
+        return self._stability.matrix(Z)
+
     # --- conversion ----------------------------------------------------------------------------
     def subs(self, *args, **values) -> "ButcherTableau":
         """A new tableau with symbols replaced: ``family.subs(a=sp.Rational(1, 2))``."""

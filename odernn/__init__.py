@@ -16,12 +16,12 @@ from ._cell import ODECell, from_torch
 from ._fields import (AntisymmetricField, CoRNNField, GRUODEField, LSTMField, ModuleField, TanhRNNField,
                       VectorField)
 from ._interop import TokenODE, torchdiffeq_method
-from ._spec import CellSpecError, cell, fields, parse_spec
+from ._spec import CellSpecError, cell, constraints, fields, parse_spec
 from ._stepping import (AdaptiveScheme, ExplicitScheme, ImplicitScheme, ImplicitSolveError, StepSizeUnderflow,
                         reference_step)
 
 __all__ = [
     "AdaptiveScheme", "AntisymmetricField", "CellSpecError", "StepSizeUnderflow", "ImplicitScheme", "ImplicitSolveError", "CoRNNField", "ExplicitScheme", "GRUODEField", "LSTMField",
-    "ModuleField", "ODECell", "TanhRNNField", "VectorField", "cell", "fields", "from_torch", "parse_spec",
+    "ModuleField", "ODECell", "TanhRNNField", "VectorField", "cell", "constraints", "fields", "from_torch", "parse_spec",
     "reference_step", "TokenODE", "torchdiffeq_method",
 ]

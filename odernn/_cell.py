@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 import butcher
 
@@ -49,6 +52,7 @@ class ODECell(nn.Module):
                 raise ValueError("partitioned stepping needs an explicit tableau")
             self.scheme = ImplicitScheme(tableau, tol=tol)
         self.nfe = 0
+        self.constraint = None  # the name of a parameterisation applied to the field's weights
 
     @property
     def n(self) -> int:
@@ -88,6 +92,11 @@ class ODECell(nn.Module):
     def forward(self, x: torch.Tensor, state=None, dt=None):
         """``x``: ``(B, input_size)``; ``state``: as the ``torch.nn`` cell (``None`` for zeros);
         ``dt``: overrides the interval, a float or a ``(B,)`` tensor of gaps."""
+        # constrained weights: evaluate the parameterisation once per token, not once per stage
+        with parametrize.cached() if parametrize.is_parametrized(self.field) else contextlib.nullcontext():
+            return self._forward(x, state, dt)
+
+    def _forward(self, x, state, dt):
         if state is None:
             state = self.field.initial_state(x.shape[0], x.dtype, x.device)
         y = self.field.to_blocks(state)
@@ -158,13 +167,19 @@ class ODECell(nn.Module):
                 parameter.copy_(getattr(f, name))
         return module
 
+    @property
+    def field_name(self) -> str:
+        """The field's class name (without the ``Parametrized`` a constraint puts in front)."""
+        return type(self.field).__name__.removeprefix("Parametrized")
+
     def describe(self) -> str:
-        return (f"{type(self.field).__name__} with {self.tableau.name or 'a user tableau'}, dt={self.dt}, "
+        return (f"{self.field_name} with {self.tableau.name or 'a user tableau'}, dt={self.dt}, "
                 f"steps={self.steps}{', partitioned' if self.partitioned else ''}")
 
     def extra_repr(self) -> str:
         return (f"n={self.n}, t={self.t}, tableau={self.tableau.name!r}, dt={self.dt}, steps={self.steps}, "
-                f"partitioned={self.partitioned}, nfe_per_token={self.nfe_per_token}")
+                f"partitioned={self.partitioned}, nfe_per_token={self.nfe_per_token}"
+                + (f", constraint={self.constraint!r}" if self.constraint else ""))
 
 
 def from_torch(module: nn.Module) -> ODECell:

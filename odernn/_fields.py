@@ -51,6 +51,11 @@ class VectorField(nn.Module):
         zeros = torch.zeros(batch, self.hidden_size, dtype=dtype, device=device)
         return self.from_blocks(tuple(zeros for _ in range(self.blocks)))
 
+    def recurrent_matrices(self) -> dict[str, torch.Tensor]:
+        """The square ``hidden × hidden`` weight matrices acting on the state, by name (their
+        spectra bound the field's Jacobian; the stability report lists them)."""
+        return {}
+
     def extra_repr(self) -> str:
         return f"input_size={self.input_size}, hidden_size={self.hidden_size}"
 
@@ -86,6 +91,9 @@ class TanhRNNField(VectorField):
         (h,) = state
         return (torch.tanh(context + h @ self.weight_hh.T) - h,)
 
+    def recurrent_matrices(self):
+        return {"W_hh": self.weight_hh}
+
 
 class GRUODEField(VectorField):
     """GRU-ODE (De Brouwer et al. 2019) with the reset gate, in ``torch.nn.GRUCell``'s layout:
@@ -119,6 +127,9 @@ class GRUODEField(VectorField):
         n = torch.tanh(i_n + r * h_n)
         return ((1 - z) * (n - h),)
 
+    def recurrent_matrices(self):
+        return dict(zip(("W_hr", "W_hz", "W_hn"), self.weight_hh.chunk(3, dim=0)))
+
 
 class LSTMField(VectorField):
     """The LSTM field on the blocks ``(c, h)``, in ``torch.nn.LSTMCell``'s layout (gates i, f, g, o):
@@ -151,6 +162,9 @@ class LSTMField(VectorField):
         i, f, g, o = gates.chunk(4, dim=-1)
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
         return ((f - 1) * c + i * g, o * torch.tanh(c) - h)
+
+    def recurrent_matrices(self):
+        return dict(zip(("W_hi", "W_hf", "W_hg", "W_ho"), self.weight_hh.chunk(4, dim=0)))
 
     def to_blocks(self, state):
         h, c = state
@@ -189,6 +203,9 @@ class AntisymmetricField(VectorField):
         (h,) = state
         return (torch.tanh(h @ self.recurrent_matrix().T + context),)
 
+    def recurrent_matrices(self):
+        return {"W − Wᵀ − γI": self.recurrent_matrix()}
+
     def extra_repr(self):
         return super().extra_repr() + f", gamma={self.gamma}"
 
@@ -221,6 +238,9 @@ class CoRNNField(VectorField):
         z, y = state
         drive = torch.tanh(y @ self.weight_y.T + z @ self.weight_z.T + context)
         return (drive - self.gamma * y - self.epsilon * z, z)
+
+    def recurrent_matrices(self):
+        return {"W_y": self.weight_y, "W_z": self.weight_z}
 
     def to_blocks(self, state):
         y, z = state

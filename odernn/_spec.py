@@ -7,6 +7,7 @@ or a ``.toml``/``.json`` file), and options. Keyword arguments of :func:`cell` o
 from __future__ import annotations
 
 from dataclasses import dataclass, field as dataclass_field
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import butcher
@@ -14,7 +15,7 @@ import butcher
 from ._cell import ODECell
 from ._fields import AntisymmetricField, CoRNNField, GRUODEField, LSTMField, TanhRNNField
 
-__all__ = ["cell", "parse_spec", "fields", "CellSpecError"]
+__all__ = ["cell", "parse_spec", "fields", "constraints", "CellSpecError"]
 
 
 class CellSpecError(ValueError):
@@ -41,12 +42,28 @@ _FIELDS = {
 }
 _ALIASES = {"gru": "gru-ode", "gruode": "gru-ode", "tanh-rnn": "rnn", "asrnn": "antisymmetric"}
 _CELL_OPTIONS = {"steps": int, "dt": float, "eps": float, "partitioned": bool, "tol": float, "rtol": float,
-                 "atol": float}
+                 "atol": float, "constraint": str}
+CONSTRAINT_GROUP = "odernn.constraints"  # entry-point group of the parameterisations (``stability`` registers its own)
 
 
 def fields() -> dict[str, str]:
     """Field names and one-line descriptions."""
     return {name: kind.summary for name, kind in _FIELDS.items()}
+
+
+def constraints() -> list[str]:
+    """Names of the constraints installed packages provide (entry points ``odernn.constraints``)."""
+    return sorted({ep.name for ep in entry_points(group=CONSTRAINT_GROUP)})
+
+
+def _constrain(cell: ODECell, name: str) -> None:
+    found = [ep for ep in entry_points(group=CONSTRAINT_GROUP) if ep.name == name]
+    if not found:
+        raise CellSpecError(f"unknown constraint {name!r}; constraints: {', '.join(constraints()) or 'none installed'}")
+    try:
+        found[0].load()(cell)
+    except ValueError as err:
+        raise CellSpecError(str(err)) from None
 
 
 def _convert(key: str, text, kind: type):
@@ -93,8 +110,10 @@ def cell(spec: str, input_size: int, hidden_size: int, **overrides) -> ODECell:
     (``cell("gru-ode", 8, 16, tableau="rk4", steps=2)``).
 
     Options: ``tableau`` (name, file or ``ButcherTableau``), ``steps``, ``dt`` (``eps`` is its
-    name for the antisymmetric field), ``partitioned``, and the field's own (``gamma``,
-    ``epsilon``, ``bias``).
+    name for the antisymmetric field), ``partitioned``, ``tol`` (implicit tableaux), ``rtol`` and
+    ``atol`` (adaptive stepping), ``constraint`` (a parameterisation that keeps the step inside
+    the tableau's stability region during training: ``spectral``, ``antisymmetric``; see
+    :func:`constraints`), and the field's own (``gamma``, ``epsilon``, ``bias``).
     """
     options = parse_spec(spec)
     options.update({k.lower(): v for k, v in overrides.items()})
@@ -122,8 +141,11 @@ def cell(spec: str, input_size: int, hidden_size: int, **overrides) -> ODECell:
     try:
         adaptive = "rtol" in cell_options or "atol" in cell_options
         partitioned = cell_options.get("partitioned", kind.partitioned and tableau.is_explicit and not adaptive)
-        return ODECell(field, tableau, dt=cell_options.get("dt", kind.dt), steps=cell_options.get("steps", 1),
+        made = ODECell(field, tableau, dt=cell_options.get("dt", kind.dt), steps=cell_options.get("steps", 1),
                        partitioned=partitioned, tol=cell_options.get("tol"), rtol=cell_options.get("rtol"),
                        atol=cell_options.get("atol"))
     except ValueError as err:
         raise CellSpecError(str(err)) from None
+    if "constraint" in cell_options:
+        _constrain(made, cell_options["constraint"].lower())
+    return made

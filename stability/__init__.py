@@ -9,5 +9,9 @@ Jacobian at sampled states, scaled by the step, against the tableau's stability 
 """
 
 from ._check import Condition, StabilityReport, check, max_stable_dt
+from ._enforce import constrain, constraints, largest_admissible_norm
+from ._probe import Probe, ProbeResult, StabilityWarning, top_eigenvalues
+from ._simulate import Simulation, simulate
 
-__all__ = ["Condition", "StabilityReport", "check", "max_stable_dt"]
+__all__ = ["Condition", "Probe", "ProbeResult", "StabilityReport", "StabilityWarning", "check", "constrain",
+           "constraints", "largest_admissible_norm", "max_stable_dt", "Simulation", "simulate", "top_eigenvalues"]

@@ -1,5 +1,7 @@
 """The ``odernn tableau`` commands: output, JSON, exit codes, and one-line errors."""
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -9,14 +11,26 @@ import pytest
 from textlm.cli import main
 
 
-def run(*args):
-    """Run the real console entry point in a subprocess (so tracebacks would show in stderr)."""
+def run_process(*args):
+    """The real console entry point in a subprocess (as a user's shell runs it)."""
     proc = subprocess.run([sys.executable, "-m", "textlm.cli", *args], capture_output=True, text=True, timeout=300)
     return proc.returncode, proc.stdout, proc.stderr
 
 
+def run(*args):
+    """The entry point in this process (a subprocess costs seconds of imports per call): exit code,
+    stdout, stderr. An exception escaping ``main`` fails the test, as a traceback would."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse: --help, bad options
+            code = exit_.code
+    return code, out.getvalue(), err.getvalue()
+
+
 def test_help_explains_every_command():
-    code, out, _ = run("--help")
+    code, out, _ = run_process("--help")
     assert code == 0 and "tableau" in out
     code, out, _ = run("tableau", "--help")
     assert code == 0 and all(action in out for action in ("list", "show", "check", "plot"))
@@ -102,6 +116,14 @@ def test_stability_check_exit_codes_and_plot(tmp_path):
     assert code == 1 and out.startswith("UNSTABLE")
     code, _, err = run("stability", "check", "gru-odd")
     assert code == 2 and "unknown cell field" in err and "Traceback" not in err
+    # the same spec is unstable without its constraint and stable with it
+    code, _, _ = run("stability", "check", "rnn:rk4:dt=2.5", "--hidden-size", "16", "--input-size", "4")
+    assert code == 1
+    code, _, _ = run("stability", "check", "rnn:rk4:dt=2.5:constraint=spectral", "--hidden-size", "16",
+                     "--input-size", "4")
+    assert code == 0
+    code, _, err = run("stability", "check", "gru-ode:constraint=spectral")
+    assert code == 2 and "rnn field only" in err
     target = tmp_path / "eig.png"
     code, _, err = run("stability", "plot", "rnn:rk4", "--hidden-size", "8", "--input-size", "2", "-o", str(target))
     assert code == 0 and target.read_bytes()[:4] == b"\x89PNG"

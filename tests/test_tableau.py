@@ -281,3 +281,21 @@ def test_amplification_and_simulation_agree_for_the_test_equation():
             amplification = float(tab.amplification(hl))
             if abs(amplification - 1) > 0.02:  # far enough from the boundary for 200 steps to tell
                 assert (not np.isfinite(y) or abs(y) > 10) == (amplification > 1)
+
+
+@pytest.mark.parametrize("name", ["euler", "rk4", "gauss-2", "radau-iia-3", "tsit5", "sdirk4"])
+def test_stability_matrix_is_R_applied_to_the_eigenvalues(name):
+    """R(Z) for a diagonalisable Z = V diag(μ) V⁻¹ is V diag(R(μ)) V⁻¹; the scalar R comes from
+    the exact rational function, independently of the matrix Horner scheme."""
+    tableau = butcher.get(name)
+    rng = np.random.default_rng(1)
+    Z = rng.normal(size=(2, 5, 5)) * 0.6
+    R = tableau.stability_function()
+
+    def scalar(mu):
+        return complex(sp.N(R.subs(z, sp.Float(mu.real, 30) + sp.I * sp.Float(mu.imag, 30)), 30))
+    out = tableau.stability_matrix(Z)
+    for k in range(2):
+        mu, V = np.linalg.eig(Z[k])
+        expected = V @ np.diag([scalar(m) for m in mu]) @ np.linalg.inv(V)
+        assert np.abs(out[k] - expected).max() < 1e-11

@@ -18,7 +18,7 @@ def register(sub, formatter) -> None:
                                        "A spec is FIELD[:TABLEAU][:key=value...], e.g. gru-ode:rk4:steps=2, "
                                        "rnn:euler, lstm, antisymmetric:euler:eps=0.1, cornn, gru-ode:FILE.toml.")
     csub = group.add_subparsers(dest="cell_command", metavar="ACTION", required=True)
-    p = csub.add_parser("list", help="the vector fields", formatter_class=formatter)
+    p = csub.add_parser("list", help="the vector fields and the constraints", formatter_class=formatter)
     p.set_defaults(handler=cmd_list)
     p = csub.add_parser("show", help="n, t, stages, parameters and NFE per token of a cell spec",
                         formatter_class=formatter,
@@ -34,6 +34,10 @@ def register(sub, formatter) -> None:
 def cmd_list(args) -> int:
     for name, summary in odernn.fields().items():
         print(f"{name:<14} {summary}")
+    print("\nconstraints (…:constraint=NAME keeps the step inside the tableau's stability region):")
+    import stability
+    for name, summary in stability.constraints().items():
+        print(f"  {name:<14} {summary}")
     return 0
 
 
@@ -47,17 +51,18 @@ def cmd_show(args) -> int:
     with torch.no_grad():  # one token through the cell: the NFE of implicit cells is measured
         cell(torch.zeros(1, args.input_size))
     info = {
-        "spec": args.spec, "field": type(cell.field).__name__, "tableau": cell.tableau.name,
+        "spec": args.spec, "field": cell.field_name, "tableau": cell.tableau.name,
         "structure": cell.tableau.structure, "n": cell.n, "t": cell.t, "stages": cell.tableau.stages,
         "order": cell.tableau.order(), "dt": cell.dt, "steps": cell.steps, "partitioned": cell.partitioned,
         "parameters": sum(p.numel() for p in cell.parameters()), "nfe_per_token": cell.nfe,
-        "input_size": args.input_size, "hidden_size": args.hidden_size,
+        "input_size": args.input_size, "hidden_size": args.hidden_size, "constraint": cell.constraint,
     }
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
     print(f"{args.spec}: {cell.n}–{cell.t} ODERNN cell ({info['field']} with {info['tableau']}, {info['structure']})")
-    for key in ("n", "t", "stages", "order", "dt", "steps", "partitioned", "parameters", "nfe_per_token"):
+    for key in ("n", "t", "stages", "order", "dt", "steps", "partitioned", "parameters", "nfe_per_token",
+                *(["constraint"] if cell.constraint else [])):
         print(f"  {key.replace('_', ' '):<16}{info[key]}")
     if not cell.tableau.is_explicit:
         print("  (implicit: NFE counts the simplified-Newton iterations of one token from a zero state)")
