@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _cell, _stability, _tableau
+from . import _cell, _stability, _tableau, _text
 from ._errors import USER_ERRORS
 
-_GROUPS = (_tableau, _cell, _stability)
+_GROUPS = (_tableau, _cell, _stability, _text)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):

@@ -2,6 +2,9 @@
 
 import butcher
 import odernn
+from textlm.checkpoint import CheckpointError
+from textlm.data import CorpusError
+from textlm.model import ModelError
 
 
 class CLIError(Exception):
@@ -9,4 +12,4 @@ class CLIError(Exception):
 
 
 USER_ERRORS = (CLIError, butcher.TableauError, butcher.UnknownMethodError, odernn.CellSpecError,
-               odernn.ImplicitSolveError, OSError)
+               odernn.ImplicitSolveError, OSError, CorpusError, CheckpointError, ModelError)

@@ -1,0 +1,254 @@
+"""``odernn train``, ``odernn generate``, ``odernn evaluate``: the language model on text."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from ._errors import CLIError
+
+_TRAIN_EXAMPLE = """examples:
+  odernn train --corpus tinyshakespeare --cell gru-ode:rk4 --hidden 128 --max-tokens 200000 --out runs/rk4
+  odernn train --corpus ptb --cell torch-lstm --layers 2 --hidden 200 --dropout 0.2 --bptt 35 --batch-size 20
+  odernn train --text notes.txt --level word --cell rnn:euler --grad adjoint --adjoint-method rk4
+  odernn train --out runs/rk4 --resume --max-tokens 400000      # continue (or extend) a run
+
+Cells: any 'odernn cell' spec (gru-ode:euler, rnn:rk4:steps=2, lstm, antisymmetric:euler, ...) or a
+fused PyTorch baseline: torch-rnn, torch-lstm, torch-gru. Writes OUT/checkpoint.pt (atomically, every
+--checkpoint-every steps and at the end), OUT/metrics.jsonl and OUT/curves.png. Ctrl-C saves and exits."""
+
+
+def _options(p, defaults) -> None:
+    data = p.add_argument_group("data")
+    source = data.add_mutually_exclusive_group()
+    source.add_argument("--corpus", help="tinyshakespeare (char), ptb or wikitext-2 (word)")
+    source.add_argument("--text", metavar="PATH", help="any UTF-8 text file, split 90/5/5")
+    data.add_argument("--level", choices=("char", "word"), help="tokens of --text (default char)")
+    data.add_argument("--data-root", metavar="DIR", help="where corpora live (else $ODERNN_DATA, else ~/.cache/odernn)")
+    data.add_argument("--train-tokens", type=int, help="use only the first N training tokens")
+    model = p.add_argument_group("model")
+    model.add_argument("--cell", default=defaults.cell, help=f"cell spec of every layer (default {defaults.cell})")
+    model.add_argument("--layers", type=int, default=defaults.layers)
+    model.add_argument("--hidden", type=int, default=defaults.hidden)
+    model.add_argument("--embed", type=int, help="embedding width (default: --hidden)")
+    model.add_argument("--dropout", type=float, default=defaults.dropout)
+    model.add_argument("--tie-weights", action="store_true", help="share the embedding and decoder weights")
+    model.add_argument("--dtype", choices=("float32", "float64"), default=defaults.dtype)
+    grad = p.add_argument_group("gradients through the solver")
+    grad.add_argument("--grad", choices=("backprop", "checkpoint", "adjoint"), default=defaults.grad,
+                      help="backprop through the steps; checkpoint (recompute per token, exact); adjoint "
+                           "(continuous adjoint, memory independent of the steps)")
+    grad.add_argument("--adjoint-method", help="tableau of the backward solve (default: the forward one)")
+    grad.add_argument("--adjoint-rtol", type=float, help="adaptive backward solve at this tolerance "
+                                                         "(with --adjoint-method dopri5, bs3 or heun-euler)")
+    grad.add_argument("--adjoint-atol", type=float)
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--batch-size", type=int, default=defaults.batch_size, help="parallel token streams")
+    opt.add_argument("--bptt", type=int, default=defaults.bptt, help="truncated-BPTT length")
+    opt.add_argument("--lr", type=float, default=defaults.lr)
+    opt.add_argument("--optimizer", choices=("adamw", "sgd"), default=defaults.optimizer)
+    opt.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    opt.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum")
+    opt.add_argument("--schedule", choices=("cosine", "constant"), default=defaults.schedule)
+    opt.add_argument("--warmup", type=int, default=defaults.warmup, help="warm-up steps")
+    opt.add_argument("--clip", type=float, default=defaults.clip, help="gradient-norm clipping (0: none)")
+    opt.add_argument("--max-tokens", type=int, default=defaults.max_tokens, help="training-token budget")
+    opt.add_argument("--seed", type=int, default=defaults.seed)
+    opt.add_argument("--on-nan", choices=("halve", "stop"), default=defaults.on_nan,
+                     help="on a NaN/Inf loss or gradient: undo the last step and halve the LR, or stop")
+    run = p.add_argument_group("run")
+    run.add_argument("--out", default=defaults.out, help=f"output folder (default {defaults.out})")
+    run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    run.add_argument("--eval-every", type=int, default=defaults.eval_every, help="validate every N steps")
+    run.add_argument("--eval-tokens", type=int, help="validation tokens per evaluation (default all)")
+    run.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    run.add_argument("--log-every", type=int, default=defaults.log_every)
+    run.add_argument("--probe-every", type=int, default=defaults.probe_every,
+                     help="stability probe of the ODE cells every N steps (0: off)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--sample-length", type=int, default=200, help="length of the sample printed at the end")
+
+
+def register(sub, formatter) -> None:
+    from textlm.train import TrainConfig
+    defaults = TrainConfig()
+    p = sub.add_parser("train", help="train a language model with any cell", formatter_class=formatter,
+                       description="Train embedding → cells → decoder on a corpus; print validation perplexity "
+                                   "and a sample.", epilog=_TRAIN_EXAMPLE)
+    _options(p, defaults)
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("generate", help="sample text from a checkpoint", formatter_class=formatter,
+                       epilog="example:\n  odernn generate runs/rk4 --prompt 'ROMEO:' --length 300 --temperature 0.8")
+    p.add_argument("checkpoint", help="a checkpoint file or its run folder")
+    p.add_argument("--prompt", default="\n", help="text to continue (default a newline)")
+    p.add_argument("--length", type=int, default=300)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=cmd_generate)
+
+    p = sub.add_parser("evaluate", help="perplexity, BLEU, ROUGE-L and the combined score of a checkpoint",
+                       formatter_class=formatter,
+                       epilog="example:\n  odernn evaluate runs/rk4 --split test --json")
+    p.add_argument("checkpoint", help="a checkpoint file or its run folder")
+    p.add_argument("--split", choices=("valid", "test"), default="valid")
+    p.add_argument("--data-root", metavar="DIR")
+    p.add_argument("--prompts", type=int, default=20, help="test prompts for BLEU/ROUGE")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_evaluate)
+
+
+def _config(args):
+    from textlm.train import TrainConfig
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    values["progress"] = not args.no_progress
+    if not args.resume and not (args.corpus or args.text):
+        raise CLIError("give --corpus NAME or --text PATH (or --resume)")
+    try:
+        return TrainConfig(**values)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+
+
+def _plot_curves(out: Path) -> Path | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [(r["tokens"], r["train_loss"]) for r in records if "train_loss" in r]
+    valid = [(r["tokens"], r["valid_loss"]) for r in records if "valid_loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    if train:
+        ax.plot(*zip(*train), label="train")
+    if valid:
+        ax.plot(*zip(*valid), "o-", label="validation")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("loss (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    target = out / "curves.png"
+    tmp = out / ".curves.tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(target)
+    return target
+
+
+def cmd_train(args) -> int:
+    import math
+
+    import torch
+
+    from textlm.evaluate import sample
+    from textlm.train import Trainer, TrainingError, TrainingInterrupted
+    config = _config(args)
+    try:
+        trainer = Trainer(config, resume=args.resume)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    model = trainer.model
+    print(f"{trainer.corpus!r}\nmodel: {model.describe()}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+          f"grad {trainer.config.grad}; {trainer.total_steps} steps of {trainer.config.batch_size}×"
+          f"{trainer.config.bptt} tokens", file=sys.stderr)
+    try:
+        result = trainer.run()
+    except TrainingInterrupted as err:
+        print(f"odernn: {err}", file=sys.stderr)
+        return 130
+    except TrainingError as err:
+        print(f"odernn: training stopped: {err}", file=sys.stderr)
+        return 1
+    if trainer.rank:
+        return 0
+    curves = _plot_curves(trainer.out)
+    level = trainer.corpus.level
+    valid = result["valid_loss"]
+    line = f"validation loss {valid:.4f} nats/token, perplexity {math.exp(valid):.2f}"
+    if level == "char":
+        line += f", {valid / math.log(2):.4f} bits/char"
+    print(line + f" after {result['tokens']:,} tokens in {result['elapsed']:.1f} s")
+    vocab = trainer.corpus.vocab
+    prompt = vocab.encode("\n" if level == "char" else "<eos>", strict=False) or [0]
+    generated = sample(model, prompt, args.sample_length, temperature=0.8,
+                       generator=torch.Generator().manual_seed(config.seed))
+    print("sample:\n" + vocab.decode(generated))
+    print(f"checkpoint {trainer.checkpoint_path}; metrics {trainer.out / 'metrics.jsonl'}"
+          + (f"; curves {curves}" if curves else ""), file=sys.stderr)
+    return 0
+
+
+def _load_model(path):
+    from textlm.checkpoint import load_checkpoint
+    from textlm.data import Vocabulary
+    from textlm.model import AdjointOptions, LanguageModel
+    data = load_checkpoint(path)
+    cfg = data["model_config"]
+    try:
+        model = LanguageModel(cfg["vocab_size"], cfg["cell"], cfg["layers"], cfg["hidden"], cfg["embed"],
+                              cfg["dropout"], cfg["tie_weights"], "backprop", AdjointOptions())
+        dtype = next(iter(data["model"].values())).dtype
+        model = model.to(dtype)
+        model.load_state_dict(data["model"])
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise CLIError(f"{path}: the checkpoint's model does not load: {str(err)[:200]}") from None
+    model.eval()
+    return model, Vocabulary.from_dict(data["vocab"]), data
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from textlm.evaluate import sample
+    if args.length < 0:
+        raise CLIError("--length must be ≥ 0")
+    model, vocab, _ = _load_model(args.checkpoint)
+    try:
+        prompt = vocab.encode(args.prompt)
+    except KeyError as err:
+        raise CLIError(f"prompt: {err.args[0]}") from None
+    if not prompt:
+        raise CLIError("the prompt has no tokens")
+    try:
+        out = sample(model, prompt, args.length, args.temperature, args.top_k, args.greedy,
+                     torch.Generator().manual_seed(args.seed))
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    print(vocab.decode(prompt) + ("" if vocab.level == "char" else " ") + vocab.decode(out))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import math
+
+    from textlm.data import load_corpus
+    from textlm.evaluate import evaluate_loss, generation_metrics
+    model, vocab, data = _load_model(args.checkpoint)
+    config = data["config"]
+    corpus = load_corpus(config.get("corpus"), config.get("text"), config.get("level"),
+                         args.data_root or config.get("data_root"))
+    if corpus.vocab.tokens != vocab.tokens:
+        raise CLIError("the corpus's vocabulary differs from the checkpoint's")
+    split = corpus.split(args.split)
+    loss = evaluate_loss(model, split)
+    metrics = generation_metrics(model, vocab, split, prompts=args.prompts, temperature=args.temperature,
+                                 seed=args.seed)
+    result = {"split": args.split, "tokens": len(split), "loss": loss, "perplexity": math.exp(loss),
+              "bleu": metrics.bleu, "rouge_l": metrics.rouge_l, "distinct_1": metrics.distinct_1,
+              "distinct_2": metrics.distinct_2, "self_bleu": metrics.self_bleu, "combined": metrics.combined}
+    if vocab.level == "char":
+        result["bits_per_char"] = loss / math.log(2)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        for key, value in result.items():
+            print(f"{key:<14}{value:.4f}" if isinstance(value, float) else f"{key:<14}{value}")
+    return 0

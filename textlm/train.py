@@ -1,0 +1,361 @@
+"""The trainer: truncated BPTT over parallel token streams, with the hidden state carried across
+batches (the PTB convention of Zaremba et al. 2014), gradient clipping, AdamW or SGD with warm-up
+and cosine decay, NaN recovery, atomic resumable checkpoints, JSON-lines metrics, a learning-curve
+plot, an optional stability probe, and data-parallel training under ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import odernn
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .data import Corpus, Vocabulary, load_corpus
+from .evaluate import evaluate_loss
+from .model import AdjointOptions, LanguageModel, detach_state
+
+__all__ = ["TrainConfig", "Trainer", "TrainingError", "TrainingInterrupted", "batchify", "train"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (repeated NaNs, a solver failure); the last good state is saved."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C: the checkpoint was saved; ``--resume`` continues."""
+
+
+@dataclass
+class TrainConfig:
+    # data
+    corpus: str | None = None
+    text: str | None = None
+    level: str | None = None
+    data_root: str | None = None
+    train_tokens: int | None = None  # use only the first N training tokens (quick runs, tests)
+    # model
+    cell: str = "gru-ode:euler"
+    layers: int = 1
+    hidden: int = 256
+    embed: int | None = None
+    dropout: float = 0.0
+    tie_weights: bool = False
+    grad: str = "backprop"
+    adjoint_method: str | None = None
+    adjoint_rtol: float | None = None
+    adjoint_atol: float | None = None
+    dtype: str = "float32"
+    # optimisation
+    batch_size: int = 32
+    bptt: int = 64
+    lr: float = 2e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    schedule: str = "cosine"  # or "constant"
+    warmup: int = 0  # steps
+    min_lr_ratio: float = 0.1
+    clip: float = 1.0
+    max_tokens: int = 200_000
+    seed: int = 0
+    on_nan: str = "halve"  # or "stop"
+    max_nan_recoveries: int = 10
+    # bookkeeping
+    out: str = "runs/latest"
+    eval_every: int = 0  # steps; 0: only at the end
+    eval_tokens: int | None = None  # cap on validation tokens per evaluation
+    checkpoint_every: int = 200  # steps
+    log_every: int = 10  # steps
+    probe_every: int = 0  # steps; 0: no stability probe
+    progress: bool = True
+
+    def __post_init__(self):
+        problems = []
+        for name in ("layers", "hidden", "batch_size", "bptt", "max_tokens", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be positive")
+        if self.lr <= 0:
+            problems.append("--lr must be positive")
+        if self.optimizer not in ("adamw", "sgd"):
+            problems.append(f"--optimizer must be adamw or sgd, not {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant"):
+            problems.append(f"--schedule must be cosine or constant, not {self.schedule!r}")
+        if self.on_nan not in ("halve", "stop"):
+            problems.append(f"--on-nan must be halve or stop, not {self.on_nan!r}")
+        if self.dtype not in ("float32", "float64"):
+            problems.append(f"--dtype must be float32 or float64, not {self.dtype!r}")
+        if self.clip < 0:
+            problems.append("--clip must be ≥ 0 (0: no clipping)")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def batchify(data: torch.Tensor, streams: int) -> torch.Tensor:
+    """``(N,)`` → ``(streams, N // streams)``: each row a contiguous stream of the corpus."""
+    columns = len(data) // streams
+    if columns < 2:
+        raise ValueError(f"{len(data)} tokens are too few for {streams} streams")
+    return data[: streams * columns].view(streams, columns)
+
+
+def _clone(tree):
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().clone()
+    if isinstance(tree, dict):
+        return {k: _clone(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_clone(v) for v in tree)
+    return copy.deepcopy(tree)
+
+
+@dataclass
+class _Position:
+    step: int = 0
+    epoch: int = 0
+    column: int = 0
+    tokens: int = 0  # training tokens consumed (global batch)
+    nan_recoveries: int = 0
+    lr_scale: float = 1.0
+    elapsed: float = 0.0
+
+
+class Trainer:
+    """``Trainer(config).run()``; ``resume=True`` continues from ``config.out/checkpoint.pt``."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, corpus: Corpus | None = None):
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self.out = Path(config.out)
+        self.checkpoint_path = self.out / "checkpoint.pt"
+        saved = None
+        if resume:
+            saved = load_checkpoint(self.checkpoint_path)
+            budget = config.max_tokens
+            config = TrainConfig.from_dict(saved["config"])
+            config.max_tokens = max(budget, config.max_tokens)
+            config.out = str(self.out)
+        self.config = config
+        self.corpus = corpus or load_corpus(config.corpus, config.text, config.level, config.data_root)
+        if saved is not None and Vocabulary.from_dict(saved["vocab"]).tokens != self.corpus.vocab.tokens:
+            raise CheckpointError("the corpus's vocabulary differs from the checkpoint's: resume with the same data")
+        self.dtype = getattr(torch, config.dtype)
+        torch.manual_seed(config.seed)
+        self.model = LanguageModel(
+            len(self.corpus.vocab), config.cell, config.layers, config.hidden, config.embed, config.dropout,
+            config.tie_weights, config.grad,
+            AdjointOptions(config.adjoint_method, config.adjoint_rtol, config.adjoint_atol)).to(self.dtype)
+        self.optimizer = self._optimizer()
+        if config.batch_size % self.world:
+            raise ValueError(f"--batch-size {config.batch_size} is not divisible by {self.world} processes")
+        train = self.corpus.train if config.train_tokens is None else self.corpus.train[: config.train_tokens]
+        rows = batchify(train, config.batch_size)
+        share = config.batch_size // self.world
+        self.data = rows[self.rank * share:(self.rank + 1) * share]
+        self.total_steps = math.ceil(config.max_tokens / (config.batch_size * config.bptt))
+        self.position = _Position()
+        self.state = None
+        self.probes = []
+        if saved is not None:
+            self._restore(saved)
+        self.module = self.model
+        if self.world > 1:
+            self.module = nn.parallel.DistributedDataParallel(self.model)
+
+    # -- setup -------------------------------------------------------------------------------------
+    def _optimizer(self):
+        c = self.config
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        return torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+
+    def learning_rate(self, step: int) -> float:
+        c = self.config
+        scale = self.position.lr_scale
+        if c.warmup and step < c.warmup:
+            return c.lr * scale * (step + 1) / c.warmup
+        if c.schedule == "constant":
+            return c.lr * scale
+        progress = min(1.0, (step - c.warmup) / max(1, self.total_steps - c.warmup))
+        return c.lr * scale * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _payload(self) -> dict:
+        return {"config": asdict(self.config), "model": self.model.state_dict(),
+                "model_config": self.model.config, "optimizer": self.optimizer.state_dict(),
+                "position": asdict(self.position), "rng": torch.get_rng_state(), "state": self.state,
+                "vocab": self.corpus.vocab.to_dict(), "corpus": self.corpus.name}
+
+    def save(self) -> Path | None:
+        if self.rank == 0:
+            return save_checkpoint(self._payload(), self.checkpoint_path)
+        return None
+
+    def _restore(self, saved: dict) -> None:
+        try:
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.position = _Position(**saved["position"])
+            torch.set_rng_state(saved["rng"])
+            self.state = saved["state"]
+        except (KeyError, TypeError, RuntimeError, ValueError) as err:
+            raise CheckpointError(f"{self.checkpoint_path} does not match this model: {str(err)[:300]}") from None
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def _batch(self):
+        c, p = self.config, self.position
+        if p.column + c.bptt + 1 > self.data.shape[1]:  # end of the streams: next epoch, fresh state
+            p.column, p.epoch, self.state = 0, p.epoch + 1, None
+        x = self.data[:, p.column:p.column + c.bptt]
+        y = self.data[:, p.column + 1:p.column + 1 + c.bptt]
+        return x, y
+
+    def _log(self, record: dict) -> None:
+        if self.rank:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _solver_failure(self, err: Exception, x) -> TrainingError:
+        import stability
+        p = self.position
+        advice = []
+        for cell in self.model.ode_cells():
+            try:
+                report = stability.check(cell)
+                advice.append(f"{cell.describe()}: {'stable' if report.stable else 'UNSTABLE'} at the current "
+                              f"weights, margin {report.margin:+.3g}, largest stable dt {report.max_stable_dt:.3g}")
+            except Exception:  # the advice is a courtesy: never mask the real error
+                pass
+        self.save()
+        return TrainingError(f"step {p.step}, tokens {p.column}–{p.column + x.shape[1]} of each stream (epoch "
+                             f"{p.epoch}): {type(err).__name__}: {err}"
+                             + (f". Stability: {'; '.join(advice)}" if advice else "")
+                             + f". Last good state saved to {self.checkpoint_path}")
+
+    def _probe(self, x) -> None:
+        import stability
+        if not self.probes:
+            self.probes = [stability.Probe(cell, every=1, warn=True) for cell in self.model.ode_cells()]
+        inputs = self.model.embedding(x[:, -1]).detach()
+        for layer, state in zip(self.model.layers, self.state):
+            if hasattr(layer, "cell"):
+                result = self.probes[self.model.ode_cells().index(layer.cell)](self.position.step, inputs, state)
+                self._log({"step": self.position.step, "event": "probe", "cell": layer.cell.describe(),
+                           "margin": result.margin})
+            inputs = (state if isinstance(state, torch.Tensor) else state[0]).detach()
+            if inputs.dim() == 3:
+                inputs = inputs[-1]
+
+    def evaluate(self, split: str = "valid") -> float:
+        return evaluate_loss(self.model, self.corpus.split(split), tokens=self.config.eval_tokens)
+
+    def run(self) -> dict:
+        c, p = self.config, self.position
+        self.model.train()
+        bar = None
+        if c.progress and self.rank == 0:
+            from tqdm import tqdm
+            bar = tqdm(total=self.total_steps, initial=p.step, unit="step", dynamic_ncols=True,
+                       desc=f"{c.cell} {c.grad}")
+        started = time.perf_counter() - p.elapsed
+        snapshot = None
+        window_tokens, window_start = 0, time.perf_counter()
+        record = {}
+        try:
+            while p.step < self.total_steps:
+                x, y = self._batch()
+                lr = self.learning_rate(p.step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                state_in = self.state
+                try:
+                    _, loss, state = self.module(x, y, detach_state(state_in))
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                except (odernn.StepSizeUnderflow, odernn.ImplicitSolveError) as err:
+                    raise self._solver_failure(err, x) from None
+                norm = nn.utils.clip_grad_norm_(self.model.parameters(), c.clip if c.clip > 0 else float("inf"))
+                if not (torch.isfinite(loss) and torch.isfinite(norm)):
+                    p.nan_recoveries += 1
+                    what = "loss" if not torch.isfinite(loss) else "gradient norm"
+                    self._log({"step": p.step, "event": "nan", "what": what, "lr": lr})
+                    if c.on_nan == "stop" or p.nan_recoveries > c.max_nan_recoveries:
+                        self.save()
+                        raise TrainingError(
+                            f"step {p.step}: non-finite {what} ({p.nan_recoveries} recoveries so far); stopped "
+                            f"with --on-nan {c.on_nan}. Last good state saved to {self.checkpoint_path}; lower "
+                            "--lr, raise --clip, or check the cell with 'odernn stability check'")
+                    if snapshot is not None:  # undo the update that led here
+                        self.model.load_state_dict(snapshot[0])
+                        self.optimizer.load_state_dict(snapshot[1])
+                    p.lr_scale *= 0.5
+                    self.state = detach_state(state_in) if state_in is not None else None
+                    p.column += c.bptt  # skip the batch that produced it
+                    continue
+                snapshot = (_clone(self.model.state_dict()), _clone(self.optimizer.state_dict()))
+                self.optimizer.step()
+                self.state = detach_state(state)
+                p.step += 1
+                p.column += c.bptt
+                p.tokens += c.batch_size * c.bptt
+                window_tokens += c.batch_size * c.bptt
+                if c.probe_every and p.step % c.probe_every == 0 and self.model.ode_cells():
+                    self._probe(x)
+                if p.step % c.log_every == 0 or p.step == self.total_steps:
+                    now = time.perf_counter()
+                    speed = window_tokens / max(now - window_start, 1e-9)
+                    window_tokens, window_start = 0, now
+                    record = {"step": p.step, "tokens": p.tokens, "epoch": p.epoch, "train_loss": loss.item(),
+                              "lr": lr, "tokens_per_s": speed, "elapsed": now - started}
+                    self._log(record)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")
+                if c.eval_every and p.step % c.eval_every == 0 and p.step < self.total_steps and self.rank == 0:
+                    valid = self.evaluate()
+                    self._log({"step": p.step, "tokens": p.tokens, "valid_loss": valid,
+                               "elapsed": time.perf_counter() - started})
+                    self.model.train()
+                if bar is not None:
+                    bar.update(1)
+                p.elapsed = time.perf_counter() - started
+                if p.step % c.checkpoint_every == 0:
+                    self.save()
+        except KeyboardInterrupt:
+            p.elapsed = time.perf_counter() - started
+            self.save()
+            raise TrainingInterrupted(f"interrupted at step {p.step}/{self.total_steps}; checkpoint saved to "
+                                      f"{self.checkpoint_path}; continue with --resume") from None
+        finally:
+            if bar is not None:
+                bar.close()
+        p.elapsed = time.perf_counter() - started
+        self.save()
+        result = {"step": p.step, "tokens": p.tokens, "train_loss": record.get("train_loss"),
+                  "nan_recoveries": p.nan_recoveries, "elapsed": p.elapsed}
+        if self.rank == 0:
+            result["valid_loss"] = self.evaluate()
+            self._log({"step": p.step, "tokens": p.tokens, "valid_loss": result["valid_loss"], "elapsed": p.elapsed,
+                       "final": True})
+            self.model.train()
+        return result
+
+
+def train(config: TrainConfig, resume: bool = False) -> tuple[Trainer, dict]:
+    trainer = Trainer(config, resume=resume)
+    return trainer, trainer.run()
