@@ -174,6 +174,9 @@ class Trainer:
             self._restore(saved)
         self.module = self.model
         if self.world > 1:
+            import torch.distributed as dist
+            if not dist.is_initialized():  # launched by torchrun: its environment names the rendezvous
+                dist.init_process_group("gloo")
             self.module = nn.parallel.DistributedDataParallel(self.model)
 
     # -- setup -------------------------------------------------------------------------------------
@@ -275,10 +278,13 @@ class Trainer:
                        desc=f"{c.cell} {c.grad}")
         started = time.perf_counter() - p.elapsed
         snapshot = None
+        updating = False  # between the snapshot and the end of optimizer.step: undo on Ctrl-C
+        rng = torch.get_rng_state()
         window_tokens, window_start = 0, time.perf_counter()
         record = {}
         try:
             while p.step < self.total_steps:
+                rng = torch.get_rng_state()  # an interrupted step is redone from here on --resume
                 x, y = self._batch()
                 lr = self.learning_rate(p.step)
                 for group in self.optimizer.param_groups:
@@ -309,7 +315,9 @@ class Trainer:
                     p.column += c.bptt  # skip the batch that produced it
                     continue
                 snapshot = (_clone(self.model.state_dict()), _clone(self.optimizer.state_dict()))
+                updating = True
                 self.optimizer.step()
+                updating = False
                 self.state = detach_state(state)
                 p.step += 1
                 p.column += c.bptt
@@ -338,6 +346,10 @@ class Trainer:
                     self.save()
         except KeyboardInterrupt:
             p.elapsed = time.perf_counter() - started
+            if updating:  # the step was not finished: save the state before it
+                self.model.load_state_dict(snapshot[0])
+                self.optimizer.load_state_dict(snapshot[1])
+            torch.set_rng_state(rng)
             self.save()
             raise TrainingInterrupted(f"interrupted at step {p.step}/{self.total_steps}; checkpoint saved to "
                                       f"{self.checkpoint_path}; continue with --resume") from None

