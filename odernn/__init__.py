@@ -12,6 +12,7 @@ field over an interval Δ. ``n`` is the tableau's number of stages, ``t`` the nu
 torch.Size([2, 5])
 """
 
+from ._adjoint import AdjointMethod, adjoint
 from ._cell import ODECell, from_torch
 from ._fields import (AntisymmetricField, CoRNNField, GRUODEField, LSTMField, ModuleField, TanhRNNField,
                       VectorField)
@@ -21,7 +22,7 @@ from ._stepping import (AdaptiveScheme, ExplicitScheme, ImplicitScheme, Implicit
                         reference_step)
 
 __all__ = [
-    "AdaptiveScheme", "AntisymmetricField", "CellSpecError", "StepSizeUnderflow", "ImplicitScheme", "ImplicitSolveError", "CoRNNField", "ExplicitScheme", "GRUODEField", "LSTMField",
+    "AdjointMethod", "adjoint", "AdaptiveScheme", "AntisymmetricField", "CellSpecError", "StepSizeUnderflow", "ImplicitScheme", "ImplicitSolveError", "CoRNNField", "ExplicitScheme", "GRUODEField", "LSTMField",
     "ModuleField", "ODECell", "TanhRNNField", "VectorField", "cell", "constraints", "fields", "from_torch", "parse_spec",
     "reference_step", "TokenODE", "torchdiffeq_method",
 ]

@@ -99,15 +99,19 @@ class ODECell(nn.Module):
     def _forward(self, x, state, dt):
         if state is None:
             state = self.field.initial_state(x.shape[0], x.dtype, x.device)
-        y = self.field.to_blocks(state)
         context = self.field.project(x)  # once per token, shared by every stage
         h = self._step_size(dt, x.shape[0], x)
+        return self.field.from_blocks(self.integrate(context, self.field.to_blocks(state), h))
+
+    def integrate(self, context, y: tuple[torch.Tensor, ...], h) -> tuple[torch.Tensor, ...]:
+        """The state blocks ``y`` after ``steps`` steps of size ``h`` (a float, or ``(B, 1)``) with
+        the input's ``context`` (``field.project(x)``): the solve of one token."""
         if isinstance(self.scheme, AdaptiveScheme):
             if isinstance(h, torch.Tensor):
                 raise ValueError("adaptive cells share their steps across the batch: give dt as a number")
             y = self.scheme.integrate(lambda blocks: self.field(context, blocks), y, h * self.steps, h)
             self.nfe = self.scheme.evaluations
-            return self.field.from_blocks(y)
+            return y
         implicit = isinstance(self.scheme, ImplicitScheme)
         evaluations = 0
         for _ in range(self.steps):
@@ -122,7 +126,7 @@ class ODECell(nn.Module):
             else:
                 y = self.scheme.step(lambda blocks: self.field(context, blocks), y, h)
         self.nfe = evaluations if implicit else self.nfe_per_token
-        return self.field.from_blocks(y)
+        return y
 
     def jacobian(self, x: torch.Tensor, state=None) -> torch.Tensor:
         """``∂f/∂y`` of the field at each batch element ``(B, D, D)``, with ``y`` the state blocks

@@ -13,7 +13,8 @@ import torch.multiprocessing as mp
 from textlm.checkpoint import CheckpointError, load_checkpoint
 from textlm.data import CorpusError, Vocabulary, load_corpus
 from textlm.evaluate import evaluate_loss, sample
-from textlm.model import AdjointOptions, LanguageModel
+from odernn import AdjointMethod
+from textlm.model import LanguageModel
 from textlm.train import TrainConfig, Trainer, TrainingError, TrainingInterrupted
 
 from test_cli import run
@@ -95,7 +96,7 @@ def test_checkpoint_gradient_equals_backprop(cell):
 def test_adjoint_gradient_matches_backprop_at_tight_tolerances():
     spec = "gru-ode:dopri5:rtol=1e-11:atol=1e-13"
     exact = gradient(tiny("backprop", spec))
-    adjoint = gradient(tiny("adjoint", spec, AdjointOptions("dopri5", 1e-11, 1e-13)))
+    adjoint = gradient(tiny("adjoint", spec, AdjointMethod("dopri5", rtol=1e-11, atol=1e-13)))
     assert (adjoint - exact).abs().max() / exact.abs().max() < 1e-6
 
 
@@ -109,9 +110,32 @@ def test_adjoint_on_the_forward_grid_converges_to_the_backprop_gradient():
     assert 8 < gaps[0] / gaps[1] < 32
 
 
+@pytest.mark.parametrize("spec", ["gru-ode:rk4:steps=3", "rnn:midpoint:steps=2:dt=0.7"])
+def test_own_adjoint_equals_torchdiffeq_odeint_adjoint(spec):
+    """An independent implementation of the same continuous adjoint on the same grid: torchdiffeq
+    differentiates the field with the projection inside, ours with it hoisted out."""
+    from torchdiffeq import odeint_adjoint
+    import odernn
+    torch.manual_seed(0)
+    cell = odernn.cell(spec, 3, 5).double()
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 5, dtype=torch.float64)
+    inputs = (x, h0, *cell.parameters())
+    ours = torch.autograd.grad((odernn.adjoint(cell, x, h0) * v).sum(), inputs)
+    func = odernn.TokenODE(cell.field, x)
+    grid = {"step_size": cell.step_size}
+    y = odeint_adjoint(func, h0, torch.tensor([0.0, cell.dt], dtype=torch.float64),
+                       method=odernn.torchdiffeq_method(cell.tableau), options=grid, adjoint_options=grid,
+                       adjoint_params=(*cell.parameters(), x))[-1]
+    theirs = torch.autograd.grad((y * v).sum(), inputs)
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("grad", ["checkpoint", "adjoint"])
 def test_gradient_modes_agree_with_finite_differences(grad):
-    adjoint = AdjointOptions("dopri5", 1e-11, 1e-13) if grad == "adjoint" else None
+    adjoint = AdjointMethod("dopri5", rtol=1e-11, atol=1e-13) if grad == "adjoint" else None
     model = tiny(grad, "gru-ode:dopri5:rtol=1e-11:atol=1e-13" if grad == "adjoint" else "rnn:rk4", adjoint)
     g = torch.Generator().manual_seed(1)
     idx, targets = torch.randint(0, 11, (2, 4), generator=g), torch.randint(0, 11, (2, 4), generator=g)
@@ -132,10 +156,13 @@ def test_gradient_modes_agree_with_finite_differences(grad):
 
 def test_adjoint_refuses_what_it_cannot_integrate():
     from textlm.model import ModelError
-    with pytest.raises(ModelError, match="partitioned=false"):
-        LanguageModel(5, "lstm:rk4", hidden=4, grad="adjoint")
-    with pytest.raises(ModelError, match="explicit"):
-        LanguageModel(5, "gru-ode:gauss-2", hidden=4, grad="adjoint")
+    with pytest.raises(ModelError, match="implicit"):
+        LanguageModel(5, "gru-ode:gauss-2", hidden=4, grad="adjoint")  # and no explicit backward tableau given
+    LanguageModel(5, "gru-ode:gauss-2", hidden=4, grad="adjoint", adjoint=AdjointMethod("rk4"))
+    with pytest.raises(ModelError, match="unknown"):
+        LanguageModel(5, "gru-ode:rk4", hidden=4, grad="adjoint", adjoint=AdjointMethod("rk5x"))
+    with pytest.raises(ModelError, match="embedded"):
+        LanguageModel(5, "gru-ode:rk4", hidden=4, grad="adjoint", adjoint=AdjointMethod("rk4", rtol=1e-6))
 
 
 def test_sampling():
@@ -208,6 +235,23 @@ def test_nan_loss_is_undone_and_the_learning_rate_halved(tmp_path):
     assert load_checkpoint(tmp_path / "s" / "run")["position"]["step"] == 2
 
 
+def test_solver_failures_name_the_token_and_give_stability_advice(tmp_path, monkeypatch):
+    import odernn
+    trainer = Trainer(config(tmp_path, cell="gru-ode:dopri5:rtol=1e-6"))
+    calls = {"n": 0}
+    integrate = odernn.AdaptiveScheme.integrate
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 40:  # a few batches in
+            raise odernn.StepSizeUnderflow("dopri5: step size underflow at τ = 0.5 (h = 1e-13)")
+        return integrate(self, *args, **kwargs)
+    monkeypatch.setattr(odernn.AdaptiveScheme, "integrate", failing)
+    with pytest.raises(TrainingError, match=r"step 2, tokens 32–48 .*StepSizeUnderflow.*Stability: .*margin"):
+        trainer.run()
+    assert load_checkpoint(tmp_path / "run")["position"]["step"] == 2
+
+
 def test_corrupt_checkpoints_are_refused(tmp_path):
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(b"PK\x03\x04 not really a zip")
@@ -269,6 +313,9 @@ def test_train_generate_evaluate_from_the_command_line(tmp_path):
     result = json.loads(stdout)
     assert code == 0 and result["bits_per_char"] == pytest.approx(result["loss"] / math.log(2))
     assert {"perplexity", "bleu", "rouge_l", "combined", "self_bleu", "distinct_2"} <= set(result)
+    code, stdout, _ = run("stability", "check", str(out), "--json")  # a trained checkpoint's ODE layers
+    report = json.loads(stdout)
+    assert code == (0 if report["stable"] else 1) and report["cell"].startswith("layer 0")
 
 
 @pytest.mark.parametrize("args, message", [

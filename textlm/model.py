@@ -9,22 +9,21 @@ Gradient modes of the ODE layers (``grad=``):
 
 - ``backprop``: through every solver step (memory grows with the steps per token);
 - ``checkpoint``: each token's steps are recomputed in the backward pass (exact; memory per token);
-- ``adjoint``: the continuous adjoint of Chen et al. (2018) through ``torchdiffeq.odeint_adjoint``,
-  with its own backward method and tolerances (memory independent of the steps per token).
+- ``adjoint``: the continuous adjoint of Chen et al. (2018) (``odernn.adjoint``), with its own
+  backward tableau, steps or tolerances (memory independent of the steps per token).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+import butcher
 import odernn
 
-__all__ = ["AdjointOptions", "LanguageModel", "GRAD_MODES", "TORCH_CELLS", "ModelError"]
+__all__ = ["LanguageModel", "GRAD_MODES", "TORCH_CELLS", "ModelError"]
 
 GRAD_MODES = ("backprop", "checkpoint", "adjoint")
 TORCH_CELLS = {"torch-rnn": nn.RNN, "torch-lstm": nn.LSTM, "torch-gru": nn.GRU}
@@ -32,17 +31,6 @@ TORCH_CELLS = {"torch-rnn": nn.RNN, "torch-lstm": nn.LSTM, "torch-gru": nn.GRU}
 
 class ModelError(ValueError):
     """A model option that cannot work (the message says why)."""
-
-
-@dataclass(frozen=True)
-class AdjointOptions:
-    """The backward pass of ``grad="adjoint"``: ``method`` (a catalogue tableau, default the
-    forward one) on the forward grid, or adaptively with ``rtol``/``atol`` (an embedded pair
-    torchdiffeq implements: ``dopri5``, ``bs3``, ``heun-euler``)."""
-
-    method: str | None = None
-    rtol: float | None = None
-    atol: float | None = None
 
 
 def detach_state(state):
@@ -71,7 +59,7 @@ class TorchLayer(nn.Module):
 class ODELayer(nn.Module):
     """A generated cell run over the tokens of ``x`` ``(T, B, input)``, with the gradient mode."""
 
-    def __init__(self, spec: str, input_size: int, hidden_size: int, grad: str, adjoint: AdjointOptions):
+    def __init__(self, spec: str, input_size: int, hidden_size: int, grad: str, adjoint: odernn.AdjointMethod):
         super().__init__()
         try:
             self.cell = odernn.cell(spec, input_size, hidden_size)
@@ -79,44 +67,10 @@ class ODELayer(nn.Module):
             raise ModelError(str(err)) from None
         self.spec, self.grad, self.adjoint = spec, grad, adjoint
         if grad == "adjoint":
-            self._adjoint_setup()
-
-    def _adjoint_setup(self):
-        cell = self.cell
-        if cell.partitioned:
-            raise ModelError(f"{self.spec}: the adjoint integrates the whole state with one method; add "
-                             "':partitioned=false' to the spec (or use --grad checkpoint)")
-        if not cell.tableau.is_explicit:
-            raise ModelError(f"{self.spec}: the adjoint runs explicit tableaux only; implicit cells already "
-                             "differentiate their stages implicitly (use --grad backprop or checkpoint)")
-        adaptive = isinstance(cell.scheme, odernn.AdaptiveScheme)
-        try:
-            self.forward_method = odernn.torchdiffeq_method(cell.tableau, adaptive=adaptive)
-            backward = self.adjoint.method or cell.tableau.name
-            self.backward_method = odernn.torchdiffeq_method(backward, adaptive=self.adjoint.rtol is not None)
-        except Exception as err:  # unknown tableau names, no such adaptive solver in torchdiffeq
-            raise ModelError(f"adjoint: {err}") from None
-        self.forward_options = ({"rtol": cell.scheme.rtol, "atol": cell.scheme.atol} if adaptive
-                                else {"options": {"step_size": cell.step_size}})
-        if self.adjoint.rtol is not None:
-            self.backward_options = {"adjoint_rtol": self.adjoint.rtol,
-                                     "adjoint_atol": self.adjoint.atol if self.adjoint.atol is not None
-                                     else self.adjoint.rtol * 1e-2}
-        else:
-            self.backward_options = {"adjoint_options": {"step_size": cell.step_size}}
-
-    def _adjoint_token(self, x, state):
-        from torchdiffeq import odeint_adjoint
-        func = odernn.TokenODE(self.cell.field, x)
-        if state is None:
-            state = self.cell.field.initial_state(x.shape[0], x.dtype, x.device)
-        t = torch.tensor([0.0, self.cell.dt], dtype=x.dtype, device=x.device)
-        params = tuple(p for p in self.cell.field.parameters() if p.requires_grad)
-        params += (x,) if x.requires_grad else ()
-        y = odeint_adjoint(func, func.pack(state), t, method=self.forward_method,
-                           adjoint_method=self.backward_method, adjoint_params=params,
-                           **self.forward_options, **self.backward_options)
-        return func.unpack(y[-1])
+            try:  # fail now, not at the first backward pass
+                adjoint.scheme(self.cell)
+            except (ValueError, KeyError, butcher.UnknownMethodError) as err:
+                raise ModelError(f"{spec}: adjoint: {err}") from None
 
     def _checkpoint_token(self, x, state):
         """One token's steps without a graph; recomputed with one in the backward pass. The
@@ -139,7 +93,7 @@ class ODELayer(nn.Module):
             if training and self.grad == "checkpoint":
                 state = self._checkpoint_token(x_t, state)
             elif training and self.grad == "adjoint":
-                state = self._adjoint_token(x_t, state)
+                state = odernn.adjoint(self.cell, x_t, state, self.adjoint)
             else:
                 state = self.cell(x_t, state)
             outputs.append(state if isinstance(state, torch.Tensor) else state[0])
@@ -156,7 +110,7 @@ class LanguageModel(nn.Module):
 
     def __init__(self, vocab_size: int, cell: str | list[str] = "gru-ode:euler", layers: int = 1,
                  hidden: int = 256, embed: int | None = None, dropout: float = 0.0, tie_weights: bool = False,
-                 grad: str = "backprop", adjoint: AdjointOptions | None = None):
+                 grad: str = "backprop", adjoint: odernn.AdjointMethod | None = None):
         super().__init__()
         if grad not in GRAD_MODES:
             raise ModelError(f"unknown gradient mode {grad!r}; modes: {', '.join(GRAD_MODES)}")
@@ -179,7 +133,7 @@ class LanguageModel(nn.Module):
             if spec.lower() in TORCH_CELLS:
                 self.layers.append(TorchLayer(spec.lower(), width, hidden))
             else:
-                self.layers.append(ODELayer(spec, width, hidden, grad, adjoint or AdjointOptions()))
+                self.layers.append(ODELayer(spec, width, hidden, grad, adjoint or odernn.AdjointMethod()))
         self.drop = nn.Dropout(dropout)
         self.decoder = nn.Linear(hidden, vocab_size)
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)

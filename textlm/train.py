@@ -22,7 +22,7 @@ import odernn
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Corpus, Vocabulary, load_corpus
 from .evaluate import evaluate_loss
-from .model import AdjointOptions, LanguageModel, detach_state
+from .model import LanguageModel, detach_state
 
 __all__ = ["TrainConfig", "Trainer", "TrainingError", "TrainingInterrupted", "batchify", "train"]
 
@@ -52,6 +52,7 @@ class TrainConfig:
     tie_weights: bool = False
     grad: str = "backprop"
     adjoint_method: str | None = None
+    adjoint_steps: int | None = None
     adjoint_rtol: float | None = None
     adjoint_atol: float | None = None
     dtype: str = "float32"
@@ -158,7 +159,8 @@ class Trainer:
         self.model = LanguageModel(
             len(self.corpus.vocab), config.cell, config.layers, config.hidden, config.embed, config.dropout,
             config.tie_weights, config.grad,
-            AdjointOptions(config.adjoint_method, config.adjoint_rtol, config.adjoint_atol)).to(self.dtype)
+            odernn.AdjointMethod(config.adjoint_method, config.adjoint_steps, config.adjoint_rtol,
+                                 config.adjoint_atol)).to(self.dtype)
         self.optimizer = self._optimizer()
         if config.batch_size % self.world:
             raise ValueError(f"--batch-size {config.batch_size} is not divisible by {self.world} processes")
@@ -239,10 +241,11 @@ class Trainer:
         p = self.position
         advice = []
         for cell in self.model.ode_cells():
-            try:
-                report = stability.check(cell)
+            try:  # at the zero state: sampling a trajectory would run the failing solver again
+                report = stability.check(cell, samples=1)
                 advice.append(f"{cell.describe()}: {'stable' if report.stable else 'UNSTABLE'} at the current "
-                              f"weights, margin {report.margin:+.3g}, largest stable dt {report.max_stable_dt:.3g}")
+                              f"weights (zero state), margin {report.margin:+.3g}, largest stable dt "
+                              f"{report.max_stable_dt:.3g}, stiffness {self._stiffness(report)}")
             except Exception:  # the advice is a courtesy: never mask the real error
                 pass
         self.save()
@@ -250,6 +253,13 @@ class Trainer:
                              f"{p.epoch}): {type(err).__name__}: {err}"
                              + (f". Stability: {'; '.join(advice)}" if advice else "")
                              + f". Last good state saved to {self.checkpoint_path}")
+
+    @staticmethod
+    def _stiffness(report) -> str:
+        try:
+            return report.condition("stiffness").detail
+        except KeyError:
+            return "not measured"
 
     def _probe(self, x) -> None:
         import stability

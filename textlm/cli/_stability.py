@@ -21,7 +21,10 @@ def register(sub, formatter) -> None:
         p = ssub.add_parser(name, help=text, formatter_class=formatter,
                             epilog=f"example:\n  odernn stability {name} gru-ode:rk4 --hidden-size 64"
                                    + (" -o eig.png" if name == "plot" else " --json"))
-        p.add_argument("spec", help="a cell spec, e.g. gru-ode:rk4:steps=2 (weights: the default initialisation)")
+        p.add_argument("spec", metavar="SPEC|CHECKPOINT",
+                       help="a cell spec, e.g. gru-ode:rk4:steps=2 (weights: the default initialisation), or a "
+                            "trained model's checkpoint (file or run folder): every ODE layer is checked at its "
+                            "trained weights, driven by the embeddings of random tokens")
         p.add_argument("--input-size", type=int, default=32)
         p.add_argument("--hidden-size", type=int, default=128)
         p.add_argument("--dt", type=float, help="judge at this interval instead of the spec's")
@@ -34,29 +37,66 @@ def register(sub, formatter) -> None:
         p.set_defaults(handler=handler)
 
 
-def _report(args):
+def _is_checkpoint(text: str) -> bool:
+    path = Path(text)
+    return path.is_file() and path.suffix == ".pt" or (path / "checkpoint.pt").is_file()
+
+
+def _checkpoint_cells(args):
+    """``(label, cell, inputs)`` for every ODE layer of a trained model: the inputs are the layer's
+    inputs along a random token sequence (embeddings for the first layer, the previous layer's
+    states for the others)."""
+    import torch
+
+    from ._text import _load_model
+    model, vocab, _ = _load_model(args.spec)
+    generator = torch.Generator().manual_seed(args.seed)
+    idx = torch.randint(0, len(vocab), (1, args.samples), generator=generator)
+    out = []
+    with torch.no_grad():
+        x = model.embedding(idx.T)  # (T, 1, E)
+        for i, layer in enumerate(model.layers):
+            if hasattr(layer, "cell"):
+                out.append((f"layer {i} ({layer.spec})", layer.cell, x))
+            x, _ = layer(x, None)
+    if not out:
+        raise CLIError(f"{args.spec} has no ODE layers (its cells are torch baselines)")
+    return out
+
+
+def _reports(args):
     import torch
     if args.input_size < 1 or args.hidden_size < 1 or args.samples < 1:
         raise CLIError("--input-size, --hidden-size and --samples must be positive")
     if args.dt is not None and not args.dt > 0:
         raise CLIError("--dt must be positive")
+    if _is_checkpoint(args.spec):
+        return [(label, cell, stability.check(cell, inputs=x, dt=args.dt, samples=args.samples, seed=args.seed))
+                for label, cell, x in _checkpoint_cells(args)]
     torch.manual_seed(args.seed)
     try:
         cell = odernn.cell(args.spec, args.input_size, args.hidden_size)
     except odernn.CellSpecError as err:
         raise CLIError(str(err)) from None
-    return cell, stability.check(cell, dt=args.dt, samples=args.samples, seed=args.seed)
+    return [(args.spec, cell, stability.check(cell, dt=args.dt, samples=args.samples, seed=args.seed))]
 
 
 def cmd_check(args) -> int:
-    _, report = _report(args)
-    print(report.to_json() if args.json else report)
-    return 0 if report.stable else 1
+    reports = _reports(args)
+    if args.json:
+        import json
+        data = [dict(json.loads(r.to_json()), cell=label) for label, _, r in reports]
+        print(json.dumps(data[0] if len(data) == 1 else data, indent=1))
+    else:
+        for label, _, report in reports:
+            print((f"{label}: " if len(reports) > 1 else "") + str(report))
+    return 0 if all(r.stable for _, _, r in reports) else 1
 
 
 def cmd_plot(args) -> int:
     import butcher
-    cell, report = _report(args)
+    reports = _reports(args)
+    _, cell, report = reports[0]
     output = Path(args.output)
     if not output.parent.exists():
         raise CLIError(f"{output.parent} does not exist")

@@ -41,8 +41,9 @@ def _options(p, defaults) -> None:
                       help="backprop through the steps; checkpoint (recompute per token, exact); adjoint "
                            "(continuous adjoint, memory independent of the steps)")
     grad.add_argument("--adjoint-method", help="tableau of the backward solve (default: the forward one)")
-    grad.add_argument("--adjoint-rtol", type=float, help="adaptive backward solve at this tolerance "
-                                                         "(with --adjoint-method dopri5, bs3 or heun-euler)")
+    grad.add_argument("--adjoint-steps", type=int, help="steps of the backward solve per token (default: the cell's)")
+    grad.add_argument("--adjoint-rtol", type=float, help="adaptive backward solve at this tolerance (with an "
+                                                         "embedded pair as --adjoint-method: dopri5, bs3, tsit5, …)")
     grad.add_argument("--adjoint-atol", type=float)
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--batch-size", type=int, default=defaults.batch_size, help="parallel token streams")
@@ -189,12 +190,12 @@ def cmd_train(args) -> int:
 def _load_model(path):
     from textlm.checkpoint import load_checkpoint
     from textlm.data import Vocabulary
-    from textlm.model import AdjointOptions, LanguageModel
+    from textlm.model import LanguageModel
     data = load_checkpoint(path)
     cfg = data["model_config"]
     try:
         model = LanguageModel(cfg["vocab_size"], cfg["cell"], cfg["layers"], cfg["hidden"], cfg["embed"],
-                              cfg["dropout"], cfg["tie_weights"], "backprop", AdjointOptions())
+                              cfg["dropout"], cfg["tie_weights"], "backprop")
         dtype = next(iter(data["model"].values())).dtype
         model = model.to(dtype)
         model.load_state_dict(data["model"])

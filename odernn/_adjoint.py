@@ -1,0 +1,109 @@
+"""The continuous adjoint of one token's solve (Chen et al. 2018), with memory independent of the
+number of solver steps.
+
+Forward: the cell's own solve (the same values as without the adjoint), under ``no_grad``; only
+the input context and the final state are kept. Backward: the augmented system, in reversed time
+``s = Δ − τ``, from ``s = 0`` with ``a = ∂L/∂y(Δ)``, ``g = 0``:
+
+    dy/ds = −f(y),   da/ds = (∂f/∂y)ᵀ a,   dg_c/ds = (∂f/∂c)ᵀ a,   dg_θ/ds = (∂f/∂θ)ᵀ a,
+
+integrated by a tableau of its own choosing — on a fixed grid, or with error control on ``(y, a)``
+(a seminorm: the gradient blocks do not feed back) — gives ``∂L/∂y(0) = a(Δ)``, ``∂L/∂c = g_c``,
+``∂L/∂θ = g_θ``. The context ``c = project(x)`` is an ordinary autograd input, so the input weights
+and the embedding get their gradients through it without recomputing the projection per stage.
+
+The gradient is that of the exact flow: it differs from backpropagation through the forward steps
+by the discretisation error of both solves (``O(h^p)``), and it is wrong where ``y`` cannot be
+recovered backwards (a backward pass stiffer than the forward one); see ``benchmarks/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import butcher
+
+from ._stepping import AdaptiveScheme, ExplicitScheme
+
+__all__ = ["AdjointMethod", "adjoint"]
+
+
+@dataclass(frozen=True)
+class AdjointMethod:
+    """The backward solve: ``tableau`` (explicit; default the cell's), ``steps`` over Δ (default
+    the cell's), or error control with ``rtol``/``atol`` (an embedded pair)."""
+
+    tableau: str | butcher.ButcherTableau | None = None
+    steps: int | None = None
+    rtol: float | None = None
+    atol: float | None = None
+
+    def scheme(self, cell):
+        tableau = self.tableau if self.tableau is not None else cell.tableau
+        if isinstance(tableau, str):
+            tableau = butcher.get(tableau)
+        if not tableau.is_explicit:
+            raise ValueError(f"the backward solve of the adjoint runs explicit tableaux; {tableau.name or 'this one'} "
+                             "is implicit: choose one with the adjoint method (e.g. rk4, dopri5)")
+        if self.rtol is not None or self.atol is not None:
+            return AdaptiveScheme(tableau, rtol=self.rtol if self.rtol is not None else 1e-6,
+                                  atol=self.atol if self.atol is not None else 1e-8)
+        return ExplicitScheme(tableau)
+
+
+class _TokenAdjoint(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cell, method, context, blocks_count, *tensors):
+        blocks, params = tensors[:blocks_count], tensors[blocks_count:]
+        with torch.no_grad():
+            out = cell.integrate(context, tuple(blocks), cell.step_size)
+        ctx.cell, ctx.method, ctx.blocks_count = cell, method, blocks_count
+        ctx.save_for_backward(context, *out)
+        return tuple(o.clone() for o in out)
+
+    @staticmethod
+    def backward(ctx, *grad_out):
+        cell, n = ctx.cell, ctx.blocks_count
+        context, *y = ctx.saved_tensors
+        field = cell.field
+        params = tuple(field.parameters())
+        trainable = [i for i, p in enumerate(params) if p.requires_grad]
+        leaf = context.detach().requires_grad_()
+
+        def augmented(blocks):
+            with torch.enable_grad():
+                yv = tuple(b.detach().requires_grad_() for b in blocks[:n])
+                out = field(leaf, yv)
+                inputs = (*yv, leaf, *(params[i] for i in trainable))
+                grads = torch.autograd.grad(out, inputs, blocks[n:2 * n], allow_unused=True)
+            grads = tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs))
+            return (*(-o.detach() for o in out), *grads)
+
+        state = (*y, *(g if g is not None else torch.zeros_like(b) for g, b in zip(grad_out, y)),
+                 torch.zeros_like(context), *(torch.zeros_like(params[i]) for i in trainable))
+        scheme = ctx.method.scheme(cell)
+        steps = ctx.method.steps or cell.steps
+        h = cell.dt / steps
+        if isinstance(scheme, AdaptiveScheme):
+            state = scheme.integrate(augmented, state, cell.dt, h, controlled=2 * n)
+        else:
+            for _ in range(steps):
+                state = scheme.step(augmented, state, h)
+        grad_blocks, grad_context = state[n:2 * n], state[2 * n]
+        grad_params = [None] * len(params)
+        for slot, i in enumerate(trainable):
+            grad_params[i] = state[2 * n + 1 + slot]
+        return (None, None, grad_context, None, *grad_blocks, *grad_params)
+
+
+def adjoint(cell, x: torch.Tensor, state=None, method: AdjointMethod | None = None):
+    """``cell(x, state)`` with the gradient of the continuous adjoint (see the module docstring)."""
+    field = cell.field
+    if state is None:
+        state = field.initial_state(x.shape[0], x.dtype, x.device)
+    blocks = field.to_blocks(state)
+    out = _TokenAdjoint.apply(cell, method or AdjointMethod(), field.project(x), len(blocks), *blocks,
+                              *field.parameters())
+    return field.from_blocks(tuple(out))
