@@ -1,7 +1,20 @@
-"""``textlm`` — corpora, the shared language model, the trainer and the ``odernn`` command line.
+"""``textlm`` — corpora, the shared language model, the trainer, sampling and metrics, and the
+``odernn`` command line (``textlm.cli``).
 
-The language model and trainer arrive with the textlm issue; the command line (``textlm.cli``)
-already carries the ``odernn tableau`` commands.
+>>> import torch, textlm
+>>> model = textlm.LanguageModel(vocab_size=10, cell="gru-ode:rk4", hidden=8)
+>>> logits, loss, state = model(torch.randint(0, 10, (2, 5)), torch.randint(0, 10, (2, 5)))
+>>> logits.shape, loss.item() > 0
+(torch.Size([2, 5, 10]), True)
 """
 
-__all__: list[str] = []
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .data import CORPORA, Corpus, CorpusError, Vocabulary, data_root, load_corpus
+from .evaluate import GenerationMetrics, evaluate_loss, generation_metrics, sample
+from .model import GRAD_MODES, TORCH_CELLS, LanguageModel, ModelError
+from .train import TrainConfig, Trainer, TrainingError, TrainingInterrupted, batchify, train
+
+__all__ = ["CORPORA", "CheckpointError", "Corpus", "CorpusError", "GRAD_MODES", "GenerationMetrics", "LanguageModel",
+           "ModelError", "TORCH_CELLS", "TrainConfig", "Trainer", "TrainingError", "TrainingInterrupted", "Vocabulary",
+           "batchify", "data_root", "evaluate_loss", "generation_metrics", "load_checkpoint", "load_corpus", "sample",
+           "save_checkpoint", "train"]
