@@ -10,6 +10,7 @@ import copy
 import json
 import math
 import os
+import resource
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -68,6 +69,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     clip: float = 1.0
     max_tokens: int = 200_000
+    max_seconds: float | None = None  # wall-clock budget (training time, summed over resumes)
     seed: int = 0
     on_nan: str = "halve"  # or "stop"
     max_nan_recoveries: int = 10
@@ -294,6 +296,8 @@ class Trainer:
         record = {}
         try:
             while p.step < self.total_steps:
+                if c.max_seconds is not None and time.perf_counter() - started >= c.max_seconds:
+                    break
                 rng = torch.get_rng_state()  # an interrupted step is redone from here on --resume
                 x, y = self._batch()
                 lr = self.learning_rate(p.step)
@@ -368,13 +372,22 @@ class Trainer:
                 bar.close()
         p.elapsed = time.perf_counter() - started
         self.save()
+        cells = self.model.ode_cells()
         result = {"step": p.step, "tokens": p.tokens, "train_loss": record.get("train_loss"),
-                  "nan_recoveries": p.nan_recoveries, "elapsed": p.elapsed}
+                  "nan_recoveries": p.nan_recoveries, "elapsed": p.elapsed,
+                  "tokens_per_s": p.tokens / max(p.elapsed, 1e-9),
+                  "parameters": sum(q.numel() for q in self.model.parameters()),
+                  # field evaluations per token summed over the ODE layers (last call for adaptive/implicit)
+                  "nfe_per_token": sum(cell.nfe for cell in cells) if cells else None,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
         if self.rank == 0:
             result["valid_loss"] = self.evaluate()
             self._log({"step": p.step, "tokens": p.tokens, "valid_loss": result["valid_loss"], "elapsed": p.elapsed,
                        "final": True})
             self.model.train()
+            tmp = self.out / ".result.json.tmp"
+            tmp.write_text(json.dumps(result, indent=1))
+            tmp.replace(self.out / "result.json")
         return result
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _cell, _stability, _tableau, _text
+from . import _cell, _compare, _stability, _tableau, _text
 from ._errors import USER_ERRORS
 
-_GROUPS = (_tableau, _cell, _stability, _text)
+_GROUPS = (_tableau, _cell, _stability, _text, _compare)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):

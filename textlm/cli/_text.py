@@ -56,6 +56,7 @@ def _options(p, defaults) -> None:
     opt.add_argument("--warmup", type=int, default=defaults.warmup, help="warm-up steps")
     opt.add_argument("--clip", type=float, default=defaults.clip, help="gradient-norm clipping (0: none)")
     opt.add_argument("--max-tokens", type=int, default=defaults.max_tokens, help="training-token budget")
+    opt.add_argument("--max-seconds", type=float, help="wall-clock budget (the schedule still follows --max-tokens)")
     opt.add_argument("--seed", type=int, default=defaults.seed)
     opt.add_argument("--on-nan", choices=("halve", "stop"), default=defaults.on_nan,
                      help="on a NaN/Inf loss or gradient: undo the last step and halve the LR, or stop")
@@ -70,6 +71,7 @@ def _options(p, defaults) -> None:
                      help="stability probe of the ODE cells every N steps (0: off)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--sample-length", type=int, default=200, help="length of the sample printed at the end")
+    run.add_argument("--json", action="store_true", help="print the final result as JSON (no sample)")
 
 
 def register(sub, formatter) -> None:
@@ -171,6 +173,9 @@ def cmd_train(args) -> int:
     if trainer.rank:
         return 0
     curves = _plot_curves(trainer.out)
+    if args.json:
+        print(json.dumps(result))
+        return 0
     level = trainer.corpus.level
     valid = result["valid_loss"]
     line = f"validation loss {valid:.4f} nats/token, perplexity {math.exp(valid):.2f}"

@@ -1,0 +1,78 @@
+"""``odernn compare``: cells × seeds on one corpus and one budget → a Markdown table and plots."""
+
+from __future__ import annotations
+
+import sys
+
+from ._errors import CLIError
+
+_EXAMPLE = """examples:
+  odernn compare --corpus tinyshakespeare --seeds 0 1 2 --params 430000 --max-tokens 1000000 --out runs/compare
+  odernn compare --corpus ptb --cells torch-lstm gru-ode:euler --layers 2 --hidden 200 --bptt 35 --batch-size 20
+  odernn compare ... (the same command again)   # resumes: finished runs are kept, an unfinished one resumes
+
+Writes OUT/results.md (mean ± std over seeds), OUT/learning_curves.png (seed bands against tokens and
+wall-clock), OUT/stability_<cell>.png (each ODE cell's region with its scaled eigenvalues) and every
+run's folder under OUT/runs/."""
+
+
+def register(sub, formatter) -> None:
+    from textlm.compare import DEFAULT_CELLS, CompareConfig
+    d = CompareConfig()
+    p = sub.add_parser("compare", help="train several cells with several seeds and tabulate them",
+                       formatter_class=formatter, epilog=_EXAMPLE,
+                       description="Train each cell with each seed on the same corpus, budget and optimiser "
+                                   "(each run in its own process), then measure and tabulate them.")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--corpus", default=None, help="tinyshakespeare (default), ptb or wikitext-2")
+    source.add_argument("--text", metavar="PATH")
+    p.add_argument("--level", choices=("char", "word"))
+    p.add_argument("--data-root", metavar="DIR")
+    p.add_argument("--cells", nargs="+", default=list(DEFAULT_CELLS), metavar="SPEC")
+    p.add_argument("--seeds", nargs="+", type=int, default=d.seeds)
+    p.add_argument("--params", type=int, help="parameter budget: each cell gets the width closest to it")
+    p.add_argument("--hidden", type=int, default=d.hidden, help="width of every cell when no --params")
+    p.add_argument("--layers", type=int, default=d.layers)
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--grad", choices=("backprop", "checkpoint", "adjoint"), default=d.grad)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--bptt", type=int, default=d.bptt)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="token budget of every run")
+    p.add_argument("--max-seconds", type=float, help="wall-clock budget of every run")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="validation every N steps (the curves)")
+    p.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help="validation tokens per evaluation")
+    p.add_argument("--prompts", type=int, default=d.prompts, help="validation prompts for BLEU/ROUGE")
+    p.add_argument("--out", default=d.out)
+    p.set_defaults(handler=cmd_compare)
+
+
+def cmd_compare(args) -> int:
+    from textlm.compare import CompareConfig, CompareError, compare, plots
+    if args.corpus is None and args.text is None:
+        args.corpus = "tinyshakespeare"
+    if not args.seeds or not args.cells:
+        raise CLIError("give at least one cell and one seed")
+    config = CompareConfig(corpus=args.corpus, text=args.text, level=args.level, data_root=args.data_root,
+                           cells=args.cells, seeds=args.seeds, params=args.params, hidden=args.hidden,
+                           layers=args.layers, dropout=args.dropout, grad=args.grad, batch_size=args.batch_size,
+                           bptt=args.bptt, lr=args.lr, max_tokens=args.max_tokens, max_seconds=args.max_seconds,
+                           eval_every=args.eval_every, eval_tokens=args.eval_tokens, prompts=args.prompts,
+                           out=args.out)
+    import odernn
+    from textlm.model import TORCH_CELLS
+    for cell in config.cells:  # fail before hours of training, not in the middle
+        if cell.lower() not in TORCH_CELLS:
+            try:
+                odernn.parse_spec(cell)
+                odernn.cell(cell, 2, 2)
+            except odernn.CellSpecError as err:
+                raise CLIError(f"--cells {cell}: {err}") from None
+    try:
+        rows, markdown = compare(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    except CompareError as err:
+        raise CLIError(f"{err}; the finished runs are kept: run the same command again to resume") from None
+    written = plots(config, rows)
+    print(markdown)
+    print(f"wrote {config.out}/results.md, " + ", ".join(map(str, written)), file=sys.stderr)
+    return 0

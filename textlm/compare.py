@@ -1,0 +1,284 @@
+"""``odernn compare``: several cells, several seeds, one corpus, one budget — and a table.
+
+Every (cell, seed) run trains in its own process (``odernn train``), so that its peak resident
+memory is its own and a killed comparison loses at most the run in progress: a finished run has a
+``result.json`` and is not run again; an unfinished one resumes from its checkpoint. Then each run
+is measured the same way — validation perplexity, BLEU, ROUGE-L and the combined score of sampled
+continuations of validation prompts, the stability margin of its ODE layers at the final weights —
+and the table gives mean ± standard deviation over seeds.
+
+**Parameter budget.** With ``params=N`` each cell gets the hidden width whose model (embedding,
+layers, decoder) has the parameter count closest to ``N``; the table states every count.
+
+**Loss spikes.** A logged training loss more than ``0.5`` nats above the lowest one logged before
+it (after the first 10 % of the run, when the loss still falls fast from its start).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["CompareConfig", "CompareError", "DEFAULT_CELLS", "compare", "hidden_for_budget", "parameter_count"]
+
+DEFAULT_CELLS = ("torch-rnn", "torch-lstm", "torch-gru", "gru-ode:euler", "gru-ode:midpoint", "gru-ode:rk4",
+                 "antisymmetric:euler")
+SPIKE = 0.5  # nats
+
+
+@dataclass
+class CompareConfig:
+    corpus: str | None = "tinyshakespeare"
+    text: str | None = None
+    level: str | None = None
+    data_root: str | None = None
+    cells: list[str] = field(default_factory=lambda: list(DEFAULT_CELLS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    params: int | None = None  # parameter budget; None: the same --hidden for every cell
+    hidden: int = 256
+    layers: int = 1
+    dropout: float = 0.0
+    grad: str = "backprop"
+    batch_size: int = 32
+    bptt: int = 64
+    lr: float = 2e-3
+    max_tokens: int = 1_000_000
+    max_seconds: float | None = None
+    eval_every: int = 100
+    eval_tokens: int | None = 20_000
+    prompts: int = 20
+    out: str = "runs/compare"
+
+
+def parameter_count(cell: str, vocab_size: int, hidden: int, layers: int, embed: int | None = None) -> int:
+    from .model import LanguageModel
+    model = LanguageModel(vocab_size, cell, layers=layers, hidden=hidden, embed=embed)
+    return sum(p.numel() for p in model.parameters())
+
+
+def hidden_for_budget(cell: str, vocab_size: int, layers: int, params: int) -> int:
+    """The hidden width (embedding = hidden) whose model's parameter count is closest to ``params``."""
+    lo, hi = 1, 4096
+    while hi - lo > 1:  # the count grows with the width: bisect on it
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if parameter_count(cell, vocab_size, mid, layers) <= params else (lo, mid)
+    return min((lo, hi), key=lambda h: abs(parameter_count(cell, vocab_size, h, layers) - params))
+
+
+def _slug(cell: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in cell)
+
+
+def _spikes(records: list[dict]) -> int:
+    losses = [r["train_loss"] for r in records if "train_loss" in r]
+    start = max(1, len(losses) // 10)
+    count = 0
+    for i in range(start, len(losses)):
+        if losses[i] > min(losses[:i]) + SPIKE:
+            count += 1
+    return count
+
+
+class CompareError(RuntimeError):
+    """A run of the comparison failed; the message names it and quotes its error."""
+
+
+def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path) -> dict:
+    """Train in a child process (resuming if it has a checkpoint); its result, with its own peak
+    resident memory (``peak_rss_mb``)."""
+    args = [sys.executable, "-m", "textlm.cli", "train", "--cell", cell, "--seed", str(seed), "--hidden", str(hidden),
+            "--layers", str(config.layers), "--dropout", str(config.dropout), "--grad", config.grad,
+            "--batch-size", str(config.batch_size), "--bptt", str(config.bptt), "--lr", str(config.lr),
+            "--max-tokens", str(config.max_tokens), "--eval-every", str(config.eval_every),
+            "--out", str(run), "--no-progress", "--json", "--checkpoint-every", "50"]
+    if (run / "checkpoint.pt").is_file():
+        args.append("--resume")
+    else:
+        args += ["--corpus", config.corpus] if config.corpus else ["--text", config.text]
+        if config.level:
+            args += ["--level", config.level]
+    if config.data_root:
+        args += ["--data-root", config.data_root]
+    if config.eval_tokens:
+        args += ["--eval-tokens", str(config.eval_tokens)]
+    if config.max_seconds:
+        args += ["--max-seconds", str(config.max_seconds)]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no message"
+        raise CompareError(f"{cell} seed {seed} failed (exit {proc.returncode}): {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _measure(config: CompareConfig, run: Path) -> dict:
+    """Generation metrics and the stability margin of the trained model in ``run``."""
+    import torch
+
+    import stability
+
+    from .checkpoint import load_checkpoint
+    from .data import Vocabulary, load_corpus
+    from .evaluate import generation_metrics
+    from .model import LanguageModel
+    data = load_checkpoint(run)
+    cfg = data["model_config"]
+    model = LanguageModel(cfg["vocab_size"], cfg["cell"], cfg["layers"], cfg["hidden"], cfg["embed"], cfg["dropout"],
+                          cfg["tie_weights"])
+    model.load_state_dict(data["model"])
+    model.eval()
+    vocab = Vocabulary.from_dict(data["vocab"])
+    corpus = load_corpus(config.corpus, config.text, config.level, config.data_root)
+    metrics = generation_metrics(model, vocab, corpus.valid, prompts=config.prompts)
+    margins = []
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x = model.embedding(torch.randint(0, len(vocab), (16, 1), generator=generator))
+        for layer in model.layers:
+            if hasattr(layer, "cell"):
+                margins.append(stability.check(layer.cell, inputs=x).margin)
+            x, _ = layer(x, None)
+    return {"bleu": metrics.bleu, "rouge_l": metrics.rouge_l, "combined": metrics.combined,
+            "margin": min(margins) if margins else None}
+
+
+def run_one(config: CompareConfig, cell: str, seed: int, hidden: int) -> dict:
+    run = Path(config.out) / "runs" / _slug(cell) / f"seed{seed}"
+    done = run / "compare.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    result = _train(config, cell, seed, hidden, run)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    row = {"cell": cell, "seed": seed, "hidden": hidden, **result, "spikes": _spikes(records),
+           "valid_ppl": math.exp(result["valid_loss"]), **_measure(config, run)}
+    tmp = run / ".compare.json.tmp"
+    tmp.write_text(json.dumps(row, indent=1))
+    tmp.replace(done)
+    return row
+
+
+def _mean_std(values) -> str:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return "—"
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    digits = 3 if abs(mean) < 10 else 1 if abs(mean) < 1000 else 0
+    return f"{mean:,.{digits}f} ± {std:,.{digits}f}"
+
+
+COLUMNS = [("valid perplexity", "valid_ppl"), ("BLEU", "bleu"), ("ROUGE-L", "rouge_l"), ("combined", "combined"),
+           ("tokens/s", "tokens_per_s"), ("peak RSS (MiB)", "peak_rss_mb"), ("NFE/token", "nfe_per_token"),
+           ("loss spikes", "spikes"), ("NaN recoveries", "nan_recoveries"), ("stability margin", "margin")]
+
+
+def table(rows: list[dict]) -> str:
+    cells = list(dict.fromkeys(r["cell"] for r in rows))
+    lines = ["| cell | hidden | parameters | seeds | " + " | ".join(name for name, _ in COLUMNS) + " |",
+             "|---|---|---|---|" + "---|" * len(COLUMNS)]
+    for cell in cells:
+        mine = [r for r in rows if r["cell"] == cell]
+        lines.append(f"| {cell} | {mine[0]['hidden']} | {mine[0]['parameters']:,} | {len(mine)} | "
+                     + " | ".join(_mean_std([r.get(key) for r in mine]) for _, key in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def plots(config: CompareConfig, rows: list[dict]) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    out = Path(config.out)
+    written = []
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), dpi=120)
+    for cell in dict.fromkeys(r["cell"] for r in rows):
+        curves = []
+        for r in (r for r in rows if r["cell"] == cell):
+            run = out / "runs" / _slug(cell) / f"seed{r['seed']}"
+            records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            valid = [(q["tokens"], q["elapsed"], q["valid_loss"]) for q in records if "valid_loss" in q]
+            if valid:
+                curves.append(np.array(valid))
+        if not curves:
+            continue
+        length = min(len(c) for c in curves)
+        stack = np.stack([c[:length] for c in curves])
+        for ax, column in zip(axes, (0, 1)):
+            x = stack[:, :, column].mean(axis=0)
+            mean, std = stack[:, :, 2].mean(axis=0), stack[:, :, 2].std(axis=0)
+            (line,) = ax.plot(x, mean, label=cell)
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    for ax, label in zip(axes, ("training tokens", "wall-clock seconds")):
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation loss (nats/token)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("mean ± std over seeds")
+    target = out / "learning_curves.png"
+    fig.savefig(target, bbox_inches="tight")
+    plt.close(fig)
+    written.append(target)
+    written += _stability_plot(config, rows)
+    return written
+
+
+def _stability_plot(config: CompareConfig, rows: list[dict]) -> list[Path]:
+    """Each ODE cell's tableau region with the step-scaled Jacobian eigenvalues at its final
+    weights (seed of the first run)."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    import butcher
+    import stability
+
+    from .checkpoint import load_checkpoint
+    from .model import LanguageModel
+    out = Path(config.out)
+    written = []
+    for cell in dict.fromkeys(r["cell"] for r in rows):
+        first = next(r for r in rows if r["cell"] == cell)
+        run = out / "runs" / _slug(cell) / f"seed{first['seed']}"
+        data = load_checkpoint(run)
+        cfg = data["model_config"]
+        model = LanguageModel(cfg["vocab_size"], cfg["cell"], cfg["layers"], cfg["hidden"], cfg["embed"])
+        model.load_state_dict(data["model"])
+        cells = model.ode_cells()
+        if not cells:
+            continue
+        x = model.embedding(torch.randint(0, cfg["vocab_size"], (16, 1), generator=torch.Generator().manual_seed(0)))
+        report = stability.check(cells[0], inputs=x.detach())
+        fig = butcher.plot_stability_region(cells[0].tableau, report.eigenvalues, point_label="h·λ(∂f/∂y)")
+        fig.axes[0].set_title(f"{cell} (seed {first['seed']}): margin {report.margin:+.3f}")
+        target = out / f"stability_{_slug(cell)}.png"
+        fig.savefig(target, bbox_inches="tight")
+        plt.close(fig)
+        written.append(target)
+    return written
+
+
+def compare(config: CompareConfig, progress=print) -> tuple[list[dict], str]:
+    from .data import load_corpus
+    corpus = load_corpus(config.corpus, config.text, config.level, config.data_root)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
+    rows = []
+    for cell in config.cells:
+        hidden = (hidden_for_budget(cell, len(corpus.vocab), config.layers, config.params)
+                  if config.params else config.hidden)
+        for seed in config.seeds:
+            row = run_one(config, cell, seed, hidden)
+            rows.append(row)
+            progress(f"{cell} seed {seed}: valid perplexity {row['valid_ppl']:.3f}, {row['tokens_per_s']:,.0f} tokens/s")
+    budget = (f"{config.max_tokens:,} tokens" + (f" or {config.max_seconds:g} s" if config.max_seconds else ""))
+    header = (f"{corpus.name} ({corpus.level} level), {config.layers} layer(s), batch {config.batch_size} × bptt "
+              f"{config.bptt}, AdamW lr {config.lr:g} cosine, dropout {config.dropout:g}, grad {config.grad}, "
+              f"budget {budget} per run, seeds {', '.join(map(str, config.seeds))}"
+              + (f", parameter budget {config.params:,}" if config.params else f", hidden {config.hidden}"))
+    markdown = f"{header}\n\n{table(rows)}\n"
+    (out / "results.md").write_text(markdown)
+    return rows, markdown
