@@ -340,3 +340,31 @@ def test_evaluate_loss_is_the_mean_cross_entropy():
     data = torch.randint(0, 11, (200,))
     assert evaluate_loss(model, data) == pytest.approx(math.log(11), rel=1e-12)
 
+
+
+# --- comparison ---------------------------------------------------------------------------------
+
+def test_parameter_budget_picks_the_closest_width():
+    from textlm.compare import hidden_for_budget, parameter_count
+    for cell in ("torch-lstm", "gru-ode:rk4"):
+        h = hidden_for_budget(cell, 65, 1, 50_000)
+        best = abs(parameter_count(cell, 65, h, 1) - 50_000)
+        assert best <= abs(parameter_count(cell, 65, h - 1, 1) - 50_000)
+        assert best <= abs(parameter_count(cell, 65, h + 1, 1) - 50_000)
+
+
+def test_compare_tabulates_and_resumes(tmp_path):
+    args = ["compare", "--cells", "torch-gru", "gru-ode:euler", "--seeds", "0", "1", "--params", "8000",
+            "--max-tokens", "1024", "--batch-size", "4", "--bptt", "16", "--eval-every", "4", "--eval-tokens",
+            "1000", "--prompts", "2", "--out", str(tmp_path)]
+    code, stdout, err = run(*args)
+    assert code == 0, err
+    assert "| torch-gru |" in stdout and "| gru-ode:euler |" in stdout and "±" in stdout
+    assert (tmp_path / "results.md").is_file() and (tmp_path / "learning_curves.png").is_file()
+    assert (tmp_path / "stability_gru-ode_euler.png").is_file()
+    finished = tmp_path / "runs" / "torch-gru" / "seed0" / "compare.json"
+    stamp = finished.stat().st_mtime_ns
+    code, again, _ = run(*args)  # everything finished: nothing is trained again
+    assert code == 0 and finished.stat().st_mtime_ns == stamp and again == stdout
+    code, _, err = run("compare", "--cells", "gru-odd", "--out", str(tmp_path / "x"))
+    assert code == 2 and "gru-odd" in err

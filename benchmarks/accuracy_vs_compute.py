@@ -1,0 +1,64 @@
+"""Accuracy against compute: a GRU-ODE language model trained with an adaptive pair (Dormand–Prince,
+rtol 1e-3), then evaluated with other solvers — other tolerances, fixed-step tableaux, more or
+fewer steps — on the same weights: validation loss against field evaluations per token.
+
+    python benchmarks/accuracy_vs_compute.py [--tokens 200000] [--hidden 128]
+
+The trade-off the neural-ODE literature advertises (spend fewer evaluations at test time, accept
+a higher loss) measured instead of asserted.
+"""
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+
+from textlm.evaluate import evaluate_loss
+from textlm.model import LanguageModel
+from textlm.train import TrainConfig, Trainer
+
+SOLVERS = ["dopri5:rtol=1e-1", "dopri5:rtol=1e-2", "dopri5:rtol=1e-3", "dopri5:rtol=1e-5", "dopri5:rtol=1e-7",
+           "euler", "euler:steps=2", "euler:steps=4", "midpoint", "midpoint:steps=2", "rk4", "rk4:steps=2",
+           "rk4:steps=4"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=200_000)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--eval-tokens", type=int, default=20_000)
+    parser.add_argument("--out", default="runs/accuracy_vs_compute")
+    args = parser.parse_args()
+    trained = "gru-ode:dopri5:rtol=1e-3:atol=1e-5"
+    config = TrainConfig(corpus="tinyshakespeare", cell=trained, hidden=args.hidden, max_tokens=args.tokens,
+                         out=args.out, progress=False, checkpoint_every=10**9, eval_tokens=args.eval_tokens)
+    if (Path(args.out) / "result.json").is_file():
+        trainer = Trainer(config, resume=True)
+    else:
+        trainer = Trainer(config)
+        trainer.run()
+    state = trainer.model.state_dict()
+    valid = trainer.corpus.valid
+    print(f"trained: {trained}, hidden {args.hidden}, {args.tokens:,} tokens of tinyshakespeare; evaluated on the "
+          f"first {args.eval_tokens:,} validation characters\n")
+    print("| solver at test time | field evaluations / token | validation loss (nats/char) | perplexity |")
+    print("|---|---|---|---|")
+    for solver in SOLVERS:
+        spec = f"gru-ode:{solver}"
+        if "rtol=" in solver:  # atol = rtol/100, as in training
+            spec += f":atol={float(solver.split('rtol=')[1]) / 100:g}"
+        model = LanguageModel(len(trainer.corpus.vocab), spec, hidden=args.hidden)
+        model.load_state_dict(state)
+        calls = {"field": 0, "token": 0}  # field evaluations and token steps (each for the whole batch)
+        cell = model.layers[0].cell
+        cell.field.register_forward_hook(lambda *_: calls.__setitem__("field", calls["field"] + 1))
+        cell.register_forward_hook(lambda *_: calls.__setitem__("token", calls["token"] + 1))
+        loss = evaluate_loss(model, valid, tokens=args.eval_tokens)
+        marker = " (trained)" if solver == "dopri5:rtol=1e-3" else ""
+        print(f"| {solver}{marker} | {calls['field'] / calls['token']:.2f} | {loss:.4f} | {math.exp(loss):.3f} |")
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()

@@ -1,0 +1,51 @@
+"""Seconds-long smoke runs of the example and the study scripts (their full runs are in docs/results.md)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script(*args, timeout=300):
+    proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def rows(markdown: str) -> dict:
+    """The body rows of the Markdown tables in ``markdown``, by their first cell."""
+    lines = markdown.splitlines()
+    out = {}
+    for line, following in zip(lines, lines[1:] + [""]):
+        if not line.startswith("| ") or following.startswith("|---") or line.startswith("|---"):
+            continue  # not a table row, or a header
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        out[cells[0]] = cells[1:]
+    return out
+
+
+def test_digits_resnet_rknet_odenet_smoke():
+    table = rows(script(ROOT / "examples" / "digits_ode_net.py", "--epochs", "1", "--limit", "64",
+                        "--batch-size", "32", "--steps", "4"))
+    assert set(table) == {"resnet", "rk-net", "ode-net"}
+    memory = {k: float(v[2]) for k, v in table.items()}
+    assert memory["ode-net"] < memory["rk-net"] / 3  # the adjoint keeps no solver steps for the backward pass
+    assert table["rk-net"][1] == table["ode-net"][1]  # the same network, trained differently
+
+
+def test_adjoint_study_smoke():
+    out = script(ROOT / "benchmarks" / "adjoint_study.py", "--quick")
+    table = rows(out)
+    assert float(table["1e-06"][1]) < float(table["0.001"][0])  # tighter tolerances, smaller error
+    assert float(table["adjoint, backward rk4, 1 step"][0]) > 1  # the stiff backward pass: the gradient is wrong
+
+
+def test_accuracy_vs_compute_smoke(tmp_path):
+    out = script(ROOT / "benchmarks" / "accuracy_vs_compute.py", "--tokens", "1024", "--hidden", "8",
+                 "--eval-tokens", "200", "--out", tmp_path / "run")
+    table = rows(out)
+    evaluations = {k: float(v[0]) for k, v in table.items()}
+    assert evaluations["euler"] == 1 and evaluations["rk4:steps=2"] == 8  # exact counts of fixed-step solvers
+    assert evaluations["dopri5:rtol=1e-7"] > evaluations["dopri5:rtol=1e-1"]
