@@ -230,6 +230,7 @@ def _stability_plot(config: CompareConfig, rows: list[dict]) -> list[Path]:
     """Each ODE cell's tableau region with the step-scaled Jacobian eigenvalues at its final
     weights (seed of the first run)."""
     import matplotlib.pyplot as plt
+    import numpy as np
     import torch
 
     import butcher
@@ -251,8 +252,14 @@ def _stability_plot(config: CompareConfig, rows: list[dict]) -> list[Path]:
             continue
         x = model.embedding(torch.randint(0, cfg["vocab_size"], (16, 1), generator=torch.Generator().manual_seed(0)))
         report = stability.check(cells[0], inputs=x.detach())
-        fig = butcher.plot_stability_region(cells[0].tableau, report.eigenvalues, point_label="h·λ(∂f/∂y)")
-        fig.axes[0].set_title(f"{cell} (seed {first['seed']}): margin {report.margin:+.3f}")
+        z = report.eigenvalues
+        zoom = {}
+        if len(z) and np.abs(z).max() < 0.2:  # a small step: the cloud would be a dot at the origin
+            half = 1.5 * max(np.abs(z.real).max(), np.abs(z.imag).max(), 1e-6)
+            zoom = {"xlim": (-2 * half, half), "ylim": (-1.5 * half, 1.5 * half)}
+        fig = butcher.plot_stability_region(cells[0].tableau, z, point_label="h·λ(∂f/∂y)", **zoom)
+        margin = f"{report.margin:+.3f}" if abs(report.margin) >= 1e-3 else f"{report.margin:+.2e}"
+        fig.axes[0].set_title(f"{cell} (seed {first['seed']}): margin {margin}" + (" (zoomed)" if zoom else ""))
         target = out / f"stability_{_slug(cell)}.png"
         fig.savefig(target, bbox_inches="tight")
         plt.close(fig)
