@@ -212,7 +212,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, monkey
 
 
 def test_nan_loss_is_undone_and_the_learning_rate_halved(tmp_path):
-    trainer = Trainer(config(tmp_path, dropout=0.0))
+    trainer = Trainer(config(tmp_path, dropout=0.0, probe_every=4))
     forward = trainer.model.forward
     calls = {"n": 0}
 
@@ -226,6 +226,8 @@ def test_nan_loss_is_undone_and_the_learning_rate_halved(tmp_path):
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     events = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert any(e.get("event") == "nan" for e in events)
+    probes = [e for e in events if e.get("event") == "probe"]  # the stability probe every 4 steps
+    assert [e["step"] for e in probes] == [4, 8] and all(math.isfinite(e["margin"]) for e in probes)
     stopper = Trainer(config(tmp_path / "s", on_nan="stop", dropout=0.0))
     calls["n"] = 0
     forward = stopper.model.forward
