@@ -49,3 +49,22 @@ def test_accuracy_vs_compute_smoke(tmp_path):
     evaluations = {k: float(v[0]) for k, v in table.items()}
     assert evaluations["euler"] == 1 and evaluations["rk4:steps=2"] == 8  # exact counts of fixed-step solvers
     assert evaluations["dopri5:rtol=1e-7"] > evaluations["dopri5:rtol=1e-1"]
+
+
+def test_adjoint_memory_smoke():
+    """In-process version of benchmarks/adjoint_memory.py: memory held for the backward pass grows
+    with the solver steps for backprop only."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("adjoint_memory", ROOT / "benchmarks" / "adjoint_memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import torch
+    threads = torch.get_num_threads()  # one() pins the process to one thread, as the benchmark does
+    try:
+        held = {(mode, steps): module.one("gru-ode:rk4", steps, mode, hidden=64, batch=8, bptt=4)["peak_mb"]
+                for mode in module.MODES for steps in (1, 8)}
+    finally:
+        torch.set_num_threads(threads)
+    assert held["backprop", 8] > 5 * held["backprop", 1]
+    for mode in ("checkpoint", "adjoint"):
+        assert held[mode, 8] <= 1.1 * held[mode, 1] + 0.01, (mode, held)
