@@ -56,7 +56,9 @@ class AdjointMethod:
 class _TokenAdjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell, method, context, blocks_count, *tensors):
-        blocks, params = tensors[:blocks_count], tensors[blocks_count:]
+        # tensors = state blocks, then the field's parameters: inputs only so that autograd routes
+        # their gradients here; the field reads them itself
+        blocks = tensors[:blocks_count]
         with torch.no_grad():
             out = cell.integrate(context, tuple(blocks), cell.step_size)
         ctx.cell, ctx.method, ctx.blocks_count = cell, method, blocks_count
