@@ -370,3 +370,15 @@ def test_compare_tabulates_and_resumes(tmp_path):
     assert code == 0 and finished.stat().st_mtime_ns == stamp and again == stdout
     code, _, err = run("compare", "--cells", "gru-odd", "--out", str(tmp_path / "x"))
     assert code == 2 and "gru-odd" in err
+
+
+def test_resume_keeps_or_extends_the_budget(tmp_path):
+    common = ["--no-progress", "--json", "--out", str(tmp_path)]
+    code, out, err = run("train", "--corpus", "tinyshakespeare", "--train-tokens", "20000", "--hidden", "8",
+                         "--batch-size", "4", "--bptt", "16", "--max-tokens", "256", "--eval-tokens", "500", *common)
+    assert code == 0, err
+    assert json.loads(out)["step"] == 4
+    code, out, _ = run("train", "--resume", *common)  # nothing left to do: the run's own budget
+    assert code == 0 and json.loads(out)["step"] == 4
+    code, out, _ = run("train", "--resume", "--max-tokens", "512", *common)
+    assert code == 0 and json.loads(out)["step"] == 8

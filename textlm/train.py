@@ -138,9 +138,11 @@ class _Position:
 
 
 class Trainer:
-    """``Trainer(config).run()``; ``resume=True`` continues from ``config.out/checkpoint.pt``."""
+    """``Trainer(config).run()``. ``resume=True`` continues from ``config.out/checkpoint.pt`` with the
+    checkpoint's configuration; ``max_tokens`` then extends its budget (``None``: keep it)."""
 
-    def __init__(self, config: TrainConfig, resume: bool = False, corpus: Corpus | None = None):
+    def __init__(self, config: TrainConfig, resume: bool = False, corpus: Corpus | None = None,
+                 max_tokens: int | None = None):
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.out = Path(config.out)
@@ -148,10 +150,11 @@ class Trainer:
         saved = None
         if resume:
             saved = load_checkpoint(self.checkpoint_path)
-            budget = config.max_tokens
+            progress = config.progress
             config = TrainConfig.from_dict(saved["config"])
-            config.max_tokens = max(budget, config.max_tokens)
-            config.out = str(self.out)
+            if max_tokens is not None:
+                config.max_tokens = max(max_tokens, config.max_tokens)
+            config.out, config.progress = str(self.out), progress
         self.config = config
         self.corpus = corpus or load_corpus(config.corpus, config.text, config.level, config.data_root)
         if saved is not None and Vocabulary.from_dict(saved["vocab"]).tokens != self.corpus.vocab.tokens:

@@ -55,7 +55,8 @@ def _options(p, defaults) -> None:
     opt.add_argument("--schedule", choices=("cosine", "constant"), default=defaults.schedule)
     opt.add_argument("--warmup", type=int, default=defaults.warmup, help="warm-up steps")
     opt.add_argument("--clip", type=float, default=defaults.clip, help="gradient-norm clipping (0: none)")
-    opt.add_argument("--max-tokens", type=int, default=defaults.max_tokens, help="training-token budget")
+    opt.add_argument("--max-tokens", type=int, help=f"training-token budget (default {defaults.max_tokens:,}; "
+                                                    "with --resume: extend the run's budget to this)")
     opt.add_argument("--max-seconds", type=float, help="wall-clock budget (the schedule still follows --max-tokens)")
     opt.add_argument("--seed", type=int, default=defaults.seed)
     opt.add_argument("--on-nan", choices=("halve", "stop"), default=defaults.on_nan,
@@ -111,6 +112,8 @@ def _config(args):
     from textlm.train import TrainConfig
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     values["progress"] = not args.no_progress
+    if values.get("max_tokens") is None:
+        values.pop("max_tokens", None)
     if not args.resume and not (args.corpus or args.text):
         raise CLIError("give --corpus NAME or --text PATH (or --resume)")
     try:
@@ -155,7 +158,7 @@ def cmd_train(args) -> int:
     from textlm.train import Trainer, TrainingError, TrainingInterrupted
     config = _config(args)
     try:
-        trainer = Trainer(config, resume=args.resume)
+        trainer = Trainer(config, resume=args.resume, max_tokens=args.max_tokens)
     except ValueError as err:
         raise CLIError(str(err)) from None
     model = trainer.model
