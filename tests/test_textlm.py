@@ -327,6 +327,7 @@ def test_train_generate_evaluate_from_the_command_line(tmp_path):
     (["train"], "--corpus NAME or --text PATH"),
     (["train", "--corpus", "ptb", "--data-root", "/nonexistent"], "not found"),
     (["generate", "/nonexistent/ckpt.pt"], "no checkpoint"),
+    (["train", "--grad", "sideways"], "invalid choice"),  # argparse's own errors are one line too
 ])
 def test_bad_input_gives_one_line_and_exit_2(args, message):
     code, _, err = run(*args)

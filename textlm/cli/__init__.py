@@ -20,8 +20,16 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad options get one line (with the command and how to get help) and exit code 2, like every
+    other user error, instead of argparse's usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="odernn",
         formatter_class=_Formatter,
         description="ODERNN: write a Runge–Kutta scheme down as a Butcher tableau, get a trainable "
