@@ -13,7 +13,6 @@ growing, and ``adjoint`` at most 2.5× the time of ``backprop`` at the same step
 """
 
 import argparse
-import ctypes
 import json
 import statistics
 import subprocess
@@ -23,21 +22,10 @@ import time
 MODES = ("backprop", "checkpoint", "adjoint")
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-
-
-def allocated_bytes() -> int:
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
-    return info.uordblks + info.hblkhd
-
-
 def one(cell: str, steps: int, mode: str, hidden: int, batch: int, bptt: int) -> dict:
     import torch
 
+    from textlm.memory import allocated_bytes
     from textlm.model import LanguageModel
     torch.manual_seed(0)
     torch.set_num_threads(1)

@@ -15,7 +15,6 @@ Prints test error, parameter count, memory held for the backward pass, and time 
 """
 
 import argparse
-import ctypes
 import statistics
 import time
 
@@ -24,20 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import odernn
+from textlm.memory import allocated_bytes
 
 CHANNELS = 32
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-
-
-def allocated_bytes() -> int:
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
-    return info.uordblks + info.hblkhd
 
 
 def conv_block():

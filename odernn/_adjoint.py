@@ -20,6 +20,7 @@ recovered backwards (a backward pass stiffer than the forward one); see ``benchm
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -41,16 +42,22 @@ class AdjointMethod:
     atol: float | None = None
 
     def scheme(self, cell):
-        tableau = self.tableau if self.tableau is not None else cell.tableau
-        if isinstance(tableau, str):
-            tableau = butcher.get(tableau)
-        if not tableau.is_explicit:
-            raise ValueError(f"the backward solve of the adjoint runs explicit tableaux; {tableau.name or 'this one'} "
-                             "is implicit: choose one with the adjoint method (e.g. rk4, dopri5)")
-        if self.rtol is not None or self.atol is not None:
-            return AdaptiveScheme(tableau, rtol=self.rtol if self.rtol is not None else 1e-6,
-                                  atol=self.atol if self.atol is not None else 1e-8)
-        return ExplicitScheme(tableau)
+        """The backward scheme, built once per (method, tableau): the backward pass runs per token."""
+        return _backward_scheme(self, cell.tableau)
+
+
+@lru_cache(maxsize=64)
+def _backward_scheme(method: AdjointMethod, cell_tableau):
+    tableau = method.tableau if method.tableau is not None else cell_tableau
+    if isinstance(tableau, str):
+        tableau = butcher.get(tableau)
+    if not tableau.is_explicit:
+        raise ValueError(f"the backward solve of the adjoint runs explicit tableaux; {tableau.name or 'this one'} "
+                         "is implicit: choose one with the adjoint method (e.g. rk4, dopri5)")
+    if method.rtol is not None or method.atol is not None:
+        return AdaptiveScheme(tableau, rtol=method.rtol if method.rtol is not None else 1e-6,
+                              atol=method.atol if method.atol is not None else 1e-8)
+    return ExplicitScheme(tableau)
 
 
 class _TokenAdjoint(torch.autograd.Function):

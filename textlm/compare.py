@@ -117,8 +117,6 @@ def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path) 
 
 def _measure(config: CompareConfig, run: Path) -> dict:
     """Generation metrics and the stability margin of the trained model in ``run``."""
-    import torch
-
     import stability
 
     from .checkpoint import load_checkpoint
@@ -126,24 +124,20 @@ def _measure(config: CompareConfig, run: Path) -> dict:
     from .evaluate import generation_metrics
     from .model import LanguageModel
     data = load_checkpoint(run)
-    cfg = data["model_config"]
-    model = LanguageModel(cfg["vocab_size"], cfg["cell"], cfg["layers"], cfg["hidden"], cfg["embed"], cfg["dropout"],
-                          cfg["tie_weights"])
-    model.load_state_dict(data["model"])
-    model.eval()
+    model = LanguageModel.from_checkpoint(data)
     vocab = Vocabulary.from_dict(data["vocab"])
     corpus = load_corpus(config.corpus, config.text, config.level, config.data_root)
     metrics = generation_metrics(model, vocab, corpus.valid, prompts=config.prompts)
-    margins = []
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        x = model.embedding(torch.randint(0, len(vocab), (16, 1), generator=generator))
-        for layer in model.layers:
-            if hasattr(layer, "cell"):
-                margins.append(stability.check(layer.cell, inputs=x).margin)
-            x, _ = layer(x, None)
+    margins = [stability.check(layer.cell, inputs=x).margin
+               for _, layer, x in model.ode_layer_inputs(_probe_tokens(model))]
     return {"bleu": metrics.bleu, "rouge_l": metrics.rouge_l, "combined": metrics.combined,
             "margin": min(margins) if margins else None}
+
+
+def _probe_tokens(model):
+    """The fixed random token sequence (16 tokens) along which a trained model's cells are checked."""
+    import torch
+    return torch.randint(0, model.config["vocab_size"], (1, 16), generator=torch.Generator().manual_seed(0))
 
 
 def run_one(config: CompareConfig, cell: str, seed: int, hidden: int) -> dict:
@@ -231,7 +225,6 @@ def _stability_plot(config: CompareConfig, rows: list[dict]) -> list[Path]:
     weights (seed of the first run)."""
     import matplotlib.pyplot as plt
     import numpy as np
-    import torch
 
     import butcher
     import stability
@@ -243,21 +236,18 @@ def _stability_plot(config: CompareConfig, rows: list[dict]) -> list[Path]:
     for cell in dict.fromkeys(r["cell"] for r in rows):
         first = next(r for r in rows if r["cell"] == cell)
         run = out / "runs" / _slug(cell) / f"seed{first['seed']}"
-        data = load_checkpoint(run)
-        cfg = data["model_config"]
-        model = LanguageModel(cfg["vocab_size"], cfg["cell"], cfg["layers"], cfg["hidden"], cfg["embed"])
-        model.load_state_dict(data["model"])
-        cells = model.ode_cells()
-        if not cells:
+        model = LanguageModel.from_checkpoint(load_checkpoint(run))
+        layers = model.ode_layer_inputs(_probe_tokens(model))
+        if not layers:
             continue
-        x = model.embedding(torch.randint(0, cfg["vocab_size"], (16, 1), generator=torch.Generator().manual_seed(0)))
-        report = stability.check(cells[0], inputs=x.detach())
+        _, layer, x = layers[0]
+        report = stability.check(layer.cell, inputs=x)
         z = report.eigenvalues
         zoom = {}
         if len(z) and np.abs(z).max() < 0.2:  # a small step: the cloud would be a dot at the origin
             half = 1.5 * max(np.abs(z.real).max(), np.abs(z.imag).max(), 1e-6)
             zoom = {"xlim": (-2 * half, half), "ylim": (-1.5 * half, 1.5 * half)}
-        fig = butcher.plot_stability_region(cells[0].tableau, z, point_label="h·λ(∂f/∂y)", **zoom)
+        fig = butcher.plot_stability_region(layer.cell.tableau, z, point_label="h·λ(∂f/∂y)", **zoom)
         margin = f"{report.margin:+.3f}" if abs(report.margin) >= 1e-3 else f"{report.margin:+.2e}"
         fig.axes[0].set_title(f"{cell} (seed {first['seed']}): margin {margin}" + (" (zoomed)" if zoom else ""))
         target = out / f"stability_{_slug(cell)}.png"

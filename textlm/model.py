@@ -154,6 +154,30 @@ class LanguageModel(nn.Module):
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         return logits, loss, state
 
+    @classmethod
+    def from_checkpoint(cls, data: dict) -> "LanguageModel":
+        """The model of a loaded checkpoint (``textlm.load_checkpoint``), in eval mode, in the dtype
+        of its weights."""
+        cfg = data["model_config"]
+        model = cls(cfg["vocab_size"], cfg["cell"], cfg["layers"], cfg["hidden"], cfg["embed"], cfg["dropout"],
+                    cfg["tie_weights"])
+        model = model.to(next(iter(data["model"].values())).dtype)
+        model.load_state_dict(data["model"])
+        return model.eval()
+
+    @torch.no_grad()
+    def ode_layer_inputs(self, idx: torch.Tensor) -> list[tuple[int, "ODELayer", torch.Tensor]]:
+        """``(index, layer, inputs)`` for every ODE layer, its inputs ``(T, B, ·)`` along the token
+        sequence ``idx`` ``(B, T)``: the embeddings for the first layer, the previous layer's
+        outputs for the others (no dropout) — what the stability check of a trained model drives
+        each cell with."""
+        x, out = self.embedding(idx.T), []
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, ODELayer):
+                out.append((i, layer, x))
+            x, _ = layer(x, None)
+        return out
+
     def ode_cells(self) -> list:
         return [layer.cell for layer in self.layers if isinstance(layer, ODELayer)]
 

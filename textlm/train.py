@@ -176,7 +176,7 @@ class Trainer:
         self.total_steps = math.ceil(config.max_tokens / (config.batch_size * config.bptt))
         self.position = _Position()
         self.state = None
-        self.probes = []
+        self.probes = {}  # layer index -> stability.Probe, made at the first probe
         if saved is not None:
             self._restore(saved)
         self.module = self.model
@@ -269,11 +269,12 @@ class Trainer:
     def _probe(self, x) -> None:
         import stability
         if not self.probes:
-            self.probes = [stability.Probe(cell, every=1, warn=True) for cell in self.model.ode_cells()]
+            self.probes = {i: stability.Probe(layer.cell, every=1, warn=True)
+                           for i, layer in enumerate(self.model.layers) if hasattr(layer, "cell")}
         inputs = self.model.embedding(x[:, -1]).detach()
-        for layer, state in zip(self.model.layers, self.state):
-            if hasattr(layer, "cell"):
-                result = self.probes[self.model.ode_cells().index(layer.cell)](self.position.step, inputs, state)
+        for i, (layer, state) in enumerate(zip(self.model.layers, self.state)):
+            if i in self.probes:
+                result = self.probes[i](self.position.step, inputs, state)
                 self._log({"step": self.position.step, "event": "probe", "cell": layer.cell.describe(),
                            "margin": result.margin})
             inputs = (state if isinstance(state, torch.Tensor) else state[0]).detach()

@@ -200,16 +200,10 @@ def _load_model(path):
     from textlm.data import Vocabulary
     from textlm.model import LanguageModel
     data = load_checkpoint(path)
-    cfg = data["model_config"]
     try:
-        model = LanguageModel(cfg["vocab_size"], cfg["cell"], cfg["layers"], cfg["hidden"], cfg["embed"],
-                              cfg["dropout"], cfg["tie_weights"], "backprop")
-        dtype = next(iter(data["model"].values())).dtype
-        model = model.to(dtype)
-        model.load_state_dict(data["model"])
+        model = LanguageModel.from_checkpoint(data)
     except (KeyError, RuntimeError, ValueError) as err:
         raise CLIError(f"{path}: the checkpoint's model does not load: {str(err)[:200]}") from None
-    model.eval()
     return model, Vocabulary.from_dict(data["vocab"]), data
 
 
