@@ -12,6 +12,7 @@ import sympy as sp
 
 from ._exact import ExactCoefficients
 from ._parse import TableauError, to_exact
+from ._program import StageProgram, stage_program
 from ._trees import Tree, density, symmetry, trees
 
 __all__ = ["ButcherTableau", "TableauWarning", "Coefficients", "z"]
@@ -400,6 +401,43 @@ class ButcherTableau:
         """``‖τ^(p+1)‖₂`` (Dormand & Prince 1980): the size of the leading local error term."""
         coefficients = self.error_coefficients(embedded=embedded).values()
         return float(sp.sqrt(sum(sp.N(x, 30) ** 2 for x in coefficients)))
+
+    # --- the stage program and its reverse (the discrete adjoint) ------------------------------
+    def stage_program(self, embedded: bool = False) -> StageProgram:
+        """The stages one explicit step evaluates, from the exact coefficients: unused stages
+        (Dormand–Prince's FSAL stage) and zero entries are left out. With ``embedded=True`` the
+        stages the embedded weights need are kept too, and ``error_weights`` are ``b − b̂``.
+        :meth:`StageProgram.reverse` is the reverse sweep that differentiates it.
+
+        >>> program = ButcherTableau([[0, 0], ["1/2", 0]], [0, 1], name="midpoint").stage_program()
+        >>> program.stages, program.weights
+        ((0, ()), (1, ((0, 1/2),))), ((1, 1),))
+        >>> program.reverse().stages   # κ₂ = h λ⁺;  κ₁ = h (0·λ⁺ + ½ μ₂)
+        ((1, 1, ()), (0, 0, ((1, 1/2),)))
+        """
+        return stage_program(self, embedded)
+
+    def adjoint_partner(self) -> "ButcherTableau":
+        """The Runge–Kutta method ``(Ā, b)`` with ``ā_ij = b_j − b_j a_ji / b_i`` that the discrete
+        adjoint of this method applies to ``λ′ = −Jᵀλ`` (Sanz-Serna 2016): the pair ``(A, Ā)`` is
+        symplectic, ``b_i ā_ij + b_j a_ji = b_i b_j``. Defined where every ``b_i ≠ 0``.
+
+        >>> euler = ButcherTableau([[0]], [1], name="euler")
+        >>> euler.adjoint_partner().A      # forward Euler's partner is backward Euler
+        Matrix([[1]])
+        """
+        ex = self._exact
+        if self.is_parametric:
+            raise ValueError(f"{self._label} is parametric: substitute values before forming its adjoint partner")
+        zeros = [i for i in range(ex.s) if ex.is_zero(ex.b[i])]
+        if zeros:
+            raise ValueError(f"{self._label} has b_{zeros[0] + 1} = 0: its discrete adjoint is no Runge–Kutta "
+                             "method of its own (use stage_program().reverse(), which needs no division)")
+        K = ex.K
+        A_bar = [[ex.to_sympy(ex.b[j] - K.quo(ex.b[j] * ex.A[j][i], ex.b[i])) for j in range(ex.s)]
+                 for i in range(ex.s)]
+        name = f"{self.name}-adjoint" if self.name else None
+        return ButcherTableau(A_bar, self.b, self.c, name=name)
 
     # --- stability ---------------------------------------------------------------------------
     @cached_property

@@ -13,16 +13,17 @@ torch.Size([2, 5])
 """
 
 from ._adjoint import AdjointMethod, adjoint
-from ._cell import ODECell, from_torch
+from ._cell import ODECell
 from ._fields import (AntisymmetricField, CoRNNField, GRUODEField, LSTMField, ModuleField, TanhRNNField,
                       VectorField)
 from ._interop import TokenODE, torchdiffeq_method
+from ._layer import GRAD_MODES, ODERNN, from_torch
 from ._spec import CellSpecError, cell, constraints, fields, parse_spec
 from ._stepping import (AdaptiveScheme, ExplicitScheme, ImplicitScheme, ImplicitSolveError, StepSizeUnderflow,
                         reference_step)
 
 __all__ = [
-    "AdjointMethod", "adjoint", "AdaptiveScheme", "AntisymmetricField", "CellSpecError", "StepSizeUnderflow", "ImplicitScheme", "ImplicitSolveError", "CoRNNField", "ExplicitScheme", "GRUODEField", "LSTMField",
+    "GRAD_MODES", "ODERNN", "AdjointMethod", "adjoint", "AdaptiveScheme", "AntisymmetricField", "CellSpecError", "StepSizeUnderflow", "ImplicitScheme", "ImplicitSolveError", "CoRNNField", "ExplicitScheme", "GRUODEField", "LSTMField",
     "ModuleField", "ODECell", "TanhRNNField", "VectorField", "cell", "constraints", "fields", "from_torch", "parse_spec",
     "reference_step", "TokenODE", "torchdiffeq_method",
 ]

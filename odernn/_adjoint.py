@@ -28,7 +28,7 @@ import butcher
 
 from ._stepping import AdaptiveScheme, ExplicitScheme
 
-__all__ = ["AdjointMethod", "adjoint"]
+__all__ = ["AdjointMethod", "adjoint", "adjoint_token"]
 
 
 @dataclass(frozen=True)
@@ -62,13 +62,13 @@ def _backward_scheme(method: AdjointMethod, cell_tableau):
 
 class _TokenAdjoint(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cell, method, context, blocks_count, *tensors):
+    def forward(ctx, cell, method, interval, context, blocks_count, *tensors):
         # tensors = state blocks, then the field's parameters: inputs only so that autograd routes
         # their gradients here; the field reads them itself
         blocks = tensors[:blocks_count]
         with torch.no_grad():
-            out = cell.integrate(context, tuple(blocks), cell.step_size)
-        ctx.cell, ctx.method, ctx.blocks_count = cell, method, blocks_count
+            out = cell.integrate(context, tuple(blocks), interval / cell.steps)
+        ctx.cell, ctx.method, ctx.interval, ctx.blocks_count = cell, method, interval, blocks_count
         ctx.save_for_backward(context, *out)
         return tuple(o.clone() for o in out)
 
@@ -94,9 +94,9 @@ class _TokenAdjoint(torch.autograd.Function):
                  torch.zeros_like(context), *(torch.zeros_like(params[i]) for i in trainable))
         scheme = ctx.method.scheme(cell)
         steps = ctx.method.steps or cell.steps
-        h = cell.dt / steps
+        h = ctx.interval / steps
         if isinstance(scheme, AdaptiveScheme):
-            state = scheme.integrate(augmented, state, cell.dt, h, controlled=2 * n)
+            state = scheme.integrate(augmented, state, ctx.interval, h, controlled=2 * n)
         else:
             for _ in range(steps):
                 state = scheme.step(augmented, state, h)
@@ -104,7 +104,14 @@ class _TokenAdjoint(torch.autograd.Function):
         grad_params = [None] * len(params)
         for slot, i in enumerate(trainable):
             grad_params[i] = state[2 * n + 1 + slot]
-        return (None, None, grad_context, None, *grad_blocks, *grad_params)
+        return (None, None, None, grad_context, None, *grad_blocks, *grad_params)
+
+
+def adjoint_token(cell, context, blocks: tuple, interval: float, method: AdjointMethod | None = None) -> tuple:
+    """The state blocks after one token of input ``context`` (``field.project(x)``, computed once
+    for a whole sequence by the caller) over ``interval``, with the continuous adjoint's gradient."""
+    return _TokenAdjoint.apply(cell, method or AdjointMethod(), float(interval), context, len(blocks), *blocks,
+                               *cell.field.parameters())
 
 
 def adjoint(cell, x: torch.Tensor, state=None, method: AdjointMethod | None = None):
@@ -112,7 +119,5 @@ def adjoint(cell, x: torch.Tensor, state=None, method: AdjointMethod | None = No
     field = cell.field
     if state is None:
         state = field.initial_state(x.shape[0], x.dtype, x.device)
-    blocks = field.to_blocks(state)
-    out = _TokenAdjoint.apply(cell, method or AdjointMethod(), field.project(x), len(blocks), *blocks,
-                              *field.parameters())
+    out = adjoint_token(cell, field.project(x), field.to_blocks(state), cell.dt, method)
     return field.from_blocks(tuple(out))

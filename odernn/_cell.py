@@ -13,7 +13,7 @@ import butcher
 from ._fields import GRUODEField, LSTMField, TanhRNNField, VectorField
 from ._stepping import AdaptiveScheme, ExplicitScheme, ImplicitScheme, field_jacobians
 
-__all__ = ["ODECell", "from_torch"]
+__all__ = ["ODECell", "cell_from_torch"]
 
 
 class ODECell(nn.Module):
@@ -186,12 +186,13 @@ class ODECell(nn.Module):
                 + (f", constraint={self.constraint!r}" if self.constraint else ""))
 
 
-def from_torch(module: nn.Module) -> ODECell:
+def cell_from_torch(module: nn.Module) -> ODECell:
     """The generated cell equal to an ``nn.RNNCell`` (tanh), ``nn.GRUCell`` or ``nn.LSTMCell``,
     with a copy of its weights: forward Euler, Δ = 1, on the matching field."""
     kinds = {nn.RNNCell: (TanhRNNField, False), nn.GRUCell: (GRUODEField, False), nn.LSTMCell: (LSTMField, True)}
     if type(module) not in kinds:
-        raise TypeError(f"from_torch takes nn.RNNCell, nn.GRUCell or nn.LSTMCell, got {type(module).__name__}")
+        raise TypeError("from_torch takes nn.RNNCell, nn.GRUCell, nn.LSTMCell, nn.RNN, nn.GRU or nn.LSTM, got "
+                        f"{type(module).__name__}")
     if isinstance(module, nn.RNNCell) and module.nonlinearity != "tanh":
         raise ValueError("only the tanh nn.RNNCell is a forward-Euler step of the tanh-RNN field")
     field_type, partitioned = kinds[type(module)]

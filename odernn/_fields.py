@@ -4,10 +4,26 @@ Every field shares one interface, so that one stepper serves them all:
 
 - ``blocks``: the number ``t`` of state blocks (``1`` for RNN/GRU fields, ``2`` for LSTM and coRNN);
 - ``project(x)``: the part that depends on the input only, computed **once per token** (not once
-  per stage) and passed to every evaluation as ``context``;
+  per stage) and passed to every evaluation as ``context``; it maps any leading shape, so a whole
+  sequence ``(T, B, E)`` is projected by one matrix product;
 - ``forward(context, state) -> derivatives``: the time derivative of each block, as a tuple;
 - ``to_blocks(state)`` / ``from_blocks(blocks)``: the user-facing state convention (the one of the
   ``torch.nn`` cell the field generalises) to and from the tuple of blocks the stepper works on.
+
+The built-in fields share one more structure, which the sequence engine (``odernn.ODERNN``) runs
+without autograd: the state enters through **one linear map**, then elementwise work::
+
+    pre = y_in Wᵀ + b                   y_in: the blocks ``recurrent_blocks``, concatenated
+    act = activate(context, pre)        elementwise gates and nonlinearities
+    dy  = derivative(act, blocks)       elementwise in the activations and the state
+
+with ``(W, b) = recurrent()``. Fields whose activations read ``context + pre`` only (all but the
+GRU, whose reset gate scales part of ``pre``) add the context inside the matrix product
+(``preactivation``: one ``addmm``), and their ``pre`` includes it. Each field supplies the vector–Jacobian products of its two
+elementwise parts (``derivative_vjp``, ``activate_vjp``); the engine does the matrix products and
+the weight gradients, over a whole sequence at once. ``forward`` is this same composition, so the
+per-token cells and the engine evaluate one definition. A field whose ``recurrent()`` is ``None``
+(``ModuleField``) is differentiated by autograd instead.
 
 Parameter names and layouts follow ``torch.nn.RNNCell``, ``GRUCell`` and ``LSTMCell`` exactly, so
 weights can be copied between them without reshaping.
@@ -18,16 +34,27 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["VectorField", "TanhRNNField", "GRUODEField", "LSTMField", "AntisymmetricField", "CoRNNField",
            "ModuleField"]
+
+# fused elementwise derivatives: grad ⊙ σ(1 − σ) and grad ⊙ (1 − tanh²) from the outputs, one kernel each
+_sigmoid_backward = torch.ops.aten.sigmoid_backward
+_tanh_backward = torch.ops.aten.tanh_backward
+
+
+def _or_zeros(grad, like):
+    return torch.zeros_like(like) if grad is None else grad
 
 
 class VectorField(nn.Module):
     """Base class: a field on ``blocks`` state blocks of width ``hidden_size`` each."""
 
     blocks = 1
+    recurrent_blocks: tuple[int, ...] = (0,)  # the blocks the recurrent matrix reads, in its column order
+    activation_free_blocks: tuple[int, ...] = ()  # blocks whose derivative never reads the activations
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
@@ -38,14 +65,53 @@ class VectorField(nn.Module):
     def project(self, x: torch.Tensor):
         return x
 
-    def forward(self, context, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    # -- the structure the sequence engine runs (see the module docstring) ------------------------
+    def recurrent(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """``(W, b)``: the linear map through which the state enters, or ``None`` where the field has
+        no such structure (then only autograd differentiates it)."""
+        return None
+
+    def recurrent_input(self, blocks: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        parts = [blocks[k] for k in self.recurrent_blocks]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def preactivation(self, context, y_in, W, b) -> torch.Tensor:
+        """``pre``, the argument of :meth:`activate`: ``y_in Wᵀ + b``."""
+        return F.linear(y_in, W, b)
+
+    def activate(self, context, pre) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
+    def derivative(self, act, blocks, which: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+        """The derivatives of the blocks ``which`` (in that order)."""
+        raise NotImplementedError
+
+    def derivative_vjp(self, act, blocks, grads, which):
+        """``(grad_blocks, grad_act)`` of ``Σ ⟨grads, derivative(act, blocks, which)⟩``: one entry per
+        block and per activation, ``None`` where the gradient is zero."""
+        raise NotImplementedError
+
+    def activate_vjp(self, act, grad_act) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(grad_context, grad_pre)`` from the activations' gradients (``None`` entries are zero)."""
+        raise NotImplementedError
+
+    def forward(self, context, state) -> tuple[torch.Tensor, ...]:
+        W, b = self.recurrent()
+        pre = self.preactivation(context, self.recurrent_input(state), W, b)
+        return self.derivative(self.activate(context, pre), state, tuple(range(self.blocks)))
+
+    # -- state conventions ------------------------------------------------------------------------
     def to_blocks(self, state) -> tuple[torch.Tensor, ...]:
         return (state,) if isinstance(state, torch.Tensor) else tuple(state)
 
     def from_blocks(self, blocks: tuple[torch.Tensor, ...]):
         return blocks[0] if self.blocks == 1 else blocks
+
+    @property
+    def output_block(self) -> int:
+        """The block a layer outputs: the first of the user-facing state (``h`` of ``(h, c)``)."""
+        order = self.from_blocks(tuple(range(self.blocks)))
+        return order if isinstance(order, int) else order[0]
 
     def initial_state(self, batch: int, dtype, device):
         zeros = torch.zeros(batch, self.hidden_size, dtype=dtype, device=device)
@@ -67,7 +133,26 @@ def _uniform_(module: nn.Module, hidden_size: int) -> None:
         nn.init.uniform_(p, -bound, bound)
 
 
-class TanhRNNField(VectorField):
+class _AddsContext:
+    """Activations that read ``context + y_in Wᵀ + b`` only: the sum is one fused product."""
+
+    def preactivation(self, context, y_in, W, b):
+        out = torch.addmm(context, y_in, W.T) if context.dim() == 2 and y_in.dim() == 2 else context + y_in @ W.T
+        return out if b is None else out + b
+
+
+class _TanhActivation(_AddsContext):
+    """``act = tanh(context + y_in Wᵀ)``, shared by the tanh-RNN, antisymmetric and coRNN fields."""
+
+    def activate(self, context, pre):
+        return (torch.tanh(pre),)
+
+    def activate_vjp(self, act, grad_act):
+        grad = _tanh_backward(grad_act[0], act[0])
+        return grad, grad
+
+
+class TanhRNNField(_TanhActivation, VectorField):
     """Leaky tanh-RNN: ``f(h) = tanh(W_ih x + b_ih + W_hh h + b_hh) − h``.
 
     Forward Euler with ``Δ = 1`` gives ``torch.nn.RNNCell`` (tanh) exactly.
@@ -82,14 +167,18 @@ class TanhRNNField(VectorField):
         _uniform_(self, hidden_size)
 
     def project(self, x):
-        out = x @ self.weight_ih.T  # (B, H)
-        if self.bias_ih is not None:
-            out = out + (self.bias_ih + self.bias_hh)
-        return out
+        if self.bias_ih is None:
+            return x @ self.weight_ih.T  # (…, H)
+        return F.linear(x, self.weight_ih, self.bias_ih + self.bias_hh)
 
-    def forward(self, context, state):
-        (h,) = state
-        return (torch.tanh(context + h @ self.weight_hh.T) - h,)
+    def recurrent(self):
+        return self.weight_hh, None
+
+    def derivative(self, act, blocks, which):
+        return (act[0] - blocks[0],)
+
+    def derivative_vjp(self, act, blocks, grads, which):
+        return (-grads[0],), (grads[0],)
 
     def recurrent_matrices(self):
         return {"W_hh": self.weight_hh}
@@ -112,26 +201,44 @@ class GRUODEField(VectorField):
         _uniform_(self, hidden_size)
 
     def project(self, x):
-        out = x @ self.weight_ih.T  # (B, 3H): input parts of r, z, n
-        return out + self.bias_ih if self.bias_ih is not None else out
+        return F.linear(x, self.weight_ih, self.bias_ih)  # (…, 3H): input parts of r, z, n
 
-    def forward(self, context, state):
-        (h,) = state
-        gh = h @ self.weight_hh.T  # (B, 3H)
-        if self.bias_hh is not None:
-            gh = gh + self.bias_hh
-        i_r, i_z, i_n = context.chunk(3, dim=-1)
-        h_r, h_z, h_n = gh.chunk(3, dim=-1)
-        r = torch.sigmoid(i_r + h_r)
-        z = torch.sigmoid(i_z + h_z)
-        n = torch.tanh(i_n + r * h_n)
-        return ((1 - z) * (n - h),)
+    def recurrent(self):
+        return self.weight_hh, self.bias_hh
+
+    def activate(self, context, pre):
+        H = self.hidden_size
+        rz = torch.sigmoid(context[..., :2 * H] + pre[..., :2 * H])
+        r, z = rz[..., :H], rz[..., H:]
+        hn = pre[..., 2 * H:]  # W_hn h + b_hn, which the reset gate scales
+        n = torch.tanh(torch.addcmul(context[..., 2 * H:], r, hn))
+        return r, z, n, hn
+
+    def derivative(self, act, blocks, which):
+        _, z, n, _ = act
+        return ((1 - z) * (n - blocks[0]),)
+
+    def derivative_vjp(self, act, blocks, grads, which):
+        _, z, n, _ = act
+        (g,) = grads
+        grad_n = g * (1 - z)
+        return (-grad_n,), (None, g * (blocks[0] - n), grad_n, None)
+
+    def activate_vjp(self, act, grad_act):
+        r, z, n, hn = act
+        grad_r, grad_z, grad_n, grad_hn = grad_act
+        pre_n = _tanh_backward(_or_zeros(grad_n, n), n)  # ∂/∂(W_in x + b_in + r ⊙ hn)
+        grad_r = pre_n * hn if grad_r is None else torch.addcmul(grad_r, pre_n, hn)
+        pre_r = _sigmoid_backward(grad_r, r)
+        pre_z = _sigmoid_backward(_or_zeros(grad_z, z), z)
+        pre_hn = pre_n * r if grad_hn is None else torch.addcmul(grad_hn, pre_n, r)
+        return torch.cat((pre_r, pre_z, pre_n), dim=-1), torch.cat((pre_r, pre_z, pre_hn), dim=-1)
 
     def recurrent_matrices(self):
         return dict(zip(("W_hr", "W_hz", "W_hn"), self.weight_hh.chunk(3, dim=0)))
 
 
-class LSTMField(VectorField):
+class LSTMField(_AddsContext, VectorField):
     """The LSTM field on the blocks ``(c, h)``, in ``torch.nn.LSTMCell``'s layout (gates i, f, g, o):
     ``dc = (f − 1) ⊙ c + i ⊙ g`` and ``dh = o ⊙ tanh(c) − h``.
 
@@ -141,6 +248,7 @@ class LSTMField(VectorField):
     """
 
     blocks = 2
+    recurrent_blocks = (1,)  # the gates read h only
 
     def __init__(self, input_size, hidden_size, bias: bool = True):
         super().__init__(input_size, hidden_size)
@@ -151,17 +259,44 @@ class LSTMField(VectorField):
         _uniform_(self, hidden_size)
 
     def project(self, x):
-        out = x @ self.weight_ih.T  # (B, 4H)
-        if self.bias_ih is not None:
-            out = out + (self.bias_ih + self.bias_hh)
-        return out
+        if self.bias_ih is None:
+            return x @ self.weight_ih.T  # (…, 4H)
+        return F.linear(x, self.weight_ih, self.bias_ih + self.bias_hh)
 
-    def forward(self, context, state):
-        c, h = state
-        gates = context + h @ self.weight_hh.T
-        i, f, g, o = gates.chunk(4, dim=-1)
-        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-        return ((f - 1) * c + i * g, o * torch.tanh(c) - h)
+    def recurrent(self):
+        return self.weight_hh, None
+
+    def activate(self, context, gates):
+        H = self.hidden_size
+        # one sigmoid over all gates, and tanh on a contiguous copy of g: faster than three strided calls
+        i, f, _, o = torch.sigmoid(gates).chunk(4, dim=-1)
+        return i, f, torch.tanh(gates[..., 2 * H:3 * H].contiguous()), o
+
+    def derivative(self, act, blocks, which):
+        i, f, g, o = act
+        c, h = blocks
+        return tuple((f - 1) * c + i * g if k == 0 else o * torch.tanh(c) - h for k in which)
+
+    def derivative_vjp(self, act, blocks, grads, which):
+        i, f, g, o = act
+        c, _ = blocks
+        grad_c = grad_h = grad_i = grad_f = grad_g = grad_o = None
+        for k, gk in zip(which, grads):
+            if k == 0:
+                grad_i, grad_f, grad_g, grad_c = gk * g, gk * c, gk * i, gk * (f - 1)
+            else:
+                tanh_c = torch.tanh(c)
+                grad_o, grad_h = gk * tanh_c, -gk
+                through = _tanh_backward(gk * o, tanh_c)
+                grad_c = through if grad_c is None else grad_c + through
+        return (grad_c, grad_h), (grad_i, grad_f, grad_g, grad_o)
+
+    def activate_vjp(self, act, grad_act):
+        i, f, g, o = act
+        grad_i, grad_f, grad_g, grad_o = (_or_zeros(d, a) for d, a in zip(grad_act, act))
+        grad = torch.cat((_sigmoid_backward(grad_i, i), _sigmoid_backward(grad_f, f), _tanh_backward(grad_g, g),
+                          _sigmoid_backward(grad_o, o)), dim=-1)
+        return grad, grad
 
     def recurrent_matrices(self):
         return dict(zip(("W_hi", "W_hf", "W_hg", "W_ho"), self.weight_hh.chunk(4, dim=0)))
@@ -175,7 +310,7 @@ class LSTMField(VectorField):
         return (h, c)
 
 
-class AntisymmetricField(VectorField):
+class AntisymmetricField(_TanhActivation, VectorField):
     """AntisymmetricRNN (Chang et al. 2019): ``f(h) = tanh((W − Wᵀ − γI) h + V x + b)``.
 
     The Jacobian at ``h`` is ``diag(tanh′)(W − Wᵀ − γI)``: eigenvalues near the imaginary axis,
@@ -196,12 +331,16 @@ class AntisymmetricField(VectorField):
         return self.weight - self.weight.T - self.gamma * eye
 
     def project(self, x):
-        out = x @ self.input_weight.T
-        return out + self.bias if self.bias is not None else out
+        return F.linear(x, self.input_weight, self.bias)
 
-    def forward(self, context, state):
-        (h,) = state
-        return (torch.tanh(h @ self.recurrent_matrix().T + context),)
+    def recurrent(self):
+        return self.recurrent_matrix(), None
+
+    def derivative(self, act, blocks, which):
+        return act
+
+    def derivative_vjp(self, act, blocks, grads, which):
+        return (None,), tuple(grads)
 
     def recurrent_matrices(self):
         return {"W − Wᵀ − γI": self.recurrent_matrix()}
@@ -210,7 +349,7 @@ class AntisymmetricField(VectorField):
         return super().extra_repr() + f", gamma={self.gamma}"
 
 
-class CoRNNField(VectorField):
+class CoRNNField(_TanhActivation, VectorField):
     """Coupled oscillatory RNN (Rusch & Mishra 2021), second order, on the blocks ``(z, y)`` with
     ``z = y′``: ``y′ = z``, ``z′ = tanh(W y + 𝒲 z + V x + b) − γ y − ε z``.
 
@@ -220,6 +359,8 @@ class CoRNNField(VectorField):
     """
 
     blocks = 2
+    recurrent_blocks = (1, 0)  # [y, z] against [W | 𝒲]
+    activation_free_blocks = (1,)  # y′ = z
 
     def __init__(self, input_size, hidden_size, gamma: float = 2.7, epsilon: float = 4.7, bias: bool = True):
         super().__init__(input_size, hidden_size)
@@ -231,13 +372,24 @@ class CoRNNField(VectorField):
         _uniform_(self, hidden_size)
 
     def project(self, x):
-        out = x @ self.input_weight.T
-        return out + self.bias if self.bias is not None else out
+        return F.linear(x, self.input_weight, self.bias)
 
-    def forward(self, context, state):
-        z, y = state
-        drive = torch.tanh(y @ self.weight_y.T + z @ self.weight_z.T + context)
-        return (drive - self.gamma * y - self.epsilon * z, z)
+    def recurrent(self):
+        return torch.cat((self.weight_y, self.weight_z), dim=1), None
+
+    def derivative(self, act, blocks, which):
+        z, y = blocks
+        return tuple(act[0] - self.gamma * y - self.epsilon * z if k == 0 else z for k in which)
+
+    def derivative_vjp(self, act, blocks, grads, which):
+        grad_z = grad_y = grad_drive = None
+        for k, gk in zip(which, grads):
+            if k == 0:
+                grad_drive, grad_y = gk, -self.gamma * gk
+                grad_z = -self.epsilon * gk if grad_z is None else grad_z - self.epsilon * gk
+            else:
+                grad_z = gk if grad_z is None else grad_z + gk
+        return (grad_z, grad_y), (grad_drive,)
 
     def recurrent_matrices(self):
         return {"W_y": self.weight_y, "W_z": self.weight_z}

@@ -3,8 +3,9 @@
 ``reference_step`` is the one generic stepper, written straight from the definition
 ``K_i = f(y + h Σ_j a_ij K_j)``, ``y⁺ = y + h Σ_i b_i K_i`` with dense coefficients. Every
 specialised path is tested equal to it. ``ExplicitScheme`` is the specialised stepper of an
-explicit tableau: coefficients converted to floats once, zero entries skipped, and stages whose
-value is never used by the update (the FSAL stage of Dormand–Prince, say) not evaluated at all.
+explicit tableau: its exact stage program (``ButcherTableau.stage_program``: zero entries skipped,
+stages whose value the update never uses, such as the FSAL stage of Dormand–Prince, not evaluated)
+converted to floats once.
 """
 
 from __future__ import annotations
@@ -53,22 +54,13 @@ class ExplicitScheme:
     difference of the two solutions as the local error estimate."""
 
     def __init__(self, tableau, embedded: bool = False):
-        if not tableau.is_explicit:
-            raise ValueError(f"{tableau.name or 'tableau'} is not explicit")
-        A, b, _, b_hat = tableau.to_numpy()
-        if embedded and b_hat is None:
-            raise ValueError(f"{tableau.name or 'tableau'} has no embedded weights for error control")
-        s = len(b)
-        # Which stages do the weights need, directly or through later stages?
-        needed = {i for i in range(s) if b[i] != 0 or (embedded and b_hat[i] != 0)}
-        for i in reversed(range(s)):
-            if i in needed:
-                needed |= {j for j in range(i) if A[i, j] != 0}
-        self.program = [(i, [(j, float(A[i, j])) for j in range(i) if A[i, j] != 0])
-                        for i in range(s) if i in needed]
-        self.weights = [(i, float(b[i])) for i in range(s) if b[i] != 0]
-        self.error_weights = [(i, float(b[i] - b_hat[i])) for i in range(s) if embedded and b[i] != b_hat[i]]
-        self.evaluations = len(self.program)
+        program = tableau.stage_program(embedded).floats()  # exact zero tests, then floats once
+        self.program = list(program.stages)
+        self.weights = list(program.weights)
+        self.error_weights = list(program.error_weights)
+        # the reverse sweep (the discrete adjoint, see butcher._program): κ_i = h (b_i λ⁺ + Σ a_ji μ_j)
+        self.reverse = list(program.reverse().stages)
+        self.evaluations = program.evaluations
 
     def _stages(self, f: Field, y: Blocks, h) -> dict:
         K: dict[int, Blocks] = {}

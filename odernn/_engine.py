@@ -1,0 +1,341 @@
+"""The sequence engine: one cell over a whole sequence, with the backward pass generated from the
+tableau.
+
+Per token only the recurrence is sequential. The input projection of all tokens is one matrix
+product before the loop (``field.project`` on ``(T, B, E)``); the weight gradient of the recurrent
+matrix is ``Σ_{tokens, stages} ∂L/∂pre ⊗ y_in``, one matrix product over the stacked factors after
+the loop (cuDNN's structure). In between, each token runs the tableau's stage program
+(``ButcherTableau.stage_program``) on the field's structure ``pre = y_in Wᵀ + b →
+act = activate(context, pre) → dy = derivative(act, y)``, and the backward pass runs the
+program's reverse sweep (the discrete adjoint, ``StageProgram.reverse``)::
+
+    κ_i = h (b_i λ⁺ + Σ_{j>i} a_ji μ_j),   μ_i = J_f(Y_i)ᵀ κ_i,   λ = λ⁺ + Σ_i μ_i
+
+with ``J_f(Y_i)ᵀ κ_i`` from the field's own vector–Jacobian products and one matrix product with
+``W``. No autograd graph is built per token: ``_Sequence`` is one ``autograd.Function`` over the
+sequence. It is tested equal to autograd through the per-token cell.
+
+Two memory modes: ``stored`` keeps each evaluation's stage values and activations from the
+forward pass (fast); ``recompute`` keeps only the state at each token and re-runs one token's
+stages at a time in the backward pass (memory flat in the steps per token, like ``checkpoint``).
+
+Partitioned stepping (``nn.LSTMCell``'s scheme) advances the blocks one group at a time. When an
+evaluation reads the same recurrent-input blocks as an earlier one of the same token (the LSTM's
+``h`` sub-step reads the ``h`` of its ``c`` sub-step), the activations are shared, so the matrix
+product runs once, as in ``nn.LSTMCell``; in the reverse sweep their gradients are summed first
+and pushed through ``W`` once, at the evaluation that made them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field as dataclass_field
+
+import torch
+from torch.autograd.function import once_differentiable
+
+__all__ = ["TokenProgram", "run_sequence"]
+
+
+def _combine(y, h, terms):
+    """``y + h Σ a K`` for one block; ``h`` a float or a ``(B, 1)`` tensor; ``terms`` non-empty."""
+    if len(terms) == 1 and not isinstance(h, torch.Tensor):
+        a, K = terms[0]
+        return torch.add(y, K, alpha=h * a)
+    acc = _lincomb(terms)
+    return torch.addcmul(y, h, acc) if isinstance(h, torch.Tensor) else torch.add(y, acc, alpha=h)
+
+
+def _lincomb(terms):
+    """``Σ a x`` over the terms whose ``x`` is not ``None``; ``None`` when there are none."""
+    out = None
+    for a, x in terms:
+        if x is None:
+            continue
+        if out is None:
+            out = x if a == 1.0 else x * a
+        else:
+            out = torch.add(out, x, alpha=a)
+    return out
+
+
+@dataclass
+class _Activation:
+    key: tuple  # the recurrent-input blocks it was computed from (compared by identity)
+    act: tuple
+    y_in: torch.Tensor
+
+
+@dataclass
+class _Evaluation:
+    Y: tuple  # the stage value, all blocks
+    activation: int | None  # index into the token's activations; None for activation-free blocks
+    K: tuple | None = None  # the stage derivatives of the group's blocks (kept only for ∂L/∂dt)
+    makes_activation: bool = False  # the first evaluation that used it: the reverse sweep finishes it here
+
+
+@dataclass
+class _Tape:
+    activations: list = dataclass_field(default_factory=list)
+    substeps: list = dataclass_field(default_factory=list)  # (group, {stage: _Evaluation}) in order
+
+
+class TokenProgram:
+    """One token of a cell, ready to run forward and in reverse: the tableau's stage program and
+    its reverse (floats from the exact coefficients), the steps per token and the block groups
+    (one group of all blocks, or one group per block when partitioned)."""
+
+    def __init__(self, cell):
+        scheme, field = cell.scheme, cell.field
+        self.field = field
+        self.stages, self.weights, self.reverse = scheme.program, scheme.weights, scheme.reverse
+        self.steps = cell.steps
+        blocks = tuple(range(field.blocks))
+        self.groups = tuple((k,) for k in blocks) if cell.partitioned else (blocks,)
+        free = set(field.activation_free_blocks)
+        self.group_needs_activation = {g: not set(g) <= free for g in self.groups}
+
+    # -- forward ------------------------------------------------------------------------------------
+    def token(self, y: tuple, context, h, W, b, tape: _Tape | None = None, keep_K: bool = False) -> tuple:
+        """The state blocks after one token; the evaluations go on ``tape`` when one is given."""
+        field = self.field
+        activations = tape.activations if tape is not None else []
+        for _ in range(self.steps):
+            for group in self.groups:
+                K, evaluations = {}, {}
+                for i, row in self.stages:
+                    Y = self._advance(y, group, h, row, K)
+                    index, made = None, False
+                    if self.group_needs_activation[group]:
+                        index = self._find(activations, Y)
+                        if index is None:
+                            y_in = field.recurrent_input(Y)
+                            act = field.activate(context, field.preactivation(context, y_in, W, b))
+                            activations.append(_Activation(tuple(Y[k] for k in field.recurrent_blocks), act, y_in))
+                            index, made = len(activations) - 1, True
+                    K[i] = field.derivative(activations[index].act if index is not None else None, Y, group)
+                    if tape is not None:
+                        evaluations[i] = _Evaluation(Y, index, K[i] if keep_K else None, made)
+                y = self._advance(y, group, h, self.weights, K)
+                if tape is not None:
+                    tape.substeps.append((group, evaluations))
+        return y
+
+    @staticmethod
+    def _advance(y, group, h, terms, K):
+        """``y + h Σ_j a_j K_j`` on the group's blocks; the other blocks are passed through (the
+        same tensors: that is what lets a later evaluation share activations)."""
+        if not terms:
+            return y
+        out = list(y)
+        for slot, k in enumerate(group):
+            out[k] = _combine(y[k], h, [(a, K[j][slot]) for j, a in terms])
+        return tuple(out)
+
+    def _find(self, activations, Y):
+        key = tuple(Y[k] for k in self.field.recurrent_blocks)
+        for index, entry in enumerate(activations):
+            if all(a is b for a, b in zip(entry.key, key)):
+                return index
+        return None
+
+    # -- reverse ------------------------------------------------------------------------------------
+    def token_reverse(self, tape: _Tape, lam: list, h, W, weight_grad: "_WeightGradient"):
+        """The reverse sweep of one token: ``lam`` (``∂L/∂y`` after the token, one entry per block,
+        ``None`` for zero) becomes ``∂L/∂y`` before it. Returns ``(lam, ∂L/∂context, ∂L/∂h)``;
+        ``∂L/∂h`` (per row) only when the tape kept the stage derivatives."""
+        field = self.field
+        grad_context, grad_h = None, None
+        act_grads = {}  # activation index -> the summed gradients of its entries
+        scaled = not isinstance(h, torch.Tensor)  # a float step folds into the coefficients
+        for group, evaluations in reversed(tape.substeps):
+            lam_plus = list(lam)
+            mu = {}
+            for i, b_i, row in self.reverse:
+                e = evaluations[i]
+                scale = h if scaled else 1.0
+                kappa = []
+                for slot, k in enumerate(group):
+                    terms = [(scale * b_i, lam_plus[k])] + [(scale * a, mu[j][k] if mu[j] else None) for j, a in row]
+                    kappa.append(_lincomb(terms))
+                if e.K is not None:  # ∂L/∂h = Σ_i ⟨κ_i / h, K_i⟩
+                    for kap, K in zip(kappa, e.K):
+                        if kap is not None:
+                            term = (kap * K).sum(dim=-1, keepdim=True) / (h if scaled else 1.0)
+                            grad_h = term if grad_h is None else grad_h + term
+                if not scaled:
+                    kappa = [None if kap is None else kap * h for kap in kappa]
+                if all(kap is None for kap in kappa):
+                    mu[i] = None
+                    continue
+                kappa = [torch.zeros_like(e.Y[k]) if kap is None else kap for kap, k in zip(kappa, group)]
+                act = tape.activations[e.activation] if e.activation is not None else None
+                grads, grad_act = field.derivative_vjp(act.act if act is not None else None, e.Y, kappa, group)
+                grads = list(grads)
+                if act is not None:
+                    act_grads[e.activation] = _accumulate(act_grads.get(e.activation), grad_act)
+                    if e.makes_activation:  # every later user has been reversed: push through W once
+                        g_context, g_pre = field.activate_vjp(act.act, act_grads.pop(e.activation))
+                        grad_context = g_context if grad_context is None else grad_context + g_context
+                        weight_grad.add(g_pre, act.y_in)
+                        g_in = g_pre @ W
+                        parts = (g_in,) if len(field.recurrent_blocks) == 1 else g_in.split(
+                            [e.Y[k].shape[-1] for k in field.recurrent_blocks], dim=-1)
+                        for k, part in zip(field.recurrent_blocks, parts):
+                            grads[k] = part if grads[k] is None else grads[k] + part
+                mu[i] = grads
+                for k, g in enumerate(grads):
+                    if g is not None:
+                        lam[k] = g if lam[k] is None else lam[k] + g
+        return lam, grad_context, grad_h
+
+
+def _accumulate(total, new):
+    if total is None:
+        return list(new)
+    return [a if b is None else b if a is None else a + b for a, b in zip(total, new)]
+
+
+class _WeightGradient:
+    """``∂L/∂W = Σ g_preᵀ y_in`` and ``∂L/∂b = Σ g_pre`` as few large matrix products: the factors of
+    many evaluations are stacked and multiplied once ``rows`` of them have gathered."""
+
+    def __init__(self, rows: float):
+        self.rows, self.pending, self.count = rows, [], 0
+        self.W = self.b = None
+
+    def add(self, g_pre, y_in):
+        self.pending.append((g_pre, y_in))
+        self.count += g_pre.shape[0]
+        if self.count >= self.rows:
+            self.flush()
+
+    def flush(self):
+        if not self.pending:
+            return
+        g = torch.cat([p for p, _ in self.pending])
+        y = torch.cat([q for _, q in self.pending])
+        self.W = g.T @ y if self.W is None else torch.addmm(self.W, g.T, y)
+        self.b = g.sum(dim=0) if self.b is None else self.b + g.sum(dim=0)
+        self.pending, self.count = [], 0
+
+
+class _Sequence(torch.autograd.Function):
+    """``(outputs, *final blocks)`` of one cell over a sequence, with the generated backward pass.
+    Inputs that get gradients: the projected inputs ``C`` ``(T, B, G)``, the step ``h`` (a
+    ``(T, B, 1)`` tensor; a float gets none), ``W``, ``b`` and the initial blocks."""
+
+    @staticmethod
+    def forward(ctx, program: TokenProgram, mode: str, C, h, W, b, *y0):
+        ctx.set_materialize_grads(False)
+        keep_K = isinstance(h, torch.Tensor) and ctx.needs_input_grad[3]
+        tapes, starts = [], []
+        out = C.new_empty(C.shape[0], C.shape[1], y0[0].shape[-1])
+        output_block = program.field.output_block
+        y = y0
+        for t in range(C.shape[0]):
+            h_t = h[t] if isinstance(h, torch.Tensor) else h
+            if mode == "recompute":
+                starts.append(y)
+                y = program.token(y, C[t], h_t, W, b)
+            else:
+                tapes.append(_Tape())
+                y = program.token(y, C[t], h_t, W, b, tapes[-1], keep_K)
+            out[t] = y[output_block]
+        ctx.program, ctx.mode, ctx.tapes, ctx.starts, ctx.h, ctx.keep_K = program, mode, tapes, starts, h, keep_K
+        ctx.save_for_backward(C, W, b)
+        return (out, *y)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, *grad_final):
+        program, h = ctx.program, ctx.h
+        C, W, b = ctx.saved_tensors
+        stored = ctx.mode == "stored"
+        # stored: one product over the whole sequence; recompute: bounded batches, so that memory
+        # stays flat in the steps per token
+        weight_grad = _WeightGradient(float("inf") if stored else 4096)
+        grad_C = torch.zeros_like(C)
+        grad_h = torch.zeros_like(h) if ctx.keep_K else None
+        lam = list(grad_final)
+        output_block = program.field.output_block
+        for t in reversed(range(C.shape[0])):
+            if grad_out is not None:
+                g = grad_out[t]
+                lam[output_block] = g if lam[output_block] is None else lam[output_block] + g
+            h_t = h[t] if isinstance(h, torch.Tensor) else h
+            if stored:
+                tape = ctx.tapes[t]  # kept: a graph retained for a second backward pass reads it again
+            else:
+                tape = _Tape()
+                program.token(ctx.starts[t], C[t], h_t, W, b, tape, ctx.keep_K)
+            lam, g_context, g_h = program.token_reverse(tape, lam, h_t, W, weight_grad)
+            if g_context is not None:
+                grad_C[t] = g_context
+            if g_h is not None:
+                grad_h[t] = g_h
+        weight_grad.flush()
+        grad_W = weight_grad.W if weight_grad.W is not None else torch.zeros_like(W)
+        grad_b = None if b is None else (weight_grad.b if weight_grad.b is not None else torch.zeros_like(b))
+        return (None, None, grad_C, grad_h, grad_W, grad_b, *lam)
+
+
+def _token_loop(cell, C, y, h, mask, grad: str, adjoint_method):
+    """The per-token path, differentiated by autograd (or the continuous adjoint): fields without
+    the recurrent structure, implicit and adaptive tableaux, and the ``adjoint`` gradient mode."""
+    from torch.utils.checkpoint import checkpoint
+
+    from ._adjoint import adjoint_token
+
+    training = torch.is_grad_enabled()
+    outputs, output_block = [], cell.field.output_block
+    for t in range(C.shape[0]):
+        h_t = h[t] if isinstance(h, torch.Tensor) else h
+        if training and grad == "adjoint":
+            new = adjoint_token(cell, C[t], y, h_t * cell.steps, adjoint_method)
+        elif training and grad == "checkpoint":
+            # re-entrant: the forward runs without a graph (the non-re-entrant form still records a
+            # node per operation, which grows with the steps per token)
+            new = checkpoint(lambda c, *blocks, h_t=h_t: cell.integrate(c, blocks, h_t), C[t], *y,
+                             use_reentrant=True)
+        else:
+            new = cell.integrate(C[t], y, h_t)
+        if mask is not None:  # finished sequences keep their state
+            new = tuple(torch.where(mask[t, :, None], a, b) for a, b in zip(new, y))
+        y = tuple(new)
+        outputs.append(y[output_block])
+    return torch.stack(outputs), y
+
+
+def run_sequence(cell, x, y0: tuple, dt, mask=None, grad: str = "backprop", adjoint_method=None):
+    """``(outputs (T, B, H), final blocks)`` of ``cell`` over ``x`` ``(T, B, E)`` from the blocks
+    ``y0``. ``dt``: the interval per token, a float or a ``(T, B)`` tensor; ``mask``: ``(T, B)``,
+    ``False`` after a sequence's end (its state is then carried unchanged). ``grad``: ``backprop``
+    (stored stages), ``checkpoint`` (recomputed per token) or ``adjoint`` (continuous)."""
+    from ._stepping import ExplicitScheme
+
+    field = cell.field
+    C = field.project(x)  # (T, B, G): every token's input projection in one product
+    structure = field.recurrent() if isinstance(cell.scheme, ExplicitScheme) and grad != "adjoint" else None
+    if isinstance(dt, torch.Tensor):
+        dt = dt.to(dtype=x.dtype, device=x.device)
+    if structure is None:
+        if isinstance(dt, torch.Tensor) and grad == "adjoint" and torch.is_grad_enabled():
+            raise ValueError("the continuous adjoint takes one dt for the whole batch (a float), not a tensor")
+        h = dt[..., None] / cell.steps if isinstance(dt, torch.Tensor) else dt / cell.steps
+        return _token_loop(cell, C, y0, h, mask, grad, adjoint_method)
+    cell.nfe = cell.nfe_per_token
+    W, b = structure
+    # a finished sequence takes steps of size zero: y + 0·ΣbK = y exactly, and no gradient flows
+    if mask is not None:
+        dt = mask.to(x.dtype) * dt
+    h = dt[..., None] / cell.steps if isinstance(dt, torch.Tensor) else dt / cell.steps  # (T, B, 1) or float
+    program = TokenProgram(cell)
+    tensors = (C, h, W, b, *y0)
+    if torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in tensors):
+        out, *y = _Sequence.apply(program, "recompute" if grad == "checkpoint" else "stored", *tensors)
+        return out, tuple(y)
+    outputs, y = [], y0
+    for t in range(C.shape[0]):
+        y = program.token(y, C[t], h[t] if isinstance(h, torch.Tensor) else h, W, b)
+        outputs.append(y[field.output_block])
+    return torch.stack(outputs), y

@@ -1,0 +1,361 @@
+"""``odernn.ODERNN``: the sequence engine and its generated backward pass against autograd through
+the per-token cell, the torch.nn sequence modules it equals, irregular gaps and variable lengths,
+and the discrete adjoint's coefficients from ``butcher``."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import butcher
+import odernn
+
+FIELDS = ["rnn", "gru-ode", "lstm", "antisymmetric:eps=0.5", "cornn:dt=0.3"]
+TABLEAUX = ["rk4:steps=2", "dopri5", "ralston3", "ssprk3", "USER"]  # dopri5: its 5th-order weights, fixed steps
+
+
+@pytest.fixture(autouse=True, scope="module")
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.fixture(scope="module")
+def user_tableau(tmp_path_factory):
+    """A user's own file: Kutta's third-order method with a redundant fourth stage that the update
+    never reads (the program must skip it)."""
+    path = tmp_path_factory.mktemp("tableaux") / "kutta3-padded.toml"
+    path.write_text('name = "kutta3-padded"\nA = [["0","0","0","0"], ["1/2","0","0","0"], ["-1","2","0","0"], '
+                    '["1","1","1","0"]]\nb = ["1/6", "2/3", "1/6", "0"]\n')
+    return path
+
+
+def _spec(field: str, tableau: str, user_tableau) -> str:
+    name, *options = field.split(":")
+    tableau = str(user_tableau) if tableau == "USER" else tableau
+    return ":".join([name, tableau, *options])
+
+
+def cell_loop(cell, x, state, dt=None, lengths=None):
+    """The reference: autograd through the per-token cell, each sequence stopping at its length."""
+    field = cell.field
+    if state is None:
+        state = field.initial_state(x.shape[1], x.dtype, x.device)
+    blocks = field.to_blocks(state)
+    outputs = []
+    for t in range(x.shape[0]):
+        gap = dt if dt is None or isinstance(dt, float) else dt[t]
+        new = field.to_blocks(cell(x[t], field.from_blocks(blocks), dt=gap))
+        if lengths is not None:
+            alive = (t < lengths)[:, None]
+            new = tuple(torch.where(alive, a, b) for a, b in zip(new, blocks))
+        blocks = new
+        out = blocks[field.output_block]
+        outputs.append(out if lengths is None else out * (t < lengths)[:, None])
+    return torch.stack(outputs), blocks
+
+
+def _random_state(rnn, B):
+    """Random ``hx`` in the cell's state order: the tensors, and ``hx`` as ``forward`` takes it."""
+    t = rnn.cells[0].t
+    shape = (rnn.num_layers * rnn.num_directions, B, rnn.hidden_size)
+    state = tuple(torch.randn(shape, requires_grad=True) for _ in range(t))
+    return state, (state[0] if t == 1 else state)
+
+
+def _gradients(loss, inputs):
+    return torch.autograd.grad(loss, inputs, allow_unused=True)
+
+
+def _assert_close(ours, reference, tol, what):
+    for k, (a, b) in enumerate(zip(ours, reference)):
+        if b is None:
+            assert a is None or a.abs().max() == 0, f"{what}[{k}]"
+            continue
+        err = ((a - b).abs().max() / (1 + b.abs().max())).item()
+        assert err <= tol, f"{what}[{k}]: relative error {err:.2e}"
+
+
+# --- the engine equals autograd through the per-token cell ------------------------------------
+
+@pytest.mark.parametrize("grad", ["backprop", "checkpoint"])
+@pytest.mark.parametrize("tableau", TABLEAUX)
+@pytest.mark.parametrize("field", FIELDS)
+def test_engine_equals_autograd_through_the_cell(field, tableau, grad, user_tableau):
+    torch.manual_seed(0)
+    T, B, E, H = 5, 3, 4, 6
+    rnn = odernn.ODERNN(_spec(field, tableau, user_tableau), E, H, grad=grad)
+    cell = rnn.cells[0]
+    x = torch.randn(T, B, E, requires_grad=True)
+    blocks, hx = _random_state(rnn, B)
+    out, h_n = rnn(x, hx)
+    user = tuple(b[0] for b in blocks)  # the cell's own state order, as hx gives it
+    ref_out, ref_blocks = cell_loop(cell, x, user[0] if len(user) == 1 else user)
+    ref_h_n = cell.field.from_blocks(tuple(b[None] for b in ref_blocks))
+    assert (out - ref_out).abs().max() <= 1e-12
+    for a, b in zip(cell.field.to_blocks(h_n), cell.field.to_blocks(ref_h_n)):
+        assert (a - b).abs().max() <= 1e-12
+    weights = [torch.randn_like(out)] + [torch.randn_like(b) for b in cell.field.to_blocks(h_n)]
+    inputs = [x, *blocks, *rnn.parameters()]
+
+    def loss(o, h):
+        return (o * weights[0]).sum() + sum((a * w).sum() for a, w in zip(cell.field.to_blocks(h), weights[1:]))
+
+    _assert_close(_gradients(loss(out, h_n), inputs), _gradients(loss(ref_out, ref_h_n), inputs), 1e-10, field)
+
+
+def test_the_generated_backward_builds_no_graph_per_token():
+    rnn = odernn.ODERNN("gru-ode:rk4", 3, 4)
+    out, _ = rnn(torch.randn(50, 2, 3))
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(n for n, _ in node.next_functions)
+    # the input projection, the recurrent weights and one node for the whole sequence: no per-token nodes
+    assert len(seen) < 20 and any(type(n).__name__ == "_SequenceBackward" for n in seen)
+
+
+@pytest.mark.parametrize("spec", ["gru-ode:rk4", "lstm:midpoint", "cornn:heun:dt=0.2", "rnn:dopri5:steps=2"])
+def test_gradcheck_including_the_gaps(spec):
+    torch.manual_seed(1)
+    rnn = odernn.ODERNN(spec, 2, 3)
+    T, B = 3, 2
+    x = torch.randn(T, B, 2, requires_grad=True)
+    dt = (0.2 + torch.rand(T, B)).requires_grad_()
+    blocks, _ = _random_state(rnn, B)
+    field = rnn.cells[0].field
+
+    def run(x, dt, *tensors):
+        hx = field.from_blocks(tensors) if len(tensors) > 1 else tensors[0]
+        out, h_n = rnn(x, hx, dt=dt)
+        return (out, *field.to_blocks(h_n))
+
+    assert torch.autograd.gradcheck(run, (x, dt, *blocks))
+    assert torch.autograd.gradcheck(lambda *p: run(x.detach(), dt.detach(), *(b.detach() for b in blocks)),
+                                    list(rnn.parameters()))
+
+
+# --- exact recovery of the torch.nn sequence modules -------------------------------------------
+
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("kind", [nn.RNN, nn.GRU, nn.LSTM])
+def test_from_torch_equals_the_torch_module(kind, with_h0):
+    torch.manual_seed(2)
+    module = kind(4, 5, num_layers=2, bidirectional=True, batch_first=True)
+    ours = odernn.from_torch(module)
+    assert isinstance(ours, odernn.ODERNN) and list(ours.state_dict()) == list(module.state_dict())
+    x = torch.randn(3, 6, 4, requires_grad=True)  # (B, T, E)
+    args = []
+    if with_h0:
+        h0 = tuple(torch.randn(4, 3, 5, requires_grad=True) for _ in range(2 if kind is nn.LSTM else 1))
+        args = [h0 if kind is nn.LSTM else h0[0]]
+    theirs_out, theirs_h = module(x, *args)
+    ours_out, ours_h = ours(x, *args)
+    flat = lambda h: (h,) if isinstance(h, torch.Tensor) else tuple(h)  # noqa: E731
+    assert (ours_out - theirs_out).abs().max() <= 1e-12
+    for a, b in zip(flat(ours_h), flat(theirs_h)):
+        assert (a - b).abs().max() <= 1e-12
+    w = torch.randn_like(theirs_out)
+    inputs_theirs = [x, *(args and flat(args[0])), *module.parameters()]
+    inputs_ours = [x, *(args and flat(args[0])), *ours.parameters()]
+    g_theirs = _gradients((theirs_out * w).sum() + sum(h.sum() for h in flat(theirs_h)), inputs_theirs)
+    g_ours = _gradients((ours_out * w).sum() + sum(h.sum() for h in flat(ours_h)), inputs_ours)
+    _assert_close(g_ours, g_theirs, 1e-10, kind.__name__)
+    back = ours.to_torch()
+    assert type(back) is kind and all(torch.equal(p, q) for p, q in zip(back.parameters(), module.parameters()))
+
+
+def test_a_torch_state_dict_loads_into_the_matching_field_and_unbatched_input_works():
+    torch.manual_seed(3)
+    gru = nn.GRU(3, 4, num_layers=2)
+    ours = odernn.ODERNN("gru-ode:euler", 3, 4, num_layers=2)
+    ours.load_state_dict(gru.state_dict())
+    x = torch.randn(7, 3)  # unbatched (T, E)
+    h0 = torch.randn(2, 4)
+    for a, b in zip(ours(x, h0), gru(x, h0)):
+        assert a.shape == b.shape and (a - b).abs().max() <= 1e-12
+    with pytest.raises(ValueError, match="no torch.nn cell equals"):
+        odernn.ODERNN("gru-ode:rk4", 3, 4).to_torch()
+    with pytest.raises(ValueError, match="proj_size"):
+        odernn.from_torch(nn.LSTM(3, 4, proj_size=2))
+
+
+def test_conversion_moves_the_cells_with_the_module():
+    rnn = odernn.ODERNN("lstm:rk4", 3, 4, num_layers=2).float()
+    assert rnn.cells[1].field.weight_hh is rnn.weight_hh_l1 and rnn.weight_hh_l1.dtype == torch.float32
+    out, (h, c) = rnn(torch.randn(2, 1, 3, dtype=torch.float32))
+    assert out.dtype == h.dtype == c.dtype == torch.float32
+    replacement = {name: torch.zeros_like(p) for name, p in rnn.named_parameters()}
+    rnn.load_state_dict(replacement, assign=True)  # new tensors: the cells must see them
+    assert rnn.cells[0].field.weight_ih is rnn.weight_ih_l0
+    assert rnn(torch.randn(2, 1, 3, dtype=torch.float32))[0].abs().max() == 0
+
+
+# --- irregular gaps, variable lengths ---------------------------------------------------------
+
+@pytest.mark.parametrize("spec", ["gru-ode:rk4:steps=2", "lstm:ralston3", "cornn:ssprk3:dt=0.2"])
+def test_gaps_per_token_and_sequence_equal_the_cell_loop(spec):
+    torch.manual_seed(4)
+    T, B = 6, 3
+    rnn = odernn.ODERNN(spec, 2, 5, batch_first=True)
+    cell = rnn.cells[0]
+    x = torch.randn(B, T, 2)
+    gaps = 0.1 + 2 * torch.rand(B, T)
+    out, h_n = rnn(x, dt=gaps)
+    ref_out, ref_blocks = cell_loop(cell, x.transpose(0, 1), None, dt=gaps.T)
+    assert (out.transpose(0, 1) - ref_out).abs().max() <= 1e-12
+    assert all((a[0] - b).abs().max() <= 1e-12 for a, b in zip(cell.field.to_blocks(h_n), ref_blocks))
+    # a float gap is the same as that gap everywhere
+    same = rnn(x, dt=0.7)[0]
+    assert (same - rnn(x, dt=torch.full((B, T), 0.7))[0]).abs().max() <= 1e-14
+
+
+@pytest.mark.parametrize("spec", ["gru-ode:midpoint", "lstm", "antisymmetric:rk4", "gru-ode:gauss-2",
+                                  "rnn:dopri5:rtol=1e-8:atol=1e-10"])
+def test_variable_lengths_equal_each_sequence_alone(spec):
+    torch.manual_seed(5)
+    T, B = 7, 4
+    rnn = odernn.ODERNN(spec, 3, 4, bidirectional=True)
+    x = torch.randn(T, B, 3)
+    lengths = torch.tensor([7, 3, 5, 1])
+    out, h_n = rnn(x, lengths=lengths)
+    flat = lambda h: (h,) if isinstance(h, torch.Tensor) else tuple(h)  # noqa: E731
+    # adaptive steps are shared by the batch (the worst sequence decides): alone, a sequence takes
+    # other steps, and agrees to the tolerance rather than to round-off
+    tol = 1e-7 if "rtol" in spec else 1e-12
+    for k in range(B):
+        alone_out, alone_h = rnn(x[:lengths[k], k:k + 1])
+        assert (out[:lengths[k], k] - alone_out[:, 0]).abs().max() <= tol
+        assert torch.all(out[lengths[k]:, k] == 0)  # zero after the end, as nn.GRU pads
+        for a, b in zip(flat(h_n), flat(alone_h)):
+            assert (a[:, k] - b[:, 0]).abs().max() <= tol
+
+
+def test_a_packed_sequence_gives_what_the_torch_module_gives():
+    torch.manual_seed(6)
+    lstm = nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    ours = odernn.from_torch(lstm)
+    x = torch.randn(6, 4, 3, requires_grad=True)
+    pack = lambda: pack_padded_sequence(x, torch.tensor([4, 6, 2, 6]), enforce_sorted=False)  # noqa: E731
+    (theirs, (h, c)), (mine, (h2, c2)) = lstm(pack()), ours(pack())
+    assert torch.equal(theirs.batch_sizes, mine.batch_sizes) and torch.equal(theirs.sorted_indices, mine.sorted_indices)
+    assert (theirs.data - mine.data).abs().max() <= 1e-12
+    assert (h - h2).abs().max() <= 1e-12 and (c - c2).abs().max() <= 1e-12
+    g = _gradients(mine.data.sum() + h2.sum(), [x])[0]
+    assert (g - _gradients(theirs.data.sum() + h.sum(), [x])[0]).abs().max() <= 1e-12
+
+
+# --- the per-token paths: user fields, implicit and adaptive tableaux, the continuous adjoint ---
+
+class _Decay(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(4, 4) / 2)
+
+    def forward(self, h, x):
+        return torch.tanh(h @ self.W.T + x[..., :4]) - h
+
+
+@pytest.mark.parametrize("spec", ["gru-ode:gauss-2", "lstm:backward-euler", "gru-ode:dopri5:rtol=1e-9:atol=1e-9"])
+def test_implicit_and_adaptive_tableaux_run_token_by_token(spec):
+    torch.manual_seed(7)
+    rnn = odernn.ODERNN(spec, 3, 4)
+    x = torch.randn(4, 2, 3, requires_grad=True)
+    out, _ = rnn(x)
+    ref, _ = cell_loop(rnn.cells[0], x, None)
+    assert (out - ref).abs().max() <= 1e-12
+    _assert_close(_gradients(out.sum(), [x]), _gradients(ref.sum(), [x]), 1e-10, spec)
+
+
+def test_a_module_field_sequence_is_differentiated_by_autograd():
+    torch.manual_seed(8)
+    field = odernn.ModuleField(_Decay(), 4, 4)
+    cell = odernn.ODECell(field, "rk4", steps=2)
+    x = torch.randn(5, 2, 4)
+    out, h = odernn._engine.run_sequence(cell, x, (torch.zeros(2, 4),), 1.0)
+    ref, ref_h = cell_loop(cell, x, torch.zeros(2, 4))
+    assert (out - ref).abs().max() <= 1e-14 and (h[0] - ref_h[0]).abs().max() <= 1e-14
+    assert out.grad_fn is not None and type(out.grad_fn).__name__ != "_SequenceBackward"
+
+
+def test_the_gradient_modes_agree():
+    torch.manual_seed(9)
+    runs = {mode: odernn.ODERNN("gru-ode:rk4:steps=4", 3, 5, grad=mode) for mode in odernn.GRAD_MODES}
+    for rnn in list(runs.values())[1:]:
+        rnn.load_state_dict(runs["backprop"].state_dict())
+    x = torch.randn(6, 2, 3)
+    grads = {}
+    for mode, rnn in runs.items():
+        out, h = rnn(x)
+        grads[mode] = torch.autograd.grad(out.square().sum() + h.sum(), list(rnn.parameters()))
+    _assert_close(grads["checkpoint"], grads["backprop"], 1e-12, "checkpoint")
+    # the continuous adjoint differs from the discrete one by the discretisation error, O(h⁴)
+    _assert_close(grads["adjoint"], grads["backprop"], 1e-5, "adjoint")
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call, message", [
+    (lambda r: r(torch.randn(4, 2, 5)), "input has 5 features"),
+    (lambda r: r(torch.randn(2, 3, 4, 3)), r"expected input of shape \(T, B, E\)"),
+    (lambda r: r(torch.randn(4, 2, 3), torch.zeros(2, 2, 6)), r"hx must have shape \(1, 2, 6\)"),
+    (lambda r: r(torch.randn(4, 2, 3), dt=torch.ones(2, 4)), r"dt must be a float or a tensor of shape \(4, 2\)"),
+    (lambda r: r(torch.randn(4, 2, 3), dt=-1.0), "dt must be positive"),
+    (lambda r: r(torch.randn(4, 2, 3), lengths=[4, 5]), "lengths must be 2 values in 1..4"),
+    (lambda r: r(torch.randn(0, 2, 3)), "empty"),
+])
+def test_bad_input_is_one_clear_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(odernn.ODERNN("gru-ode:rk4", 3, 6))
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(odernn.CellSpecError, match="unknown cell field"):
+        odernn.ODERNN("gru-odd", 3, 4)
+    with pytest.raises(ValueError, match="unknown gradient mode"):
+        odernn.ODERNN("gru-ode", 3, 4, grad="magic")
+    with pytest.raises(ValueError, match="num_layers"):
+        odernn.ODERNN("gru-ode", 3, 4, num_layers=0)
+
+
+# --- the discrete adjoint's coefficients, exactly --------------------------------------------------
+
+def test_the_reverse_program_is_the_transpose_of_the_forward_one(catalogue):
+    for name, tab in catalogue.items():
+        if not tab.is_explicit:
+            continue
+        program = tab.stage_program()
+        evaluated = [i for i, _ in program.stages]
+        reverse = program.reverse().stages
+        assert [i for i, _, _ in reverse] == evaluated[::-1], name
+        for i, b_i, row in reverse:  # κ_i reads b_i and a_ji of the later evaluated stages
+            assert b_i == tab.b[i], name
+            assert dict(row) == {j: tab.A[j, i] for j in evaluated if j > i and tab.A[j, i] != 0}, name
+        unused = set(range(tab.stages)) - set(evaluated)
+        assert all(tab.b[i] == 0 and all(tab.A[j, i] == 0 for j in evaluated) for i in unused), name
+    assert butcher.get("dopri5").stage_program().evaluations == 6
+
+
+def test_the_adjoint_partner_of_known_methods():
+    """Forward Euler's partner is backward Euler; Gauss methods are their own partners; Lobatto
+    IIIA and IIIB are each other's (the classic symplectic pair); every partner pairs
+    symplectically with its method: b_i ā_ij + b_j a_ji = b_i b_j."""
+    assert butcher.get("euler").adjoint_partner().A == butcher.get("backward-euler").A
+    for s in (2, 3):
+        gauss = butcher.get(f"gauss-{s}")
+        assert (gauss.adjoint_partner().A - gauss.A).applyfunc(lambda v: v.simplify()).is_zero_matrix
+    for s in (2, 3, 4):
+        partner = butcher.get(f"lobatto-iiia-{s}").adjoint_partner()
+        assert (partner.A - butcher.get(f"lobatto-iiib-{s}").A).applyfunc(lambda v: v.simplify()).is_zero_matrix
+    for name in ("rk4", "heun", "ralston3", "ssprk3", "radau-iia-2"):
+        tab = butcher.get(name)
+        A, Abar, b = tab.A, tab.adjoint_partner().A, tab.b
+        s = tab.stages
+        assert all((b[i] * Abar[i, j] + b[j] * A[j, i] - b[i] * b[j]).simplify() == 0
+                   for i in range(s) for j in range(s)), name
+    with pytest.raises(ValueError, match="b_1 = 0"):
+        butcher.get("midpoint").adjoint_partner()
