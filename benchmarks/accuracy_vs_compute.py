@@ -50,13 +50,21 @@ def main():
             spec += f":atol={float(solver.split('rtol=')[1]) / 100:g}"
         model = LanguageModel(len(trainer.corpus.vocab), spec, hidden=args.hidden)
         model.load_state_dict(state)
-        calls = {"field": 0, "token": 0}  # field evaluations and token steps (each for the whole batch)
-        cell = model.layers[0].cell
-        cell.field.register_forward_hook(lambda *_: calls.__setitem__("field", calls["field"] + 1))
-        cell.register_forward_hook(lambda *_: calls.__setitem__("token", calls["token"] + 1))
+        cell = model.ode_cells()[0]
+        # adaptive cells integrate token by token (cell.integrate, whose nfe is that token's count);
+        # fixed-step ones run in the sequence engine with exactly nfe_per_token evaluations
+        calls = {"field": 0, "token": 0}
+        integrate = cell.integrate
+
+        def counting(*args, integrate=integrate, cell=cell, **kwargs):
+            out = integrate(*args, **kwargs)
+            calls["field"], calls["token"] = calls["field"] + cell.nfe, calls["token"] + 1
+            return out
+        cell.integrate = counting
         loss = evaluate_loss(model, valid, tokens=args.eval_tokens)
+        nfe = calls["field"] / calls["token"] if calls["token"] else cell.nfe_per_token
         marker = " (trained)" if solver == "dopri5:rtol=1e-3" else ""
-        print(f"| {solver}{marker} | {calls['field'] / calls['token']:.2f} | {loss:.4f} | {math.exp(loss):.3f} |")
+        print(f"| {solver}{marker} | {nfe:.2f} | {loss:.4f} | {math.exp(loss):.3f} |")
 
 
 if __name__ == "__main__":

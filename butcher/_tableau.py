@@ -410,8 +410,10 @@ class ButcherTableau:
         :meth:`StageProgram.reverse` is the reverse sweep that differentiates it.
 
         >>> program = ButcherTableau([[0, 0], ["1/2", 0]], [0, 1], name="midpoint").stage_program()
-        >>> program.stages, program.weights
-        ((0, ()), (1, ((0, 1/2),))), ((1, 1),))
+        >>> program.stages               # stage 1 at y; stage 2 at y + ½ h K₁
+        ((0, ()), (1, ((0, 1/2),)))
+        >>> program.weights              # y⁺ = y + h K₂
+        ((1, 1),)
         >>> program.reverse().stages   # κ₂ = h λ⁺;  κ₁ = h (0·λ⁺ + ½ μ₂)
         ((1, 1, ()), (0, 0, ((1, 1/2),)))
         """

@@ -150,21 +150,26 @@ class ODECell(nn.Module):
         x = torch.zeros(blocks[0].shape[0], self.input_size, dtype=blocks[0].dtype, device=blocks[0].device)
         return self(x, state, dt=dt)
 
+    @property
+    def torch_equivalent(self) -> type | None:
+        """The ``torch.nn`` cell class this cell equals, or ``None``: forward Euler, Δ = 1, one step,
+        on the (unconstrained) tanh-RNN, GRU-ODE or partitioned LSTM field."""
+        euler = butcher.get("euler")
+        if not (self.tableau.A == euler.A and self.tableau.b == euler.b and self.dt == 1.0 and self.steps == 1):
+            return None
+        kind = type(self.field)
+        if kind is LSTMField:
+            return nn.LSTMCell if self.partitioned else None
+        return {TanhRNNField: nn.RNNCell, GRUODEField: nn.GRUCell}.get(kind)
+
     def to_torch(self) -> nn.Module:
-        """The equivalent ``torch.nn`` cell with the same weights, where one exists (forward Euler,
-        Δ = 1, one step, on the tanh-RNN, GRU-ODE or partitioned LSTM field)."""
-        euler = self.tableau.A == butcher.get("euler").A and self.tableau.b == butcher.get("euler").b
-        plain = euler and self.dt == 1.0 and self.steps == 1
-        f = self.field
-        if plain and type(f) is TanhRNNField:
-            module = nn.RNNCell(f.input_size, f.hidden_size, bias=f.bias_ih is not None, nonlinearity="tanh")
-        elif plain and type(f) is GRUODEField:
-            module = nn.GRUCell(f.input_size, f.hidden_size, bias=f.bias_ih is not None)
-        elif plain and type(f) is LSTMField and self.partitioned:
-            module = nn.LSTMCell(f.input_size, f.hidden_size, bias=f.bias_ih is not None)
-        else:
+        """The equivalent ``torch.nn`` cell with the same weights, where one exists (see
+        :attr:`torch_equivalent`)."""
+        kind, f = self.torch_equivalent, self.field
+        if kind is None:
             raise ValueError(f"no torch.nn cell equals {self.describe()}: that needs forward Euler, dt=1, "
                              "steps=1 on the rnn, gru-ode or (partitioned) lstm field")
+        module = kind(f.input_size, f.hidden_size, bias=f.bias_ih is not None)
         module = module.to(dtype=f.weight_hh.dtype, device=f.weight_hh.device)
         with torch.no_grad():
             for name, parameter in module.named_parameters():

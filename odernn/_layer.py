@@ -13,17 +13,15 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from ._adjoint import AdjointMethod
 from ._cell import ODECell, cell_from_torch
 from ._engine import run_sequence
-from ._fields import GRUODEField, LSTMField, TanhRNNField
 from ._spec import cell as make_cell
 
 __all__ = ["ODERNN", "GRAD_MODES", "from_torch"]
 
 GRAD_MODES = ("backprop", "checkpoint", "adjoint")
 
-# the torch.nn sequence modules a spec equals, and the field of each (forward Euler, Δ = 1)
-_TORCH = {nn.RNN: ("rnn:euler", TanhRNNField), nn.GRU: ("gru-ode:euler", GRUODEField),
-          nn.LSTM: ("lstm:euler", LSTMField)}
-_TORCH_OF_FIELD = {field: kind for kind, (_, field) in _TORCH.items()}
+# the torch.nn sequence modules, the spec each equals (forward Euler, Δ = 1), and their cells
+_TORCH = {nn.RNN: "rnn:euler", nn.GRU: "gru-ode:euler", nn.LSTM: "lstm:euler"}
+_SEQUENCE_OF_CELL = {nn.RNNCell: nn.RNN, nn.GRUCell: nn.GRU, nn.LSTMCell: nn.LSTM}
 
 
 def _flat_name(path: str, suffix: str) -> str:
@@ -52,7 +50,10 @@ class ODERNN(nn.Module):
     ``backprop`` (stored stages), ``checkpoint`` (each token's stages recomputed in the backward
     pass: memory flat in the steps per token) or ``adjoint`` (the continuous adjoint, with
     ``adjoint``'s backward solver). Other fields (``ModuleField``), implicit and adaptive tableaux
-    run token by token under autograd: correct, not fast.
+    run token by token under autograd: correct, not fast. Where the layers equal ``nn.RNN``,
+    ``nn.GRU`` or ``nn.LSTM`` (forward Euler, Δ = 1, one step; no ``dt`` or ``lengths`` given;
+    ``backprop``), ``fused=True`` runs them on PyTorch's own fused kernel instead (oneDNN on a CPU,
+    cuDNN on a GPU); ``fused=False`` keeps them in the engine. Both are tested equal.
 
     Parameters are the field's, named as in ``nn.GRU``: ``weight_hh_l0``, ``bias_ih_l1_reverse``,
     so the state_dict of an ``nn.GRU``, ``nn.LSTM`` or ``nn.RNN`` loads into the matching field.
@@ -71,7 +72,7 @@ class ODERNN(nn.Module):
 
     def __init__(self, spec: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
-                 grad: str = "backprop", adjoint: AdjointMethod | None = None):
+                 grad: str = "backprop", adjoint: AdjointMethod | None = None, fused: bool = True):
         super().__init__()
         if not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
@@ -102,6 +103,11 @@ class ODERNN(nn.Module):
                 cells.append(made)
                 names.append(pairs)
         self._cells, self._names = cells, names
+        self.fused = bool(fused)
+        # a weightless nn.RNN/GRU/LSTM (meta device, not a submodule) that runs this module's own
+        # parameters through PyTorch's fused kernel, where the two are equal
+        kind = _SEQUENCE_OF_CELL.get(cells[0].torch_equivalent)
+        object.__setattr__(self, "_torch_twin", None if kind is None else self._torch_module("meta"))
         if grad == "adjoint":
             self.adjoint.scheme(cells[0])  # an unusable backward solver fails now, not at the first backward
 
@@ -123,6 +129,10 @@ class ODERNN(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------------
     def forward(self, input, hx=None, dt=None, lengths=None):
+        if self.fused and self._torch_twin is not None and dt is None and lengths is None and self.grad == "backprop":
+            # the same layers as nn.GRU/LSTM/RNN (Euler, Δ = 1): PyTorch's fused kernel (oneDNN, cuDNN)
+            self._torch_twin.train(self.training)
+            return torch.func.functional_call(self._torch_twin, dict(self.named_parameters()), (input, hx))
         cells = self.cells
         field = cells[0].field
         packed = input if isinstance(input, PackedSequence) else None
@@ -155,27 +165,15 @@ class ODERNN(nn.Module):
                 raise ValueError(f"ODERNN: lengths must be {B} values in 1..{T}")
             mask = torch.arange(T, device=x.device)[:, None] < lengths[None, :]  # (T, B)
         initial = self._initial_state(hx, B, x, unbatched, field)  # per block: (L·D, B, H)
-        directions = self.num_directions
-        finals = [[None] * (self.num_layers * directions) for _ in range(field.blocks)]
+        finals = []
         for layer in range(self.num_layers):
-            outputs = []
-            for direction in range(directions):
-                index = layer * directions + direction
-                cell = cells[index]
-                flip = (lambda v: v.flip(0)) if direction else (lambda v: v)
-                y0 = tuple(block[index] for block in initial)
-                with parametrize.cached() if parametrize.is_parametrized(cell.field) else contextlib.nullcontext():
-                    out, y = run_sequence(cell, flip(x), y0, flip(dt) if isinstance(dt, torch.Tensor) else dt,
-                                          None if mask is None else flip(mask), self.grad, self.adjoint)
-                outputs.append(flip(out))
-                for k, block in enumerate(y):
-                    finals[k][index] = block
-            x = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
+            x, last = self._layer(layer, x, initial, dt, mask)
+            finals.extend(last)
             if layer < self.num_layers - 1 and self.dropout and self.training:
                 x = F.dropout(x, self.dropout, training=True)
         if mask is not None:
             x = x * mask[..., None].to(x.dtype)
-        h_n = field.from_blocks(tuple(torch.stack(block) for block in finals))
+        h_n = field.from_blocks(tuple(torch.stack(block) for block in zip(*finals)))
         if unbatched:
             x = x.squeeze(1)
             h_n = h_n.squeeze(1) if isinstance(h_n, torch.Tensor) else tuple(b.squeeze(1) for b in h_n)
@@ -184,6 +182,34 @@ class ODERNN(nn.Module):
         elif self.batch_first:
             x = x.transpose(0, 1)
         return x, h_n
+
+    def _layer(self, layer: int, x, initial, dt, mask):
+        """One layer, every direction: ``(output (T, B, D·H), [final blocks of each direction])``."""
+        outputs, finals = [], []
+        for direction in range(self.num_directions):
+            index = layer * self.num_directions + direction
+            cell = self._cells[index]
+            flip = (lambda v: v.flip(0)) if direction else (lambda v: v)
+            y0 = tuple(block[index] for block in initial)
+            with parametrize.cached() if parametrize.is_parametrized(cell.field) else contextlib.nullcontext():
+                out, y = run_sequence(cell, flip(x), y0, flip(dt) if isinstance(dt, torch.Tensor) else dt,
+                                      None if mask is None else flip(mask), self.grad, self.adjoint)
+            outputs.append(flip(out))
+            finals.append(y)
+        return (outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)), finals
+
+    @torch.no_grad()
+    def layer_inputs(self, input) -> list[torch.Tensor]:
+        """What each layer reads ``(T, B, ·)`` when the stack runs ``input`` ``(T, B, E)`` from the
+        zero state without dropout: ``input`` for the first, the previous layer's output for the
+        others (the inputs a stability check drives each layer's cells with)."""
+        cells, x = self.cells, input
+        initial = self._initial_state(None, x.shape[1], x, False, cells[0].field)
+        out = []
+        for layer in range(self.num_layers):
+            out.append(x)
+            x, _ = self._layer(layer, x, initial, cells[0].dt, None)
+        return out
 
     def _gaps(self, dt, T, B, unbatched, like):
         if dt is None:
@@ -232,18 +258,27 @@ class ODERNN(nn.Module):
         return PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
 
     # -- conversion ---------------------------------------------------------------------------------
+    @property
+    def torch_equivalent(self) -> type | None:
+        """The ``torch.nn`` sequence module (``nn.RNN``, ``nn.GRU``, ``nn.LSTM``) these layers equal,
+        or ``None`` (see ``ODECell.torch_equivalent``)."""
+        return _SEQUENCE_OF_CELL.get(self._cells[0].torch_equivalent)
+
     def to_torch(self) -> nn.Module:
         """The equal ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` with the same weights, where one exists
         (forward Euler, Δ = 1, one step, on the tanh-RNN, GRU-ODE or partitioned LSTM field)."""
-        for cell in self.cells:
-            cell.to_torch()  # raises, naming what is missing, where no torch cell equals it
-        kind = _TORCH_OF_FIELD[type(self._cells[0].field)]
-        module = kind(self.input_size, self.hidden_size, self.num_layers, bias=self.bias, batch_first=self.batch_first,
-                      dropout=self.dropout, bidirectional=self.bidirectional)
+        module = self._torch_module("cpu")
         reference = next(iter(self.parameters()))
         module = module.to(dtype=reference.dtype, device=reference.device)
         module.load_state_dict(self.state_dict())
         return module
+
+    def _torch_module(self, device) -> nn.Module:
+        kind = self.torch_equivalent
+        if kind is None:
+            self._cells[0].to_torch()  # raises, naming what is missing
+        return kind(self.input_size, self.hidden_size, self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                    dropout=self.dropout, bidirectional=self.bidirectional, device=device)
 
     def describe(self) -> str:
         cell = self._cells[0]
@@ -266,7 +301,7 @@ def from_torch(module: nn.Module):
     same layers, directions, ``batch_first`` and dropout."""
     if type(module) not in _TORCH:
         return cell_from_torch(module)
-    spec, _ = _TORCH[type(module)]
+    spec = _TORCH[type(module)]
     if isinstance(module, nn.RNN) and module.nonlinearity != "tanh":
         raise ValueError("only the tanh nn.RNN is a forward-Euler step of the tanh-RNN field")
     if getattr(module, "proj_size", 0):

@@ -68,3 +68,20 @@ def test_adjoint_memory_smoke():
     assert held["backprop", 8] > 5 * held["backprop", 1]
     for mode in ("checkpoint", "adjoint"):
         assert held[mode, 8] <= 1.1 * held[mode, 1] + 0.01, (mode, held)
+
+
+def test_sequence_speed_smoke():
+    """In-process version of benchmarks/sequence_speed.py: every row and ratio is measured."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("sequence_speed", ROOT / "benchmarks" / "sequence_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import torch
+    threads = torch.get_num_threads()
+    try:
+        results = module.main(["--quick", "--repeats", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    ratios = {name for group in results["ratios"].values() for name in group}
+    assert set(module.GOALS) <= ratios
+    assert all(value > 0 for group in results["ratios"].values() for value in group.values())

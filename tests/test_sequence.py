@@ -148,6 +148,7 @@ def test_from_torch_equals_the_torch_module(kind, with_h0):
     module = kind(4, 5, num_layers=2, bidirectional=True, batch_first=True)
     ours = odernn.from_torch(module)
     assert isinstance(ours, odernn.ODERNN) and list(ours.state_dict()) == list(module.state_dict())
+    ours.fused = False  # the sequence engine itself, not PyTorch's kernel (tested equal below)
     x = torch.randn(3, 6, 4, requires_grad=True)  # (B, T, E)
     args = []
     if with_h0:
@@ -167,6 +168,30 @@ def test_from_torch_equals_the_torch_module(kind, with_h0):
     _assert_close(g_ours, g_theirs, 1e-10, kind.__name__)
     back = ours.to_torch()
     assert type(back) is kind and all(torch.equal(p, q) for p, q in zip(back.parameters(), module.parameters()))
+
+
+@pytest.mark.parametrize("kind", [nn.GRU, nn.LSTM])
+def test_the_fused_kernel_equals_the_engine(kind):
+    """Where the layers equal a torch module, ``fused=True`` hands them to PyTorch's kernel: the
+    same outputs, states and gradients as the engine, packed input included."""
+    torch.manual_seed(10)
+    fused = odernn.from_torch(kind(3, 4, num_layers=2, bidirectional=True, dropout=0.0))
+    engine = odernn.ODERNN(fused.spec, 3, 4, num_layers=2, bidirectional=True, fused=False)
+    engine.load_state_dict(fused.state_dict())
+    assert fused.torch_equivalent is kind and odernn.ODERNN("gru-ode:rk4", 3, 4).torch_equivalent is None
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    lengths = torch.tensor([5, 3])
+    flat = lambda h: (h,) if isinstance(h, torch.Tensor) else tuple(h)  # noqa: E731
+    for rnn_input in (lambda: x, lambda: pack_padded_sequence(x, lengths)):
+        results = []
+        for rnn in (fused, engine):
+            out, h = rnn(rnn_input())
+            data = out.data if not isinstance(out, torch.Tensor) else out
+            loss = data.square().sum() + sum(v.sum() for v in flat(h))
+            results.append((data, flat(h), _gradients(loss, [x, *rnn.parameters()])))
+        (a, ha, ga), (b, hb, gb) = results
+        assert (a - b).abs().max() <= 1e-12 and all((u - v).abs().max() <= 1e-12 for u, v in zip(ha, hb))
+        _assert_close(ga, gb, 1e-12, kind.__name__)
 
 
 def test_a_torch_state_dict_loads_into_the_matching_field_and_unbatched_input_works():

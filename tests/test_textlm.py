@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 from textlm.checkpoint import CheckpointError, load_checkpoint
 from textlm.data import CorpusError, Vocabulary, load_corpus
 from textlm.evaluate import evaluate_loss, sample
+import odernn
 from odernn import AdjointMethod
 from textlm.model import LanguageModel
 from textlm.train import TrainConfig, Trainer, TrainingError, TrainingInterrupted
@@ -64,14 +65,45 @@ def test_plain_text_word_level_maps_unseen_words_to_unk(tmp_path):
 # --- model --------------------------------------------------------------------------------------
 
 def test_euler_gru_ode_language_model_is_the_torch_gru_model():
-    """Same seed, same parameter layout: the generated Euler cell reproduces nn.GRU inside the LM."""
+    """Same seed, same parameter layout: the generated Euler cell reproduces nn.GRU inside the LM,
+    in the sequence engine as on PyTorch's fused kernel (which ODERNN uses for it by default)."""
     idx = torch.randint(0, 20, (3, 7))
     outputs = []
-    for cell in ("torch-gru", "gru-ode:euler"):
+    for cell, fused in (("torch-gru", None), ("gru-ode:euler", True), ("gru-ode:euler", False)):
         torch.manual_seed(0)
         model = LanguageModel(20, cell, layers=2, hidden=8, embed=6).double()
+        if fused is not None:
+            model.layers[0].rnn.fused = fused
         outputs.append(model(idx)[0])
     assert torch.allclose(outputs[0], outputs[1], rtol=0, atol=1e-12)
+    assert torch.allclose(outputs[0], outputs[2], rtol=0, atol=1e-12)
+
+
+def test_equal_layers_are_one_sequence_module_and_old_checkpoints_still_load():
+    model = LanguageModel(11, ["gru-ode:rk4", "gru-ode:rk4", "torch-lstm", "torch-lstm", "lstm"], layers=5, hidden=4)
+    assert [stack.layers for stack in model.layers] == [2, 2, 1]
+    assert isinstance(model.layers[0].rnn, odernn.ODERNN) and isinstance(model.layers[1].rnn, torch.nn.LSTM)
+    assert [c is None for c in model.layer_cells()] == [False, False, True, True, False]
+    # before stacks, layer i was layers.i.cell.field.NAME (ODE) or layers.i.rnn.NAME_l0 (PyTorch)
+    where = [(g, k) for g, stack in enumerate(model.layers) for k in range(stack.layers)]
+    legacy = {}
+    for key, value in model.state_dict().items():
+        parts = key.split(".")
+        if parts[0] != "layers":
+            legacy[key] = value
+            continue
+        g, (name, k) = int(parts[1]), parts[3].rsplit("_l", 1)
+        i = where.index((g, int(k)))
+        ode = model.layers[g].cells
+        legacy[f"layers.{i}.cell.field.{name}" if ode else f"layers.{i}.rnn.{name}_l0"] = value.clone()
+    fresh = LanguageModel(11, ["gru-ode:rk4", "gru-ode:rk4", "torch-lstm", "torch-lstm", "lstm"], layers=5, hidden=4)
+    fresh.load_state_dict(legacy)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    _, _, state = model(torch.randint(0, 11, (2, 3)))
+    per_layer = model.per_layer_state(state)
+    assert len(per_layer) == 5 and per_layer[0].shape == (2, 4) and len(per_layer[2]) == 2
+    again = model.per_stack_state(per_layer)
+    assert torch.equal(again[0], state[0]) and all(torch.equal(a, b) for a, b in zip(again[1], state[1]))
 
 
 def tiny(grad, cell="gru-ode:rk4:steps=2", adjoint=None):
@@ -139,7 +171,7 @@ def test_gradient_modes_agree_with_finite_differences(grad):
     model = tiny(grad, "gru-ode:dopri5:rtol=1e-11:atol=1e-13" if grad == "adjoint" else "rnn:rk4", adjoint)
     g = torch.Generator().manual_seed(1)
     idx, targets = torch.randint(0, 11, (2, 4), generator=g), torch.randint(0, 11, (2, 4), generator=g)
-    weight = model.layers[0].cell.field.weight_hh
+    weight = model.ode_cells()[0].field.weight_hh
     model.zero_grad()
     model(idx, targets)[1].backward()
     analytic = weight.grad.clone()

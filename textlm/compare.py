@@ -128,8 +128,8 @@ def _measure(config: CompareConfig, run: Path) -> dict:
     vocab = Vocabulary.from_dict(data["vocab"])
     corpus = load_corpus(config.corpus, config.text, config.level, config.data_root)
     metrics = generation_metrics(model, vocab, corpus.valid, prompts=config.prompts)
-    margins = [stability.check(layer.cell, inputs=x).margin
-               for _, layer, x in model.ode_layer_inputs(_probe_tokens(model))]
+    margins = [stability.check(cell, inputs=x).margin
+               for _, cell, x in model.ode_layer_inputs(_probe_tokens(model))]
     return {"bleu": metrics.bleu, "rouge_l": metrics.rouge_l, "combined": metrics.combined,
             "margin": min(margins) if margins else None}
 
@@ -240,14 +240,14 @@ def _stability_plot(config: CompareConfig, rows: list[dict]) -> list[Path]:
         layers = model.ode_layer_inputs(_probe_tokens(model))
         if not layers:
             continue
-        _, layer, x = layers[0]
-        report = stability.check(layer.cell, inputs=x)
+        _, first_cell, x = layers[0]
+        report = stability.check(first_cell, inputs=x)
         z = report.eigenvalues
         zoom = {}
         if len(z) and np.abs(z).max() < 0.2:  # a small step: the cloud would be a dot at the origin
             half = 1.5 * max(np.abs(z.real).max(), np.abs(z.imag).max(), 1e-6)
             zoom = {"xlim": (-2 * half, half), "ylim": (-1.5 * half, 1.5 * half)}
-        fig = butcher.plot_stability_region(layer.cell.tableau, z, point_label="h·λ(∂f/∂y)", **zoom)
+        fig = butcher.plot_stability_region(first_cell.tableau, z, point_label="h·λ(∂f/∂y)", **zoom)
         margin = f"{report.margin:+.3f}" if abs(report.margin) >= 1e-3 else f"{report.margin:+.2e}"
         fig.axes[0].set_title(f"{cell} (seed {first['seed']}): margin {margin}" + (" (zoomed)" if zoom else ""))
         target = out / f"stability_{_slug(cell)}.png"

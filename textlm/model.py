@@ -1,11 +1,12 @@
 """The shared language model: embedding → L recurrent layers → dropout → linear decoder.
 
 Every layer is either a generated ODE cell (any ``odernn`` spec: ``gru-ode:rk4``, ``rnn:euler``,
-…) run token by token, or a fused PyTorch baseline (``torch-rnn``, ``torch-lstm``, ``torch-gru``),
-so classical and generated architectures are compared inside the same model. Dropout sits on the
-non-recurrent connections (Zaremba et al. 2014).
+…) or a fused PyTorch baseline (``torch-rnn``, ``torch-lstm``, ``torch-gru``), so classical and
+generated architectures are compared inside the same model. Consecutive layers with the same spec
+are one module — an ``odernn.ODERNN`` or an ``nn.RNN``/``nn.LSTM``/``nn.GRU`` with ``num_layers`` —
+which runs whole sequences. Dropout sits on the non-recurrent connections (Zaremba et al. 2014).
 
-Gradient modes of the ODE layers (``grad=``):
+Gradient modes of the ODE layers (``grad=``, see ``odernn.ODERNN``):
 
 - ``backprop``: through every solver step (memory grows with the steps per token);
 - ``checkpoint``: each token's steps are recomputed in the backward pass (exact; memory per token);
@@ -15,17 +16,18 @@ Gradient modes of the ODE layers (``grad=``):
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 import butcher
 import odernn
 
 __all__ = ["LanguageModel", "GRAD_MODES", "TORCH_CELLS", "ModelError"]
 
-GRAD_MODES = ("backprop", "checkpoint", "adjoint")
+GRAD_MODES = odernn.GRAD_MODES
 TORCH_CELLS = {"torch-rnn": nn.RNN, "torch-lstm": nn.LSTM, "torch-gru": nn.GRU}
 
 
@@ -41,66 +43,40 @@ def detach_state(state):
     return type(state)(detach_state(s) for s in state)
 
 
-class TorchLayer(nn.Module):
-    """One fused ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` layer, time-major."""
+class RecurrentStack(nn.Module):
+    """``layers`` equal recurrent layers over ``(T, B, ·)``: ``forward(x, state) -> (output, state)``
+    with ``state`` in ``nn.GRU``'s layout ``(layers, B, H)`` (a tuple for two-block cells)."""
 
-    def __init__(self, kind: str, input_size: int, hidden_size: int):
+    def __init__(self, spec: str, input_size: int, hidden_size: int, layers: int, dropout: float, grad: str,
+                 adjoint: odernn.AdjointMethod):
         super().__init__()
-        self.kind = kind
-        self.rnn = TORCH_CELLS[kind](input_size, hidden_size)
+        self.spec = spec
+        if spec.lower() in TORCH_CELLS:
+            self.rnn = TORCH_CELLS[spec.lower()](input_size, hidden_size, layers, dropout=dropout)
+            return
+        try:
+            self.rnn = odernn.ODERNN(spec, input_size, hidden_size, layers, dropout=dropout, grad=grad, adjoint=adjoint)
+        except odernn.CellSpecError as err:
+            raise ModelError(str(err)) from None
+        except (ValueError, KeyError, butcher.UnknownMethodError) as err:  # an unusable adjoint solver
+            raise ModelError(f"{spec}: {'adjoint: ' if grad == 'adjoint' else ''}{err}") from None
 
     def forward(self, x, state):
         return self.rnn(x, state)
 
-    def describe(self) -> str:
-        return self.kind
+    @property
+    def cells(self) -> list:
+        """The ODE cell of each layer (none for a PyTorch baseline)."""
+        return self.rnn.cells if isinstance(self.rnn, odernn.ODERNN) else []
 
-
-class ODELayer(nn.Module):
-    """A generated cell run over the tokens of ``x`` ``(T, B, input)``, with the gradient mode."""
-
-    def __init__(self, spec: str, input_size: int, hidden_size: int, grad: str, adjoint: odernn.AdjointMethod):
-        super().__init__()
-        try:
-            self.cell = odernn.cell(spec, input_size, hidden_size)
-        except odernn.CellSpecError as err:
-            raise ModelError(str(err)) from None
-        self.spec, self.grad, self.adjoint = spec, grad, adjoint
-        if grad == "adjoint":
-            try:  # fail now, not at the first backward pass
-                adjoint.scheme(self.cell)
-            except (ValueError, KeyError, butcher.UnknownMethodError) as err:
-                raise ModelError(f"{spec}: adjoint: {err}") from None
-
-    def _checkpoint_token(self, x, state):
-        """One token's steps without a graph; recomputed with one in the backward pass. The
-        re-entrant form runs the forward under ``no_grad``: the non-re-entrant one still records an
-        autograd node per operation, which grows with the steps per token (measured: 0.6 → 3.2 MiB
-        from 1 to 8 steps in benchmarks/adjoint_memory.py)."""
-        field = self.cell.field
-        if state is None:
-            state = field.initial_state(x.shape[0], x.dtype, x.device)
-        blocks = field.to_blocks(state)
-
-        def token(x, *blocks):
-            return field.to_blocks(self.cell(x, field.from_blocks(blocks)))
-        return field.from_blocks(tuple(checkpoint(token, x, *blocks, use_reentrant=True)))
-
-    def forward(self, x, state):
-        outputs = []
-        training = torch.is_grad_enabled()
-        for x_t in x:
-            if training and self.grad == "checkpoint":
-                state = self._checkpoint_token(x_t, state)
-            elif training and self.grad == "adjoint":
-                state = odernn.adjoint(self.cell, x_t, state, self.adjoint)
-            else:
-                state = self.cell(x_t, state)
-            outputs.append(state if isinstance(state, torch.Tensor) else state[0])
-        return torch.stack(outputs), state
+    @property
+    def layers(self) -> int:
+        return self.rnn.num_layers
 
     def describe(self) -> str:
-        return self.cell.describe()
+        if isinstance(self.rnn, odernn.ODERNN):
+            return " → ".join(cell.describe() for cell in self.rnn.cells)
+        return " → ".join([self.spec.lower()] * self.layers)
 
 
 class LanguageModel(nn.Module):
@@ -127,13 +103,15 @@ class LanguageModel(nn.Module):
         self.config = {"vocab_size": vocab_size, "cell": specs, "layers": layers, "hidden": hidden, "embed": embed,
                        "dropout": dropout, "tie_weights": tie_weights, "grad": grad}
         self.embedding = nn.Embedding(vocab_size, embed)
-        self.layers = nn.ModuleList()
-        for i, spec in enumerate(specs):
-            width = embed if i == 0 else hidden
-            if spec.lower() in TORCH_CELLS:
-                self.layers.append(TorchLayer(spec.lower(), width, hidden))
-            else:
-                self.layers.append(ODELayer(spec, width, hidden, grad, adjoint or odernn.AdjointMethod()))
+        self.layers = nn.ModuleList()  # one RecurrentStack per run of equal specs
+        first = 0
+        for last in range(1, len(specs) + 1):
+            if last == len(specs) or specs[last].lower() != specs[first].lower():
+                width = embed if first == 0 else hidden
+                self.layers.append(RecurrentStack(specs[first], width, hidden, last - first, dropout, grad,
+                                                  adjoint or odernn.AdjointMethod()))
+                first = last
+        self._register_load_state_dict_pre_hook(self._upgrade_state_dict)
         self.drop = nn.Dropout(dropout)
         self.decoder = nn.Linear(hidden, vocab_size)
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
@@ -145,14 +123,61 @@ class LanguageModel(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, state=None):
         x = self.drop(self.embedding(idx.T))  # (T, B, E): time-major inside
         state = list(state) if state is not None else [None] * len(self.layers)
-        for i, layer in enumerate(self.layers):
-            x, state[i] = layer(x, state[i])
+        for i, stack in enumerate(self.layers):
+            x, state[i] = stack(x, state[i])  # (T, B, H); dropout between a stack's layers is its own
             x = self.drop(x)
         logits = self.decoder(x).transpose(0, 1)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         return logits, loss, state
+
+    def _upgrade_state_dict(self, state_dict, prefix, *args):
+        """Checkpoints written before a stack of equal layers was one module: layer ``i`` was
+        ``layers.i.cell.field.NAME`` (ODE) or ``layers.i.rnn.NAME_l0`` (PyTorch); it is now layer
+        ``k`` of stack ``g``, ``layers.g.rnn.NAME_lk``."""
+        where = [(g, k) for g, stack in enumerate(self.layers) for k in range(stack.layers)]
+        pattern = re.compile(re.escape(prefix) + r"layers\.(\d+)\.(?:cell\.field\.(\w+)|rnn\.(\w+)_l0)$")
+        matches = [(key, m) for key in state_dict if (m := pattern.match(key))]
+        # old keys name layers, new ones stacks: old if an ODE key has the old form, or an index
+        # reaches past the last stack (with one layer per stack the PyTorch keys are the same)
+        legacy = any(m.group(2) for _, m in matches) or any(int(m.group(1)) >= len(self.layers) for _, m in matches)
+        if not legacy:
+            return
+        for key, m in matches:
+            if int(m.group(1)) < len(where):
+                g, k = where[int(m.group(1))]
+                state_dict[f"{prefix}layers.{g}.rnn.{m.group(2) or m.group(3)}_l{k}"] = state_dict.pop(key)
+
+    def per_layer_state(self, state) -> list:
+        """The carried state, one entry per layer (``(B, H)``, or a tuple of them), from one entry
+        per stack (``(layers, B, H)``); ``None`` entries stay ``None``."""
+        out = []
+        for stack, entry in zip(self.layers, state):
+            for k in range(stack.layers):
+                if entry is None:
+                    out.append(None)
+                else:
+                    out.append(entry[k] if isinstance(entry, torch.Tensor) else tuple(block[k] for block in entry))
+        return out
+
+    def per_stack_state(self, layers: list) -> list:
+        """The inverse of :meth:`per_layer_state`; a state that is already one entry per stack (its
+        tensors have a layer dimension) is returned as it is (so it reads checkpoints of both kinds)."""
+        first = next((entry for entry in layers if entry is not None), None)
+        if first is None or (first if isinstance(first, torch.Tensor) else first[0]).dim() == 3:
+            return list(layers) if first is not None else [None] * len(self.layers)
+        out, index = [], 0
+        for stack in self.layers:
+            group = layers[index:index + stack.layers]
+            index += stack.layers
+            if any(entry is None for entry in group):
+                out.append(None)
+            elif isinstance(group[0], torch.Tensor):
+                out.append(torch.stack(group))
+            else:
+                out.append(tuple(torch.stack(blocks) for blocks in zip(*group)))
+        return out
 
     @classmethod
     def from_checkpoint(cls, data: dict) -> "LanguageModel":
@@ -166,20 +191,26 @@ class LanguageModel(nn.Module):
         return model.eval()
 
     @torch.no_grad()
-    def ode_layer_inputs(self, idx: torch.Tensor) -> list[tuple[int, "ODELayer", torch.Tensor]]:
-        """``(index, layer, inputs)`` for every ODE layer, its inputs ``(T, B, ·)`` along the token
-        sequence ``idx`` ``(B, T)``: the embeddings for the first layer, the previous layer's
+    def ode_layer_inputs(self, idx: torch.Tensor) -> list[tuple[int, object, torch.Tensor]]:
+        """``(layer index, cell, inputs)`` for every ODE layer, its inputs ``(T, B, ·)`` along the
+        token sequence ``idx`` ``(B, T)``: the embeddings for the first layer, the previous layer's
         outputs for the others (no dropout) — what the stability check of a trained model drives
         each cell with."""
-        x, out = self.embedding(idx.T), []
-        for i, layer in enumerate(self.layers):
-            if isinstance(layer, ODELayer):
-                out.append((i, layer, x))
-            x, _ = layer(x, None)
+        x, out, index = self.embedding(idx.T), [], 0
+        for stack in self.layers:
+            if stack.cells:
+                for k, inputs in enumerate(stack.rnn.layer_inputs(x)):
+                    out.append((index + k, stack.cells[k], inputs))
+            x, _ = stack(x, None)
+            index += stack.layers
         return out
 
+    def layer_cells(self) -> list:
+        """The ODE cell of each layer, ``None`` for a PyTorch layer."""
+        return [cell for stack in self.layers for cell in (stack.cells or [None] * stack.layers)]
+
     def ode_cells(self) -> list:
-        return [layer.cell for layer in self.layers if isinstance(layer, ODELayer)]
+        return [cell for cell in self.layer_cells() if cell is not None]
 
     def describe(self) -> str:
-        return " → ".join(layer.describe() for layer in self.layers)
+        return " → ".join(stack.describe() for stack in self.layers)

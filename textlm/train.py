@@ -221,7 +221,7 @@ class Trainer:
             self.optimizer.load_state_dict(saved["optimizer"])
             self.position = _Position(**saved["position"])
             torch.set_rng_state(saved["rng"])
-            self.state = saved["state"]
+            self.state = None if saved["state"] is None else self.model.per_stack_state(saved["state"])
         except (KeyError, TypeError, RuntimeError, ValueError) as err:
             raise CheckpointError(f"{self.checkpoint_path} does not match this model: {str(err)[:300]}") from None
 
@@ -268,18 +268,16 @@ class Trainer:
 
     def _probe(self, x) -> None:
         import stability
+        cells = self.model.layer_cells()
         if not self.probes:
-            self.probes = {i: stability.Probe(layer.cell, every=1, warn=True)
-                           for i, layer in enumerate(self.model.layers) if hasattr(layer, "cell")}
+            self.probes = {i: stability.Probe(cell, every=1, warn=True) for i, cell in enumerate(cells) if cell}
         inputs = self.model.embedding(x[:, -1]).detach()
-        for i, (layer, state) in enumerate(zip(self.model.layers, self.state)):
+        for i, state in enumerate(self.model.per_layer_state(self.state)):
             if i in self.probes:
                 result = self.probes[i](self.position.step, inputs, state)
-                self._log({"step": self.position.step, "event": "probe", "cell": layer.cell.describe(),
+                self._log({"step": self.position.step, "event": "probe", "cell": cells[i].describe(),
                            "margin": result.margin})
             inputs = (state if isinstance(state, torch.Tensor) else state[0]).detach()
-            if inputs.dim() == 3:
-                inputs = inputs[-1]
 
     def evaluate(self, split: str = "valid") -> float:
         return evaluate_loss(self.model, self.corpus.split(split), tokens=self.config.eval_tokens)

@@ -52,7 +52,7 @@ def _checkpoint_cells(args):
     model, vocab, _ = _load_model(args.spec)
     generator = torch.Generator().manual_seed(args.seed)
     idx = torch.randint(0, len(vocab), (1, args.samples), generator=generator)
-    out = [(f"layer {i} ({layer.spec})", layer.cell, x) for i, layer, x in model.ode_layer_inputs(idx)]
+    out = [(f"layer {i} ({cell.describe()})", cell, x) for i, cell, x in model.ode_layer_inputs(idx)]
     if not out:
         raise CLIError(f"{args.spec} has no ODE layers (its cells are torch baselines)")
     return out
