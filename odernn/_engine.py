@@ -15,9 +15,10 @@ with ``J_f(Y_i)ᵀ κ_i`` from the field's own vector–Jacobian products and on
 ``W``. No autograd graph is built per token: ``_Sequence`` is one ``autograd.Function`` over the
 sequence. It is tested equal to autograd through the per-token cell.
 
-Two memory modes: ``stored`` keeps each evaluation's stage values and activations from the
-forward pass (fast); ``recompute`` keeps only the state at each token and re-runs one token's
-stages at a time in the backward pass (memory flat in the steps per token, like ``checkpoint``).
+Two memory modes: stored stages (``grad="backprop"``) keep each evaluation's stage values and
+activations from the forward pass (fast); recomputed ones (``grad="checkpoint"``) keep only the
+state at each token and re-run one token's stages at a time in the backward pass (memory flat in
+the steps per token).
 
 Partitioned stepping (``nn.LSTMCell``'s scheme) advances the blocks one group at a time. When an
 evaluation reads the same recurrent-input blocks as an earlier one of the same token (the LSTM's
@@ -49,7 +50,7 @@ def _lincomb(terms):
     """``Σ a x`` over the terms whose ``x`` is not ``None``; ``None`` when there are none."""
     out = None
     for a, x in terms:
-        if x is None:
+        if x is None or a == 0.0:
             continue
         if out is None:
             out = x if a == 1.0 else x * a
@@ -157,10 +158,10 @@ class TokenProgram:
                 for slot, k in enumerate(group):
                     terms = [(scale * b_i, lam_plus[k])] + [(scale * a, mu[j][k] if mu[j] else None) for j, a in row]
                     kappa.append(_lincomb(terms))
-                if e.K is not None:  # ∂L/∂h = Σ_i ⟨κ_i / h, K_i⟩
+                if e.K is not None:  # ∂L/∂h = Σ_i ⟨κ_i / h, K_i⟩ (K is kept only where h is a tensor, unscaled here)
                     for kap, K in zip(kappa, e.K):
                         if kap is not None:
-                            term = (kap * K).sum(dim=-1, keepdim=True) / (h if scaled else 1.0)
+                            term = (kap * K).sum(dim=-1, keepdim=True)
                             grad_h = term if grad_h is None else grad_h + term
                 if not scaled:
                     kappa = [None if kap is None else kap * h for kap in kappa]
@@ -225,36 +226,34 @@ class _Sequence(torch.autograd.Function):
     ``(T, B, 1)`` tensor; a float gets none), ``W``, ``b`` and the initial blocks."""
 
     @staticmethod
-    def forward(ctx, program: TokenProgram, mode: str, C, h, W, b, *y0):
+    def forward(ctx, program: TokenProgram, recompute: bool, C, h, W, b, *y0):
         ctx.set_materialize_grads(False)
         keep_K = isinstance(h, torch.Tensor) and ctx.needs_input_grad[3]
-        tapes, starts = [], []
-        out = C.new_empty(C.shape[0], C.shape[1], y0[0].shape[-1])
+        tapes, starts, outputs = [], [], []
         output_block = program.field.output_block
         y = y0
         for t in range(C.shape[0]):
             h_t = h[t] if isinstance(h, torch.Tensor) else h
-            if mode == "recompute":
+            if recompute:
                 starts.append(y)
                 y = program.token(y, C[t], h_t, W, b)
             else:
                 tapes.append(_Tape())
                 y = program.token(y, C[t], h_t, W, b, tapes[-1], keep_K)
-            out[t] = y[output_block]
-        ctx.program, ctx.mode, ctx.tapes, ctx.starts, ctx.h, ctx.keep_K = program, mode, tapes, starts, h, keep_K
+            outputs.append(y[output_block])
+        ctx.program, ctx.recompute, ctx.tapes, ctx.starts, ctx.h, ctx.keep_K = program, recompute, tapes, starts, h, keep_K
         ctx.save_for_backward(C, W, b)
-        return (out, *y)
+        return (torch.stack(outputs), *y)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, *grad_final):
         program, h = ctx.program, ctx.h
         C, W, b = ctx.saved_tensors
-        stored = ctx.mode == "stored"
-        # stored: one product over the whole sequence; recompute: bounded batches, so that memory
-        # stays flat in the steps per token
-        weight_grad = _WeightGradient(float("inf") if stored else 4096)
-        grad_C = torch.zeros_like(C)
+        # stored stages: one product over the whole sequence; recomputed ones: bounded batches of
+        # rows, so that memory stays flat in the steps per token
+        weight_grad = _WeightGradient(4096 if ctx.recompute else float("inf"))
+        grad_C = [None] * C.shape[0]
         grad_h = torch.zeros_like(h) if ctx.keep_K else None
         lam = list(grad_final)
         output_block = program.field.output_block
@@ -263,17 +262,16 @@ class _Sequence(torch.autograd.Function):
                 g = grad_out[t]
                 lam[output_block] = g if lam[output_block] is None else lam[output_block] + g
             h_t = h[t] if isinstance(h, torch.Tensor) else h
-            if stored:
-                tape = ctx.tapes[t]  # kept: a graph retained for a second backward pass reads it again
-            else:
+            if ctx.recompute:
                 tape = _Tape()
                 program.token(ctx.starts[t], C[t], h_t, W, b, tape, ctx.keep_K)
-            lam, g_context, g_h = program.token_reverse(tape, lam, h_t, W, weight_grad)
-            if g_context is not None:
-                grad_C[t] = g_context
+            else:
+                tape = ctx.tapes[t]  # kept: a graph retained for a second backward pass reads it again
+            lam, grad_C[t], g_h = program.token_reverse(tape, lam, h_t, W, weight_grad)
             if g_h is not None:
                 grad_h[t] = g_h
         weight_grad.flush()
+        grad_C = torch.stack([torch.zeros_like(C[0]) if g is None else g for g in grad_C])
         grad_W = weight_grad.W if weight_grad.W is not None else torch.zeros_like(W)
         grad_b = None if b is None else (weight_grad.b if weight_grad.b is not None else torch.zeros_like(b))
         return (None, None, grad_C, grad_h, grad_W, grad_b, *lam)
@@ -332,7 +330,7 @@ def run_sequence(cell, x, y0: tuple, dt, mask=None, grad: str = "backprop", adjo
     program = TokenProgram(cell)
     tensors = (C, h, W, b, *y0)
     if torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in tensors):
-        out, *y = _Sequence.apply(program, "recompute" if grad == "checkpoint" else "stored", *tensors)
+        out, *y = _Sequence.apply(program, grad == "checkpoint", *tensors)
         return out, tuple(y)
     outputs, y = [], y0
     for t in range(C.shape[0]):

@@ -58,6 +58,10 @@ class ODERNN(nn.Module):
     Parameters are the field's, named as in ``nn.GRU``: ``weight_hh_l0``, ``bias_ih_l1_reverse``,
     so the state_dict of an ``nn.GRU``, ``nn.LSTM`` or ``nn.RNN`` loads into the matching field.
 
+    ``spec`` is a cell spec (``"gru-ode:rk4:steps=2"``, see :func:`odernn.cell`) or a factory
+    ``(input_size, hidden_size) -> ODECell`` for cells a spec cannot name, such as a
+    ``ModuleField`` of your own (``bias`` then is the factory's business).
+
     >>> import torch, odernn
     >>> rnn = odernn.ODERNN("gru-ode:rk4", input_size=8, hidden_size=16, num_layers=2)
     >>> output, h_n = rnn(torch.randn(5, 3, 8))      # (T, B, E) → (T, B, H), (layers, B, H)
@@ -70,7 +74,7 @@ class ODERNN(nn.Module):
     True
     """
 
-    def __init__(self, spec: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+    def __init__(self, spec, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
                  grad: str = "backprop", adjoint: AdjointMethod | None = None, fused: bool = True):
         super().__init__()
@@ -91,7 +95,10 @@ class ODERNN(nn.Module):
         for layer in range(num_layers):
             for direction in range(directions):
                 width = input_size if layer == 0 else hidden_size * directions
-                made = make_cell(spec, width, hidden_size, **({} if bias else {"bias": False}))
+                made = spec(width, hidden_size) if callable(spec) else make_cell(
+                    spec, width, hidden_size, **({} if bias else {"bias": False}))
+                if not isinstance(made, ODECell):
+                    raise TypeError(f"ODERNN: the cell factory returned {type(made).__name__}, not an odernn.ODECell")
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
                 pairs = []
                 for path, p in made.field.named_parameters():
@@ -288,7 +295,8 @@ class ODERNN(nn.Module):
 
     def extra_repr(self) -> str:
         cell = self._cells[0]
-        return (f"{self.spec!r}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+        spec = self.spec if isinstance(self.spec, str) else getattr(self.spec, "__name__", "factory")
+        return (f"{spec!r}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"n={cell.n}, t={cell.t}, tableau={cell.tableau.name!r}, grad={self.grad!r}"
                 + (", batch_first=True" if self.batch_first else "") + (f", dropout={self.dropout}" if self.dropout else "")
                 + (", bidirectional=True" if self.bidirectional else "") + ("" if self.bias else ", bias=False"))

@@ -307,6 +307,22 @@ def test_a_module_field_sequence_is_differentiated_by_autograd():
     assert out.grad_fn is not None and type(out.grad_fn).__name__ != "_SequenceBackward"
 
 
+def test_a_cell_factory_takes_a_users_own_field():
+    torch.manual_seed(11)
+    rnn = odernn.ODERNN(lambda i, h: odernn.ODECell(odernn.ModuleField(_Decay(), i, h), "midpoint"), 4, 4,
+                        num_layers=2)
+    assert [name for name, _ in rnn.named_parameters()] == ["module_W_l0", "module_W_l1"]
+    x = torch.randn(5, 2, 4, requires_grad=True)
+    out, h_n = rnn(x)
+    first, _ = cell_loop(rnn.cells[0], x, None)
+    second, last = cell_loop(rnn.cells[1], first, None)
+    assert (out - second).abs().max() <= 1e-14 and (h_n[1] - last[0]).abs().max() <= 1e-14
+    _assert_close(_gradients(out.sum(), [x, *rnn.parameters()]), _gradients(second.sum(), [x, *rnn.parameters()]),
+                  1e-12, "factory")
+    with pytest.raises(TypeError, match="not an odernn.ODECell"):
+        odernn.ODERNN(lambda i, h: nn.GRUCell(i, h), 4, 4)
+
+
 def test_the_gradient_modes_agree():
     torch.manual_seed(9)
     runs = {mode: odernn.ODERNN("gru-ode:rk4:steps=4", 3, 5, grad=mode) for mode in odernn.GRAD_MODES}
