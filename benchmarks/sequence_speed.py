@@ -7,7 +7,9 @@ is shared and noisy) hits all of them alike; each figure is the median over ``--
 - ``engine``: the sequence engine (``fused=False``): the backward pass generated from the tableau;
 - ``fused kernel``: the default ``ODERNN`` of a spec that equals ``nn.GRU``/``nn.LSTM`` (forward
   Euler, Δ = 1), which hands the layers to PyTorch's own kernel (oneDNN here, cuDNN on a GPU);
-- ``cell loop``: the per-token ``odernn.cell`` under autograd, what ``textlm`` ran before ``ODERNN``.
+- ``cell loop``: the per-token ``odernn.cell`` under autograd, what ``textlm`` ran before ``ODERNN``;
+- ``nn.LSTM, oneDNN off``: on a CPU ``nn.LSTM`` is oneDNN's fused LSTM primitive; this row is
+  PyTorch's own implementation of it, for comparison.
 
 The language-model row trains ``textlm.LanguageModel`` (vocabulary 65, one layer of 256, batch 32
 × bptt 64, AdamW): tokens per second of the whole step, optimiser included.
@@ -21,6 +23,7 @@ import argparse
 import json
 import statistics
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -83,6 +86,16 @@ def cell_loop_step(cell, x):
     return step
 
 
+def without_onednn(step):
+    """On a CPU ``nn.LSTM`` runs oneDNN's fused LSTM; this is PyTorch's own per-token loop instead."""
+    def run():
+        with warnings.catch_warnings():  # the flags' setter warns about TF32 on Intel GPUs
+            warnings.simplefilter("ignore")
+            with torch.backends.mkldnn.flags(enabled=False):
+                step()
+    return run
+
+
 def engine(spec, E, H, device, **options):
     return odernn.ODERNN(spec, E, H, fused=False, **options).to(device)
 
@@ -103,6 +116,7 @@ def layer_rows(B, H, device, repeats, sync, full: bool, T: int = 64) -> tuple[di
             "gru-ode:euler cell loop": cell_loop_step(odernn.cell("gru-ode:euler", H, H).to(device), x),
             "gru-ode:rk4 cell loop": cell_loop_step(odernn.cell("gru-ode:rk4", H, H).to(device), x),
             "nn.LSTM": layer_step(lstm, x),
+            "nn.LSTM, oneDNN off": without_onednn(layer_step(lstm, x)),
             "lstm:euler engine": layer_step(engine("lstm:euler", H, H, device), x),
             "lstm:euler default (fused kernel)": layer_step(fused_lstm, x),
         })
@@ -120,6 +134,7 @@ def layer_rows(B, H, device, repeats, sync, full: bool, T: int = 64) -> tuple[di
             "gru-ode:rk4 cell loop / engine": times["gru-ode:rk4 cell loop"] / times["gru-ode:rk4 engine"],
             "lstm:euler engine / nn.LSTM": times["lstm:euler engine"] / times["nn.LSTM"],
             "lstm:euler default (fused kernel) / nn.LSTM": times["lstm:euler default (fused kernel)"] / times["nn.LSTM"],
+            "lstm:euler engine / nn.LSTM with oneDNN off": times["lstm:euler engine"] / times["nn.LSTM, oneDNN off"],
         })
     return times, ratios
 

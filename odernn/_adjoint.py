@@ -78,20 +78,31 @@ class _TokenAdjoint(torch.autograd.Function):
         context, *y = ctx.saved_tensors
         field = cell.field
         params = tuple(field.parameters())
-        trainable = [i for i, p in enumerate(params) if p.requires_grad]
-        leaf = context.detach().requires_grad_()
+        trainable = [p for p in params if p.requires_grad]
+        with torch.enable_grad():  # the recurrent map as a function of the parameters: one chain rule at the end
+            structure = field.recurrent()
+        if structure is not None:
+            # the field's own vector–Jacobian products: no graph per stage; the parameter blocks of
+            # the augmented system are the gradients of the recurrent map (W, b)
+            W, b = structure
+            recurrent = [t for t in (W, b) if t is not None]
+            augmented = _structured_augmented(field, context, n, W.detach(), None if b is None else b.detach())
+            gradients = tuple(torch.zeros_like(t) for t in recurrent)
+        else:
+            leaf = context.detach().requires_grad_()
 
-        def augmented(blocks):
-            with torch.enable_grad():
-                yv = tuple(b.detach().requires_grad_() for b in blocks[:n])
-                out = field(leaf, yv)
-                inputs = (*yv, leaf, *(params[i] for i in trainable))
-                grads = torch.autograd.grad(out, inputs, blocks[n:2 * n], allow_unused=True)
-            grads = tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs))
-            return (*(-o.detach() for o in out), *grads)
+            def augmented(blocks):
+                with torch.enable_grad():
+                    yv = tuple(b.detach().requires_grad_() for b in blocks[:n])
+                    out = field(leaf, yv)
+                    inputs = (*yv, leaf, *trainable)
+                    grads = torch.autograd.grad(out, inputs, blocks[n:2 * n], allow_unused=True)
+                grads = tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs))
+                return (*(-o.detach() for o in out), *grads)
+            gradients = tuple(torch.zeros_like(p) for p in trainable)
 
         state = (*y, *(g if g is not None else torch.zeros_like(b) for g, b in zip(grad_out, y)),
-                 torch.zeros_like(context), *(torch.zeros_like(params[i]) for i in trainable))
+                 torch.zeros_like(context), *gradients)
         scheme = ctx.method.scheme(cell)
         steps = ctx.method.steps or cell.steps
         h = ctx.interval / steps
@@ -100,11 +111,35 @@ class _TokenAdjoint(torch.autograd.Function):
         else:
             for _ in range(steps):
                 state = scheme.step(augmented, state, h)
-        grad_blocks, grad_context = state[n:2 * n], state[2 * n]
-        grad_params = [None] * len(params)
-        for slot, i in enumerate(trainable):
-            grad_params[i] = state[2 * n + 1 + slot]
+        grad_blocks, grad_context, integrated = state[n:2 * n], state[2 * n], state[2 * n + 1:]
+        if structure is not None and trainable:
+            integrated = torch.autograd.grad(recurrent, trainable, integrated, allow_unused=True)
+        by_parameter = dict(zip(map(id, trainable), integrated))
+        grad_params = [by_parameter.get(id(p)) for p in params]
         return (None, None, None, grad_context, None, *grad_blocks, *grad_params)
+
+
+def _structured_augmented(field, context, n: int, W, b):
+    """The augmented system ``(−f, (∂f/∂y)ᵀa, (∂f/∂c)ᵀa, (∂f/∂W)ᵀa, (∂f/∂b)ᵀa)`` from the field's
+    structure (``odernn._fields``): one product with ``W`` forward, one back, one for ``∂f/∂W``."""
+    which = tuple(range(n))
+    widths = None
+
+    def augmented(blocks):
+        nonlocal widths
+        y, a = blocks[:n], blocks[n:2 * n]
+        y_in = field.recurrent_input(y)
+        act = field.activate(context, field.preactivation(context, y_in, W, b))
+        f = field.derivative(act, y, which)
+        grads, grad_act = field.derivative_vjp(act, y, a, which)
+        grad_context, grad_pre = field.activate_vjp(act, grad_act)
+        grads = [torch.zeros_like(block) if g is None else g for g, block in zip(grads, y)]
+        widths = widths or [y[k].shape[-1] for k in field.recurrent_blocks]
+        for k, part in zip(field.recurrent_blocks, (grad_pre @ W).split(widths, dim=-1)):
+            grads[k] = grads[k] + part
+        out = (*(-d for d in f), *grads, grad_context, grad_pre.T @ y_in)
+        return out if b is None else (*out, grad_pre.sum(dim=0))
+    return augmented
 
 
 def adjoint_token(cell, context, blocks: tuple, interval: float, method: AdjointMethod | None = None) -> tuple:

@@ -323,6 +323,20 @@ def test_a_cell_factory_takes_a_users_own_field():
         odernn.ODERNN(lambda i, h: nn.GRUCell(i, h), 4, 4)
 
 
+def test_a_constrained_cell_trains_its_parametrised_weight():
+    """``constraint=spectral`` parametrises W_hh (stability): the layer registers the original
+    weight under its torch-style name and runs the parametrised one."""
+    torch.manual_seed(12)
+    rnn = odernn.ODERNN("rnn:rk4:dt=2:constraint=spectral", 3, 5)
+    assert "weight_hh_original_l0" in dict(rnn.named_parameters())
+    x = torch.randn(4, 2, 3)
+    out, _ = rnn(x)
+    ref, _ = cell_loop(rnn.cells[0], x, None)
+    assert (out - ref).abs().max() <= 1e-12
+    out.sum().backward()
+    assert rnn.weight_hh_original_l0.grad.abs().sum() > 0
+
+
 def test_the_gradient_modes_agree():
     torch.manual_seed(9)
     runs = {mode: odernn.ODERNN("gru-ode:rk4:steps=4", 3, 5, grad=mode) for mode in odernn.GRAD_MODES}
