@@ -3,11 +3,12 @@ the three gradient modes of the trainer.
 
     python benchmarks/adjoint_memory.py [--cell gru-ode:rk4] [--steps 1 2 4 8 16 32 64]
 
-Each (mode, steps) runs in a fresh process. Memory: the bytes the C allocator holds (glibc
+Memory: each (mode, steps) in a fresh process, the bytes the C allocator holds (glibc
 ``mallinfo2``: in-use heap plus mmapped blocks, where PyTorch's CPU tensors live) at the end of the
 forward pass minus before it — the activations and graph kept for the backward pass, which is the
 peak of a training step (the adjoint's backward solve adds working memory independent of the
-steps). Time: the median of 3 steps after a warm-up. Goals:
+steps). Time: the three modes of one step count in one process, timed round-robin (so that the
+machine's drift hits them alike), the median of ``--repeats`` after a warm-up. Goals:
 ``checkpoint`` and ``adjoint`` flat in the steps (≤ 10 % growth from 1 to 64), ``backprop``
 growing, and ``adjoint`` at most 2.5× the time of ``backprop`` at the same steps.
 """
@@ -22,17 +23,14 @@ import time
 MODES = ("backprop", "checkpoint", "adjoint")
 
 
-def one(cell: str, steps: int, mode: str, hidden: int, batch: int, bptt: int) -> dict:
+def _training_step(cell: str, steps: int, mode: str, hidden: int, batch: int, bptt: int, held: list):
     import torch
 
     from textlm.memory import allocated_bytes
     from textlm.model import LanguageModel
     torch.manual_seed(0)
-    torch.set_num_threads(1)
     model = LanguageModel(65, f"{cell}:steps={steps}", hidden=hidden, grad=mode)
     idx = torch.randint(0, 65, (batch, bptt + 1))
-
-    held = []
 
     def step():
         model.zero_grad(set_to_none=True)
@@ -40,14 +38,34 @@ def one(cell: str, steps: int, mode: str, hidden: int, batch: int, bptt: int) ->
         _, loss, _ = model(idx[:, :-1], idx[:, 1:])
         held.append(allocated_bytes() - before)
         loss.backward()
-    step()
-    times = []
+    return step
+
+
+def one(cell: str, steps: int, mode: str, hidden: int, batch: int, bptt: int) -> dict:
+    """The memory one mode holds for the backward pass (run it in a fresh process)."""
+    import torch
+    torch.set_num_threads(1)
+    held = []
+    step = _training_step(cell, steps, mode, hidden, batch, bptt, held)
     for _ in range(3):
-        start = time.perf_counter()
         step()
-        times.append(time.perf_counter() - start)
-    return {"mode": mode, "steps": steps, "peak_mb": statistics.median(held[1:]) / 2**20,
-            "seconds": statistics.median(times)}
+    return {"mode": mode, "steps": steps, "peak_mb": statistics.median(held[1:]) / 2**20}
+
+
+def timed(cell: str, steps: int, hidden: int, batch: int, bptt: int, repeats: int) -> dict:
+    """Median seconds of a training step in each mode, the modes timed round-robin."""
+    import torch
+    torch.set_num_threads(1)
+    runs = {mode: _training_step(cell, steps, mode, hidden, batch, bptt, []) for mode in MODES}
+    for step in runs.values():
+        step()
+    times = {mode: [] for mode in MODES}
+    for _ in range(repeats):
+        for mode, step in runs.items():
+            start = time.perf_counter()
+            step()
+            times[mode].append(time.perf_counter() - start)
+    return {mode: statistics.median(t) for mode, t in times.items()}
 
 
 def main():
@@ -57,6 +75,7 @@ def main():
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--bptt", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps of each mode (default: 5)")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -73,9 +92,13 @@ def main():
                 print(proc.stderr[-2000:], file=sys.stderr)
                 continue
             results[mode, steps] = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"done {mode} {steps}: {results[mode, steps]}", file=sys.stderr, flush=True)
+        for mode, seconds in timed(args.cell, steps, args.hidden, args.batch, args.bptt, args.repeats).items():
+            if (mode, steps) in results:
+                results[mode, steps]["seconds"] = seconds
+        print(f"done {steps} steps: {[results.get((m, steps)) for m in MODES]}", file=sys.stderr, flush=True)
     print(f"\n{args.cell}, hidden {args.hidden}, batch {args.batch} × bptt {args.bptt}, one thread; "
-          "peak = memory held for the backward pass at the end of the forward pass (MiB)\n")
+          "peak = memory held for the backward pass at the end of the forward pass (MiB); "
+          f"s = median of {args.repeats} steps, the modes timed round-robin\n")
     print("| steps/token | " + " | ".join(f"{m} peak MB | {m} s" for m in MODES) + " | adjoint / backprop time |")
     print("|---|" + "---|---|" * len(MODES) + "---|")
     for steps in args.steps:

@@ -15,6 +15,7 @@ The language-model row trains ``textlm.LanguageModel`` (vocabulary 65, one layer
 × bptt 64, AdamW): tokens per second of the whole step, optimiser included.
 
     python benchmarks/sequence_speed.py [--repeats 9] [--threads 2] [--json out.json] [--device cpu]
+    python benchmarks/sequence_speed.py --profile lstm:euler     # where the engine's step goes
 """
 
 from __future__ import annotations
@@ -169,6 +170,29 @@ def language_model_rows(device, repeats, sync, B=32, T=64, H=256, V=65) -> tuple
     return {f"LM {name}": t for name, t in times.items()}, ratios
 
 
+def profile(spec: str, B: int = 32, H: int = 256, T: int = 64, steps: int = 3) -> None:
+    """Where one training step of the engine's ``spec`` layer spends its time, next to the torch
+    layer of the same field (``torch.profiler``, self CPU time per operator)."""
+    from torch.profiler import profile as torch_profile
+
+    x = torch.randn(T, B, H)
+    field = spec.split(":")[0]
+    baseline = {"lstm": nn.LSTM, "rnn": nn.RNN}.get(field, nn.GRU)
+    for name, module in ((f"{spec} engine", engine(spec, H, H, "cpu")), (baseline.__name__, baseline(H, H))):
+        step = layer_step(module, x)
+        step()
+        with torch_profile() as prof:
+            for _ in range(steps):
+                step()
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events) / steps / 1e3
+        products = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm")) / steps / 1e3
+        print(f"\n{name}: {total:.1f} ms of operators per step (under the profiler), of which matrix products "
+              f"(mm, addmm) {products:.1f} ms")
+        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]:
+            print(f"  {e.key:<40}{e.self_cpu_time_total / steps / 1e3:8.2f} ms  {e.count // steps:6d} calls")
+
+
 def verdict(name, value):
     if name not in GOALS:
         return ""
@@ -184,8 +208,12 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--json", help="also write every time and ratio to this file")
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run: small sizes, one repeat")
+    parser.add_argument("--profile", metavar="SPEC", help="instead: profile one training step of SPEC's engine "
+                        "layer and of the matching torch layer (B = 32, H = 256)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.profile:
+        return profile(args.profile)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     shapes = [(32, 256, True), (32, 64, False), (32, 1024, False), (1, 256, False), (128, 256, False)]

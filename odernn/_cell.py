@@ -151,6 +151,13 @@ class ODECell(nn.Module):
         return self(x, state, dt=dt)
 
     @property
+    def runs_in_engine(self) -> bool:
+        """Whether ``odernn.ODERNN`` runs sequences of this cell in its engine (an explicit tableau
+        on a field with the recurrent structure) rather than token by token under autograd."""
+        from ._engine import in_engine
+        return in_engine(self)
+
+    @property
     def torch_equivalent(self) -> type | None:
         """The ``torch.nn`` cell class this cell equals, or ``None``: forward Euler, Δ = 1, one step,
         on the (unconstrained) tanh-RNN, GRU-ODE or partitioned LSTM field."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field as dataclass_field
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["TokenProgram", "run_sequence"]
+__all__ = ["TokenProgram", "in_engine", "run_sequence"]
 
 
 def _combine(y, h, terms):
@@ -304,16 +304,21 @@ def _token_loop(cell, C, y, h, mask, grad: str, adjoint_method):
     return torch.stack(outputs), y
 
 
+def in_engine(cell) -> bool:
+    """Whether sequences of this cell run in the engine (an explicit fixed-step tableau on a field
+    with the recurrent structure) rather than token by token under autograd."""
+    from ._stepping import ExplicitScheme
+    return isinstance(cell.scheme, ExplicitScheme) and cell.field.recurrent() is not None
+
+
 def run_sequence(cell, x, y0: tuple, dt, mask=None, grad: str = "backprop", adjoint_method=None):
     """``(outputs (T, B, H), final blocks)`` of ``cell`` over ``x`` ``(T, B, E)`` from the blocks
     ``y0``. ``dt``: the interval per token, a float or a ``(T, B)`` tensor; ``mask``: ``(T, B)``,
     ``False`` after a sequence's end (its state is then carried unchanged). ``grad``: ``backprop``
     (stored stages), ``checkpoint`` (recomputed per token) or ``adjoint`` (continuous)."""
-    from ._stepping import ExplicitScheme
-
     field = cell.field
     C = field.project(x)  # (T, B, G): every token's input projection in one product
-    structure = field.recurrent() if isinstance(cell.scheme, ExplicitScheme) and grad != "adjoint" else None
+    structure = field.recurrent() if grad != "adjoint" and in_engine(cell) else None
     if isinstance(dt, torch.Tensor):
         dt = dt.to(dtype=x.dtype, device=x.device)
     if structure is None:

@@ -113,8 +113,7 @@ class ODERNN(nn.Module):
         self.fused = bool(fused)
         # a weightless nn.RNN/GRU/LSTM (meta device, not a submodule) that runs this module's own
         # parameters through PyTorch's fused kernel, where the two are equal
-        kind = _SEQUENCE_OF_CELL.get(cells[0].torch_equivalent)
-        object.__setattr__(self, "_torch_twin", None if kind is None else self._torch_module("meta"))
+        object.__setattr__(self, "_torch_twin", None if self.torch_equivalent is None else self._torch_module("meta"))
         if grad == "adjoint":
             self.adjoint.scheme(cells[0])  # an unusable backward solver fails now, not at the first backward
 
@@ -199,8 +198,9 @@ class ODERNN(nn.Module):
             flip = (lambda v: v.flip(0)) if direction else (lambda v: v)
             y0 = tuple(block[index] for block in initial)
             with parametrize.cached() if parametrize.is_parametrized(cell.field) else contextlib.nullcontext():
-                out, y = run_sequence(cell, flip(x), y0, flip(dt) if isinstance(dt, torch.Tensor) else dt,
-                                      None if mask is None else flip(mask), self.grad, self.adjoint)
+                gaps = cell.dt if dt is None else (flip(dt) if isinstance(dt, torch.Tensor) else dt)
+                out, y = run_sequence(cell, flip(x), y0, gaps, None if mask is None else flip(mask), self.grad,
+                                      self.adjoint)
             outputs.append(flip(out))
             finals.append(y)
         return (outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)), finals
@@ -215,12 +215,13 @@ class ODERNN(nn.Module):
         out = []
         for layer in range(self.num_layers):
             out.append(x)
-            x, _ = self._layer(layer, x, initial, cells[0].dt, None)
+            x, _ = self._layer(layer, x, initial, None, None)
         return out
 
     def _gaps(self, dt, T, B, unbatched, like):
+        """``dt`` as ``None`` (each cell's own Δ), a float, or a time-major ``(T, B)`` tensor."""
         if dt is None:
-            return self._cells[0].dt
+            return None
         if isinstance(dt, (int, float)):
             if not float(dt) > 0:
                 raise ValueError(f"ODERNN: dt must be positive, got {dt!r}")
@@ -269,7 +270,8 @@ class ODERNN(nn.Module):
     def torch_equivalent(self) -> type | None:
         """The ``torch.nn`` sequence module (``nn.RNN``, ``nn.GRU``, ``nn.LSTM``) these layers equal,
         or ``None`` (see ``ODECell.torch_equivalent``)."""
-        return _SEQUENCE_OF_CELL.get(self._cells[0].torch_equivalent)
+        kinds = {cell.torch_equivalent for cell in self._cells}  # a factory may make unequal layers
+        return _SEQUENCE_OF_CELL.get(kinds.pop()) if len(kinds) == 1 else None
 
     def to_torch(self) -> nn.Module:
         """The equal ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` with the same weights, where one exists
@@ -283,8 +285,11 @@ class ODERNN(nn.Module):
     def _torch_module(self, device) -> nn.Module:
         kind = self.torch_equivalent
         if kind is None:
-            self._cells[0].to_torch()  # raises, naming what is missing
-        return kind(self.input_size, self.hidden_size, self.num_layers, bias=self.bias, batch_first=self.batch_first,
+            for cell in self._cells:
+                cell.to_torch()  # raises, naming what is missing
+            raise ValueError("ODERNN: its layers are not all the same torch.nn cell")
+        bias = self._cells[0].field.bias_ih is not None
+        return kind(self.input_size, self.hidden_size, self.num_layers, bias=bias, batch_first=self.batch_first,
                     dropout=self.dropout, bidirectional=self.bidirectional, device=device)
 
     def describe(self) -> str:

@@ -103,8 +103,12 @@ def test_cell_show_and_bad_specs(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["n"] == 4 and info["t"] == 1 and info["nfe_per_token"] == 8
     assert info["parameters"] == 3 * 4 * 3 + 3 * 4 * 4 + 2 * 3 * 4  # the nn.GRUCell layout
+    assert info["sequences"] == "engine" and info["equals"] is None
     assert main(["cell", "show", "lstm", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["t"] == 2
+    info = json.loads(capsys.readouterr().out)
+    assert info["t"] == 2 and info["equals"] == "torch.nn.LSTMCell"
+    assert main(["cell", "show", "gru-ode:gauss-2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sequences"] == "token by token (autograd)"
     code, _, err = run("cell", "show", "gru-odd")
     assert code == 2 and "unknown cell field 'gru-odd'; fields: rnn, gru-ode" in err and "Traceback" not in err
 

@@ -319,6 +319,12 @@ def test_a_cell_factory_takes_a_users_own_field():
     assert (out - second).abs().max() <= 1e-14 and (h_n[1] - last[0]).abs().max() <= 1e-14
     _assert_close(_gradients(out.sum(), [x, *rnn.parameters()]), _gradients(second.sum(), [x, *rnn.parameters()]),
                   1e-12, "factory")
+    # layers may differ: each integrates over its own Δ
+    dts = iter([0.5, 2.0])
+    mixed = odernn.ODERNN(lambda i, h: odernn.cell("gru-ode:rk4", i, h, dt=next(dts)), 4, 4, num_layers=2)
+    first, _ = cell_loop(mixed.cells[0], x, None)
+    second, _ = cell_loop(mixed.cells[1], first, None)
+    assert (mixed(x)[0] - second).abs().max() <= 1e-14 and mixed.torch_equivalent is None
     with pytest.raises(TypeError, match="not an odernn.ODECell"):
         odernn.ODERNN(lambda i, h: nn.GRUCell(i, h), 4, 4)
 

@@ -104,6 +104,12 @@ def test_equal_layers_are_one_sequence_module_and_old_checkpoints_still_load():
     assert len(per_layer) == 5 and per_layer[0].shape == (2, 4) and len(per_layer[2]) == 2
     again = model.per_stack_state(per_layer)
     assert torch.equal(again[0], state[0]) and all(torch.equal(a, b) for a, b in zip(again[1], state[1]))
+    # the old carried state: (B, H) per ODE layer, (1, B, H) per PyTorch layer
+    old = [per_layer[0], per_layer[1], tuple(b[None] for b in per_layer[2]), tuple(b[None] for b in per_layer[3]),
+           per_layer[4]]
+    for a, b in zip(model.per_stack_state(old), state):
+        assert all(torch.equal(u, v) for u, v in zip((a,) if isinstance(a, torch.Tensor) else a,
+                                                     (b,) if isinstance(b, torch.Tensor) else b))
 
 
 def tiny(grad, cell="gru-ode:rk4:steps=2", adjoint=None):

@@ -161,22 +161,27 @@ class LanguageModel(nn.Module):
                     out.append(entry[k] if isinstance(entry, torch.Tensor) else tuple(block[k] for block in entry))
         return out
 
-    def per_stack_state(self, layers: list) -> list:
-        """The inverse of :meth:`per_layer_state`; a state that is already one entry per stack (its
-        tensors have a layer dimension) is returned as it is (so it reads checkpoints of both kinds)."""
-        first = next((entry for entry in layers if entry is not None), None)
-        if first is None or (first if isinstance(first, torch.Tensor) else first[0]).dim() == 3:
-            return list(layers) if first is not None else [None] * len(self.layers)
+    def per_stack_state(self, state: list) -> list:
+        """One entry per stack from one entry per layer (the inverse of :meth:`per_layer_state`, and
+        the carried state of checkpoints written before stacks); a state that already has one entry
+        per stack is returned as it is."""
+        if len(state) != sum(stack.layers for stack in self.layers):
+            return list(state)
+
+        def lift(entry):  # a layer's state with a leading layer dimension (old ODE layers had none)
+            if entry is None or not isinstance(entry, torch.Tensor):
+                return None if entry is None else tuple(lift(block) for block in entry)
+            return entry if entry.dim() == 3 else entry[None]
         out, index = [], 0
         for stack in self.layers:
-            group = layers[index:index + stack.layers]
+            group = [lift(entry) for entry in state[index:index + stack.layers]]
             index += stack.layers
             if any(entry is None for entry in group):
                 out.append(None)
             elif isinstance(group[0], torch.Tensor):
-                out.append(torch.stack(group))
+                out.append(torch.cat(group))
             else:
-                out.append(tuple(torch.stack(blocks) for blocks in zip(*group)))
+                out.append(tuple(torch.cat(blocks) for blocks in zip(*group)))
         return out
 
     @classmethod

@@ -56,6 +56,9 @@ def cmd_show(args) -> int:
         "order": cell.tableau.order(), "dt": cell.dt, "steps": cell.steps, "partitioned": cell.partitioned,
         "parameters": sum(p.numel() for p in cell.parameters()), "nfe_per_token": cell.nfe,
         "input_size": args.input_size, "hidden_size": args.hidden_size, "constraint": cell.constraint,
+        # how odernn.ODERNN runs sequences of it
+        "sequences": "engine" if cell.runs_in_engine else "token by token (autograd)",
+        "equals": None if cell.torch_equivalent is None else f"torch.nn.{cell.torch_equivalent.__name__}",
     }
     if args.json:
         print(json.dumps(info, indent=1))
@@ -66,4 +69,12 @@ def cmd_show(args) -> int:
         print(f"  {key.replace('_', ' '):<16}{info[key]}")
     if not cell.tableau.is_explicit:
         print("  (implicit: NFE counts the simplified-Newton iterations of one token from a zero state)")
+    if info["sequences"] == "engine":
+        print("  sequences       odernn.ODERNN's engine: one input product, the backward pass generated from "
+              "the tableau")
+    else:
+        print("  sequences       odernn.ODERNN runs it token by token under autograd (implicit or adaptive "
+              "tableau, or a field without the recurrent structure): correct, not fast")
+    if info["equals"]:
+        print(f"  equals          {info['equals']} (ODERNN runs it on PyTorch's fused kernel unless fused=False)")
     return 0
