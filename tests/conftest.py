@@ -2,8 +2,19 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 import butcher
+
+
+@pytest.fixture(scope="module")
+def float64():
+    """Tests that compare to round-off run in float64 (``pytestmark = pytest.mark.usefixtures("float64")``),
+    and leave the default dtype as it was."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 @pytest.fixture(scope="session")

@@ -16,13 +16,7 @@ IMPLICIT = ["backward-euler", "implicit-midpoint", "trapezoid", "gauss-2", "gaus
             "alexander2", "alexander3", "sdirk4", "kvaerno4"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def float64():
-    """These tests compare to round-off: run them in float64, and leave the default as it was."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")  # comparisons to round-off (tests/conftest.py)
 
 
 # --- exact recovery -------------------------------------------------------------------------

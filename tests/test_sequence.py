@@ -14,12 +14,7 @@ FIELDS = ["rnn", "gru-ode", "lstm", "antisymmetric:eps=0.5", "cornn:dt=0.3"]
 TABLEAUX = ["rk4:steps=2", "dopri5", "ralston3", "ssprk3", "USER"]  # dopri5: its 5th-order weights, fixed steps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")  # comparisons to round-off (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
