@@ -304,11 +304,15 @@ def _token_loop(cell, C, y, h, mask, grad: str, adjoint_method):
     return torch.stack(outputs), y
 
 
-def in_engine(cell) -> bool:
-    """Whether sequences of this cell run in the engine (an explicit fixed-step tableau on a field
-    with the recurrent structure) rather than token by token under autograd."""
+def _structure(cell):
+    """``(W, b)`` where sequences of this cell run in the engine (an explicit fixed-step tableau on a
+    field with the recurrent structure), else ``None`` (token by token under autograd)."""
     from ._stepping import ExplicitScheme
-    return isinstance(cell.scheme, ExplicitScheme) and cell.field.recurrent() is not None
+    return cell.field.recurrent() if isinstance(cell.scheme, ExplicitScheme) else None
+
+
+def in_engine(cell) -> bool:
+    return _structure(cell) is not None
 
 
 def run_sequence(cell, x, y0: tuple, dt, mask=None, grad: str = "backprop", adjoint_method=None):
@@ -318,7 +322,7 @@ def run_sequence(cell, x, y0: tuple, dt, mask=None, grad: str = "backprop", adjo
     (stored stages), ``checkpoint`` (recomputed per token) or ``adjoint`` (continuous)."""
     field = cell.field
     C = field.project(x)  # (T, B, G): every token's input projection in one product
-    structure = field.recurrent() if grad != "adjoint" and in_engine(cell) else None
+    structure = _structure(cell) if grad != "adjoint" else None
     if isinstance(dt, torch.Tensor):
         dt = dt.to(dtype=x.dtype, device=x.device)
     if structure is None:
