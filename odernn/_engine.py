@@ -220,6 +220,24 @@ class _WeightGradient:
         self.pending, self.count = [], 0
 
 
+def _forward(program: TokenProgram, C, h, W, b, y: tuple, tapes: list | None = None, starts: list | None = None,
+             keep_K: bool = False):
+    """``(outputs (T, B, H), final blocks)``; each token's evaluations go on a new tape in ``tapes``,
+    or its starting state into ``starts``, when those lists are given."""
+    outputs = []
+    for t in range(C.shape[0]):
+        h_t = h[t] if isinstance(h, torch.Tensor) else h
+        if starts is not None:
+            starts.append(y)
+        tape = None
+        if tapes is not None:
+            tape = _Tape()
+            tapes.append(tape)
+        y = program.token(y, C[t], h_t, W, b, tape, keep_K)
+        outputs.append(y[program.field.output_block])
+    return torch.stack(outputs), y
+
+
 class _Sequence(torch.autograd.Function):
     """``(outputs, *final blocks)`` of one cell over a sequence, with the generated backward pass.
     Inputs that get gradients: the projected inputs ``C`` ``(T, B, G)``, the step ``h`` (a
@@ -229,21 +247,11 @@ class _Sequence(torch.autograd.Function):
     def forward(ctx, program: TokenProgram, recompute: bool, C, h, W, b, *y0):
         ctx.set_materialize_grads(False)
         keep_K = isinstance(h, torch.Tensor) and ctx.needs_input_grad[3]
-        tapes, starts, outputs = [], [], []
-        output_block = program.field.output_block
-        y = y0
-        for t in range(C.shape[0]):
-            h_t = h[t] if isinstance(h, torch.Tensor) else h
-            if recompute:
-                starts.append(y)
-                y = program.token(y, C[t], h_t, W, b)
-            else:
-                tapes.append(_Tape())
-                y = program.token(y, C[t], h_t, W, b, tapes[-1], keep_K)
-            outputs.append(y[output_block])
+        tapes, starts = ([], None) if not recompute else (None, [])
+        out, y = _forward(program, C, h, W, b, y0, tapes, starts, keep_K)
         ctx.program, ctx.recompute, ctx.tapes, ctx.starts, ctx.h, ctx.keep_K = program, recompute, tapes, starts, h, keep_K
         ctx.save_for_backward(C, W, b)
-        return (torch.stack(outputs), *y)
+        return (out, *y)
 
     @staticmethod
     @once_differentiable
@@ -341,8 +349,4 @@ def run_sequence(cell, x, y0: tuple, dt, mask=None, grad: str = "backprop", adjo
     if torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in tensors):
         out, *y = _Sequence.apply(program, grad == "checkpoint", *tensors)
         return out, tuple(y)
-    outputs, y = [], y0
-    for t in range(C.shape[0]):
-        y = program.token(y, C[t], h[t] if isinstance(h, torch.Tensor) else h, W, b)
-        outputs.append(y[field.output_block])
-    return torch.stack(outputs), y
+    return _forward(program, C, h, W, b, y0)
