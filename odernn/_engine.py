@@ -29,6 +29,7 @@ and pushed through ``W`` once, at the evaluation that made them.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field as dataclass_field
 
 import torch
@@ -80,14 +81,39 @@ class _Tape:
     substeps: list = dataclass_field(default_factory=list)  # (group, {stage: _Evaluation}) in order
 
 
+class _FieldMath:
+    """The elementwise halves of a field's evaluation and of its reverse (``activate``,
+    ``derivative``, ``derivative_vjp``, ``activate_vjp``), eager or each fused into one kernel by
+    ``torch.compile`` (Triton on a GPU, C++ on a CPU). The matrix products stay outside, on
+    cuBLAS/oneDNN. Compiled functions are made once per field and shape and reused."""
+
+    _compiled = weakref.WeakKeyDictionary()  # field -> its compiled _FieldMath
+
+    def __init__(self, field, wrap=lambda f: f):
+        self.activate = wrap(field.activate)
+        self.derivative = wrap(field.derivative)
+        self.derivative_vjp = wrap(field.derivative_vjp)
+        self.activate_vjp = wrap(field.activate_vjp)
+
+    @classmethod
+    def of(cls, field, compiled: bool) -> "_FieldMath":
+        if not compiled:
+            return cls(field)
+        if field not in cls._compiled:
+            cls._compiled[field] = cls(field, lambda f: torch.compile(f, dynamic=False, fullgraph=True))
+        return cls._compiled[field]
+
+
 class TokenProgram:
     """One token of a cell, ready to run forward and in reverse: the tableau's stage program and
     its reverse (floats from the exact coefficients), the steps per token and the block groups
-    (one group of all blocks, or one group per block when partitioned)."""
+    (one group of all blocks, or one group per block when partitioned). ``compiled``: the field's
+    elementwise math fused by ``torch.compile``."""
 
-    def __init__(self, cell):
+    def __init__(self, cell, compiled: bool = False):
         scheme, field = cell.scheme, cell.field
         self.field = field
+        self.math = _FieldMath.of(field, compiled)
         self.stages, self.weights, self.reverse = scheme.program, scheme.weights, scheme.reverse
         self.steps = cell.steps
         blocks = tuple(range(field.blocks))
@@ -110,10 +136,10 @@ class TokenProgram:
                         index = self._find(activations, Y)
                         if index is None:
                             y_in = field.recurrent_input(Y)
-                            act = field.activate(context, field.preactivation(context, y_in, W, b))
+                            act = self.math.activate(context, field.preactivation(context, y_in, W, b))
                             activations.append(_Activation(tuple(Y[k] for k in field.recurrent_blocks), act, y_in))
                             index, made = len(activations) - 1, True
-                    K[i] = field.derivative(activations[index].act if index is not None else None, Y, group)
+                    K[i] = self.math.derivative(activations[index].act if index is not None else None, Y, group)
                     if tape is not None:
                         evaluations[i] = _Evaluation(Y, index, K[i] if keep_K else None, made)
                 y = self._advance(y, group, h, self.weights, K)
@@ -170,12 +196,12 @@ class TokenProgram:
                     continue
                 kappa = [torch.zeros_like(e.Y[k]) if kap is None else kap for kap, k in zip(kappa, group)]
                 act = tape.activations[e.activation] if e.activation is not None else None
-                grads, grad_act = field.derivative_vjp(act.act if act is not None else None, e.Y, kappa, group)
+                grads, grad_act = self.math.derivative_vjp(act.act if act is not None else None, e.Y, kappa, group)
                 grads = list(grads)
                 if act is not None:
                     act_grads[e.activation] = _accumulate(act_grads.get(e.activation), grad_act)
                     if e.makes_activation:  # every later user has been reversed: push through W once
-                        g_context, g_pre = field.activate_vjp(act.act, act_grads.pop(e.activation))
+                        g_context, g_pre = self.math.activate_vjp(act.act, act_grads.pop(e.activation))
                         grad_context = g_context if grad_context is None else grad_context + g_context
                         weight_grad.add(g_pre, act.y_in)
                         g_in = g_pre @ W
@@ -246,6 +272,7 @@ class _Sequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, program: TokenProgram, recompute: bool, C, h, W, b, *y0):
         ctx.set_materialize_grads(False)
+        ctx.autocast = _autocast_state(C.device.type)
         keep_K = isinstance(h, torch.Tensor) and ctx.needs_input_grad[3]
         tapes, starts = ([], None) if not recompute else (None, [])
         out, y = _forward(program, C, h, W, b, y0, tapes, starts, keep_K)
@@ -256,6 +283,12 @@ class _Sequence(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, *grad_final):
+        # the reverse sweep's products in the forward's precision (what torch.amp.custom_bwd does)
+        with torch.autocast(**ctx.autocast):
+            return _Sequence._backward(ctx, grad_out, *grad_final)
+
+    @staticmethod
+    def _backward(ctx, grad_out, *grad_final):
         program, h = ctx.program, ctx.h
         C, W, b = ctx.saved_tensors
         # stored stages: one product over the whole sequence; recomputed ones: bounded batches of
@@ -283,6 +316,12 @@ class _Sequence(torch.autograd.Function):
         grad_W = weight_grad.W if weight_grad.W is not None else torch.zeros_like(W)
         grad_b = None if b is None else (weight_grad.b if weight_grad.b is not None else torch.zeros_like(b))
         return (None, None, grad_C, grad_h, grad_W, grad_b, *lam)
+
+
+def _autocast_state(device_type: str) -> dict:
+    enabled = torch.is_autocast_enabled(device_type)
+    return {"device_type": device_type, "enabled": enabled,
+            **({"dtype": torch.get_autocast_dtype(device_type)} if enabled else {})}
 
 
 def _token_loop(cell, C, y, h, mask, grad: str, adjoint_method):
@@ -323,28 +362,41 @@ def in_engine(cell) -> bool:
     return _structure(cell) is not None
 
 
-def run_sequence(cell, x, y0: tuple, dt, mask=None, grad: str = "backprop", adjoint_method=None):
+def run_sequence(cell, x, y0: tuple, dt, mask=None, grad: str = "backprop", adjoint_method=None,
+                 compiled: bool = False):
     """``(outputs (T, B, H), final blocks)`` of ``cell`` over ``x`` ``(T, B, E)`` from the blocks
     ``y0``. ``dt``: the interval per token, a float or a ``(T, B)`` tensor; ``mask``: ``(T, B)``,
     ``False`` after a sequence's end (its state is then carried unchanged). ``grad``: ``backprop``
-    (stored stages), ``checkpoint`` (recomputed per token) or ``adjoint`` (continuous)."""
+    (stored stages), ``checkpoint`` (recomputed per token) or ``adjoint`` (continuous).
+    ``compiled``: the field's elementwise math fused by ``torch.compile`` (engine cells only).
+
+    Under ``torch.autocast`` the matrix products and the activations run in the autocast dtype,
+    while the state, the stage combinations and the gradients they carry stay in the state's
+    dtype; cells that run token by token (implicit, adaptive, the continuous adjoint) run whole in
+    the state's dtype."""
     field = cell.field
-    C = field.project(x)  # (T, B, G): every token's input projection in one product
     structure = _structure(cell) if grad != "adjoint" else None
+    state_dtype = y0[0].dtype  # under autocast the input may be bfloat16; the state is not
     if isinstance(dt, torch.Tensor):
-        dt = dt.to(dtype=x.dtype, device=x.device)
+        dt = dt.to(dtype=state_dtype, device=x.device)
     if structure is None:
         if isinstance(dt, torch.Tensor) and grad == "adjoint" and torch.is_grad_enabled():
             raise ValueError("the continuous adjoint takes one dt for the whole batch (a float), not a tensor")
         h = dt[..., None] / cell.steps if isinstance(dt, torch.Tensor) else dt / cell.steps
-        return _token_loop(cell, C, y0, h, mask, grad, adjoint_method)
+        # Newton tolerances, error control and the adjoint's solve are never judged in a
+        # reduced precision: under autocast these run whole in the state's dtype
+        with torch.autocast(x.device.type, enabled=False):
+            return _token_loop(cell, field.project(x.to(state_dtype)), y0, h, mask, grad, adjoint_method)
+    C = field.project(x)  # (T, B, G): every token's input projection in one product
     cell.nfe = cell.nfe_per_token
     W, b = structure
+    if torch.is_autocast_enabled(x.device.type):  # once per sequence (autocast's own cache is off in CUDA graphs)
+        W = W.to(torch.get_autocast_dtype(x.device.type))
     # a finished sequence takes steps of size zero: y + 0·ΣbK = y exactly, and no gradient flows
     if mask is not None:
-        dt = mask.to(x.dtype) * dt
+        dt = mask.to(state_dtype) * dt
     h = dt[..., None] / cell.steps if isinstance(dt, torch.Tensor) else dt / cell.steps  # (T, B, 1) or float
-    program = TokenProgram(cell)
+    program = TokenProgram(cell, compiled)
     tensors = (C, h, W, b, *y0)
     if torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in tensors):
         out, *y = _Sequence.apply(program, grad == "checkpoint", *tensors)

@@ -85,10 +85,11 @@ class StabilityReport:
 def _sample_states(cell, inputs, samples: int, generator: torch.Generator):
     """The zero state and states along a trajectory driven by ``inputs`` ``(T, B, I)`` (random
     normal inputs when none are given); returns ``(x, state)`` batches for the Jacobian."""
-    dtype = next(cell.parameters()).dtype
+    reference = next(cell.parameters())
+    dtype, device = reference.dtype, reference.device
     if inputs is None:
         inputs = torch.randn(samples, 1, cell.input_size, generator=generator, dtype=dtype)
-    inputs = torch.as_tensor(inputs, dtype=dtype)
+    inputs = torch.as_tensor(inputs).to(device, dtype)
     if inputs.dim() == 2:
         inputs = inputs[:, None, :]
     xs, states = [], []
@@ -108,7 +109,7 @@ def _sample_states(cell, inputs, samples: int, generator: torch.Generator):
 def _spectrum(cell, x, state) -> tuple[np.ndarray, np.ndarray]:
     """``∂f/∂y`` at every sampled state ``(N, D, D)`` and its eigenvalues ``(N·D,)``, float64."""
     with torch.no_grad():
-        J = cell.jacobian(x, state).detach().to(torch.float64)
+        J = cell.jacobian(x, state).detach().to("cpu", torch.float64)
         return J.numpy(), torch.linalg.eigvals(J).numpy().ravel()
 
 
@@ -254,7 +255,7 @@ def check(cell, inputs=None, dt: float | None = None, samples: int = 16, seed: i
                                     binding=False))
 
     with torch.no_grad():
-        weights = {name: torch.linalg.eigvals(W.detach().to(torch.float64)).numpy()
+        weights = {name: torch.linalg.eigvals(W.detach().to("cpu", torch.float64)).numpy()
                    for name, W in cell.field.recurrent_matrices().items()}
     return StabilityReport(stable=all(c.verdict for c in conditions if c.binding), margin=1.0 - worst,
                            conditions=conditions, eigenvalues=scaled, step=step,

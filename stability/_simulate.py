@@ -22,10 +22,11 @@ class Simulation:
 def simulate(cell, steps: int = 300, batch: int = 4, seed: int = 1) -> Simulation:
     """Drive ``cell`` from the zero state with random normal inputs for ``steps`` tokens and
     backpropagate a random projection of the last state to the first (in the cell's dtype)."""
-    dtype = next(cell.parameters()).dtype
-    g = torch.Generator().manual_seed(seed)
-    xs = torch.randn(steps, batch, cell.input_size, generator=g, dtype=dtype)
-    blocks0 = tuple(b.requires_grad_() for b in cell.field.to_blocks(cell.field.initial_state(batch, dtype, "cpu")))
+    reference = next(cell.parameters())
+    dtype, device = reference.dtype, reference.device
+    g = torch.Generator().manual_seed(seed)  # on the CPU: the same inputs on every device
+    xs = torch.randn(steps, batch, cell.input_size, generator=g, dtype=dtype).to(device)
+    blocks0 = tuple(b.requires_grad_() for b in cell.field.to_blocks(cell.field.initial_state(batch, dtype, device)))
     state, peak = cell.field.from_blocks(blocks0), 0.0
     for x in xs:
         state = cell(x, state)
@@ -33,6 +34,6 @@ def simulate(cell, steps: int = 300, batch: int = 4, seed: int = 1) -> Simulatio
         finite = all(torch.isfinite(b).all() for b in blocks)
         peak = max(peak, *(b.detach().abs().max().item() for b in blocks)) if finite else math.inf
     blocks = cell.field.to_blocks(state)
-    projection = sum((b * torch.randn(b.shape, generator=g, dtype=dtype)).sum() for b in blocks)
+    projection = sum((b * torch.randn(b.shape, generator=g, dtype=dtype).to(device)).sum() for b in blocks)
     grads = torch.autograd.grad(projection, blocks0)
     return Simulation(peak, math.sqrt(sum(float(gr.pow(2).sum()) for gr in grads)))

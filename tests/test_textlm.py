@@ -217,7 +217,7 @@ def test_sampling():
 def config(tmp_path, **overrides):
     values = dict(corpus="tinyshakespeare", train_tokens=20_000, cell="gru-ode:midpoint", hidden=16, batch_size=4,
                   bptt=16, max_tokens=4 * 16 * 8, dropout=0.2, out=str(tmp_path / "run"), progress=False,
-                  eval_tokens=2000, checkpoint_every=100, log_every=2, dtype="float64")
+                  eval_tokens=2000, checkpoint_every=100, log_every=2, precision="float64")
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -226,10 +226,18 @@ def weights(trainer):
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
-def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch):
-    straight = Trainer(config(tmp_path / "a"))
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("precision", ["float64", "bf16"])
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, device, precision):
+    if device == "cuda" and precision == "float64":
+        precision = "float32"  # what a GPU trains in
+    settings = {"device": device, "precision": precision}
+    straight = Trainer(config(tmp_path / "a", **settings))
     straight.run()
-    interrupted = Trainer(config(tmp_path / "b"))
+    interrupted = Trainer(config(tmp_path / "b", **settings))
     original_step = interrupted.optimizer.step
     calls = {"n": 0}
 
@@ -243,14 +251,18 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, monkey
     with pytest.raises(TrainingInterrupted, match="--resume"):
         interrupted.run()
     assert load_checkpoint(tmp_path / "b" / "run")["position"]["step"] == 4
-    resumed = Trainer(config(tmp_path / "b"), resume=True)
+    resumed = Trainer(config(tmp_path / "b", **settings), resume=True)
+    assert resumed.config.device == str(straight.device) and resumed.config.precision == precision
     resumed.run()
     a, b = weights(straight), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(v.dtype == (torch.float64 if precision == "float64" else torch.float32) for v in a.values()
+               if v.is_floating_point())  # bf16 keeps float32 master weights
 
 
-def test_nan_loss_is_undone_and_the_learning_rate_halved(tmp_path):
-    trainer = Trainer(config(tmp_path, dropout=0.0, probe_every=4))
+@pytest.mark.parametrize("precision", ["float64", "bf16"])
+def test_nan_loss_is_undone_and_the_learning_rate_halved(tmp_path, precision):
+    trainer = Trainer(config(tmp_path, dropout=0.0, probe_every=4, precision=precision))
     forward = trainer.model.forward
     calls = {"n": 0}
 
@@ -266,7 +278,7 @@ def test_nan_loss_is_undone_and_the_learning_rate_halved(tmp_path):
     assert any(e.get("event") == "nan" for e in events)
     probes = [e for e in events if e.get("event") == "probe"]  # the stability probe every 4 steps
     assert [e["step"] for e in probes] == [4, 8] and all(math.isfinite(e["margin"]) for e in probes)
-    stopper = Trainer(config(tmp_path / "s", on_nan="stop", dropout=0.0))
+    stopper = Trainer(config(tmp_path / "s", on_nan="stop", dropout=0.0, precision=precision))
     calls["n"] = 0
     forward = stopper.model.forward
     stopper.module = poisoned

@@ -46,12 +46,24 @@ class CompareConfig:
     grad: str = "backprop"
     batch_size: int = 32
     bptt: int = 64
+    optimizer: str = "adamw"
     lr: float = 2e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    schedule: str = "cosine"
+    decay_after: int = 4
+    decay: float = 0.5
     max_tokens: int = 1_000_000
+    epochs: int | None = None  # overrides max_tokens
     max_seconds: float | None = None
     eval_every: int = 100
     eval_tokens: int | None = 20_000
     prompts: int = 20
+    device: str = "auto"
+    precision: str = "float32"
+    compile_elementwise: bool = False
+    cuda_graphs: bool = False
     out: str = "runs/compare"
 
 
@@ -91,22 +103,29 @@ class CompareError(RuntimeError):
 def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path) -> dict:
     """Train in a child process (resuming if it has a checkpoint); its result, with its own peak
     resident memory (``peak_rss_mb``)."""
-    args = [sys.executable, "-m", "textlm.cli", "train", "--cell", cell, "--seed", str(seed), "--hidden", str(hidden),
-            "--layers", str(config.layers), "--dropout", str(config.dropout), "--grad", config.grad,
-            "--batch-size", str(config.batch_size), "--bptt", str(config.bptt), "--lr", str(config.lr),
-            "--max-tokens", str(config.max_tokens), "--eval-every", str(config.eval_every),
-            "--out", str(run), "--no-progress", "--json", "--checkpoint-every", "50"]
+    args = [sys.executable, "-m", "textlm.cli", "train", "--out", str(run), "--no-progress", "--json",
+            "--device", config.device]
     if (run / "checkpoint.pt").is_file():
         args.append("--resume")
     else:
+        args += ["--cell", cell, "--seed", str(seed), "--hidden", str(hidden), "--layers", str(config.layers),
+                 "--dropout", str(config.dropout), "--grad", config.grad, "--batch-size", str(config.batch_size),
+                 "--bptt", str(config.bptt), "--optimizer", config.optimizer, "--lr", str(config.lr),
+                 "--momentum", str(config.momentum), "--weight-decay", str(config.weight_decay),
+                 "--clip", str(config.clip), "--schedule", config.schedule, "--decay-after", str(config.decay_after),
+                 "--decay", str(config.decay), "--precision", config.precision,
+                 *(["--compile-elementwise"] if config.compile_elementwise else []),
+                 *(["--cuda-graphs"] if config.cuda_graphs else []),
+                 "--eval-every", str(config.eval_every), "--checkpoint-every", "50"]
+        args += ["--epochs", str(config.epochs)] if config.epochs else ["--max-tokens", str(config.max_tokens)]
         args += ["--corpus", config.corpus] if config.corpus else ["--text", config.text]
         if config.level:
             args += ["--level", config.level]
     if config.data_root:
         args += ["--data-root", config.data_root]
-    if config.eval_tokens:
+    if config.eval_tokens and not (run / "checkpoint.pt").is_file():
         args += ["--eval-tokens", str(config.eval_tokens)]
-    if config.max_seconds:
+    if config.max_seconds and not (run / "checkpoint.pt").is_file():
         args += ["--max-seconds", str(config.max_seconds)]
     proc = subprocess.run(args, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -116,28 +135,34 @@ def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path) 
 
 
 def _measure(config: CompareConfig, run: Path) -> dict:
-    """Generation metrics and the stability margin of the trained model in ``run``."""
+    """Test perplexity, generation metrics and the stability margin of the trained model in ``run``
+    (on the comparison's device, in the run's precision; the stability check in float32)."""
     import stability
 
     from .checkpoint import load_checkpoint
     from .data import Vocabulary, load_corpus
-    from .evaluate import generation_metrics
+    from .evaluate import evaluate_loss, generation_metrics
     from .model import LanguageModel
+    from .runtime import Runtime
     data = load_checkpoint(run)
-    model = LanguageModel.from_checkpoint(data)
+    runtime = Runtime.of(config.device, data["config"].get("precision", "float32"))
+    model = LanguageModel.from_checkpoint(data, runtime.device)
     vocab = Vocabulary.from_dict(data["vocab"])
     corpus = load_corpus(config.corpus, config.text, config.level, config.data_root)
-    metrics = generation_metrics(model, vocab, corpus.valid, prompts=config.prompts)
+    with runtime.autocast():
+        test_loss = evaluate_loss(model, corpus.test)
+        metrics = generation_metrics(model, vocab, corpus.valid, prompts=config.prompts)
     margins = [stability.check(cell, inputs=x).margin
                for _, cell, x in model.ode_layer_inputs(_probe_tokens(model))]
-    return {"bleu": metrics.bleu, "rouge_l": metrics.rouge_l, "combined": metrics.combined,
-            "margin": min(margins) if margins else None}
+    return {"test_ppl": math.exp(test_loss), "bleu": metrics.bleu, "rouge_l": metrics.rouge_l,
+            "combined": metrics.combined, "margin": min(margins) if margins else None}
 
 
 def _probe_tokens(model):
     """The fixed random token sequence (16 tokens) along which a trained model's cells are checked."""
     import torch
-    return torch.randint(0, model.config["vocab_size"], (1, 16), generator=torch.Generator().manual_seed(0))
+    device = next(model.parameters()).device
+    return torch.randint(0, model.config["vocab_size"], (1, 16), generator=torch.Generator().manual_seed(0)).to(device)
 
 
 def run_one(config: CompareConfig, cell: str, seed: int, hidden: int) -> dict:
@@ -148,7 +173,8 @@ def run_one(config: CompareConfig, cell: str, seed: int, hidden: int) -> dict:
     result = _train(config, cell, seed, hidden, run)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     row = {"cell": cell, "seed": seed, "hidden": hidden, **result, "spikes": _spikes(records),
-           "valid_ppl": math.exp(result["valid_loss"]), **_measure(config, run)}
+           "valid_ppl": math.exp(result["valid_loss"]), "s_per_epoch": result["elapsed"] / result["epochs"],
+           **_measure(config, run)}
     tmp = run / ".compare.json.tmp"
     tmp.write_text(json.dumps(row, indent=1))
     tmp.replace(done)
@@ -165,8 +191,8 @@ def _mean_std(values) -> str:
     return f"{mean:,.{digits}f} ± {std:,.{digits}f}"
 
 
-COLUMNS = [("valid perplexity", "valid_ppl"), ("BLEU", "bleu"), ("ROUGE-L", "rouge_l"), ("combined", "combined"),
-           ("tokens/s", "tokens_per_s"), ("peak RSS (MiB)", "peak_rss_mb"), ("NFE/token", "nfe_per_token"),
+COLUMNS = [("valid perplexity", "valid_ppl"), ("test perplexity", "test_ppl"), ("BLEU", "bleu"), ("ROUGE-L", "rouge_l"), ("combined", "combined"),
+           ("tokens/s", "tokens_per_s"), ("s/epoch", "s_per_epoch"), ("peak RSS (MiB)", "peak_rss_mb"), ("NFE/token", "nfe_per_token"),
            ("loss spikes", "spikes"), ("NaN recoveries", "nan_recoveries"), ("stability margin", "margin")]
 
 
@@ -271,10 +297,15 @@ def compare(config: CompareConfig, progress=print) -> tuple[list[dict], str]:
             row = run_one(config, cell, seed, hidden)
             rows.append(row)
             progress(f"{cell} seed {seed}: valid perplexity {row['valid_ppl']:.3f}, {row['tokens_per_s']:,.0f} tokens/s")
-    budget = (f"{config.max_tokens:,} tokens" + (f" or {config.max_seconds:g} s" if config.max_seconds else ""))
+    budget = ((f"{config.epochs} epochs" if config.epochs else f"{config.max_tokens:,} tokens")
+              + (f" or {config.max_seconds:g} s" if config.max_seconds else ""))
+    schedule = {"cosine": "cosine", "constant": "constant",
+                "step": f"× {config.decay:g} per epoch after {config.decay_after}"}[config.schedule]
+    devices = sorted({r.get("device", "cpu") for r in rows})
     header = (f"{corpus.name} ({corpus.level} level), {config.layers} layer(s), batch {config.batch_size} × bptt "
-              f"{config.bptt}, AdamW lr {config.lr:g} cosine, dropout {config.dropout:g}, grad {config.grad}, "
-              f"budget {budget} per run, seeds {', '.join(map(str, config.seeds))}"
+              f"{config.bptt}, {'SGD' if config.optimizer == 'sgd' else 'AdamW'} lr {config.lr:g} {schedule}, clip "
+              f"{config.clip:g}, dropout {config.dropout:g}, grad {config.grad}, {config.precision} on "
+              f"{', '.join(devices)}, budget {budget} per run, seeds {', '.join(map(str, config.seeds))}"
               + (f", parameter budget {config.params:,}" if config.params else f", hidden {config.hidden}"))
     markdown = f"{header}\n\n{table(rows)}\n"
     (out / "results.md").write_text(markdown)

@@ -30,24 +30,29 @@ __all__ = ["GenerationMetrics", "evaluate_loss", "generation_metrics", "sample"]
 def evaluate_loss(model, data: torch.Tensor, batch_size: int = 10, bptt: int = 128,
                   tokens: int | None = None) -> float:
     """Mean cross-entropy (nats per token) over ``data`` (``(N,)`` ids; the first ``tokens`` if
-    given), with the hidden state carried across chunks, in eval mode (no dropout)."""
+    given), with the hidden state carried across chunks, in eval mode (no dropout), on the model's
+    device (the data moves there once; the sum stays there until the end)."""
     from .train import batchify
     was_training = model.training
     model.eval()
     if tokens is not None:
         data = data[: tokens + 1]
     batch_size = max(1, min(batch_size, (len(data) - 1) // 2))
-    rows = batchify(data, batch_size)
+    rows = batchify(data, batch_size).to(_device(model))
     total, count, state = 0.0, 0, None
     for start in range(0, rows.shape[1] - 1, bptt):
         x = rows[:, start:start + bptt]
         y = rows[:, start + 1:start + 1 + bptt]
         x = x[:, : y.shape[1]]
         _, loss, state = model(x, y, state)
-        total += loss.item() * y.numel()
+        total = total + loss.double() * y.numel()
         count += y.numel()
     model.train(was_training)
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 @torch.no_grad()
@@ -61,11 +66,12 @@ def sample(model, prompt_ids: list[int], length: int, temperature: float = 1.0, 
         raise ValueError("temperature must be positive (or use greedy decoding)")
     was_training = model.training
     model.eval()
-    idx = torch.tensor([prompt_ids])
+    device = _device(model)
+    idx = torch.tensor([prompt_ids], device=device)
     logits, _, state = model(idx)
     out = []
     for _ in range(length):
-        last = logits[0, -1].double()
+        last = logits[0, -1].double().cpu()  # drawn on the CPU: the same seed gives the same text on any device
         if greedy:
             token = int(last.argmax())
         else:
@@ -75,7 +81,7 @@ def sample(model, prompt_ids: list[int], length: int, temperature: float = 1.0, 
                 last = last.masked_fill(last < threshold, -math.inf)
             token = int(torch.multinomial(F.softmax(last, dim=-1), 1, generator=generator))
         out.append(token)
-        logits, _, state = model(torch.tensor([[token]]), state=state)
+        logits, _, state = model(torch.tensor([[token]], device=device), state=state)
     model.train(was_training)
     return out
 

@@ -48,14 +48,15 @@ class RecurrentStack(nn.Module):
     with ``state`` in ``nn.GRU``'s layout ``(layers, B, H)`` (a tuple for two-block cells)."""
 
     def __init__(self, spec: str, input_size: int, hidden_size: int, layers: int, dropout: float, grad: str,
-                 adjoint: odernn.AdjointMethod):
+                 adjoint: odernn.AdjointMethod, speed: dict):
         super().__init__()
         self.spec = spec
         if spec.lower() in TORCH_CELLS:
             self.rnn = TORCH_CELLS[spec.lower()](input_size, hidden_size, layers, dropout=dropout)
             return
         try:
-            self.rnn = odernn.ODERNN(spec, input_size, hidden_size, layers, dropout=dropout, grad=grad, adjoint=adjoint)
+            self.rnn = odernn.ODERNN(spec, input_size, hidden_size, layers, dropout=dropout, grad=grad, adjoint=adjoint,
+                                     **speed)
         except odernn.CellSpecError as err:
             raise ModelError(str(err)) from None
         except (ValueError, KeyError, butcher.UnknownMethodError) as err:  # an unusable adjoint solver
@@ -82,11 +83,15 @@ class RecurrentStack(nn.Module):
 class LanguageModel(nn.Module):
     """``forward(idx, targets=None, state=None) -> (logits, loss, state)`` with ``idx`` ``(B, T)``
     token ids; ``loss`` is the mean cross-entropy in nats (``None`` without targets); ``state`` is
-    one entry per layer, to carry across batches (detach it between them)."""
+    one entry per layer, to carry across batches (detach it between them).
+
+    ``compile_elementwise`` and ``cuda_graphs`` are passed to every ``odernn.ODERNN`` (how the ODE
+    layers run on a GPU; the model and its results are the same)."""
 
     def __init__(self, vocab_size: int, cell: str | list[str] = "gru-ode:euler", layers: int = 1,
                  hidden: int = 256, embed: int | None = None, dropout: float = 0.0, tie_weights: bool = False,
-                 grad: str = "backprop", adjoint: odernn.AdjointMethod | None = None):
+                 grad: str = "backprop", adjoint: odernn.AdjointMethod | None = None,
+                 compile_elementwise: bool = False, cuda_graphs: bool = False):
         super().__init__()
         if grad not in GRAD_MODES:
             raise ModelError(f"unknown gradient mode {grad!r}; modes: {', '.join(GRAD_MODES)}")
@@ -109,7 +114,9 @@ class LanguageModel(nn.Module):
             if last == len(specs) or specs[last].lower() != specs[first].lower():
                 width = embed if first == 0 else hidden
                 self.layers.append(RecurrentStack(specs[first], width, hidden, last - first, dropout, grad,
-                                                  adjoint or odernn.AdjointMethod()))
+                                                  adjoint or odernn.AdjointMethod(),
+                                                  {"compile_elementwise": compile_elementwise,
+                                                   "cuda_graphs": cuda_graphs}))
                 first = last
         self._register_load_state_dict_pre_hook(self._upgrade_state_dict)
         self.drop = nn.Dropout(dropout)
@@ -185,13 +192,13 @@ class LanguageModel(nn.Module):
         return out
 
     @classmethod
-    def from_checkpoint(cls, data: dict) -> "LanguageModel":
+    def from_checkpoint(cls, data: dict, device: str | torch.device = "cpu") -> "LanguageModel":
         """The model of a loaded checkpoint (``textlm.load_checkpoint``), in eval mode, in the dtype
-        of its weights."""
+        of its weights, on ``device`` (whichever device it was trained on)."""
         cfg = data["model_config"]
         model = cls(cfg["vocab_size"], cfg["cell"], cfg["layers"], cfg["hidden"], cfg["embed"], cfg["dropout"],
                     cfg["tie_weights"])
-        model = model.to(next(iter(data["model"].values())).dtype)
+        model = model.to(device, next(iter(data["model"].values())).dtype)
         model.load_state_dict(data["model"])
         return model.eval()
 

@@ -1,7 +1,8 @@
 """The trainer: truncated BPTT over parallel token streams, with the hidden state carried across
 batches (the PTB convention of Zaremba et al. 2014), gradient clipping, AdamW or SGD with warm-up
-and cosine decay, NaN recovery, atomic resumable checkpoints, JSON-lines metrics, a learning-curve
-plot, an optional stability probe, and data-parallel training under ``torchrun``.
+and cosine decay or Zaremba's per-epoch decay, NaN recovery, atomic resumable checkpoints,
+JSON-lines metrics, a learning-curve plot, an optional stability probe, any device and precision
+(``textlm.runtime``), and data-parallel training under ``torchrun`` (NCCL on CUDA, gloo on a CPU).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Corpus, Vocabulary, load_corpus
 from .evaluate import evaluate_loss
 from .model import LanguageModel, detach_state
+from .runtime import PRECISIONS, Runtime
 
 __all__ = ["TrainConfig", "Trainer", "TrainingError", "TrainingInterrupted", "batchify", "train"]
 
@@ -56,7 +58,10 @@ class TrainConfig:
     adjoint_steps: int | None = None
     adjoint_rtol: float | None = None
     adjoint_atol: float | None = None
-    dtype: str = "float32"
+    precision: str = "float32"  # float32, bf16 (autocast, float32 master weights) or float64
+    device: str = "auto"  # auto, cpu, cuda, cuda:N; a run records the device it resolved to
+    compile_elementwise: bool = False  # ODE layers: fuse the elementwise math with torch.compile
+    cuda_graphs: bool = False  # ODE layers: capture forward and backward in CUDA graphs (CUDA only)
     # optimisation
     batch_size: int = 32
     bptt: int = 64
@@ -64,11 +69,14 @@ class TrainConfig:
     optimizer: str = "adamw"
     weight_decay: float = 0.0
     momentum: float = 0.0
-    schedule: str = "cosine"  # or "constant"
+    schedule: str = "cosine"  # "constant", or "step": × decay every epoch after the first decay_after
     warmup: int = 0  # steps
     min_lr_ratio: float = 0.1
+    decay_after: int = 4  # epochs at the full rate, for schedule "step"
+    decay: float = 0.5  # the factor per later epoch, for schedule "step"
     clip: float = 1.0
     max_tokens: int = 200_000
+    epochs: int | None = None  # a budget in passes over the training streams (overrides max_tokens)
     max_seconds: float | None = None  # wall-clock budget (training time, summed over resumes)
     seed: int = 0
     on_nan: str = "halve"  # or "stop"
@@ -76,7 +84,7 @@ class TrainConfig:
     # bookkeeping
     out: str = "runs/latest"
     eval_every: int = 0  # steps; 0: only at the end
-    eval_tokens: int | None = None  # cap on validation tokens per evaluation
+    eval_tokens: int | None = None  # cap on validation tokens per periodic evaluation (the final one: all)
     checkpoint_every: int = 200  # steps
     log_every: int = 10  # steps
     probe_every: int = 0  # steps; 0: no stability probe
@@ -87,16 +95,20 @@ class TrainConfig:
         for name in ("layers", "hidden", "batch_size", "bptt", "max_tokens", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be positive")
+        if self.epochs is not None and self.epochs < 1:
+            problems.append("--epochs must be positive")
         if self.lr <= 0:
             problems.append("--lr must be positive")
         if self.optimizer not in ("adamw", "sgd"):
             problems.append(f"--optimizer must be adamw or sgd, not {self.optimizer!r}")
-        if self.schedule not in ("cosine", "constant"):
-            problems.append(f"--schedule must be cosine or constant, not {self.schedule!r}")
+        if self.schedule not in ("cosine", "constant", "step"):
+            problems.append(f"--schedule must be cosine, constant or step, not {self.schedule!r}")
+        if self.decay_after < 0 or not 0 < self.decay <= 1:
+            problems.append("--decay-after must be ≥ 0 and --decay in (0, 1]")
         if self.on_nan not in ("halve", "stop"):
             problems.append(f"--on-nan must be halve or stop, not {self.on_nan!r}")
-        if self.dtype not in ("float32", "float64"):
-            problems.append(f"--dtype must be float32 or float64, not {self.dtype!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.clip < 0:
             problems.append("--clip must be ≥ 0 (0: no clipping)")
         if problems:
@@ -105,6 +117,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
+        data = dict(data)
+        if "dtype" in data and "precision" not in data:  # checkpoints written before --precision
+            data["precision"] = data["dtype"]
+        if "device" not in data:  # … and before --device: they were trained on the CPU
+            data["device"] = "cpu"
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -139,10 +156,12 @@ class _Position:
 
 class Trainer:
     """``Trainer(config).run()``. ``resume=True`` continues from ``config.out/checkpoint.pt`` with the
-    checkpoint's configuration; ``max_tokens`` then extends its budget (``None``: keep it)."""
+    checkpoint's configuration; ``max_tokens`` then extends its budget (``None``: keep it), and
+    ``device`` moves the run to another device (``None``: the one it ran on; only a resume on the
+    same device is bit-exact)."""
 
     def __init__(self, config: TrainConfig, resume: bool = False, corpus: Corpus | None = None,
-                 max_tokens: int | None = None):
+                 max_tokens: int | None = None, device: str | None = None):
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.out = Path(config.out)
@@ -154,26 +173,40 @@ class Trainer:
             config = TrainConfig.from_dict(saved["config"])
             if max_tokens is not None:
                 config.max_tokens = max(max_tokens, config.max_tokens)
+                config.epochs = None
             config.out, config.progress = str(self.out), progress
+            if device is not None:
+                config.device = device
+        self.runtime = Runtime.of(config.device, config.precision)
+        self.device = self.runtime.device
+        config.device = str(self.device)
         self.config = config
         self.corpus = corpus or load_corpus(config.corpus, config.text, config.level, config.data_root)
         if saved is not None and Vocabulary.from_dict(saved["vocab"]).tokens != self.corpus.vocab.tokens:
             raise CheckpointError("the corpus's vocabulary differs from the checkpoint's: resume with the same data")
-        self.dtype = getattr(torch, config.dtype)
         torch.manual_seed(config.seed)
         self.model = LanguageModel(
             len(self.corpus.vocab), config.cell, config.layers, config.hidden, config.embed, config.dropout,
             config.tie_weights, config.grad,
             odernn.AdjointMethod(config.adjoint_method, config.adjoint_steps, config.adjoint_rtol,
-                                 config.adjoint_atol)).to(self.dtype)
+                                 config.adjoint_atol), config.compile_elementwise,
+            config.cuda_graphs).to(self.device, self.runtime.dtype)
         self.optimizer = self._optimizer()
         if config.batch_size % self.world:
             raise ValueError(f"--batch-size {config.batch_size} is not divisible by {self.world} processes")
         train = self.corpus.train if config.train_tokens is None else self.corpus.train[: config.train_tokens]
         rows = batchify(train, config.batch_size)
         share = config.batch_size // self.world
-        self.data = rows[self.rank * share:(self.rank + 1) * share]
-        self.total_steps = math.ceil(config.max_tokens / (config.batch_size * config.bptt))
+        self.data = rows[self.rank * share:(self.rank + 1) * share].to(self.device)  # once: batches are views
+        self.steps_per_epoch = (rows.shape[1] - 1) // config.bptt
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"--bptt {config.bptt} is longer than each of the {config.batch_size} training streams "
+                             f"({rows.shape[1]} tokens)")
+        if config.epochs is not None:
+            self.total_steps = config.epochs * self.steps_per_epoch
+            config.max_tokens = self.total_steps * config.batch_size * config.bptt
+        else:
+            self.total_steps = math.ceil(config.max_tokens / (config.batch_size * config.bptt))
         self.position = _Position()
         self.state = None
         self.probes = {}  # layer index -> stability.Probe, made at the first probe
@@ -182,9 +215,12 @@ class Trainer:
         self.module = self.model
         if self.world > 1:
             import torch.distributed as dist
+            cuda = self.device.type == "cuda"
+            if cuda:
+                torch.cuda.set_device(self.device)
             if not dist.is_initialized():  # launched by torchrun: its environment names the rendezvous
-                dist.init_process_group("gloo")
-            self.module = nn.parallel.DistributedDataParallel(self.model)
+                dist.init_process_group("nccl" if cuda else "gloo")
+            self.module = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if cuda else None)
 
     # -- setup -------------------------------------------------------------------------------------
     def _optimizer(self):
@@ -200,6 +236,8 @@ class Trainer:
             return c.lr * scale * (step + 1) / c.warmup
         if c.schedule == "constant":
             return c.lr * scale
+        if c.schedule == "step":  # Zaremba et al. (2014): × decay per epoch after the first decay_after
+            return c.lr * scale * c.decay ** max(0, self.position.epoch - c.decay_after + 1)
         progress = min(1.0, (step - c.warmup) / max(1, self.total_steps - c.warmup))
         return c.lr * scale * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -207,7 +245,7 @@ class Trainer:
     def _payload(self) -> dict:
         return {"config": asdict(self.config), "model": self.model.state_dict(),
                 "model_config": self.model.config, "optimizer": self.optimizer.state_dict(),
-                "position": asdict(self.position), "rng": torch.get_rng_state(), "state": self.state,
+                "position": asdict(self.position), "rng": self.runtime.rng_state(), "state": self.state,
                 "vocab": self.corpus.vocab.to_dict(), "corpus": self.corpus.name}
 
     def save(self) -> Path | None:
@@ -220,8 +258,9 @@ class Trainer:
             self.model.load_state_dict(saved["model"])
             self.optimizer.load_state_dict(saved["optimizer"])
             self.position = _Position(**saved["position"])
-            torch.set_rng_state(saved["rng"])
-            self.state = None if saved["state"] is None else self.model.per_stack_state(saved["state"])
+            self.runtime.set_rng_state(saved["rng"])
+            state = saved["state"]
+            self.state = None if state is None else self.model.per_stack_state(_to(state, self.device))
         except (KeyError, TypeError, RuntimeError, ValueError) as err:
             raise CheckpointError(f"{self.checkpoint_path} does not match this model: {str(err)[:300]}") from None
 
@@ -279,8 +318,9 @@ class Trainer:
                            "margin": result.margin})
             inputs = (state if isinstance(state, torch.Tensor) else state[0]).detach()
 
-    def evaluate(self, split: str = "valid") -> float:
-        return evaluate_loss(self.model, self.corpus.split(split), tokens=self.config.eval_tokens)
+    def evaluate(self, split: str = "valid", tokens: int | None = None) -> float:
+        with self.runtime.autocast():
+            return evaluate_loss(self.model, self.corpus.split(split), tokens=tokens)
 
     def run(self) -> dict:
         c, p = self.config, self.position
@@ -293,21 +333,22 @@ class Trainer:
         started = time.perf_counter() - p.elapsed
         snapshot = None
         updating = False  # between the snapshot and the end of optimizer.step: undo on Ctrl-C
-        rng = torch.get_rng_state()
+        rng = self.runtime.rng_state()
         window_tokens, window_start = 0, time.perf_counter()
         record = {}
         try:
             while p.step < self.total_steps:
                 if c.max_seconds is not None and time.perf_counter() - started >= c.max_seconds:
                     break
-                rng = torch.get_rng_state()  # an interrupted step is redone from here on --resume
+                rng = self.runtime.rng_state()  # an interrupted step is redone from here on --resume
                 x, y = self._batch()
                 lr = self.learning_rate(p.step)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 state_in = self.state
                 try:
-                    _, loss, state = self.module(x, y, detach_state(state_in))
+                    with self.runtime.autocast():
+                        _, loss, state = self.module(x, y, detach_state(state_in))
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                 except (odernn.StepSizeUnderflow, odernn.ImplicitSolveError) as err:
@@ -351,7 +392,7 @@ class Trainer:
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")
                 if c.eval_every and p.step % c.eval_every == 0 and p.step < self.total_steps and self.rank == 0:
-                    valid = self.evaluate()
+                    valid = self.evaluate(tokens=c.eval_tokens)
                     self._log({"step": p.step, "tokens": p.tokens, "valid_loss": valid,
                                "elapsed": time.perf_counter() - started})
                     self.model.train()
@@ -365,7 +406,7 @@ class Trainer:
             if updating:  # the step was not finished: save the state before it
                 self.model.load_state_dict(snapshot[0])
                 self.optimizer.load_state_dict(snapshot[1])
-            torch.set_rng_state(rng)
+            self.runtime.set_rng_state(rng)
             self.save()
             raise TrainingInterrupted(f"interrupted at step {p.step}/{self.total_steps}; checkpoint saved to "
                                       f"{self.checkpoint_path}; continue with --resume") from None
@@ -375,7 +416,8 @@ class Trainer:
         p.elapsed = time.perf_counter() - started
         self.save()
         cells = self.model.ode_cells()
-        result = {"step": p.step, "tokens": p.tokens, "train_loss": record.get("train_loss"),
+        result = {"step": p.step, "tokens": p.tokens, "epochs": p.tokens / (self.steps_per_epoch * c.batch_size * c.bptt),
+                  "device": str(self.device), "precision": c.precision, "train_loss": record.get("train_loss"),
                   "nan_recoveries": p.nan_recoveries, "elapsed": p.elapsed,
                   "tokens_per_s": p.tokens / max(p.elapsed, 1e-9),
                   "parameters": sum(q.numel() for q in self.model.parameters()),
@@ -391,6 +433,14 @@ class Trainer:
             tmp.write_text(json.dumps(result, indent=1))
             tmp.replace(self.out / "result.json")
         return result
+
+
+def _to(tree, device):
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_to(v, device) for v in tree)
+    return tree
 
 
 def train(config: TrainConfig, resume: bool = False) -> tuple[Trainer, dict]:

@@ -10,6 +10,10 @@ _EXAMPLE = """examples:
   odernn compare --corpus tinyshakespeare --seeds 0 1 2 --params 430000 --max-tokens 1000000 --out runs/compare
   odernn compare --corpus ptb --cells torch-lstm gru-ode:euler --layers 2 --hidden 200 --bptt 35 --batch-size 20
   odernn compare ... (the same command again)   # resumes: finished runs are kept, an unfinished one resumes
+  odernn compare --corpus ptb --cells torch-lstm torch-gru gru-ode:euler gru-ode:midpoint gru-ode:rk4 --seeds 0 \
+      --layers 2 --hidden 200 --batch-size 20 --bptt 20 --optimizer sgd --lr 20 --clip 0.25 --schedule step \
+      --decay-after 4 --decay 0.5 --epochs 13 --eval-every 500 --device cuda --out runs/ptb-zaremba
+                                                   # Zaremba et al. (2014), small (test perplexity 115.9)
 
 Writes OUT/results.md (mean ± std over seeds), OUT/learning_curves.png (seed bands against tokens and
 wall-clock), OUT/stability_<cell>.png (each ODE cell's region with its scaled eigenvalues) and every
@@ -37,12 +41,26 @@ def register(sub, formatter) -> None:
     p.add_argument("--grad", choices=("backprop", "checkpoint", "adjoint"), default=d.grad)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--bptt", type=int, default=d.bptt)
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default=d.optimizer)
     p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="token budget of every run")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clipping (0: none)")
+    p.add_argument("--schedule", choices=("cosine", "constant", "step"), default=d.schedule,
+                   help="as in 'odernn train'")
+    p.add_argument("--decay-after", type=int, default=d.decay_after, metavar="K")
+    p.add_argument("--decay", type=float, default=d.decay)
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--max-tokens", type=int, default=d.max_tokens, help="token budget of every run")
+    budget.add_argument("--epochs", type=int, help="budget of every run in epochs instead")
     p.add_argument("--max-seconds", type=float, help="wall-clock budget of every run")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="validation every N steps (the curves)")
     p.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help="validation tokens per evaluation")
     p.add_argument("--prompts", type=int, default=d.prompts, help="validation prompts for BLEU/ROUGE")
+    p.add_argument("--device", default=d.device, help="auto (default), cpu, cuda or cuda:N, for every run")
+    p.add_argument("--precision", choices=("float32", "bf16", "float64"), default=d.precision)
+    p.add_argument("--compile-elementwise", action="store_true", help="as in 'odernn train'")
+    p.add_argument("--cuda-graphs", action="store_true", help="as in 'odernn train'")
     p.add_argument("--out", default=d.out)
     p.set_defaults(handler=cmd_compare)
 
@@ -56,9 +74,15 @@ def cmd_compare(args) -> int:
     config = CompareConfig(corpus=args.corpus, text=args.text, level=args.level, data_root=args.data_root,
                            cells=args.cells, seeds=args.seeds, params=args.params, hidden=args.hidden,
                            layers=args.layers, dropout=args.dropout, grad=args.grad, batch_size=args.batch_size,
-                           bptt=args.bptt, lr=args.lr, max_tokens=args.max_tokens, max_seconds=args.max_seconds,
-                           eval_every=args.eval_every, eval_tokens=args.eval_tokens, prompts=args.prompts,
-                           out=args.out)
+                           bptt=args.bptt, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+                           weight_decay=args.weight_decay, clip=args.clip, schedule=args.schedule,
+                           decay_after=args.decay_after, decay=args.decay, max_tokens=args.max_tokens,
+                           epochs=args.epochs, max_seconds=args.max_seconds, eval_every=args.eval_every,
+                           eval_tokens=args.eval_tokens, prompts=args.prompts, device=args.device,
+                           precision=args.precision, compile_elementwise=args.compile_elementwise,
+                           cuda_graphs=args.cuda_graphs, out=args.out)
+    from textlm.runtime import Runtime
+    Runtime.of(config.device, config.precision)  # no CUDA: one line now, not one per run
     import odernn
     from textlm.model import TORCH_CELLS
     for cell in config.cells:  # fail before hours of training, not in the middle

@@ -5,6 +5,7 @@ import odernn
 from textlm.checkpoint import CheckpointError
 from textlm.data import CorpusError
 from textlm.model import ModelError
+from textlm.runtime import DeviceError
 
 
 class CLIError(Exception):
@@ -12,4 +13,5 @@ class CLIError(Exception):
 
 
 USER_ERRORS = (CLIError, butcher.TableauError, butcher.UnknownMethodError, odernn.CellSpecError,
-               odernn.ImplicitSolveError, OSError, CorpusError, CheckpointError, ModelError)
+               odernn.ImplicitSolveError, OSError, CorpusError, CheckpointError, ModelError,
+               DeviceError)

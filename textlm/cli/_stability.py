@@ -30,6 +30,9 @@ def register(sub, formatter) -> None:
         p.add_argument("--dt", type=float, help="judge at this interval instead of the spec's")
         p.add_argument("--samples", type=int, default=16, help="states sampled along a random-input trajectory")
         p.add_argument("--seed", type=int, default=0, help="seed of the weights and of the sampled inputs")
+        p.add_argument("--device", default="cpu",
+                       help="where the Jacobians are formed: cpu (default), cuda, cuda:N or auto; the verdict is "
+                            "computed in float64 on the CPU either way")
         if name == "check":
             p.add_argument("--json", action="store_true", help="print the report as JSON")
         else:
@@ -49,9 +52,10 @@ def _checkpoint_cells(args):
     import torch
 
     from ._text import _load_model
-    model, vocab, _ = _load_model(args.spec)
+    model, vocab, _, runtime = _load_model(args.spec, args.device)
+    model = model.to(runtime.dtype)  # judged on the float32 (or float64) weights, never in bf16
     generator = torch.Generator().manual_seed(args.seed)
-    idx = torch.randint(0, len(vocab), (1, args.samples), generator=generator)
+    idx = torch.randint(0, len(vocab), (1, args.samples), generator=generator).to(runtime.device)
     out = [(f"layer {i} ({cell.describe()})", cell, x) for i, cell, x in model.ode_layer_inputs(idx)]
     if not out:
         raise CLIError(f"{args.spec} has no ODE layers (its cells are torch baselines)")
@@ -67,9 +71,11 @@ def _reports(args):
     if _is_checkpoint(args.spec):
         return [(label, cell, stability.check(cell, inputs=x, dt=args.dt, samples=args.samples, seed=args.seed))
                 for label, cell, x in _checkpoint_cells(args)]
+    from textlm.runtime import resolve_device
+    device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     try:
-        cell = odernn.cell(args.spec, args.input_size, args.hidden_size)
+        cell = odernn.cell(args.spec, args.input_size, args.hidden_size).to(device)
     except odernn.CellSpecError as err:
         raise CLIError(str(err)) from None
     return [(args.spec, cell, stability.check(cell, dt=args.dt, samples=args.samples, seed=args.seed))]

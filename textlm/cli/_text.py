@@ -14,6 +14,9 @@ _TRAIN_EXAMPLE = """examples:
   odernn train --corpus ptb --cell torch-lstm --layers 2 --hidden 200 --dropout 0.2 --bptt 35 --batch-size 20
   odernn train --text notes.txt --level word --cell rnn:euler --grad adjoint --adjoint-method rk4
   odernn train --out runs/rk4 --resume --max-tokens 400000      # continue (or extend) a run
+  odernn train --corpus ptb --cell torch-lstm --layers 2 --hidden 200 --batch-size 20 --bptt 20 \
+      --optimizer sgd --lr 20 --clip 0.25 --schedule step --decay-after 4 --decay 0.5 --epochs 13 \
+      --device cuda                                              # Zaremba et al. (2014), small
 
 Cells: any 'odernn cell' spec (gru-ode:euler, rnn:rk4:steps=2, lstm, antisymmetric:euler, ...) or a
 fused PyTorch baseline: torch-rnn, torch-lstm, torch-gru. Writes OUT/checkpoint.pt (atomically, every
@@ -35,7 +38,16 @@ def _options(p, defaults) -> None:
     model.add_argument("--embed", type=int, help="embedding width (default: --hidden)")
     model.add_argument("--dropout", type=float, default=defaults.dropout)
     model.add_argument("--tie-weights", action="store_true", help="share the embedding and decoder weights")
-    model.add_argument("--dtype", choices=("float32", "float64"), default=defaults.dtype)
+    hardware = p.add_argument_group("device and precision")
+    hardware.add_argument("--device", help="auto (default: CUDA if there is one, else the CPU), cpu, cuda or "
+                                           "cuda:N; with --resume the run's own device unless given")
+    _precision_option(hardware, defaults.precision)
+    hardware.add_argument("--compile-elementwise", action="store_true",
+                          help="ODE layers: fuse each evaluation's elementwise math with torch.compile "
+                               "(compiles for a while first; pays on a GPU, not on a CPU)")
+    hardware.add_argument("--cuda-graphs", action="store_true",
+                          help="ODE layers: capture each batch shape's forward and backward in CUDA graphs "
+                               "(CUDA only; removes the per-token launch overhead)")
     grad = p.add_argument_group("gradients through the solver")
     grad.add_argument("--grad", choices=("backprop", "checkpoint", "adjoint"), default=defaults.grad,
                       help="backprop through the steps; checkpoint (recompute per token, exact); adjoint "
@@ -52,11 +64,19 @@ def _options(p, defaults) -> None:
     opt.add_argument("--optimizer", choices=("adamw", "sgd"), default=defaults.optimizer)
     opt.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     opt.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum")
-    opt.add_argument("--schedule", choices=("cosine", "constant"), default=defaults.schedule)
+    opt.add_argument("--schedule", choices=("cosine", "constant", "step"), default=defaults.schedule,
+                     help="cosine decay to a tenth over the run, constant, or step: × --decay at every "
+                          "epoch after the first --decay-after (Zaremba et al. 2014)")
+    opt.add_argument("--decay-after", type=int, default=defaults.decay_after, metavar="K",
+                     help=f"epochs at the full rate with --schedule step (default {defaults.decay_after})")
+    opt.add_argument("--decay", type=float, default=defaults.decay,
+                     help=f"factor per later epoch with --schedule step (default {defaults.decay})")
     opt.add_argument("--warmup", type=int, default=defaults.warmup, help="warm-up steps")
     opt.add_argument("--clip", type=float, default=defaults.clip, help="gradient-norm clipping (0: none)")
-    opt.add_argument("--max-tokens", type=int, help=f"training-token budget (default {defaults.max_tokens:,}; "
-                                                    "with --resume: extend the run's budget to this)")
+    budget = opt.add_mutually_exclusive_group()
+    budget.add_argument("--max-tokens", type=int, help=f"training-token budget (default {defaults.max_tokens:,}; "
+                                                       "with --resume: extend the run's budget to this)")
+    budget.add_argument("--epochs", type=int, help="budget in passes over the training streams instead")
     opt.add_argument("--max-seconds", type=float, help="wall-clock budget (the schedule still follows --max-tokens)")
     opt.add_argument("--seed", type=int, default=defaults.seed)
     opt.add_argument("--on-nan", choices=("halve", "stop"), default=defaults.on_nan,
@@ -73,6 +93,17 @@ def _options(p, defaults) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--sample-length", type=int, default=200, help="length of the sample printed at the end")
     run.add_argument("--json", action="store_true", help="print the final result as JSON (no sample)")
+
+
+def _precision_option(group, default: str | None) -> None:
+    from textlm.runtime import PRECISIONS
+    group.add_argument("--precision", "--dtype", dest="precision", choices=PRECISIONS, default=default,
+                       help="float32, bf16 (autocast with float32 master weights; ODE states stay float32) or "
+                            "float64" + (f" (default {default})" if default else " (default: the run's own)"))
+
+
+def _device_option(p) -> None:
+    p.add_argument("--device", default="auto", help="auto (default: CUDA if there is one), cpu, cuda or cuda:N")
 
 
 def register(sub, formatter) -> None:
@@ -93,6 +124,8 @@ def register(sub, formatter) -> None:
     p.add_argument("--top-k", type=int)
     p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
     p.add_argument("--seed", type=int, default=0)
+    _device_option(p)
+    _precision_option(p, None)
     p.set_defaults(handler=cmd_generate)
 
     p = sub.add_parser("evaluate", help="perplexity, BLEU, ROUGE-L and the combined score of a checkpoint",
@@ -105,6 +138,8 @@ def register(sub, formatter) -> None:
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
+    _device_option(p)
+    _precision_option(p, None)
     p.set_defaults(handler=cmd_evaluate)
 
 
@@ -112,8 +147,9 @@ def _config(args):
     from textlm.train import TrainConfig
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     values["progress"] = not args.no_progress
-    if values.get("max_tokens") is None:
-        values.pop("max_tokens", None)
+    for name in ("max_tokens", "device"):  # not given: the default (or, on --resume, the run's own)
+        if values.get(name) is None:
+            values.pop(name, None)
     if not args.resume and not (args.corpus or args.text):
         raise CLIError("give --corpus NAME or --text PATH (or --resume)")
     try:
@@ -158,13 +194,15 @@ def cmd_train(args) -> int:
     from textlm.train import Trainer, TrainingError, TrainingInterrupted
     config = _config(args)
     try:
-        trainer = Trainer(config, resume=args.resume, max_tokens=args.max_tokens)
+        trainer = Trainer(config, resume=args.resume, max_tokens=args.max_tokens, device=args.device)
     except ValueError as err:
         raise CLIError(str(err)) from None
     model = trainer.model
+    c = trainer.config
     print(f"{trainer.corpus!r}\nmodel: {model.describe()}, {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"grad {trainer.config.grad}; {trainer.total_steps} steps of {trainer.config.batch_size}×"
-          f"{trainer.config.bptt} tokens", file=sys.stderr)
+          f"grad {c.grad}; {trainer.total_steps} steps of {c.batch_size}×{c.bptt} tokens "
+          f"({trainer.total_steps / trainer.steps_per_epoch:.3g} epochs) on {c.device} in {c.precision}",
+          file=sys.stderr)
     try:
         result = trainer.run()
     except TrainingInterrupted as err:
@@ -187,24 +225,32 @@ def cmd_train(args) -> int:
     print(line + f" after {result['tokens']:,} tokens in {result['elapsed']:.1f} s")
     vocab = trainer.corpus.vocab
     prompt = vocab.encode("\n" if level == "char" else "<eos>", strict=False) or [0]
-    generated = sample(model, prompt, args.sample_length, temperature=0.8,
-                       generator=torch.Generator().manual_seed(config.seed))
+    with trainer.runtime.autocast():
+        generated = sample(model, prompt, args.sample_length, temperature=0.8,
+                           generator=torch.Generator().manual_seed(config.seed))
     print("sample:\n" + vocab.decode(generated))
     print(f"checkpoint {trainer.checkpoint_path}; metrics {trainer.out / 'metrics.jsonl'}"
           + (f"; curves {curves}" if curves else ""), file=sys.stderr)
     return 0
 
 
-def _load_model(path):
+def _load_model(path, device="cpu", precision: str | None = None):
+    """``(model, vocabulary, checkpoint, runtime)``: the model on ``device``, with the runtime of
+    ``precision`` (``None``: the precision it was trained in)."""
     from textlm.checkpoint import load_checkpoint
     from textlm.data import Vocabulary
     from textlm.model import LanguageModel
+    from textlm.runtime import Runtime
     data = load_checkpoint(path)
+    trained = data.get("config", {})
+    runtime = Runtime.of(device, precision or trained.get("precision") or trained.get("dtype") or "float32")
     try:
-        model = LanguageModel.from_checkpoint(data)
+        model = LanguageModel.from_checkpoint(data, runtime.device)
     except (KeyError, RuntimeError, ValueError) as err:
         raise CLIError(f"{path}: the checkpoint's model does not load: {str(err)[:200]}") from None
-    return model, Vocabulary.from_dict(data["vocab"]), data
+    if runtime.precision != "bf16":  # bf16 runs float32 weights under autocast
+        model = model.to(runtime.dtype)
+    return model, Vocabulary.from_dict(data["vocab"]), data, runtime
 
 
 def cmd_generate(args) -> int:
@@ -213,7 +259,7 @@ def cmd_generate(args) -> int:
     from textlm.evaluate import sample
     if args.length < 0:
         raise CLIError("--length must be ≥ 0")
-    model, vocab, _ = _load_model(args.checkpoint)
+    model, vocab, _, runtime = _load_model(args.checkpoint, args.device, args.precision)
     try:
         prompt = vocab.encode(args.prompt)
     except KeyError as err:
@@ -221,8 +267,9 @@ def cmd_generate(args) -> int:
     if not prompt:
         raise CLIError("the prompt has no tokens")
     try:
-        out = sample(model, prompt, args.length, args.temperature, args.top_k, args.greedy,
-                     torch.Generator().manual_seed(args.seed))
+        with runtime.autocast():
+            out = sample(model, prompt, args.length, args.temperature, args.top_k, args.greedy,
+                         torch.Generator().manual_seed(args.seed))
     except ValueError as err:
         raise CLIError(str(err)) from None
     print(vocab.decode(prompt) + ("" if vocab.level == "char" else " ") + vocab.decode(out))
@@ -234,17 +281,19 @@ def cmd_evaluate(args) -> int:
 
     from textlm.data import load_corpus
     from textlm.evaluate import evaluate_loss, generation_metrics
-    model, vocab, data = _load_model(args.checkpoint)
+    model, vocab, data, runtime = _load_model(args.checkpoint, args.device, args.precision)
     config = data["config"]
     corpus = load_corpus(config.get("corpus"), config.get("text"), config.get("level"),
                          args.data_root or config.get("data_root"))
     if corpus.vocab.tokens != vocab.tokens:
         raise CLIError("the corpus's vocabulary differs from the checkpoint's")
     split = corpus.split(args.split)
-    loss = evaluate_loss(model, split)
-    metrics = generation_metrics(model, vocab, split, prompts=args.prompts, temperature=args.temperature,
-                                 seed=args.seed)
-    result = {"split": args.split, "tokens": len(split), "loss": loss, "perplexity": math.exp(loss),
+    with runtime.autocast():
+        loss = evaluate_loss(model, split)
+        metrics = generation_metrics(model, vocab, split, prompts=args.prompts, temperature=args.temperature,
+                                     seed=args.seed)
+    result = {"split": args.split, "tokens": len(split), "device": str(runtime.device),
+              "precision": runtime.precision, "loss": loss, "perplexity": math.exp(loss),
               "bleu": metrics.bleu, "rouge_l": metrics.rouge_l, "distinct_1": metrics.distinct_1,
               "distinct_2": metrics.distinct_2, "self_bleu": metrics.self_bleu, "combined": metrics.combined}
     if vocab.level == "char":

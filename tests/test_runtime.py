@@ -1,0 +1,276 @@
+"""Devices, precisions, the per-epoch schedule, fused elementwise math and CUDA graphs.
+
+Without a GPU the CUDA tests skip; the CPU shows the rest: device resolution and its errors,
+bf16 autocast (the same code path as on CUDA), compiled elementwise math (C++ on a CPU instead of
+Triton), and the bookkeeping of the CUDA-graph cache with the capture itself stubbed out.
+``benchmarks/cuda_check.py`` runs the CUDA equality checks on a GPU machine as a script."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import odernn
+from textlm.checkpoint import load_checkpoint
+from textlm.evaluate import sample
+from textlm.model import LanguageModel
+from textlm.runtime import DeviceError, Runtime, resolve_device
+from textlm.train import TrainConfig, Trainer
+
+from test_cli import run
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+
+
+# --- devices ------------------------------------------------------------------------------------
+
+def test_device_names():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device(None) == resolve_device("auto")
+    for bad in ("tpu", "cuda:x", "gpu0"):
+        with pytest.raises(DeviceError, match="unknown device"):
+            resolve_device(bad)
+    with pytest.raises(DeviceError, match="--precision fp8"):
+        Runtime.of("cpu", "fp8")
+
+
+@no_cuda
+@pytest.mark.parametrize("name", ["cuda", "cuda:1"])
+def test_cuda_without_cuda_says_so(name):
+    with pytest.raises(DeviceError, match=r"no CUDA here .*use --device cpu"):
+        resolve_device(name)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    trainer = Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=8000, cell="gru-ode:midpoint", hidden=16,
+                                  batch_size=4, bptt=16, max_tokens=4 * 16 * 4, out=str(out), progress=False,
+                                  eval_tokens=500, precision="bf16", device="cpu"))
+    trainer.run()
+    return out
+
+
+@no_cuda
+@pytest.mark.parametrize("command", [
+    ["train", "--corpus", "tinyshakespeare"],
+    ["evaluate", "CHECKPOINT"],
+    ["generate", "CHECKPOINT"],
+    ["stability", "check", "gru-ode:rk4"],
+    ["compare", "--cells", "torch-gru", "--out", "OUT"],
+])
+def test_every_command_refuses_cuda_without_it_in_one_line(command, checkpoint, tmp_path):
+    args = [str(checkpoint) if a == "CHECKPOINT" else str(tmp_path) if a == "OUT" else a for a in command]
+    code, _, err = run(*args, "--device", "cuda")
+    assert code == 2 and err.count("\n") == 1 and "no CUDA here" in err, err
+
+
+def test_a_run_records_its_device_and_precision(checkpoint):
+    data = load_checkpoint(checkpoint)
+    assert data["config"]["device"] == "cpu" and data["config"]["precision"] == "bf16"
+    assert data["rng"]["cpu"].dtype == torch.uint8
+    result = json.loads((checkpoint / "result.json").read_text())
+    assert result["device"] == "cpu" and result["precision"] == "bf16"
+    code, stdout, err = run("evaluate", str(checkpoint), "--prompts", "2", "--json", "--device", "cpu")
+    assert code == 0, err
+    evaluated = json.loads(stdout)
+    assert evaluated["precision"] == "bf16" and evaluated["device"] == "cpu"  # the run's own precision
+    code, stdout, _ = run("evaluate", str(checkpoint), "--prompts", "2", "--json", "--precision", "float64")
+    exact = json.loads(stdout)
+    # the same weights judged in float64: bf16 round-off moves the loss, but only a little
+    assert exact["precision"] == "float64" and abs(exact["loss"] - evaluated["loss"]) < 0.02
+
+
+def test_checkpoints_from_before_devices_and_precisions_load():
+    old = TrainConfig.from_dict({"corpus": "ptb", "dtype": "float64"})
+    assert old.precision == "float64" and old.device == "cpu"  # they were trained on the CPU
+    runtime = Runtime.of("cpu")
+    runtime.set_rng_state(torch.manual_seed(7).get_state())  # the bare CPU state old checkpoints hold
+    a = torch.rand(3)
+    runtime.set_rng_state(torch.manual_seed(7).get_state())
+    assert torch.equal(a, torch.rand(3))
+
+
+# --- bf16 ---------------------------------------------------------------------------------------
+
+def _loss_and_grads(rnn, x, h0, bf16=False):
+    """Outputs, final blocks and the gradients of a loss of both; with ``bf16`` the forward pass
+    under CPU autocast (and the backward outside it, as a training step runs)."""
+    x = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out, h_n = rnn(x, h0)
+    blocks = (h_n,) if isinstance(h_n, torch.Tensor) else h_n
+    loss = out.float().square().mean() + sum(b.float().sin().sum() for b in blocks)
+    grads = torch.autograd.grad(loss, [x, *rnn.parameters()])
+    return out.detach(), [b.detach() for b in blocks], grads
+
+
+@pytest.mark.parametrize("spec", ["gru-ode:rk4", "lstm:euler", "rnn:midpoint:steps=2", "antisymmetric:ssprk3"])
+@pytest.mark.parametrize("grad", ["backprop", "checkpoint"])
+def test_bf16_autocast_engine_is_float64_to_bf16_round_off(spec, grad):
+    """Under autocast the products and activations are bfloat16, the state float32: the outputs
+    and every gradient are the float64 ones to bf16 round-off, and visibly not float32's."""
+    torch.manual_seed(0)
+    rnn = odernn.ODERNN(spec, 12, 24, num_layers=2, fused=False, grad=grad)
+    x, h0 = torch.randn(20, 5, 12), None
+    out, blocks, grads = _loss_and_grads(rnn, x, h0, bf16=True)
+    exact = odernn.ODERNN(spec, 12, 24, num_layers=2, fused=False, grad=grad).double()
+    exact.load_state_dict(rnn.state_dict())
+    ref_out, ref_blocks, ref_grads = _loss_and_grads(exact, x.double(), h0)
+    f32_out, _, _ = _loss_and_grads(rnn, x, h0)
+    assert out.dtype == torch.float32 and all(b.dtype == torch.float32 for b in blocks)
+    assert all(g.dtype == torch.float32 for g in grads)
+
+    def rel(a, b):
+        return float((a.double() - b).norm() / b.norm())
+    assert rel(out, ref_out) < 2e-2 and all(rel(a, b) < 2e-2 for a, b in zip(blocks, ref_blocks))
+    assert all(rel(a, b) < 5e-2 for a, b in zip(grads, ref_grads))
+    assert rel(f32_out, ref_out) < 1e-5 < rel(out, ref_out)  # bf16 did run
+
+
+@pytest.mark.parametrize("spec, grad", [("gru-ode:dopri5:rtol=1e-4", "backprop"),
+                                        ("rnn:backward-euler", "backprop"), ("gru-ode:rk4", "adjoint")])
+def test_token_by_token_solves_run_whole_in_float32_under_autocast(spec, grad):
+    torch.manual_seed(1)
+    rnn = odernn.ODERNN(spec, 6, 10, grad=grad)
+    x = torch.randn(8, 3, 6)
+    plain = _loss_and_grads(rnn, x, None)
+    autocast = _loss_and_grads(rnn, x, None, bf16=True)
+    assert torch.equal(plain[0], autocast[0])
+    assert all(torch.equal(a, b) for a, b in zip(plain[2], autocast[2]))
+
+
+def test_bf16_training_follows_float32_training(tmp_path):
+    losses = {}
+    for precision in ("float32", "bf16"):
+        trainer = Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=20_000, cell="gru-ode:rk4", hidden=32,
+                                      batch_size=8, bptt=16, max_tokens=8 * 16 * 20, lr=1e-2,
+                                      out=str(tmp_path / precision),
+                                      progress=False, eval_tokens=2000, log_every=1, precision=precision,
+                                      device="cpu"))
+        result = trainer.run()
+        losses[precision] = [json.loads(line)["train_loss"] for line in open(tmp_path / precision / "metrics.jsonl")
+                             if "train_loss" in line]
+        losses[precision + " valid"] = result["valid_loss"]
+    assert losses["float32"][-1] < losses["float32"][0] - 0.3  # it learns
+    # measured: 5e-4 apart at most over the run, 1e-4 in validation loss
+    assert max(abs(a - b) for a, b in zip(losses["float32"], losses["bf16"])) < 0.01
+    assert abs(losses["float32 valid"] - losses["bf16 valid"]) < 0.01
+
+
+# --- the learning-rate schedule -----------------------------------------------------------------
+
+def test_step_schedule_halves_the_rate_every_epoch_after_the_first_k(tmp_path):
+    trainer = Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=2000, cell="torch-gru", hidden=8,
+                                  batch_size=4, bptt=16, epochs=4, optimizer="sgd", lr=1.0, schedule="step",
+                                  decay_after=2, decay=0.5, out=str(tmp_path), progress=False, log_every=1,
+                                  eval_tokens=200, device="cpu"))
+    per_epoch = (2000 // 4 - 1) // 16
+    assert trainer.steps_per_epoch == per_epoch and trainer.total_steps == 4 * per_epoch
+    result = trainer.run()
+    assert result["epochs"] == pytest.approx(4) and result["step"] == 4 * per_epoch
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    rates = {(r["epoch"], r["lr"]) for r in records if "lr" in r}
+    assert rates == {(0, 1.0), (1, 1.0), (2, 0.5), (3, 0.25)}  # Zaremba: ×½ per epoch from the (k+1)-th
+
+
+# --- fused elementwise math ---------------------------------------------------------------------
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("spec", ["gru-ode:rk4", "lstm:euler"])
+def test_compiled_elementwise_math_equals_the_eager_engine(spec):
+    torch.manual_seed(2)
+    eager = odernn.ODERNN(spec, 5, 7, fused=False)
+    compiled = odernn.ODERNN(spec, 5, 7, fused=False, compile_elementwise=True)
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.randn(6, 3, 5)
+    a, b = _loss_and_grads(eager, x, None), _loss_and_grads(compiled, x, None)
+    assert (a[0] - b[0]).abs().max() < 1e-12
+    assert all((g - h).abs().max() < 1e-12 for g, h in zip(a[2], b[2]))
+
+
+# --- CUDA graphs: the cache, with the capture stubbed (the capture itself needs a GPU) ------------
+
+def test_graph_cache_captures_a_shape_the_second_time_and_keeps_the_last_four(monkeypatch):
+    captured = []
+
+    def capture(module, sample, **kwargs):  # stands in for torch.cuda.make_graphed_callables
+        captured.append(tuple(t.shape for t in sample))
+        return module
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", capture)
+    torch.manual_seed(3)
+    rnn = odernn.ODERNN("lstm:euler", 4, 6, fused=False)
+    graphs = rnn.graphs
+
+    def call(T, B, hx=None):
+        x = torch.randn(T, B, 4, requires_grad=True)
+        out, h_n = graphs(rnn, x, hx, None)
+        ref_out, ref_h = rnn.eager_forward(x, hx)
+        assert torch.equal(out, ref_out) and all(torch.equal(a, b) for a, b in zip(h_n, ref_h))
+        return out, h_n
+    _, state = call(8, 2)
+    assert graphs.captures == 0  # first sight: eager
+    _, state = call(8, 2)
+    assert graphs.captures == 1 and captured == [((8, 2, 4),)]
+    call(8, 2)
+    assert graphs.captures == 1  # replayed
+    call(8, 2, state)  # with a carried (h, c): another signature
+    call(8, 2, state)
+    assert captured[-1] == ((8, 2, 4), (1, 2, 6), (1, 2, 6))
+    call(3, 2)  # the last, shorter batch: eager, and captured only if it comes back
+    assert graphs.captures == 2
+    for T in (4, 5, 6, 7):
+        call(T, 2)
+        call(T, 2)
+    assert graphs.captures == 6 and len(graphs.graphs) == 4
+    rnn.eval()
+    with torch.no_grad():
+        call(8, 2)
+    assert graphs.captures == 6  # evaluation mode is a signature of its own
+
+
+def test_graphs_are_used_only_for_cuda_inputs(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", lambda *a, **k: pytest.fail("captured on a CPU"))
+    rnn = odernn.ODERNN("gru-ode:euler", 3, 4, cuda_graphs=True, fused=False)
+    for _ in range(3):
+        rnn(torch.randn(5, 2, 3))
+    assert rnn.graphs.captures == 0 and not rnn.graphs.seen
+
+
+# --- on a GPU ------------------------------------------------------------------------------------
+
+@cuda
+@pytest.mark.parametrize("options", [{}, {"compile_elementwise": True}, {"cuda_graphs": True},
+                                     {"compile_elementwise": True, "cuda_graphs": True}])
+@pytest.mark.parametrize("spec", ["gru-ode:euler", "gru-ode:rk4", "lstm:euler"])
+def test_cuda_equals_cpu_float64_to_float32_round_off(spec, options, monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(4)
+    rnn = odernn.ODERNN(spec, 32, 64, num_layers=2, fused=False, **options).cuda()
+    exact = odernn.ODERNN(spec, 32, 64, num_layers=2, fused=False).double()
+    exact.load_state_dict(rnn.state_dict())
+    for _ in range(3):  # fresh inputs each time; with graphs the later ones replay
+        x = torch.randn(16, 8, 32)
+        out, blocks, grads = _loss_and_grads(rnn, x.cuda(), None)
+        ref_out, _, ref_grads = _loss_and_grads(exact, x.double(), None)
+        assert float((out.cpu().double() - ref_out).abs().max()) < 1e-4
+        assert all(float((g.cpu().double() - r).norm() / r.norm()) < 1e-4 for g, r in zip(grads, ref_grads))
+
+
+@cuda
+def test_a_model_trained_on_cuda_evaluates_and_generates_on_the_cpu(tmp_path):
+    trainer = Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=8000, cell="gru-ode:rk4", hidden=16,
+                                  batch_size=4, bptt=16, max_tokens=4 * 16 * 4, out=str(tmp_path), progress=False,
+                                  eval_tokens=500, device="cuda"))
+    result = trainer.run()
+    assert result["device"].startswith("cuda")
+    code, stdout, err = run("evaluate", str(tmp_path), "--prompts", "2", "--json", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads(stdout)["loss"] == pytest.approx(result["valid_loss"], abs=1e-4)
+    model = LanguageModel.from_checkpoint(load_checkpoint(tmp_path), "cpu")
+    assert len(sample(model, [1, 2, 3], 10, generator=torch.Generator().manual_seed(0))) == 10
+    assert math.isfinite(result["valid_loss"])
