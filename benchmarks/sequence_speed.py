@@ -14,13 +14,23 @@ is shared and noisy) hits all of them alike; each figure is the median over ``--
 The language-model row trains ``textlm.LanguageModel`` (vocabulary 65, one layer of 256, batch 32
 × bptt 64, AdamW): tokens per second of the whole step, optimiser included.
 
+On a GPU (``--device cuda``) the baselines are cuDNN's ``nn.GRU`` and ``nn.LSTM``, TF32 is off on
+both sides (``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32``), and
+each generated layer is timed four ways — the plain engine, with its elementwise math compiled
+(``compile_elementwise``), captured in CUDA graphs (``cuda_graphs``), and both — at B × H = 32 ×
+256 and 128 × 1024, in float32 and then in bf16 (autocast on both sides); the goals are judged on
+the fastest of the four, which is named. The language-model rows compare ``torch-gru`` with
+``gru-ode:euler`` in the engine, plain and with both options.
+
     python benchmarks/sequence_speed.py [--repeats 9] [--threads 2] [--json out.json] [--device cpu]
+    python benchmarks/sequence_speed.py --device cuda [--precision float32|bf16|both] [--json gpu.json]
     python benchmarks/sequence_speed.py --profile lstm:euler     # where the engine's step goes
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -41,6 +51,15 @@ GOALS = {  # (row, goal, "<=" or ">=")
     "LM tokens/s, gru-ode:euler engine / torch-gru": (0.9, ">="),
     "LM tokens/s, gru-ode:euler default / torch-gru": (0.9, ">="),
 }
+CUDA_GOALS = {  # judged on the fastest way of running each generated layer; (B, H) None: every shape
+    ("gru-ode:euler / nn.GRU", (32, 256)): (1.0, "<="),
+    ("gru-ode:rk4 / (4 × nn.GRU), per evaluation", (32, 256)): (0.6, "<="),
+    ("gru-ode:euler / nn.GRU", (128, 1024)): (2.0, "<="),
+    ("gru-ode:rk4 / (4 × nn.GRU), per evaluation", (128, 1024)): (2.0, "<="),
+    ("LM tokens/s, gru-ode:euler fastest / torch-gru", None): (0.7, ">="),
+}
+WAYS = {"plain": {}, "compiled": {"compile_elementwise": True}, "graphs": {"cuda_graphs": True},
+        "compiled + graphs": {"compile_elementwise": True, "cuda_graphs": True}}
 
 
 def round_robin(steps: dict, repeats: int, sync) -> dict:
@@ -193,6 +212,122 @@ def profile(spec: str, B: int = 32, H: int = 256, T: int = 64, steps: int = 3) -
             print(f"  {e.key:<40}{e.self_cpu_time_total / steps / 1e3:8.2f} ms  {e.count // steps:6d} calls")
 
 
+def autocast(device, precision):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+    return contextlib.nullcontext()
+
+
+def under(context_factory, step):
+    def run():
+        with context_factory():
+            step()
+    return run
+
+
+def way_rows(B, H, device, precision, repeats, sync, T: int = 64, ways=WAYS) -> tuple[dict, dict]:
+    """The GPU table at one shape: cuDNN's ``nn.GRU`` and ``nn.LSTM`` and each generated layer run
+    every way in ``ways``; ratios of the fastest way (named) against the torch layer of its field."""
+    torch.manual_seed(0)
+    x = torch.randn(T, B, H, device=device)
+    context = (lambda: autocast(device, precision))
+    steps = {"nn.GRU": layer_step(nn.GRU(H, H).to(device), x), "nn.LSTM": layer_step(nn.LSTM(H, H).to(device), x)}
+    if device.type == "cpu" and precision == "bf16":  # oneDNN: no bf16 LSTM without AVX512-BF16 (a CPU smoke run)
+        steps["nn.LSTM"] = without_onednn(steps["nn.LSTM"])
+    for spec in ("gru-ode:euler", "gru-ode:rk4", "lstm:euler"):
+        for way, options in ways.items():
+            steps[f"{spec} {way}"] = layer_step(engine(spec, H, H, device, **options), x)
+    times = round_robin({name: under(context, step) for name, step in steps.items()}, repeats, sync)
+    ratios, fastest = {}, {}
+    for spec, baseline, evaluations in (("gru-ode:euler", "nn.GRU", 1), ("gru-ode:rk4", "nn.GRU", 4),
+                                        ("lstm:euler", "nn.LSTM", 1)):
+        way = min(ways, key=lambda w: times[f"{spec} {w}"])
+        fastest[spec] = way
+        name = f"{spec} / {baseline}" if evaluations == 1 else f"{spec} / ({evaluations} × {baseline}), per evaluation"
+        ratios[name] = times[f"{spec} {way}"] / (evaluations * times[baseline])
+    return times, {"ratios": ratios, "fastest": fastest}
+
+
+def cuda_language_model_rows(device, precision, repeats, sync, B=32, T=64, H=256, V=65) -> tuple[dict, dict]:
+    """The language model's training step on a GPU: ``torch-gru`` (cuDNN) and ``gru-ode:euler`` in
+    the engine, plain and with compiled elementwise math in CUDA graphs."""
+    models = {}
+    for name, cell, options in (("torch-gru", "torch-gru", {}), ("gru-ode:euler plain", "gru-ode:euler", {}),
+                                ("gru-ode:euler compiled + graphs", "gru-ode:euler",
+                                 {"compile_elementwise": True, "cuda_graphs": True})):
+        torch.manual_seed(0)
+        model = LanguageModel(V, cell, hidden=H, **options).to(device)
+        if cell != "torch-gru":
+            model.layers[0].rnn.fused = False  # the engine, not cuDNN's kernel for the equal GRU
+        models[name] = model
+    g = torch.Generator().manual_seed(0)
+    idx, targets = (torch.randint(0, V, (B, T), generator=g).to(device) for _ in range(2))
+
+    def train_step(model):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, precision):
+                _, loss, _ = model(idx, targets)
+            loss.backward()
+            optimizer.step()
+        return step
+
+    times = round_robin({name: train_step(m) for name, m in models.items()}, repeats, sync)
+    speed = {name: B * T / t for name, t in times.items()}
+    fastest = max(("gru-ode:euler plain", "gru-ode:euler compiled + graphs"), key=speed.get)
+    ratios = {"LM tokens/s, gru-ode:euler fastest / torch-gru": speed[fastest] / speed["torch-gru"],
+              "LM tokens/s, gru-ode:euler plain / torch-gru": speed["gru-ode:euler plain"] / speed["torch-gru"]}
+    return {f"LM {name}": t for name, t in times.items()}, {"ratios": ratios, "fastest": {"LM": fastest}}
+
+
+def cuda_main(args, device) -> dict:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    sync = torch.cuda.synchronize
+    shapes, T, lm, ways = [(32, 256), (128, 1024)], 64, {}, WAYS
+    if args.quick:
+        shapes, T, lm = [(2, 8)], 4, {"H": 8, "B": 2, "T": 4}
+    precisions = ["float32", "bf16"] if args.precision == "both" else [args.precision]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    results = {"device": name, "times_s": {}, "ratios": {}, "fastest": {}}
+    for precision in precisions:
+        print(f"\n{name}, {precision}{' (autocast on both sides)' if precision == 'bf16' else ''}, TF32 off; one "
+              f"layer, forward + backward, T = {T}, E = H; median of {args.repeats}, round-robin")
+        for B, H in shapes:
+            times, found = way_rows(B, H, device, precision, args.repeats, sync, T, ways)
+            key = f"{precision} B={B},H={H}"
+            print(f"\nB = {B}, H = {H}")
+            for row, seconds in times.items():
+                print(f"  {row:<40}{seconds * 1e3:10.3f} ms")
+            for row, value in found["ratios"].items():
+                field = row.split(" /")[0]
+                goal = CUDA_GOALS.get((row, (B, H)))
+                print(f"  {row:<48}{value:6.2f}  fastest: {found['fastest'][field]:<18}"
+                      f"{cuda_verdict(goal, value) if goal and not args.quick else ''}")
+            results["times_s"][key], results["ratios"][key], results["fastest"][key] = (
+                times, found["ratios"], found["fastest"])
+        times, found = cuda_language_model_rows(device, precision, args.repeats, sync, **lm)
+        print(f"\nlanguage model training step (vocabulary 65, 1 × {lm.get('H', 256)}, batch {lm.get('B', 32)} × bptt "
+              f"{lm.get('T', 64)}, AdamW), {precision}")
+        for row, seconds in times.items():
+            print(f"  {row:<40}{seconds * 1e3:10.3f} ms")
+        for row, value in found["ratios"].items():
+            goal = CUDA_GOALS.get((row, None))
+            print(f"  {row:<56}{value:6.2f}  {cuda_verdict(goal, value) if goal and not args.quick else ''}")
+        key = f"{precision} language model"
+        results["times_s"][key], results["ratios"][key], results["fastest"][key] = (
+            times, found["ratios"], found["fastest"])
+    return results
+
+
+def cuda_verdict(goal, value) -> str:
+    bound, sense = goal
+    met = value <= bound if sense == "<=" else value >= bound
+    return f"goal {sense} {bound}: {'met' if met else 'NOT MET'}"
+
+
 def verdict(name, value):
     if name not in GOALS:
         return ""
@@ -206,6 +341,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=9, help="timed runs of each variant (default: 9)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads on the CPU (default: 2)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--precision", choices=("float32", "bf16", "both"), default="both",
+                        help="with --device cuda: the table in float32, bf16 or both (default)")
     parser.add_argument("--json", help="also write every time and ratio to this file")
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run: small sizes, one repeat")
     parser.add_argument("--profile", metavar="SPEC", help="instead: profile one training step of SPEC's engine "
@@ -215,7 +352,15 @@ def main(argv=None):
     if args.profile:
         return profile(args.profile)
     device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.exit(2, "sequence_speed.py: --device cuda: this machine has no CUDA\n")
+        results = cuda_main(args, device)
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(results, handle, indent=1)
+        return results
+    sync = lambda: None  # noqa: E731
     shapes = [(32, 256, True), (32, 64, False), (32, 1024, False), (1, 256, False), (128, 256, False)]
     T, lm = 64, {}
     if args.quick:

@@ -29,6 +29,7 @@ and pushed through ``W`` once, at the evaluation that made them.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass, field as dataclass_field
 
@@ -81,11 +82,30 @@ class _Tape:
     substeps: list = dataclass_field(default_factory=list)  # (group, {stage: _Evaluation}) in order
 
 
+def _compiled(function):
+    """``function`` fused by ``torch.compile`` into one graph (``fullgraph``: a graph break would
+    silently un-fuse it). Batch sizes become dynamic after the first change, so that training,
+    evaluation and sampling share a kernel. Should Dynamo still hit its recompile limit (it keeps
+    at most a few variants per function: dtypes, autocast, block groups), the function runs
+    eagerly from then on, with one warning, rather than failing."""
+    state = {"run": torch.compile(function, fullgraph=True)}
+
+    def run(*args):
+        try:
+            return state["run"](*args)
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            warnings.warn(f"odernn: torch.compile reached its recompile limit on {function.__qualname__}; "
+                          "it runs uncompiled from now on", RuntimeWarning, stacklevel=2)
+            state["run"] = function
+            return function(*args)
+    return run
+
+
 class _FieldMath:
     """The elementwise halves of a field's evaluation and of its reverse (``activate``,
     ``derivative``, ``derivative_vjp``, ``activate_vjp``), eager or each fused into one kernel by
     ``torch.compile`` (Triton on a GPU, C++ on a CPU). The matrix products stay outside, on
-    cuBLAS/oneDNN. Compiled functions are made once per field and shape and reused."""
+    cuBLAS/oneDNN. Compiled functions are made once per field and reused."""
 
     _compiled = weakref.WeakKeyDictionary()  # field -> its compiled _FieldMath
 
@@ -100,7 +120,7 @@ class _FieldMath:
         if not compiled:
             return cls(field)
         if field not in cls._compiled:
-            cls._compiled[field] = cls(field, lambda f: torch.compile(f, dynamic=False, fullgraph=True))
+            cls._compiled[field] = cls(field, _compiled)
         return cls._compiled[field]
 
 

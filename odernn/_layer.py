@@ -151,7 +151,10 @@ class ODERNN(nn.Module):
 
     def eager_forward(self, input, hx=None, dt=None, lengths=None):
         """:meth:`forward` without CUDA graphs."""
-        if self.fused and self._torch_twin is not None and dt is None and lengths is None and self.grad == "backprop":
+        # oneDNN builds no bfloat16 LSTM without AVX512-BF16: under CPU autocast the engine runs
+        cpu_autocast = isinstance(input, torch.Tensor) and input.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        if (self.fused and self._torch_twin is not None and dt is None and lengths is None and self.grad == "backprop"
+                and not cpu_autocast):
             # the same layers as nn.GRU/LSTM/RNN (Euler, Δ = 1): PyTorch's fused kernel (oneDNN, cuDNN)
             self._torch_twin.train(self.training)
             return torch.func.functional_call(self._torch_twin, dict(self.named_parameters()), (input, hx))

@@ -85,3 +85,38 @@ def test_sequence_speed_smoke():
     ratios = {name for group in results["ratios"].values() for name in group}
     assert set(module.GOALS) <= ratios
     assert all(value > 0 for group in results["ratios"].values() for value in group.values())
+
+
+def test_sequence_speed_gpu_table_code_runs_on_the_cpu():
+    """The GPU table's code (every way of running a layer, bf16 under autocast, the language-model
+    rows) exercised on the CPU at toy sizes, so that ``--device cuda`` runs on a GPU machine
+    unchanged; the figures themselves need a GPU."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("sequence_speed", ROOT / "benchmarks" / "sequence_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import torch
+    cpu = torch.device("cpu")
+    for precision in ("float32", "bf16"):
+        times, found = module.way_rows(2, 8, cpu, precision, 1, lambda: None, T=3)
+        assert set(found["fastest"]) == {"gru-ode:euler", "gru-ode:rk4", "lstm:euler"}
+        assert {name for name, _ in module.CUDA_GOALS} <= set(found["ratios"]) | {
+            "LM tokens/s, gru-ode:euler fastest / torch-gru"}
+        times, found = module.cuda_language_model_rows(cpu, precision, 1, lambda: None, B=2, T=3, H=8)
+        assert all(value > 0 for value in found["ratios"].values())
+
+
+def test_cuda_check_script_runs_its_checks_on_the_cpu():
+    """benchmarks/cuda_check.py's checks, run on the CPU at toy sizes (the script's own test; on a
+    GPU machine it runs them on CUDA, with compiled math and CUDA graphs)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("cuda_check", ROOT / "benchmarks" / "cuda_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import torch
+    cpu, checks = torch.device("cpu"), module.Checks()
+    module.layer_checks(checks, cpu, ["lstm:euler"], {"plain": {}}, 10.0, 1, 4, 2, 6)
+    module.irregular_checks(checks, cpu, 10.0, 4, 2, 6)
+    module.bf16_checks(checks, cpu, ["gru-ode:rk4"], 4, 2, 6)
+    module.training_checks(checks, cpu, [False])
+    assert len(checks.rows) == 4 + 5 + 1 + 2 and checks.failed == 0

@@ -161,6 +161,18 @@ def test_bf16_training_follows_float32_training(tmp_path):
     assert abs(losses["float32 valid"] - losses["bf16 valid"]) < 0.01
 
 
+@pytest.mark.parametrize("cell", ["torch-rnn", "torch-lstm", "torch-gru", "lstm:euler"])
+def test_every_layer_kind_trains_under_bf16_autocast_on_a_cpu(cell):
+    """oneDNN builds no bfloat16 LSTM without AVX512-BF16: PyTorch's layers run float32 there."""
+    torch.manual_seed(5)
+    model = LanguageModel(11, cell, layers=2, hidden=8)
+    idx = torch.randint(0, 11, (3, 6))
+    with Runtime.of("cpu", "bf16").autocast():
+        _, loss, state = model(idx, idx)
+    loss.backward()
+    assert math.isfinite(loss.item()) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 # --- the learning-rate schedule -----------------------------------------------------------------
 
 def test_step_schedule_halves_the_rate_every_epoch_after_the_first_k(tmp_path):
@@ -179,17 +191,33 @@ def test_step_schedule_halves_the_rate_every_epoch_after_the_first_k(tmp_path):
 
 # --- fused elementwise math ---------------------------------------------------------------------
 
-@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("spec", ["gru-ode:rk4", "lstm:euler"])
 def test_compiled_elementwise_math_equals_the_eager_engine(spec):
     torch.manual_seed(2)
-    eager = odernn.ODERNN(spec, 5, 7, fused=False)
-    compiled = odernn.ODERNN(spec, 5, 7, fused=False, compile_elementwise=True)
+    eager = odernn.ODERNN(spec, 5, 7, fused=False).double()
+    compiled = odernn.ODERNN(spec, 5, 7, fused=False, compile_elementwise=True).double()
     compiled.load_state_dict(eager.state_dict())
-    x = torch.randn(6, 3, 5)
+    x = torch.randn(6, 3, 5, dtype=torch.float64)
     a, b = _loss_and_grads(eager, x, None), _loss_and_grads(compiled, x, None)
     assert (a[0] - b[0]).abs().max() < 1e-12
     assert all((g - h).abs().max() < 1e-12 for g, h in zip(a[2], b[2]))
+
+
+def test_compiled_math_falls_back_to_eager_at_the_recompile_limit(monkeypatch):
+    import torch._dynamo
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    torch._dynamo.reset()
+    torch.manual_seed(6)
+    single = odernn.ODERNN("gru-ode:euler", 3, 4, fused=False, compile_elementwise=True)
+    double = odernn.ODERNN("gru-ode:euler", 3, 4, fused=False, compile_elementwise=True).double()
+    eager = odernn.ODERNN("gru-ode:euler", 3, 4, fused=False).double()
+    eager.load_state_dict(double.state_dict())
+    x = torch.randn(4, 2, 3)
+    single(x)
+    with pytest.warns(RuntimeWarning, match="recompile limit"):
+        out = double(x.double())[0]  # float64 after float32: a second variant, past the limit of one
+    assert torch.equal(out, eager(x.double())[0])
+    torch._dynamo.reset()
 
 
 # --- CUDA graphs: the cache, with the capture stubbed (the capture itself needs a GPU) ------------
