@@ -116,6 +116,19 @@ def without_onednn(step):
     return run
 
 
+def autocast(device, precision):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+    return contextlib.nullcontext()
+
+
+def under(context_factory, step):
+    def run():
+        with context_factory():
+            step()
+    return run
+
+
 def engine(spec, E, H, device, **options):
     return odernn.ODERNN(spec, E, H, fused=False, **options).to(device)
 
@@ -159,13 +172,18 @@ def layer_rows(B, H, device, repeats, sync, full: bool, T: int = 64) -> tuple[di
     return times, ratios
 
 
-def language_model_rows(device, repeats, sync, B=32, T=64, H=256, V=65) -> tuple[dict, dict]:
-    """Tokens per second of a whole training step of the shared language model."""
+def language_model_rows(device, repeats, sync, B=32, T=64, H=256, V=65, precision="float32",
+                        variants=None) -> tuple[dict, dict]:
+    """Tokens per second of a whole training step of the shared language model, for each variant
+    ``name -> (cell, fused, ODERNN options)`` (default: ``torch-gru`` and ``gru-ode:euler`` in the
+    engine and on the fused kernel); the ratios of each generated variant to ``torch-gru``."""
+    variants = variants or {"torch-gru": ("torch-gru", None, {}),
+                            "gru-ode:euler engine": ("gru-ode:euler", False, {}),
+                            "gru-ode:euler default": ("gru-ode:euler", True, {})}
     models = {}
-    for name, cell, fused in (("torch-gru", "torch-gru", None), ("gru-ode:euler engine", "gru-ode:euler", False),
-                              ("gru-ode:euler default", "gru-ode:euler", True)):
+    for name, (cell, fused, options) in variants.items():
         torch.manual_seed(0)
-        model = LanguageModel(V, cell, hidden=H).to(device)
+        model = LanguageModel(V, cell, hidden=H, **options).to(device)
         if fused is not None:
             model.layers[0].rnn.fused = fused
         models[name] = model
@@ -177,15 +195,16 @@ def language_model_rows(device, repeats, sync, B=32, T=64, H=256, V=65) -> tuple
 
         def step():
             optimizer.zero_grad(set_to_none=True)
-            _, loss, _ = model(idx, targets)
+            with autocast(device, precision):
+                _, loss, _ = model(idx, targets)
             loss.backward()
             optimizer.step()
         return step
 
     times = round_robin({name: train_step(m) for name, m in models.items()}, repeats, sync)
     speed = {name: B * T / t for name, t in times.items()}
-    ratios = {"LM tokens/s, gru-ode:euler engine / torch-gru": speed["gru-ode:euler engine"] / speed["torch-gru"],
-              "LM tokens/s, gru-ode:euler default / torch-gru": speed["gru-ode:euler default"] / speed["torch-gru"]}
+    ratios = {f"LM tokens/s, {name} / torch-gru": speed[name] / speed["torch-gru"]
+              for name in variants if name != "torch-gru"}
     return {f"LM {name}": t for name, t in times.items()}, ratios
 
 
@@ -210,19 +229,6 @@ def profile(spec: str, B: int = 32, H: int = 256, T: int = 64, steps: int = 3) -
               f"(mm, addmm) {products:.1f} ms")
         for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]:
             print(f"  {e.key:<40}{e.self_cpu_time_total / steps / 1e3:8.2f} ms  {e.count // steps:6d} calls")
-
-
-def autocast(device, precision):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
-    return contextlib.nullcontext()
-
-
-def under(context_factory, step):
-    def run():
-        with context_factory():
-            step()
-    return run
 
 
 def way_rows(B, H, device, precision, repeats, sync, T: int = 64, ways=WAYS) -> tuple[dict, dict]:
@@ -251,35 +257,13 @@ def way_rows(B, H, device, precision, repeats, sync, T: int = 64, ways=WAYS) -> 
 def cuda_language_model_rows(device, precision, repeats, sync, B=32, T=64, H=256, V=65) -> tuple[dict, dict]:
     """The language model's training step on a GPU: ``torch-gru`` (cuDNN) and ``gru-ode:euler`` in
     the engine, plain and with compiled elementwise math in CUDA graphs."""
-    models = {}
-    for name, cell, options in (("torch-gru", "torch-gru", {}), ("gru-ode:euler plain", "gru-ode:euler", {}),
-                                ("gru-ode:euler compiled + graphs", "gru-ode:euler",
-                                 {"compile_elementwise": True, "cuda_graphs": True})):
-        torch.manual_seed(0)
-        model = LanguageModel(V, cell, hidden=H, **options).to(device)
-        if cell != "torch-gru":
-            model.layers[0].rnn.fused = False  # the engine, not cuDNN's kernel for the equal GRU
-        models[name] = model
-    g = torch.Generator().manual_seed(0)
-    idx, targets = (torch.randint(0, V, (B, T), generator=g).to(device) for _ in range(2))
-
-    def train_step(model):
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, precision):
-                _, loss, _ = model(idx, targets)
-            loss.backward()
-            optimizer.step()
-        return step
-
-    times = round_robin({name: train_step(m) for name, m in models.items()}, repeats, sync)
-    speed = {name: B * T / t for name, t in times.items()}
-    fastest = max(("gru-ode:euler plain", "gru-ode:euler compiled + graphs"), key=speed.get)
-    ratios = {"LM tokens/s, gru-ode:euler fastest / torch-gru": speed[fastest] / speed["torch-gru"],
-              "LM tokens/s, gru-ode:euler plain / torch-gru": speed["gru-ode:euler plain"] / speed["torch-gru"]}
-    return {f"LM {name}": t for name, t in times.items()}, {"ratios": ratios, "fastest": {"LM": fastest}}
+    ways = ("gru-ode:euler plain", "gru-ode:euler compiled + graphs")
+    times, ratios = language_model_rows(device, repeats, sync, B, T, H, V, precision, variants={
+        "torch-gru": ("torch-gru", None, {}), ways[0]: ("gru-ode:euler", False, {}),
+        ways[1]: ("gru-ode:euler", False, {"compile_elementwise": True, "cuda_graphs": True})})
+    fastest = max(ways, key=lambda way: ratios[f"LM tokens/s, {way} / torch-gru"])
+    ratios["LM tokens/s, gru-ode:euler fastest / torch-gru"] = ratios[f"LM tokens/s, {fastest} / torch-gru"]
+    return times, {"ratios": ratios, "fastest": {"LM": fastest}}
 
 
 def cuda_main(args, device) -> dict:

@@ -68,6 +68,25 @@ def test_every_command_refuses_cuda_without_it_in_one_line(command, checkpoint, 
     assert code == 2 and err.count("\n") == 1 and "no CUDA here" in err, err
 
 
+@no_cuda
+def test_a_run_resumes_on_its_own_device_unless_told_otherwise(checkpoint, tmp_path):
+    """A run from a GPU, resumed on a machine without one: one line saying so, then ``--device cpu``."""
+    import shutil
+
+    from textlm.checkpoint import save_checkpoint
+    run_dir = tmp_path / "from-gpu"
+    shutil.copytree(checkpoint, run_dir)
+    data = load_checkpoint(run_dir)
+    data["config"]["device"] = "cuda:0"
+    save_checkpoint(data, run_dir / "checkpoint.pt")
+    code, _, err = run("train", "--out", str(run_dir), "--resume", "--max-tokens", "512", "--no-progress")
+    assert code == 2 and err.count("\n") == 1 and "--device cuda:0: no CUDA here" in err
+    code, _, err = run("train", "--out", str(run_dir), "--resume", "--max-tokens", "512", "--no-progress",
+                       "--device", "cpu", "--json")
+    assert code == 0, err
+    assert load_checkpoint(run_dir)["config"]["device"] == "cpu"
+
+
 def test_a_run_records_its_device_and_precision(checkpoint):
     data = load_checkpoint(checkpoint)
     assert data["config"]["device"] == "cpu" and data["config"]["precision"] == "bf16"

@@ -9,12 +9,14 @@
 """
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import CORPORA, Corpus, CorpusError, Vocabulary, data_root, load_corpus
+from .data import CORPORA, Corpus, CorpusError, Vocabulary, batchify, data_root, load_corpus
 from .evaluate import GenerationMetrics, evaluate_loss, generation_metrics, sample
 from .model import GRAD_MODES, TORCH_CELLS, LanguageModel, ModelError
-from .train import TrainConfig, Trainer, TrainingError, TrainingInterrupted, batchify, train
+from .runtime import PRECISIONS, DeviceError, Runtime, resolve_device
+from .train import TrainConfig, Trainer, TrainingError, TrainingInterrupted, train
 
-__all__ = ["CORPORA", "CheckpointError", "Corpus", "CorpusError", "GRAD_MODES", "GenerationMetrics", "LanguageModel",
-           "ModelError", "TORCH_CELLS", "TrainConfig", "Trainer", "TrainingError", "TrainingInterrupted", "Vocabulary",
-           "batchify", "data_root", "evaluate_loss", "generation_metrics", "load_checkpoint", "load_corpus", "sample",
-           "save_checkpoint", "train"]
+__all__ = ["CORPORA", "PRECISIONS", "CheckpointError", "Corpus", "CorpusError", "DeviceError", "GRAD_MODES",
+           "GenerationMetrics", "LanguageModel", "ModelError", "Runtime", "TORCH_CELLS", "TrainConfig", "Trainer",
+           "TrainingError", "TrainingInterrupted", "Vocabulary", "batchify", "data_root", "evaluate_loss",
+           "generation_metrics", "load_checkpoint", "load_corpus", "resolve_device", "sample", "save_checkpoint",
+           "train"]

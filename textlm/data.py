@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CORPORA", "Corpus", "CorpusError", "Vocabulary", "data_root", "load_corpus"]
+__all__ = ["CORPORA", "Corpus", "CorpusError", "Vocabulary", "batchify", "data_root", "load_corpus"]
 
 EOS, UNK = "<eos>", "<unk>"
 
@@ -211,3 +211,11 @@ def load_corpus(name: str | None = None, text: str | os.PathLike | None = None, 
     unknown = sum(t not in vocab.index for s in splits[1:] for t in s)
     tensors = [torch.tensor(vocab.encode(s), dtype=torch.long) for s in splits]
     return Corpus(label, vocab, *tensors, unknown=unknown)
+
+
+def batchify(data: torch.Tensor, streams: int) -> torch.Tensor:
+    """``(N,)`` → ``(streams, N // streams)``: each row a contiguous stream of the corpus."""
+    columns = len(data) // streams
+    if columns < 2:
+        raise ValueError(f"{len(data)} tokens are too few for {streams} streams")
+    return data[: streams * columns].view(streams, columns)

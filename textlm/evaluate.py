@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .data import batchify
+
 __all__ = ["GenerationMetrics", "evaluate_loss", "generation_metrics", "sample"]
 
 
@@ -32,7 +34,6 @@ def evaluate_loss(model, data: torch.Tensor, batch_size: int = 10, bptt: int = 1
     """Mean cross-entropy (nats per token) over ``data`` (``(N,)`` ids; the first ``tokens`` if
     given), with the hidden state carried across chunks, in eval mode (no dropout), on the model's
     device (the data moves there once; the sum stays there until the end)."""
-    from .train import batchify
     was_training = model.training
     model.eval()
     if tokens is not None:

@@ -22,12 +22,12 @@ from torch import nn
 import odernn
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import Corpus, Vocabulary, load_corpus
+from .data import Corpus, Vocabulary, batchify, load_corpus
 from .evaluate import evaluate_loss
 from .model import LanguageModel, detach_state
 from .runtime import PRECISIONS, Runtime
 
-__all__ = ["TrainConfig", "Trainer", "TrainingError", "TrainingInterrupted", "batchify", "train"]
+__all__ = ["TrainConfig", "Trainer", "TrainingError", "TrainingInterrupted", "train"]
 
 
 class TrainingError(RuntimeError):
@@ -123,14 +123,6 @@ class TrainConfig:
         if "device" not in data:  # … and before --device: they were trained on the CPU
             data["device"] = "cpu"
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def batchify(data: torch.Tensor, streams: int) -> torch.Tensor:
-    """``(N,)`` → ``(streams, N // streams)``: each row a contiguous stream of the corpus."""
-    columns = len(data) // streams
-    if columns < 2:
-        raise ValueError(f"{len(data)} tokens are too few for {streams} streams")
-    return data[: streams * columns].view(streams, columns)
 
 
 def _clone(tree):
