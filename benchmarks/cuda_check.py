@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     quick = args.quick
     specs = ["gru-ode:rk4", "lstm:euler", "cornn:rk4"] if quick else SPECS
     ways = WAYS if device.type == "cuda" else {"plain": {}, "compiled": {"compile_elementwise": True}}
-    T, B, H, draws = (6, 3, 8, 1) if quick else (24, 16, 64, 3)
+    T, B, H, draws = (6, 3, 8, 3) if quick else (24, 16, 64, 3)  # 3 draws: eager, captured, replayed
     print(f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, PyTorch {torch.__version__}, "
           "TF32 off")
     checks = Checks()

@@ -79,15 +79,17 @@ def round_robin(steps: dict, repeats: int, sync) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def layer_step(module, x):
-    """Forward and backward of a sequence module over ``x``."""
+def layer_step(module, x, precision="float32"):
+    """Forward (under autocast for bf16, as a training step runs it) and backward of a sequence
+    module over ``x``."""
     parameters = list(module.parameters())
 
     def step():
         for p in parameters:
             p.grad = None
-        out, _ = module(x)
-        out.square().mean().backward()
+        with autocast(x.device, precision):
+            out, _ = module(x)
+        out.float().square().mean().backward()
     return step
 
 
@@ -120,13 +122,6 @@ def autocast(device, precision):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
-
-
-def under(context_factory, step):
-    def run():
-        with context_factory():
-            step()
-    return run
 
 
 def engine(spec, E, H, device, **options):
@@ -236,14 +231,14 @@ def way_rows(B, H, device, precision, repeats, sync, T: int = 64, ways=WAYS) -> 
     every way in ``ways``; ratios of the fastest way (named) against the torch layer of its field."""
     torch.manual_seed(0)
     x = torch.randn(T, B, H, device=device)
-    context = (lambda: autocast(device, precision))
-    steps = {"nn.GRU": layer_step(nn.GRU(H, H).to(device), x), "nn.LSTM": layer_step(nn.LSTM(H, H).to(device), x)}
+    steps = {"nn.GRU": layer_step(nn.GRU(H, H).to(device), x, precision),
+             "nn.LSTM": layer_step(nn.LSTM(H, H).to(device), x, precision)}
     if device.type == "cpu" and precision == "bf16":  # oneDNN: no bf16 LSTM without AVX512-BF16 (a CPU smoke run)
         steps["nn.LSTM"] = without_onednn(steps["nn.LSTM"])
     for spec in ("gru-ode:euler", "gru-ode:rk4", "lstm:euler"):
         for way, options in ways.items():
-            steps[f"{spec} {way}"] = layer_step(engine(spec, H, H, device, **options), x)
-    times = round_robin({name: under(context, step) for name, step in steps.items()}, repeats, sync)
+            steps[f"{spec} {way}"] = layer_step(engine(spec, H, H, device, **options), x, precision)
+    times = round_robin(steps, repeats, sync)
     ratios, fastest = {}, {}
     for spec, baseline, evaluations in (("gru-ode:euler", "nn.GRU", 1), ("gru-ode:rk4", "nn.GRU", 4),
                                         ("lstm:euler", "nn.LSTM", 1)):
@@ -279,6 +274,11 @@ def cuda_main(args, device) -> dict:
     for precision in precisions:
         print(f"\n{name}, {precision}{' (autocast on both sides)' if precision == 'bf16' else ''}, TF32 off; one "
               f"layer, forward + backward, T = {T}, E = H; median of {args.repeats}, round-robin")
+        if precision == "bf16":  # PyTorch's autocast wrapper for cuDNN RNNs may pick its own dtype: say which
+            probe = torch.randn(2, 1, 8, device=device)
+            with autocast(device, precision):
+                dtype = nn.GRU(8, 8).to(device)(probe)[0].dtype
+            print(f"(under this autocast nn.GRU's output is {dtype}; the engine's products are bfloat16)")
         for B, H in shapes:
             times, found = way_rows(B, H, device, precision, args.repeats, sync, T, ways)
             key = f"{precision} B={B},H={H}"

@@ -29,8 +29,8 @@ and pushed through ``W`` once, at the evaluation that made them.
 
 from __future__ import annotations
 
+import functools
 import warnings
-import weakref
 from dataclasses import dataclass, field as dataclass_field
 
 import torch
@@ -105,23 +105,21 @@ class _FieldMath:
     """The elementwise halves of a field's evaluation and of its reverse (``activate``,
     ``derivative``, ``derivative_vjp``, ``activate_vjp``), eager or each fused into one kernel by
     ``torch.compile`` (Triton on a GPU, C++ on a CPU). The matrix products stay outside, on
-    cuBLAS/oneDNN. Compiled functions are made once per field and reused."""
+    cuBLAS/oneDNN. The compiled functions are the field class's, made once per class and shared by
+    its instances (which they take as an argument, so that no cache keeps a field alive)."""
 
-    _compiled = weakref.WeakKeyDictionary()  # field -> its compiled _FieldMath
+    NAMES = ("activate", "derivative", "derivative_vjp", "activate_vjp")
+    _compiled: dict = {}  # (field class, name) -> the compiled function
 
-    def __init__(self, field, wrap=lambda f: f):
-        self.activate = wrap(field.activate)
-        self.derivative = wrap(field.derivative)
-        self.derivative_vjp = wrap(field.derivative_vjp)
-        self.activate_vjp = wrap(field.activate_vjp)
-
-    @classmethod
-    def of(cls, field, compiled: bool) -> "_FieldMath":
-        if not compiled:
-            return cls(field)
-        if field not in cls._compiled:
-            cls._compiled[field] = cls(field, _compiled)
-        return cls._compiled[field]
+    def __init__(self, field, compiled: bool):
+        for name in self.NAMES:
+            if compiled:
+                key = (type(field), name)
+                if key not in self._compiled:
+                    self._compiled[key] = _compiled(getattr(type(field), name))
+                setattr(self, name, functools.partial(self._compiled[key], field))
+            else:
+                setattr(self, name, getattr(field, name))
 
 
 class TokenProgram:
@@ -133,7 +131,7 @@ class TokenProgram:
     def __init__(self, cell, compiled: bool = False):
         scheme, field = cell.scheme, cell.field
         self.field = field
-        self.math = _FieldMath.of(field, compiled)
+        self.math = _FieldMath(field, compiled)
         self.stages, self.weights, self.reverse = scheme.program, scheme.weights, scheme.reverse
         self.steps = cell.steps
         blocks = tuple(range(field.blocks))
@@ -410,8 +408,8 @@ def run_sequence(cell, x, y0: tuple, dt, mask=None, grad: str = "backprop", adjo
     C = field.project(x)  # (T, B, G): every token's input projection in one product
     cell.nfe = cell.nfe_per_token
     W, b = structure
-    if torch.is_autocast_enabled(x.device.type):  # once per sequence (autocast's own cache is off in CUDA graphs)
-        W = W.to(torch.get_autocast_dtype(x.device.type))
+    if torch.is_autocast_enabled(x.device.type) and W.dtype == torch.float32:
+        W = W.to(torch.get_autocast_dtype(x.device.type))  # once per sequence (autocast's cache is off in graphs)
     # a finished sequence takes steps of size zero: y + 0·ΣbK = y exactly, and no gradient flows
     if mask is not None:
         dt = mask.to(state_dtype) * dt

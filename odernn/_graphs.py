@@ -12,11 +12,17 @@ training or evaluation mode, autocast, and the parameters' storage — so the la
 per such *signature*. A signature is captured the second time it occurs; the first time it runs
 eagerly. That is the path of the last, shorter batch of an epoch or an evaluation: it runs
 eagerly once, and is captured only if it comes back. At most ``capacity`` graphs are kept, the
-least recently used dropped first (each holds its own memory pool).
+least recently used dropped first (each holds its own memory pool): six cover a language model's
+training (with and without a carried state) and evaluation (the same, and its last chunk).
+
+Capture and replay run with the input's GPU as the current device (``make_graphed_callables``
+captures on the current device's streams). Inside another capture the layer runs eagerly, so that
+a model captured whole by its user is captured once.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter, OrderedDict
 
 import torch
@@ -43,7 +49,7 @@ class _Captured(nn.Module):
 class SequenceGraphs:
     """The captured graphs of one layer, by signature: ``graphs(rnn, x, hx, dt) -> (output, h_n)``."""
 
-    def __init__(self, capacity: int = 4, warmup: int = 3):
+    def __init__(self, capacity: int = 6, warmup: int = 3):
         self.capacity, self.warmup = capacity, warmup
         self.graphs: OrderedDict = OrderedDict()
         self.seen: Counter = Counter()
@@ -58,23 +64,28 @@ class SequenceGraphs:
                 torch.is_grad_enabled(), autocast, tuple(p.data_ptr() for p in rnn.parameters()))
 
     def __call__(self, rnn, x, hx, dt):
-        tuple_state = hx is not None and not isinstance(hx, torch.Tensor)
-        blocks = () if hx is None else (tuple(hx) if tuple_state else (hx,))
-        key = self.signature(rnn, x, blocks, dt)
-        graphed = self.graphs.get(key)
-        if graphed is None:
-            self.seen[key] += 1
-            if self.seen[key] < 2:  # first sight: eager (a one-off shape never pays for a capture)
+        with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+            if x.is_cuda and torch.cuda.is_current_stream_capturing():
                 return rnn.eager_forward(x, hx, dt)
-            del self.seen[key]
-            graphed = self._capture(rnn, x, blocks, dt, tuple_state)
-            self.graphs[key] = graphed
-            if len(self.graphs) > self.capacity:
-                self.graphs.popitem(last=False)
-        self.graphs.move_to_end(key)
-        # the outputs are the graph's static buffers, which its next replay overwrites: a carried
-        # state or a kept output must not change under the caller's feet
-        return torch.utils._pytree.tree_map(torch.Tensor.clone, graphed(x, *blocks))
+            tuple_state = hx is not None and not isinstance(hx, torch.Tensor)
+            blocks = () if hx is None else (tuple(hx) if tuple_state else (hx,))
+            key = self.signature(rnn, x, blocks, dt)
+            graphed = self.graphs.get(key)
+            if graphed is None:
+                self.seen[key] += 1
+                if self.seen[key] < 2:  # first sight: eager (a one-off shape never pays for a capture)
+                    if len(self.seen) > 1024:  # shapes that never recur (say, one length per call)
+                        self.seen.clear()
+                    return rnn.eager_forward(x, hx, dt)
+                del self.seen[key]
+                graphed = self._capture(rnn, x, blocks, dt, tuple_state)
+                self.graphs[key] = graphed
+                if len(self.graphs) > self.capacity:
+                    self.graphs.popitem(last=False)
+            self.graphs.move_to_end(key)
+            # the outputs are the graph's static buffers, which its next replay overwrites: a carried
+            # state or a kept output must not change under the caller's feet
+            return torch.utils._pytree.tree_map(torch.Tensor.clone, graphed(x, *blocks))
 
     def _capture(self, rnn, x, blocks, dt, tuple_state):
         module = _Captured(rnn, dt, tuple_state).train(rnn.training)

@@ -144,17 +144,26 @@ class ODERNN(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------------
     def forward(self, input, hx=None, dt=None, lengths=None):
-        if (self.cuda_graphs and isinstance(input, torch.Tensor) and input.is_cuda and lengths is None
-                and not isinstance(dt, torch.Tensor) and not torch.cuda.is_current_stream_capturing()):
+        if (self.cuda_graphs and self.graphable and isinstance(input, torch.Tensor) and input.is_cuda
+                and lengths is None and not isinstance(dt, torch.Tensor)):
             return self.graphs(self, input, hx, dt)
         return self.eager_forward(input, hx, dt, lengths)
 
+    @property
+    def graphable(self) -> bool:
+        """Whether CUDA graphs can capture these layers: every cell runs in the engine (implicit and
+        adaptive cells synchronise with the host to decide convergence, which a capture forbids)
+        and gradients are not the continuous adjoint's (its solve runs outside the engine)."""
+        return self.grad != "adjoint" and all(cell.runs_in_engine for cell in self._cells)
+
     def eager_forward(self, input, hx=None, dt=None, lengths=None):
         """:meth:`forward` without CUDA graphs."""
-        # oneDNN builds no bfloat16 LSTM without AVX512-BF16: under CPU autocast the engine runs
-        cpu_autocast = isinstance(input, torch.Tensor) and input.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        # Under autocast the engine runs, not PyTorch's kernel: autocast's wrapper for cuDNN RNNs
+        # casts to float16 whatever the autocast dtype, and oneDNN builds no bfloat16 LSTM without
+        # AVX512-BF16; the engine keeps its own rule (products in the autocast dtype, state float32)
+        autocast = isinstance(input, torch.Tensor) and torch.is_autocast_enabled(input.device.type)
         if (self.fused and self._torch_twin is not None and dt is None and lengths is None and self.grad == "backprop"
-                and not cpu_autocast):
+                and not autocast):
             # the same layers as nn.GRU/LSTM/RNN (Euler, Δ = 1): PyTorch's fused kernel (oneDNN, cuDNN)
             self._torch_twin.train(self.training)
             return torch.func.functional_call(self._torch_twin, dict(self.named_parameters()), (input, hx))

@@ -99,6 +99,8 @@ def test_a_run_records_its_device_and_precision(checkpoint):
     assert evaluated["precision"] == "bf16" and evaluated["device"] == "cpu"  # the run's own precision
     code, stdout, _ = run("evaluate", str(checkpoint), "--prompts", "2", "--json", "--precision", "float64")
     exact = json.loads(stdout)
+    code, stdout, err = run("evaluate", str(checkpoint), "--prompts", "2", "--json", "--precision", "float32")
+    assert code == 0, err
     # the same weights judged in float64: bf16 round-off moves the loss, but only a little
     assert exact["precision"] == "float64" and abs(exact["loss"] - evaluated["loss"]) < 0.02
 
@@ -107,10 +109,12 @@ def test_checkpoints_from_before_devices_and_precisions_load():
     old = TrainConfig.from_dict({"corpus": "ptb", "dtype": "float64"})
     assert old.precision == "float64" and old.device == "cpu"  # they were trained on the CPU
     runtime = Runtime.of("cpu")
-    runtime.set_rng_state(torch.manual_seed(7).get_state())  # the bare CPU state old checkpoints hold
+    saved = torch.Generator().manual_seed(7).get_state()  # the bare CPU state old checkpoints hold
+    runtime.set_rng_state(saved)
     a = torch.rand(3)
-    runtime.set_rng_state(torch.manual_seed(7).get_state())
-    assert torch.equal(a, torch.rand(3))
+    torch.rand(5)  # move the stream on
+    runtime.set_rng_state(saved)
+    assert torch.equal(a, torch.rand(3)) and torch.equal(a, torch.rand(3, generator=torch.Generator().manual_seed(7)))
 
 
 # --- bf16 ---------------------------------------------------------------------------------------
@@ -208,10 +212,26 @@ def test_step_schedule_halves_the_rate_every_epoch_after_the_first_k(tmp_path):
     assert rates == {(0, 1.0), (1, 1.0), (2, 0.5), (3, 0.25)}  # Zaremba: ×½ per epoch from the (k+1)-th
 
 
+def test_a_float64_run_extends_by_epochs_and_evaluates_in_bf16(tmp_path):
+    settings = dict(corpus="tinyshakespeare", train_tokens=2000, cell="gru-ode:euler", hidden=8, batch_size=4,
+                    bptt=16, epochs=1, out=str(tmp_path), progress=False, eval_tokens=200, device="cpu",
+                    precision="float64")
+    first = Trainer(TrainConfig(**settings)).run()
+    assert first["epochs"] == pytest.approx(1)
+    code, stdout, err = run("train", "--out", str(tmp_path), "--resume", "--epochs", "2", "--no-progress", "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["epochs"] == pytest.approx(2) and json.loads(stdout)["step"] == 2 * first["step"]
+    code, stdout, err = run("evaluate", str(tmp_path), "--prompts", "2", "--json", "--precision", "bf16")
+    assert code == 0, err
+    assert json.loads(stdout)["precision"] == "bf16"
+
+
 # --- fused elementwise math ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("spec", ["gru-ode:rk4", "lstm:euler"])
 def test_compiled_elementwise_math_equals_the_eager_engine(spec):
+    from torch._dynamo.utils import counters
+    counters.clear()
     torch.manual_seed(2)
     eager = odernn.ODERNN(spec, 5, 7, fused=False).double()
     compiled = odernn.ODERNN(spec, 5, 7, fused=False, compile_elementwise=True).double()
@@ -220,6 +240,18 @@ def test_compiled_elementwise_math_equals_the_eager_engine(spec):
     a, b = _loss_and_grads(eager, x, None), _loss_and_grads(compiled, x, None)
     assert (a[0] - b[0]).abs().max() < 1e-12
     assert all((g - h).abs().max() < 1e-12 for g, h in zip(a[2], b[2]))
+    assert counters["stats"]["unique_graphs"] >= 4  # the four elementwise functions did compile
+
+
+def test_compiled_math_keeps_no_field_alive():
+    import gc
+    import weakref
+    rnn = odernn.ODERNN("gru-ode:euler", 3, 4, fused=False, compile_elementwise=True)
+    rnn(torch.randn(2, 1, 3))
+    field = weakref.ref(rnn.cells[0].field)
+    del rnn
+    gc.collect()
+    assert field() is None
 
 
 def test_compiled_math_falls_back_to_eager_at_the_recompile_limit(monkeypatch):
@@ -241,12 +273,23 @@ def test_compiled_math_falls_back_to_eager_at_the_recompile_limit(monkeypatch):
 
 # --- CUDA graphs: the cache, with the capture stubbed (the capture itself needs a GPU) ------------
 
-def test_graph_cache_captures_a_shape_the_second_time_and_keeps_the_last_four(monkeypatch):
+def test_graph_cache_captures_a_shape_the_second_time_and_keeps_the_last_six(monkeypatch):
+    """The capture is stubbed by what a CUDA graph does to its caller: the warm-up draws random
+    numbers, and every replay writes its outputs into the same static buffers."""
     captured = []
 
     def capture(module, sample, **kwargs):  # stands in for torch.cuda.make_graphed_callables
         captured.append(tuple(t.shape for t in sample))
-        return module
+        torch.rand(10)  # the warm-up passes' dropout masks
+        buffers = {}
+
+        def replay(*args):
+            outputs = module(*args)
+            flat, spec = torch.utils._pytree.tree_flatten(outputs)
+            for i, o in enumerate(flat):
+                buffers.setdefault(i, torch.empty_like(o)).copy_(o.detach())
+            return torch.utils._pytree.tree_unflatten([buffers[i] for i in range(len(flat))], spec)
+        return replay
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", capture)
     torch.manual_seed(3)
     rnn = odernn.ODERNN("lstm:euler", 4, 6, fused=False)
@@ -254,29 +297,42 @@ def test_graph_cache_captures_a_shape_the_second_time_and_keeps_the_last_four(mo
 
     def call(T, B, hx=None):
         x = torch.randn(T, B, 4, requires_grad=True)
+        before = torch.get_rng_state()
         out, h_n = graphs(rnn, x, hx, None)
+        assert torch.equal(before, torch.get_rng_state())  # a capture leaves the random stream alone
         ref_out, ref_h = rnn.eager_forward(x, hx)
-        assert torch.equal(out, ref_out) and all(torch.equal(a, b) for a, b in zip(h_n, ref_h))
+        assert torch.allclose(out, ref_out) and all(torch.allclose(a, b) for a, b in zip(h_n, ref_h))
         return out, h_n
     _, state = call(8, 2)
     assert graphs.captures == 0  # first sight: eager
-    _, state = call(8, 2)
+    first, state = call(8, 2)
     assert graphs.captures == 1 and captured == [((8, 2, 4),)]
+    kept = first.clone()
     call(8, 2)
     assert graphs.captures == 1  # replayed
+    assert torch.equal(first, kept)  # the next replay did not write into what the caller kept
     call(8, 2, state)  # with a carried (h, c): another signature
     call(8, 2, state)
     assert captured[-1] == ((8, 2, 4), (1, 2, 6), (1, 2, 6))
     call(3, 2)  # the last, shorter batch: eager, and captured only if it comes back
     assert graphs.captures == 2
-    for T in (4, 5, 6, 7):
+    for T in (4, 5, 6, 7, 9, 10):
         call(T, 2)
         call(T, 2)
-    assert graphs.captures == 6 and len(graphs.graphs) == 4
+    assert graphs.captures == 8 and len(graphs.graphs) == 6
     rnn.eval()
     with torch.no_grad():
         call(8, 2)
-    assert graphs.captures == 6  # evaluation mode is a signature of its own
+    assert graphs.captures == 8  # evaluation mode is a signature of its own
+
+
+def test_only_engine_layers_are_captured():
+    """Implicit and adaptive cells synchronise with the host (a capture forbids it), and the
+    continuous adjoint solves outside the engine: those run eagerly."""
+    assert odernn.ODERNN("gru-ode:rk4", 3, 4, cuda_graphs=True).graphable
+    assert not odernn.ODERNN("gru-ode:rk4", 3, 4, cuda_graphs=True, grad="adjoint").graphable
+    assert not odernn.ODERNN("gru-ode:dopri5:rtol=1e-4", 3, 4, cuda_graphs=True).graphable
+    assert not odernn.ODERNN("rnn:gauss-2", 3, 4, cuda_graphs=True).graphable
 
 
 def test_graphs_are_used_only_for_cuda_inputs(monkeypatch):

@@ -105,6 +105,10 @@ def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path) 
     resident memory (``peak_rss_mb``)."""
     args = [sys.executable, "-m", "textlm.cli", "train", "--out", str(run), "--no-progress", "--json",
             "--device", config.device]
+    # the budget on a resume too: a comparison rerun with a larger one extends its unfinished runs
+    args += ["--epochs", str(config.epochs)] if config.epochs else ["--max-tokens", str(config.max_tokens)]
+    if config.data_root:
+        args += ["--data-root", config.data_root]
     if (run / "checkpoint.pt").is_file():
         args.append("--resume")
     else:
@@ -117,16 +121,13 @@ def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path) 
                  *(["--compile-elementwise"] if config.compile_elementwise else []),
                  *(["--cuda-graphs"] if config.cuda_graphs else []),
                  "--eval-every", str(config.eval_every), "--checkpoint-every", "50"]
-        args += ["--epochs", str(config.epochs)] if config.epochs else ["--max-tokens", str(config.max_tokens)]
         args += ["--corpus", config.corpus] if config.corpus else ["--text", config.text]
         if config.level:
             args += ["--level", config.level]
-    if config.data_root:
-        args += ["--data-root", config.data_root]
-    if config.eval_tokens and not (run / "checkpoint.pt").is_file():
-        args += ["--eval-tokens", str(config.eval_tokens)]
-    if config.max_seconds and not (run / "checkpoint.pt").is_file():
-        args += ["--max-seconds", str(config.max_seconds)]
+        if config.eval_tokens:
+            args += ["--eval-tokens", str(config.eval_tokens)]
+        if config.max_seconds:
+            args += ["--max-seconds", str(config.max_seconds)]
     proc = subprocess.run(args, capture_output=True, text=True)
     if proc.returncode != 0:
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no message"

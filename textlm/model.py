@@ -63,10 +63,11 @@ class RecurrentStack(nn.Module):
             raise ModelError(f"{spec}: {'adjoint: ' if grad == 'adjoint' else ''}{err}") from None
 
     def forward(self, x, state):
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not isinstance(self.rnn, odernn.ODERNN):
-            # oneDNN has no bfloat16 LSTM without AVX512-BF16 (it refuses to build the primitive):
-            # on a CPU, PyTorch's own layers run in float32 under bf16 autocast
-            with torch.autocast("cpu", enabled=False):
+        if torch.is_autocast_enabled(x.device.type) and not isinstance(self.rnn, odernn.ODERNN):
+            # PyTorch's recurrent layers run in float32 under autocast: its autocast wrapper for
+            # cuDNN RNNs casts to float16 whatever the autocast dtype (bf16 training must not get
+            # float16 without loss scaling), and oneDNN builds no bfloat16 LSTM without AVX512-BF16
+            with torch.autocast(x.device.type, enabled=False):
                 return self.rnn(x.float(), state)
         return self.rnn(x, state)
 

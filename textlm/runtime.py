@@ -10,8 +10,11 @@ Precisions (``--precision``):
   accumulation, and so do the activations computed from them. What ``odernn`` does under autocast
   is its own rule (``odernn.ODERNN``): the state of an ODE layer and its Runge–Kutta stage
   combinations stay float32, and implicit, adaptive and continuous-adjoint solves run in float32
-  whole, so that Newton tolerances and error control are never judged in bfloat16. bf16 has
-  float32's exponent range, so no loss scaling is needed and a NaN means what it means in float32.
+  whole, so that Newton tolerances and error control are never judged in bfloat16. PyTorch's
+  own recurrent layers (``torch-*``) run in float32 under autocast: its autocast wrapper for cuDNN
+  RNNs casts to float16 whatever dtype was asked for, and oneDNN has no bfloat16 LSTM on most
+  CPUs. bf16 has float32's exponent range, so no loss scaling is needed and a NaN means what it
+  means in float32.
 
 Stability checks (``stability.check``, the training probe) run on the float32 (or float64) master
 weights outside autocast, whatever the precision of training.
@@ -79,8 +82,11 @@ class Runtime:
         if precision not in PRECISIONS:
             raise DeviceError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
         resolved = device if isinstance(device, torch.device) else resolve_device(device)
-        if precision == "bf16" and resolved.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise DeviceError(f"--precision bf16: {torch.cuda.get_device_name(resolved)} has no bfloat16 support")
+        if precision == "bf16" and resolved.type == "cuda":
+            with torch.cuda.device(resolved):
+                if not torch.cuda.is_bf16_supported(including_emulation=False):
+                    raise DeviceError(f"--precision bf16: {torch.cuda.get_device_name(resolved)} has no native "
+                                      "bfloat16 (Ampere or later has); use --precision float32")
         return cls(resolved, precision)
 
     @property

@@ -148,12 +148,12 @@ class _Position:
 
 class Trainer:
     """``Trainer(config).run()``. ``resume=True`` continues from ``config.out/checkpoint.pt`` with the
-    checkpoint's configuration; ``max_tokens`` then extends its budget (``None``: keep it), and
-    ``device`` moves the run to another device (``None``: the one it ran on; only a resume on the
-    same device is bit-exact)."""
+    checkpoint's configuration; ``max_tokens`` or ``epochs`` then extend its budget (``None``: keep
+    it), and ``device`` moves the run to another device (``None``: the one it ran on; only a resume
+    on the same device is bit-exact)."""
 
     def __init__(self, config: TrainConfig, resume: bool = False, corpus: Corpus | None = None,
-                 max_tokens: int | None = None, device: str | None = None):
+                 max_tokens: int | None = None, device: str | None = None, epochs: int | None = None):
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.out = Path(config.out)
@@ -166,9 +166,13 @@ class Trainer:
             if max_tokens is not None:
                 config.max_tokens = max(max_tokens, config.max_tokens)
                 config.epochs = None
+            if epochs is not None:
+                config.epochs = max(epochs, config.epochs or 0)
             config.out, config.progress = str(self.out), progress
             if device is not None:
                 config.device = device
+            elif self.world > 1 and config.device.startswith("cuda"):
+                config.device = "cuda"  # rank 0 recorded its own GPU; each process takes its own
         self.runtime = Runtime.of(config.device, config.precision)
         self.device = self.runtime.device
         config.device = str(self.device)
@@ -205,11 +209,11 @@ class Trainer:
         if saved is not None:
             self._restore(saved)
         self.module = self.model
+        cuda = self.device.type == "cuda"
+        if cuda:  # CUDA graphs capture on the current device's streams
+            torch.cuda.set_device(self.device)
         if self.world > 1:
             import torch.distributed as dist
-            cuda = self.device.type == "cuda"
-            if cuda:
-                torch.cuda.set_device(self.device)
             if not dist.is_initialized():  # launched by torchrun: its environment names the rendezvous
                 dist.init_process_group("nccl" if cuda else "gloo")
             self.module = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if cuda else None)

@@ -194,7 +194,8 @@ def cmd_train(args) -> int:
     from textlm.train import Trainer, TrainingError, TrainingInterrupted
     config = _config(args)
     try:
-        trainer = Trainer(config, resume=args.resume, max_tokens=args.max_tokens, device=args.device)
+        trainer = Trainer(config, resume=args.resume, max_tokens=args.max_tokens, device=args.device,
+                          epochs=args.epochs)
     except ValueError as err:
         raise CLIError(str(err)) from None
     model = trainer.model
@@ -248,8 +249,7 @@ def _load_model(path, device="cpu", precision: str | None = None):
         model = LanguageModel.from_checkpoint(data, runtime.device)
     except (KeyError, RuntimeError, ValueError) as err:
         raise CLIError(f"{path}: the checkpoint's model does not load: {str(err)[:200]}") from None
-    if runtime.precision != "bf16":  # bf16 runs float32 weights under autocast
-        model = model.to(runtime.dtype)
+    model = model.to(runtime.dtype)  # bf16: float32 weights under autocast
     return model, Vocabulary.from_dict(data["vocab"]), data, runtime
 
 
