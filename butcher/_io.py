@@ -14,10 +14,13 @@ __all__ = ["load", "dumps_toml"]
 _MAX_BYTES = 1 << 20
 
 
-def load(path) -> ButcherTableau:
+def load(path, exact: bool = True) -> ButcherTableau:
     """Read a tableau from a ``.toml`` or ``.json`` file with keys ``A``, ``b`` and optionally
-    ``c``, ``b_hat``, ``name``, ``description``, ``reference``. Entries are numbers or exact
-    strings (``"1/3"``, ``"sqrt(3)/6"``); nothing in the file is ever evaluated as code.
+    ``c``, ``b_hat``, ``name``, ``description``, ``reference``, ``parameters``, ``constants``.
+    Entries are numbers or exact strings (``"1/3"``, ``"sqrt(3)/6"``, ``"cos(pi/18)"``,
+    ``'root("x^3 - 3*x^2 + 3/2*x - 1/6", 0.4358)'``); nothing in the file is ever evaluated as
+    code. ``exact=False``: the entries rounded to 50 digits, for the numerical analysis of a
+    tableau too large for the exact one.
 
     Every problem raises :class:`TableauError` with the file name and the offending entry.
     """
@@ -44,7 +47,7 @@ def load(path) -> ButcherTableau:
         raise TableauError(f"{path}: invalid JSON: {err}") from None
     if isinstance(data, dict) and "name" not in data:  # a file's tableau is named after the file
         data = {**data, "name": path.stem}
-    return ButcherTableau.from_dict(data, source=str(path))
+    return ButcherTableau.from_dict(data, source=str(path), exact=exact)
 
 
 def _toml_value(value) -> str:

@@ -5,22 +5,24 @@ from __future__ import annotations
 
 import warnings
 from collections import namedtuple
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterable, Mapping
 
 import sympy as sp
 
+from ._conditions import OrderConditions, ToleranceCoefficients
 from ._exact import ExactCoefficients
-from ._parse import TableauError, to_exact
+from ._parse import MAX_DEGREE, BudgetError, TableauError, generators, to_exact
 from ._program import StageProgram, stage_program
 from ._trees import Tree, density, symmetry, trees
 
-__all__ = ["ButcherTableau", "TableauWarning", "Coefficients", "z"]
+__all__ = ["Approximation", "ButcherTableau", "TableauWarning", "Coefficients", "z"]
 
 z = sp.Symbol("z")
 Coefficients = namedtuple("Coefficients", "A b c b_hat")
 
-_KNOWN_KEYS = ("A", "b", "c", "b_hat", "name", "description", "reference", "parameters")
+_KNOWN_KEYS = ("A", "b", "c", "b_hat", "name", "description", "reference", "parameters", "constants")
 _DEFAULT_MAX_ORDER = 12
 
 
@@ -32,9 +34,76 @@ def _describe_sum(values) -> str:
     return f"1 {'+' if total > 1 else '-'} {float(abs(sp.N(total - 1, 30))):.3g} (exactly {text[:20]}…)"
 
 
+@dataclass(frozen=True)
+class Approximation:
+    """What a tableau is to a tolerance (:meth:`ButcherTableau.approximation`): the orders that
+    hold with ``|γ(t) Φ(t) − 1| ≤ tol``, the largest such residual up to that order, and the
+    stability function with each coefficient replaced by the simplest rational within ``tol``
+    (for tableaux of rational entries, such as decimals), with its properties."""
+
+    tol: float
+    order: int
+    embedded_order: int | None
+    residual: float
+    stability_function: sp.Expr
+    real_stability_interval: sp.Interval
+    imaginary_stability_interval: sp.Interval
+    is_a_stable: bool
+    is_l_stable: bool
+    real_stability_interval_as_typed: sp.Interval  # of the exact R, its ends to 50 digits
+
+
 class TableauWarning(UserWarning):
     """Something about a tableau is suspicious but not invalid (e.g. a parametric ``b`` whose
     entries do not sum to 1 for every parameter value)."""
+
+
+ROUNDING = sp.Rational(1, 10**50)  # the numerical analysis holds every entry to 50 digits
+MAX_STAGES = 64
+
+
+def _constants(table, exact: bool) -> dict:
+    """A file's ``constants``: ``{name: exact value}``, each parsed with the ones before it."""
+    if not isinstance(table, Mapping):
+        raise TableauError("'constants' must be a table of name = value")
+    names = {}
+    for name, value in table.items():
+        if not (isinstance(name, str) and name.isidentifier()) or name in ("pi", "x"):
+            raise TableauError(f"constants: {name!r} is not a usable name (an identifier other than pi and x)")
+        names[name] = to_exact(value, f"constants.{name}", names, exact)
+        if names[name].free_symbols:
+            raise TableauError(f"constants.{name}: uses an unknown name "
+                               f"{sorted(map(str, names[name].free_symbols))[0]!r} (define it above)")
+    return names
+
+
+def _parsed(data: Mapping, names: dict, exact: bool) -> dict:
+    """The entries of ``A``, ``b``, ``c``, ``b_hat`` with strings parsed (shapes are checked later)."""
+    def entry(value, where):
+        return to_exact(value, where, names, exact) if isinstance(value, str) else value
+    out = {}
+    for key in ("A", "b", "c", "b_hat"):
+        value = data.get(key)
+        if key == "A" and isinstance(value, list):
+            if len(value) > MAX_STAGES:
+                raise TableauError(f"A has {len(value)} rows; the toolkit analyses up to {MAX_STAGES} stages")
+            value = [[entry(v, f"A[{i}][{j}]") for j, v in enumerate(row)] if isinstance(row, list) else row
+                     for i, row in enumerate(value)]
+        elif isinstance(value, list):
+            value = [entry(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _rounded(value):
+    """``value`` (an entry, or nested lists of them) as the rational of its 50-digit decimal."""
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    x = to_exact(value)
+    if x.free_symbols:
+        raise TableauError(f"{x} has a free symbol: a parametric tableau has no numerical analysis")
+    return sp.Rational(str(sp.N(x, 55).round(50)))
 
 
 def _vector(values, name: str, size: int | None) -> tuple:
@@ -85,7 +154,7 @@ class ButcherTableau:
     """
 
     def __init__(self, A, b, c=None, b_hat=None, name: str | None = None, *,
-                 description: str | None = None, reference: str | None = None, _exact=None):
+                 description: str | None = None, reference: str | None = None, rounding=None, _exact=None):
         A = _matrix(A)
         s = len(A)
         b = _vector(b, "b", s)
@@ -100,6 +169,9 @@ class ButcherTableau:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "description", description)
         object.__setattr__(self, "reference", reference)
+        # the entries are roundings of a method's to within this (the numerical analysis): its
+        # consistency is judged to that tolerance, and approximation() is what describes it
+        object.__setattr__(self, "rounding", rounding)
         if _exact is not None:  # a generator that already holds the entries in a number field
             self.__dict__["_exact"] = _exact
         self._check_consistency()
@@ -124,6 +196,12 @@ class ButcherTableau:
         return f"<ButcherTableau{label}: {self.stages} stages, {self.structure}>"
 
     def _check_consistency(self):
+        if self.rounding is not None:
+            for label, weights in (("b", self.b), ("b_hat", self.b_hat)):
+                if weights is not None and abs(sp.Add(*weights) - 1) > 100 * len(weights) * self.rounding:
+                    raise TableauError(f"{self._label}: {label} sums to {_describe_sum(weights)}, not 1 "
+                                       "(the method would not be consistent)")
+            return
         ex = self._exact
         if not ex.is_zero(ex.dot(ex.b, [ex.one] * ex.s) - ex.one):
             if self.is_parametric:
@@ -259,84 +337,39 @@ class ButcherTableau:
     # --- exact algebra -----------------------------------------------------------------------
     @cached_property
     def _exact(self) -> ExactCoefficients:
+        self._check_budget()
         return ExactCoefficients.from_sympy(*self._data)
 
+    def _check_budget(self) -> None:
+        """The exact analysis works in one number field holding every entry; refuse at once,
+        naming the entry, a tableau whose field may have a degree past :data:`MAX_DEGREE` (the
+        product of its generators' degrees bounds it), rather than compute for minutes."""
+        seen, degree = set(), 1
+        for label, index, value in self._entries():
+            for generator, bound in generators(value):
+                if generator not in seen:
+                    seen.add(generator)
+                    degree *= bound
+            if degree > MAX_DEGREE:
+                raise BudgetError(f"{self._label}: {label}{index} = {str(value)[:60]}: the entries so far generate a "
+                                   f"number field of degree up to {degree}, more than the exact analysis's budget "
+                                   f"of {MAX_DEGREE}; analyse it numerically instead (odernn tableau check FILE "
+                                   "--float; in Python butcher.load(path, exact=False))")
+
     @cached_property
-    def _weight_vectors(self) -> dict:
-        """Memo ``tree -> (g(t), A·g(t))`` with ``g(t) = ∏_children A·g(child)`` (elementwise)."""
-        ex = self._exact
-        leaf = [ex.one] * ex.s
-        return {(): (leaf, ex.matvec(leaf))}
+    def _conditions(self) -> OrderConditions:
+        return OrderConditions(self._exact)
 
-    def _g(self, tree: Tree):
-        memo = self._weight_vectors
-        if tree not in memo:
-            ex = self._exact
-            vector = None
-            for child in tree:
-                factor = self._g(child)[1]
-                vector = factor if vector is None else [x * y for x, y in zip(vector, factor)]
-            memo[tree] = (vector, ex.matvec(vector))
-        return memo[tree]
+    def _conditions_to(self, tol) -> OrderConditions:
+        """The order conditions in 50-digit arithmetic, a residual ``|γΦ − 1| ≤ tol`` counting as zero."""
+        if self.is_parametric:
+            raise ValueError(f"{self._label} is parametric: an order to a tolerance needs numbers")
+        if not tol > 0:
+            raise ValueError(f"tol must be positive, got {tol!r}")
+        A, b, c, b_hat = self._data
+        return OrderConditions(ToleranceCoefficients(A, b, c, b_hat, tol))
 
-    def _residual(self, tree: Tree, weights) -> object:
-        """``γ(t) Φ(t) − 1`` in the exact domain (zero iff the order condition of ``t`` holds)."""
-        ex = self._exact
-        phi = ex.dot(weights, self._g(tree)[0])
-        return phi * ex.K.convert(density(tree)) - ex.one
-
-    def _simplifying_assumptions(self, weights, limit: int, c=None) -> tuple[int, int, int]:
-        """Largest ``(p, η, ζ)`` with ``B(p)``, ``C(η)``, ``D(ζ)`` for ``weights`` and ``c``
-        (default ``A𝟙``, the row sums the autonomous order theory uses):
-
-        - ``B(p)``: ``Σ_i b_i c_i^(k−1) = 1/k`` for ``k ≤ p``;
-        - ``C(η)``: ``Σ_j a_ij c_j^(k−1) = c_i^k / k`` for ``k ≤ η``;
-        - ``D(ζ)``: ``Σ_i b_i c_i^(k−1) a_ij = b_j (1 − c_j^k) / k`` for ``k ≤ ζ``.
-        """
-        ex = self._exact
-        c = ex.matvec([ex.one] * ex.s) if c is None else c
-        K, one = ex.K, ex.one
-
-        def B(k, kk, power, next_power):
-            return ex.is_zero(ex.dot(weights, power) * kk - one)
-
-        def C(k, kk, power, next_power):
-            return all(ex.is_zero(x * kk - y) for x, y in zip(ex.matvec(power), next_power))
-
-        def D(k, kk, power, next_power):
-            bc = [w * x for w, x in zip(weights, power)]
-            return all(ex.is_zero(ex.dot(bc, [row[j] for row in ex.A]) * kk - weights[j] * (one - next_power[j]))
-                       for j in range(ex.s))
-
-        levels, alive = [0, 0, 0], [True, True, True]
-        power = [one] * ex.s  # c^(k-1)
-        for k in range(1, limit + 1):
-            next_power = [x * ci for x, ci in zip(power, c)]
-            for index, holds in enumerate((B, C, D)):
-                if alive[index] and holds(k, K.convert(k), power, next_power):
-                    levels[index] = k
-                else:
-                    alive[index] = False
-            if not any(alive):
-                break
-            power = next_power
-        return tuple(levels)
-
-    def _order_of(self, weights, max_order: int, use_simplifying: bool = True) -> int:
-        # Butcher (1964): B(p), C(η), D(ζ) with p ≤ η + ζ + 1 and p ≤ 2η + 2 imply every order
-        # condition up to p, so only trees beyond that bound are checked one by one. For
-        # collocation methods this skips thousands of trees (all of them, for Gauss–Legendre).
-        proven = 0
-        if use_simplifying:
-            p, eta, zeta = self._simplifying_assumptions(weights, max_order)
-            proven = min(p, eta + zeta + 1, 2 * eta + 2)
-        for order in range(proven + 1, max_order + 1):
-            for tree in trees(order):
-                if not self._exact.is_zero(self._residual(tree, weights)):
-                    return order - 1
-        return max_order
-
-    def order(self, max_order: int = _DEFAULT_MAX_ORDER, *, every_tree: bool = False) -> int:
+    def order(self, max_order: int = _DEFAULT_MAX_ORDER, *, every_tree: bool = False, tol=None) -> int:
         """Classical order for autonomous problems, from the rooted-tree conditions
         ``Φ(t) = 1/γ(t)`` checked exactly up to ``max_order`` nodes.
 
@@ -344,20 +377,27 @@ class ButcherTableau:
         re-checked tree by tree unless ``every_tree=True``. Returns ``max_order`` when every
         condition up to it holds (the order is at least that). For a parametric tableau, the
         order that holds for *all* parameter values.
-        """
-        return self._order_of(self._exact.b, max_order, not every_tree)
 
-    def embedded_order(self, max_order: int = _DEFAULT_MAX_ORDER, *, every_tree: bool = False) -> int | None:
-        """Order of the embedded weights ``b_hat`` (``None`` without them)."""
+        ``tol``: the order to a tolerance instead, the conditions checked in 50-digit arithmetic
+        with ``|γ(t) Φ(t) − 1| ≤ tol`` counting as satisfied — the order of the method that
+        decimals copied from a paper approximate (see :meth:`approximation`).
+        """
+        conditions = self._conditions if tol is None else self._conditions_to(tol)
+        return conditions.order(conditions.ex.b, max_order, not every_tree)
+
+    def embedded_order(self, max_order: int = _DEFAULT_MAX_ORDER, *, every_tree: bool = False,
+                       tol=None) -> int | None:
+        """Order of the embedded weights ``b_hat`` (``None`` without them); ``tol`` as in :meth:`order`."""
         if self.b_hat is None:
             return None
-        return self._order_of(self._exact.b_hat, max_order, not every_tree)
+        conditions = self._conditions if tol is None else self._conditions_to(tol)
+        return conditions.order(conditions.ex.b_hat, max_order, not every_tree)
 
     def stage_order(self, max_order: int = _DEFAULT_MAX_ORDER) -> int:
         """Largest ``q`` with the simplifying assumptions ``B(q)`` and ``C(q)``:
         ``Σ b_i c_i^(k−1) = 1/k`` and ``Σ_j a_ij c_j^(k−1) = c_i^k / k`` for ``k ≤ q``."""
         ex = self._exact
-        p, eta, _ = self._simplifying_assumptions(ex.b, max_order, c=ex.c)
+        p, eta, _ = self._conditions.simplifying_assumptions(ex.b, max_order, c=ex.c)
         return min(p, eta)
 
     def elementary_weight(self, tree: Tree, embedded: bool = False) -> sp.Expr:
@@ -366,7 +406,7 @@ class ButcherTableau:
         weights = ex.b_hat if embedded else ex.b
         if weights is None:
             raise ValueError(f"{self._label} has no embedded weights")
-        return ex.to_sympy(ex.dot(weights, self._g(tree)[0]))
+        return ex.to_sympy(ex.dot(weights, self._conditions.g(tree)[0]))
 
     def order_conditions(self, order: int, embedded: bool = False) -> list:
         """The order conditions ``Φ(t) = 1/γ(t)`` for the trees with at most ``order`` nodes that
@@ -472,6 +512,48 @@ class ButcherTableau:
         """Numerator and denominator ``(P, Q)`` of ``R = P/Q`` with ``Q(0) = 1``."""
         return self._stability_polys
 
+    def approximation(self, tol: float = 1e-10, max_order: int = _DEFAULT_MAX_ORDER) -> Approximation:
+        """The method these coefficients approximate to ``tol``: decimals copied from a paper
+        satisfy the order conditions only to their rounding, so their exact order is usually 1;
+        here the conditions are checked in 50-digit arithmetic against ``tol``.
+
+        >>> decimals = ButcherTableau([[0, 0], ["0.822875655532364", 0]],
+        ...                           ["0.392374781489287", "0.607625218510713"])
+        >>> decimals.order(), decimals.approximation(1e-12).order   # NodePy's SSPRK22star, as printed
+        (1, 2)
+        """
+        conditions = self._conditions_to(tol)
+        ex = conditions.ex
+        order = conditions.order(ex.b, max_order)
+        embedded = None if ex.b_hat is None else conditions.order(ex.b_hat, max_order)
+        residual = conditions.largest_residual(ex.b, min(order, 6))  # trees past 6 nodes: thousands
+        from ._stability import StabilityAnalysis
+        P, Q = self._stability_polys
+        digits = sp.RealField(dps=50)
+
+        def numeric(poly):  # exact root-finding on rationals of hundreds of digits is slow: 50 digits
+            return sp.Poly([sp.N(x, 55) for x in poly.all_coeffs()], z, domain=digits)
+        as_typed = StabilityAnalysis(numeric(P), numeric(Q)).real_interval
+        if P.domain == sp.QQ and Q.domain == sp.QQ:  # rational entries: round R's coefficients
+            def simple(x):  # a simple fraction within tol (1/2 for 0.4999999999999989), else None
+                r = sp.nsimplify(sp.Float(x, 60), rational=True, tolerance=tol)
+                return r if r.q <= 10**6 else None
+
+            def rounded(poly):
+                coefficients = [simple(x) for x in poly.all_coeffs()]
+                if None in coefficients:
+                    return numeric(poly)
+                return sp.Poly(coefficients, z, domain=sp.QQ)
+            P, Q = rounded(P), rounded(Q)
+            if P.domain != Q.domain:
+                P, Q = numeric(P), numeric(Q)
+        elif not (P.domain.is_QQ and Q.domain.is_QQ):
+            P, Q = numeric(P), numeric(Q)
+        analysis = StabilityAnalysis(P, Q)
+        R = P.as_expr() / Q.as_expr() if Q.degree() > 0 else P.as_expr()
+        return Approximation(tol, order, embedded, residual, R, analysis.real_interval,
+                             analysis.imaginary_interval, analysis.is_a_stable, analysis.is_l_stable, as_typed)
+
     def embedded_stability_function(self) -> sp.Expr | None:
         if self.b_hat is None:
             return None
@@ -562,10 +644,16 @@ class ButcherTableau:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping, *, source: str = "dict") -> "ButcherTableau":
+    def from_dict(cls, data: Mapping, *, source: str = "dict", exact: bool = True) -> "ButcherTableau":
         """Build a tableau from ``{"A": ..., "b": ..., "c"?: ..., "b_hat"?: ..., "name"?: ...,
-        "parameters"?: [...]}``. Names in entries must be declared in ``parameters`` (so that a typo
-        such as ``"half"`` is an error, not a silent parametric family)."""
+        "parameters"?: [...], "constants"?: {...}}``. Names in entries must be declared in
+        ``parameters`` (so that a typo such as ``"half"`` is an error, not a silent parametric
+        family) or defined in ``constants``, a table of named exact values that entries (and later
+        constants) may use: ``constants = {g = 'root("x^3 - 3*x^2 + 3/2*x - 1/6", 0.4358)'}``.
+
+        ``exact=False`` is the numerical analysis of a tableau too large for the exact one: every
+        entry is evaluated to 50 digits (no degree budget) and the tableau holds those roundings
+        (``tab.rounding``); its :meth:`approximation` is then what to read."""
         if not isinstance(data, Mapping):
             raise TableauError(f"{source}: expected a table of keys A, b, c, b_hat, name")
         unknown = sorted(set(data) - set(_KNOWN_KEYS))
@@ -582,10 +670,15 @@ class ButcherTableau:
         if not isinstance(declared, list) or not all(isinstance(p, str) and p.isidentifier() for p in declared):
             raise TableauError(f"{source}: 'parameters' must be a list of names")
         try:
-            tab = cls(data["A"], data["b"], data.get("c"), data.get("b_hat"), name=data.get("name"),
-                      description=data.get("description"), reference=data.get("reference"))
+            names = _constants(data.get("constants", {}), exact)
+            entries = _parsed(data, names, exact)
+            if not exact:  # the numerical analysis: every entry rounded to 50 digits
+                entries = {key: _rounded(value) for key, value in entries.items()}
+            tab = cls(entries["A"], entries["b"], entries.get("c"), entries.get("b_hat"), name=data.get("name"),
+                      description=data.get("description"), reference=data.get("reference"),
+                      rounding=None if exact else ROUNDING)
         except TableauError as err:
-            raise TableauError(f"{source}: {err}") from None
+            raise type(err)(f"{source}: {err}") from None
         undeclared = {str(x) for x in tab.symbols} - set(declared)
         if undeclared:
             name = sorted(undeclared)[0]

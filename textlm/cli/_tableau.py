@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -14,6 +18,37 @@ import butcher
 from ._errors import CLIError
 
 _TABLEAU_HELP = "a catalogue name (see 'odernn tableau list') or a .toml/.json tableau file"
+DEADLINE = 7.0  # seconds of exact analysis a command may spend on one user's file (imports aside)
+_FLOAT_HELP = ("also analyse the tableau numerically: the order conditions in 50-digit arithmetic, a residual "
+               "|γ(t)Φ(t) − 1| ≤ TOL (default 1e-10) counting as satisfied — what decimals copied from a paper "
+               "approximate; a tableau too large for the exact analysis is then analysed from its entries "
+               "rounded to 50 digits")
+
+
+class _Expired(BaseException):
+    """The deadline passed (a BaseException: no ``except Exception`` inside SymPy swallows it)."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, what: str):
+    """Stop the exact analysis of ``what`` after ``seconds`` with one line that offers ``--float``
+    (where a timer can interrupt: the main thread of a POSIX process)."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _Expired
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    except _Expired:
+        raise CLIError(f"{what}: the exact analysis did not finish within {seconds:g} s (its numbers make the "
+                       "arithmetic too large); run it with --float for the numerical analysis") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def resolve(spec: str) -> butcher.ButcherTableau:
@@ -52,7 +87,8 @@ def register(sub, formatter) -> None:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the properties as JSON")
     fmt.add_argument("--toml", action="store_true", help="print the tableau as an editable TOML file")
-    p.add_argument("--float", action="store_true", help="also print the coefficients as floats")
+    p.add_argument("--float", nargs="?", type=float, const=1e-10, metavar="TOL",
+                   help="also print the coefficients as floats, and " + _FLOAT_HELP[5:])
     p.set_defaults(handler=cmd_show)
 
     p = tsub.add_parser("check", help="validate a tableau file", formatter_class=formatter,
@@ -63,6 +99,7 @@ def register(sub, formatter) -> None:
                         epilog='example file:\n  name = "heun"\n  A = [["0", "0"], ["1", "0"]]\n  b = ["1/2", "1/2"]')
     p.add_argument("file", help="the .toml or .json tableau file")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    p.add_argument("--float", nargs="?", type=float, const=1e-10, metavar="TOL", help=_FLOAT_HELP)
     p.set_defaults(handler=cmd_check)
 
     p = tsub.add_parser("plot", help="draw stability regions to a PNG", formatter_class=formatter,
@@ -161,14 +198,75 @@ def properties(tab: butcher.ButcherTableau) -> dict:
     return out
 
 
+def _magnitude(x: float) -> str:
+    return "0" if x == 0 else f"1e{round(math.log10(x)):d}"
+
+
+def approximation(tab: butcher.ButcherTableau, tol: float) -> butcher.Approximation:
+    if not tol > 0:
+        raise CLIError(f"--float {tol}: the tolerance must be positive")
+    return tab.approximation(tol)
+
+
+def approximation_json(a: butcher.Approximation) -> dict:
+    return {"tol": a.tol, "order": a.order, "embedded_order": a.embedded_order, "residual": a.residual,
+            "stability_function": str(a.stability_function),
+            "real_stability_interval": [str(a.real_stability_interval.inf), str(a.real_stability_interval.sup)],
+            "imaginary_stability_limit": str(a.imaginary_stability_interval.sup),
+            "a_stable": a.is_a_stable, "l_stable": a.is_l_stable}
+
+
+def _short(x: sp.Expr) -> str:
+    if isinstance(x, sp.Float):
+        return f"{float(x):.12g}"
+    text = str(x)
+    return text if len(text) <= 60 else str(sp.N(x, 12))
+
+
+def approximation_lines(tab: butcher.ButcherTableau, a: butcher.Approximation, numerical_only: bool) -> list[str]:
+    """What changes from the exact analysis to the one with a tolerance (everything, when only
+    the numerical analysis was possible)."""
+    tol = a.tol
+    residual = (f"to about {_magnitude(a.residual)} (largest |γ(t)Φ(t) − 1| {a.residual:.2g}, tol {tol:g})"
+                if a.residual else "(its conditions hold exactly)")
+    lines = []
+    if numerical_only:
+        embedded = f", embedded order {a.embedded_order}" if a.embedded_order is not None else ""
+        lines.append(f"order {a.order} {residual}{embedded}")
+    else:
+        if a.order != tab.order():
+            lines.append(f"order {tab.order()} exactly; order {a.order} {residual}: these numbers approximate "
+                         f"an order-{a.order} method")
+        if a.embedded_order != tab.embedded_order():
+            lines.append(f"embedded order {tab.embedded_order()} exactly; {a.embedded_order} to tol {tol:g}")
+    if not numerical_only and a.stability_function == tab.stability_function():
+        return lines
+    lines.append(f"R(z) to {tol:g}: {_short(a.stability_function)}")
+    real = a.real_stability_interval_as_typed
+    interval = f"[{_short(a.real_stability_interval.inf)}, {_short(a.real_stability_interval.sup)}]"
+    if numerical_only or abs(float(a.real_stability_interval.inf) - float(real.inf)) > 0:
+        lines.append(f"real stability interval to {tol:g}: {interval}"
+                     + ("" if numerical_only else f" (exactly as typed: [{float(real.inf)!r}, {float(real.sup)!r}])"))
+    lines.append(f"A-stable to {tol:g}: {a.is_a_stable}; L-stable: {a.is_l_stable}")
+    return lines
+
+
 def cmd_show(args) -> int:
+    with deadline(DEADLINE, args.tableau):
+        return _show(args)
+
+
+def _show(args) -> int:
     tab = resolve(args.tableau)
     if args.toml:
         sys.stdout.write(butcher.dumps_toml(tab))
         return 0
     props = properties(tab)
+    approx = approximation(tab, args.float) if args.float is not None and not tab.is_parametric else None
+    if approx is not None:
+        props["approximation"] = approximation_json(approx)
     if args.json:
-        if args.float and not tab.is_parametric:
+        if args.float is not None and not tab.is_parametric:
             arrays = tab.to_numpy()
             props["float"] = {k: (None if v is None else v.tolist()) for k, v in arrays._asdict().items()}
         print(json.dumps(props, indent=1, ensure_ascii=False))
@@ -181,7 +279,7 @@ def cmd_show(args) -> int:
     if "~" in text:
         print("(~: a long exact entry shown as a float; --toml or --json give every entry exactly)")
     print()
-    if args.float and not tab.is_parametric:
+    if args.float is not None and not tab.is_parametric:
         arrays = tab.to_numpy()
         import numpy as np
         with np.printoptions(precision=17, linewidth=120):
@@ -199,6 +297,8 @@ def cmd_show(args) -> int:
         print(f"  {'real stability interval':<26}{_fmt(tab.real_stability_interval())}")
         print(f"  {'imaginary stability limit':<26}{_fmt(tab.imaginary_stability_interval().sup)}")
         print(f"  {'principal error norm':<26}{props['principal_error_norm']:.6g}")
+    for line in approximation_lines(tab, approx, False) if approx is not None else ():
+        print(f"  {line}")
     for note in props["notes"]:
         print(f"  note: {note}")
     if tab.reference:
@@ -207,22 +307,48 @@ def cmd_show(args) -> int:
 
 
 def cmd_check(args) -> int:
+    with deadline(DEADLINE, args.file):
+        return _check(args)
+
+
+def _check(args) -> int:
+    numerical_only = False
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tab = butcher.load(args.file)  # raises TableauError with the offending entry
-    verdict = {"file": args.file, "valid": True, "name": tab.name, "stages": tab.stages,
-               "structure": tab.structure, "order": tab.order(), "embedded_order": tab.embedded_order(),
-               "stage_order": tab.stage_order(),
-               "warnings": [str(w.message) for w in caught], "notes": list(tab.notes)}
+        try:
+            tab = butcher.load(args.file)  # raises TableauError with the offending entry
+            tab.order()  # the exact analysis within the deadline, or the budget error, here
+        except butcher.BudgetError:
+            if args.float is None:
+                raise
+            tab, numerical_only = butcher.load(args.file, exact=False), True
+    tol = 1e-10 if args.float is None else args.float
+    approx = approximation(tab, tol) if not tab.is_parametric else None
+    if numerical_only:
+        verdict = {"file": args.file, "valid": True, "name": tab.name, "stages": tab.stages,
+                   "structure": tab.structure, "exact": False, "approximation": approximation_json(approx),
+                   "warnings": [str(w.message) for w in caught]}
+    else:
+        verdict = {"file": args.file, "valid": True, "name": tab.name, "stages": tab.stages,
+                   "structure": tab.structure, "exact": True, "order": tab.order(),
+                   "embedded_order": tab.embedded_order(), "stage_order": tab.stage_order(),
+                   "approximation": approximation_json(approx) if approx else None,
+                   "warnings": [str(w.message) for w in caught], "notes": list(tab.notes)}
     if args.json:
         print(json.dumps(verdict, indent=1, ensure_ascii=False))
         return 0
-    embedded = f", embedded order {verdict['embedded_order']}" if verdict["embedded_order"] is not None else ""
-    print(f"ok: {args.file}: {tab.name!r}, {tab.stages} stages, {tab.structure}, order {verdict['order']}"
-          f"{embedded}, stage order {verdict['stage_order']}")
+    if numerical_only:
+        print(f"ok (numerical analysis: the exact one is over budget; entries rounded to 50 digits): {args.file}: "
+              f"{tab.name!r}, {tab.stages} stages, {tab.structure}")
+    else:
+        embedded = f", embedded order {verdict['embedded_order']}" if verdict["embedded_order"] is not None else ""
+        print(f"ok: {args.file}: {tab.name!r}, {tab.stages} stages, {tab.structure}, order {verdict['order']}"
+              f"{embedded}, stage order {verdict['stage_order']}")
+    for line in approximation_lines(tab, approx, numerical_only) if approx else ():
+        print(("" if numerical_only else "note: ") + line)
     for w in verdict["warnings"]:
         print(f"warning: {w}")
-    for note in verdict["notes"]:
+    for note in verdict.get("notes", ()):
         print(f"note: {note}")
     return 0
 
@@ -235,7 +361,10 @@ def _complex(text: str) -> complex:
 
 
 def cmd_plot(args) -> int:
-    tableaux = [resolve(t) for t in args.tableaux]
+    with deadline(DEADLINE, " ".join(args.tableaux)):
+        tableaux = [resolve(t) for t in args.tableaux]
+        for tab in tableaux:
+            tab.stability_function()
     for tab, spec in zip(tableaux, args.tableaux):
         if tab.is_parametric:
             raise CLIError(f"{spec} is parametric in {sorted(map(str, tab.symbols))}; give concrete values")
