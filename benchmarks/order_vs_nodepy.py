@@ -5,8 +5,18 @@ it stores exactly (SymPy objects, not float64) are verified by both libraries fr
 coefficients, and the answers are compared. Then the whole ``butcher`` catalogue (every entry,
 generated families included) is verified from scratch.
 
+Last, the same exact methods go through TEXT, as a user would type them: every coefficient of ``A``,
+``b`` (and ``bhat`` where NodePy's pair has exact embedded weights) is printed with
+``sympy.sstr``, the tableau is built from those strings (``butcher.parse_number`` reads them), and
+its order, embedded order and stability function ``R(z)`` are compared with NodePy's: the order
+with NodePy's ``order(mode='exact')`` (computed once, above), the embedded order with that of
+NodePy's ``embedded_method``, ``R`` with NodePy's
+``stability_function(mode='exact')`` (numerator and denominator polynomials), decided exactly in
+an algebraic number field. A text that does not parse is reported with its error message. The
+exit status is 1 on any parse failure or disagreement.
+
     pip install -e ".[bench]"
-    python benchmarks/order_vs_nodepy.py [--json results.json]
+    python benchmarks/order_vs_nodepy.py [--json results.json] [--stability-seconds 60]
 
 Times are wall-clock on this machine; the ratio is what holds across noisy runs.
 """
@@ -14,7 +24,11 @@ Times are wall-clock on this machine; the ratio is what holds across noisy runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
+import sys
+import threading
 import time
 import warnings
 
@@ -69,10 +83,206 @@ def time_catalogue() -> tuple[float, float, int, list]:
     return built, time.perf_counter() - start, len(tableaux), mismatches
 
 
-def main():
+# --- typed as printed: every exact NodePy method, through the text a user would type ----------
+
+class _OverTime(BaseException):
+    """Raised by :func:`time_limit` (a BaseException, so that no ``except Exception`` swallows it)."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds):
+    """Interrupt the body after ``seconds`` with :class:`_OverTime` (SIGALRM: main thread, POSIX
+    only; elsewhere, or with ``seconds`` falsy, no limit)."""
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _OverTime
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _is_exact(values) -> bool:
+    """Python/NumPy integers and SymPy numbers without Floats; floats are not exact."""
+    import numbers
+    import sympy as sp
+    for x in values:
+        if isinstance(x, sp.Basic):
+            if x.has(sp.Float):
+                return False
+        elif not isinstance(x, numbers.Integral):
+            return False
+    return True
+
+
+def exact_bhat(m):
+    """NodePy's embedded weights when the method is a pair and they are exact, else ``None``."""
+    bhat = getattr(m, "bhat", None)
+    if bhat is None or not _is_exact(list(bhat)):
+        return None
+    return list(bhat)
+
+
+def typed_as_printed(m) -> dict:
+    """The method's coefficients as ``sympy.sstr`` prints them: what a user copies into a tableau."""
+    import sympy as sp
+    return {"A": [[sp.sstr(x) for x in row] for row in m.A.tolist()],
+            "b": [sp.sstr(x) for x in m.b],
+            "b_hat": None if exact_bhat(m) is None else [sp.sstr(x) for x in exact_bhat(m)]}
+
+
+def _poly1d_expr(poly, z):
+    """A NumPy ``poly1d`` with object coefficients (highest degree first) as a SymPy polynomial
+    expression in ``z``, exactly (integers stay integers; floats are refused)."""
+    import numbers
+    import sympy as sp
+    coefficients = list(poly.coeffs)
+    if not _is_exact(coefficients):
+        raise ValueError(f"inexact coefficients {coefficients}")
+    coefficients = [sp.Integer(int(c)) if isinstance(c, numbers.Integral) else c for c in coefficients]
+    return sp.Add(*(c * z**k for k, c in enumerate(reversed(coefficients))))
+
+
+def same_rational_function(R, p, q, z) -> bool:
+    """Exactly: is ``R`` (a SymPy rational function of ``z``) equal to ``p/q`` (SymPy polynomials)?
+    ``R = P/Q`` equals ``p/q`` iff ``P q − p Q`` is the zero polynomial (neither needs to be in lowest
+    terms); its coefficients are algebraic numbers (radicals, cos of rational multiples of pi,
+    CRootOf), so the polynomial is built over the number field they generate, where zero is exact.
+    Should SymPy fail to build that field, each coefficient's minimal polynomial decides instead."""
+    import sympy as sp
+    from sympy.polys.polyerrors import BasePolynomialError
+    P, Q = sp.fraction(sp.together(R))
+    difference = sp.expand(P * q - p * Q)
+    try:
+        return sp.Poly(difference, z, extension=True).is_zero
+    except (BasePolynomialError, NotImplementedError):
+        t = sp.Dummy("t")
+        return all(c == 0 if c.is_Rational else sp.minimal_polynomial(c, t) == t
+                   for c in sp.Poly(difference, z).all_coeffs())
+
+
+def typed_check(methods, nodepy_orders, seconds=60.0) -> dict:
+    """Every method of ``methods`` (NodePy's, by name) typed as ``sympy.sstr`` prints it: does the
+    text load, get NodePy's order (``nodepy_orders``, already computed: not computed again) and
+    NodePy's embedded order, and the same stability function? ``seconds`` limits NodePy's exact
+    stability function, and the exact comparison, per method (over it: reported as skipped)."""
+    import butcher
+    rows = []
+    for name, m in methods.items():
+        start = time.perf_counter()
+        text = typed_as_printed(m)
+        row = {"method": name, "parsed": False, "error": None, "warnings": [],
+               "butcher_order": None, "nodepy_order": nodepy_orders[name], "orders_agree": False,
+               "butcher_embedded_order": None, "nodepy_embedded_order": None, "embedded_orders_agree": None,
+               "embedded_skipped": None, "R_equal": None, "R_skipped": None}
+        bhat = getattr(m, "bhat", None)
+        if bhat is not None and text["b_hat"] is None:
+            row["embedded_skipped"] = "NodePy's bhat is not exact (float64): the pair is typed without it"
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                tab = butcher.ButcherTableau(text["A"], text["b"], b_hat=text["b_hat"], name=name)
+            row["warnings"] = [str(w.message) for w in caught]
+            row["parsed"] = True
+        except Exception as error:  # the text a user would type does not load: keep the message
+            row["error"] = f"{type(error).__name__}: {error}"
+            row["seconds"] = time.perf_counter() - start
+            rows.append(row)
+            continue
+        row["butcher_order"] = tab.order()
+        row["orders_agree"] = row["butcher_order"] == row["nodepy_order"]
+        if text["b_hat"] is not None:
+            row["butcher_embedded_order"] = tab.embedded_order()
+            row["nodepy_embedded_order"] = int(m.embedded_method.order(mode="exact"))
+            row["embedded_orders_agree"] = row["butcher_embedded_order"] == row["nodepy_embedded_order"]
+        R, z = tab.stability_function(), butcher.z
+        try:
+            with time_limit(seconds):
+                p, q = m.stability_function(mode="exact")
+        except _OverTime:
+            row["R_skipped"] = f"NodePy's stability_function(mode='exact') took over {seconds:g} s"
+        else:
+            try:
+                p, q = _poly1d_expr(p, z), _poly1d_expr(q, z)
+            except ValueError as error:
+                row["R_skipped"] = f"NodePy's stability_function(mode='exact') is not exact: {error}"
+            else:
+                try:
+                    with time_limit(seconds):
+                        row["R_equal"] = bool(same_rational_function(R, p, q, z))
+                except _OverTime:
+                    row["R_skipped"] = f"the exact comparison of R took over {seconds:g} s"
+        row["seconds"] = time.perf_counter() - start
+        rows.append(row)
+
+    n = len(rows)
+    loaded = sum(r["parsed"] for r in rows)
+    orders = sum(r["orders_agree"] for r in rows)
+    compared = [r for r in rows if r["R_equal"] is not None]
+    same_R = sum(r["R_equal"] for r in compared)
+    pairs = [r for r in rows if r["embedded_orders_agree"] is not None]
+    same_embedded = sum(r["embedded_orders_agree"] for r in pairs)
+    skipped_R = {r["method"]: r["R_skipped"] for r in rows if r["R_skipped"]}
+    summary = (f"typed as sympy.sstr prints them: {loaded}/{n} load, {orders}/{n} orders agree, "
+               f"{same_R}/{n} stability functions agree"
+               + (f" ({len(skipped_R)} not compared: {', '.join(skipped_R)})" if skipped_R else "")
+               + f", {same_embedded}/{len(pairs)} embedded orders agree")
+    failures = {}
+    for r in rows:
+        problems = [f"does not load: {r['error']}"] if r["error"] else []
+        if r["parsed"] and not r["orders_agree"]:
+            problems.append(f"order {r['butcher_order']}, NodePy's {r['nodepy_order']}")
+        if r["embedded_orders_agree"] is False:
+            problems.append(f"embedded order {r['butcher_embedded_order']}, NodePy's {r['nodepy_embedded_order']}")
+        if r["R_equal"] is False:
+            problems.append("R(z) differs from NodePy's")
+        if problems:
+            failures[r["method"]] = "; ".join(problems)
+    return {"rows": rows, "summary": summary, "methods": n, "loaded": loaded, "orders_agree": orders,
+            "stability_functions_agree": same_R, "stability_functions_compared": len(compared),
+            "stability_functions_skipped": skipped_R, "embedded_orders_agree": same_embedded,
+            "pairs_with_exact_bhat": len(pairs), "failures": failures, "ok": not failures}
+
+
+def print_typed(result):
+    rows = result["rows"]
+    width = max(len("method"), *(len(r["method"]) for r in rows))
+    yes = {True: "yes", False: "NO", None: "-"}
+    print(f"\n{'method'.ljust(width)}  parsed  butcher  nodepy  R equal  embedded (butcher/nodepy)  seconds")
+    for r in rows:
+        order = "-" if r["butcher_order"] is None else str(r["butcher_order"])
+        same_R = "skipped" if r["R_skipped"] else yes[r["R_equal"]]
+        embedded = ("-" if r["butcher_embedded_order"] is None
+                    else f"{r['butcher_embedded_order']}/{r['nodepy_embedded_order']}")
+        flag = "   <- differs" if r["method"] in result["failures"] else ""
+        print(f"{r['method'].ljust(width)}  {yes[r['parsed']]:>6}  {order:>7}  {r['nodepy_order']:>6}  {same_R:>7}  "
+              f"{embedded:>25}  {r['seconds']:7.2f}{flag}")
+    for r in rows:
+        if r["method"] in result["failures"]:
+            print(f"  {r['method']}: {result['failures'][r['method']]}")
+        if r["R_skipped"]:
+            print(f"  {r['method']}: R not compared: {r['R_skipped']}")
+        if r["embedded_skipped"]:
+            print(f"  {r['method']}: {r['embedded_skipped']}")
+        for message in r["warnings"]:
+            print(f"  {r['method']}: warning: {message}")
+    print(result["summary"])
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write the figures to this JSON file")
-    args = parser.parse_args()
+    parser.add_argument("--stability-seconds", type=float, default=60.0,
+                        help="time limit per method for NodePy's exact stability function, and for the exact "
+                             "comparison of R (default 60; 0: none)")
+    args = parser.parse_args(argv)
 
     exact, floats = nodepy_methods()
     print(f"NodePy methods with exact coefficients: {len(exact)} (float64-only, skipped: {', '.join(floats)})")
@@ -96,13 +306,22 @@ def main():
           f"{'all match their references' if not mismatches else f'MISMATCH: {mismatches}'}")
     print(f"NodePy on its {len(exact)} exact methods / butcher verifying all {count}: {theirs_t / verify_t:.0f}x "
           f"(including the generation: {theirs_t / (build_t + verify_t):.1f}x)")
+
+    print(f"\nThe same {len(exact)} methods typed as their coefficients print (sympy.sstr), read by butcher's "
+          f"parser; orders against NodePy's above, R(z) against NodePy's stability_function(mode='exact'):")
+    start = time.perf_counter()
+    typed = typed_check(exact, theirs, args.stability_seconds)
+    typed_t = time.perf_counter() - start
+    print_typed(typed)
+    print(f"typed check: {typed_t:.2f} s")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"nodepy_seconds": theirs_t, "butcher_seconds": ours_t, "methods": len(exact),
                        "speedup": theirs_t / ours_t, "same_answers": not disagree, "disagreements": disagree,
                        "catalogue_build_seconds": build_t, "catalogue_verify_seconds": verify_t,
-                       "catalogue_methods": count}, fh, indent=1)
+                       "catalogue_methods": count, "typed_as_printed": {**typed, "seconds": typed_t}}, fh, indent=1)
+    return 0 if typed["ok"] and not disagree and not mismatches else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -25,12 +25,16 @@ def load(path, exact: bool = True) -> ButcherTableau:
     Every problem raises :class:`TableauError` with the file name and the offending entry.
     """
     path = Path(path)
+    if path.is_dir():
+        raise TableauError(f"{path}: is a directory, not a tableau file")
+    if path.exists() and not path.is_file():
+        raise TableauError(f"{path}: not a regular file (a device or a pipe); give a .toml or .json file")
     if not path.is_file():
         raise TableauError(f"{path}: no such file")
     if path.stat().st_size > _MAX_BYTES:
         raise TableauError(f"{path}: file larger than {_MAX_BYTES} bytes; not a tableau")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the text
     except (OSError, UnicodeDecodeError) as err:
         raise TableauError(f"{path}: cannot read: {err}") from None
     suffix = path.suffix.lower()

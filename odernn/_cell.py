@@ -97,6 +97,10 @@ class ODECell(nn.Module):
             return self._forward(x, state, dt)
 
     def _forward(self, x, state, dt):
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[-1] != self.input_size:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{type(self).__name__}: input x must have shape (B, input_size={self.input_size}), "
+                             f"got {shape}")
         if state is None:
             state = self.field.initial_state(x.shape[0], x.dtype, x.device)
         context = self.field.project(x)  # once per token, shared by every stage

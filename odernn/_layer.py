@@ -189,6 +189,11 @@ class ODERNN(nn.Module):
         T, B, E = x.shape
         if E != self.input_size:
             raise ValueError(f"ODERNN: input has {E} features, the layer expects input_size={self.input_size}")
+        weights = next(iter(self.parameters()), None)
+        if (weights is not None and x.dtype != weights.dtype and x.is_floating_point()
+                and not torch.is_autocast_enabled(x.device.type)):
+            raise TypeError(f"ODERNN: input has dtype {x.dtype}, the layer's parameters {weights.dtype}; "
+                            "convert one of them (.to(dtype)) or run under torch.autocast")
         if T == 0:
             raise ValueError("ODERNN: the input sequence is empty")
         dt = self._gaps(dt, T, B, unbatched, x)

@@ -84,6 +84,8 @@ def parse_spec(spec: str) -> dict:
     if not isinstance(spec, str) or not spec.strip():
         raise CellSpecError(f"a cell spec is a string such as 'gru-ode:rk4:steps=2', got {spec!r}")
     parts = [p.strip() for p in spec.split(":")]
+    if not all(parts):
+        raise CellSpecError(f"{spec!r}: an empty part between ':' (a spec is FIELD[:TABLEAU][:key=value…])")
     out = {"field": parts[0].lower()}
     for part in parts[1:]:
         if "=" in part:

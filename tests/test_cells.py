@@ -250,7 +250,7 @@ def test_backward_euler_is_stable_where_forward_euler_explodes():
     """A stiff linear field (eigenvalues −50): Δ = 1 is far outside Euler's interval [−2, 0] and
     inside backward Euler's (−∞, 0] — the butcher verdicts, observed on the cell."""
     lam = torch.full((3,), -50.0)
-    field = odernn.ModuleField(lambda h, x: lam * h + x, 2, 3)
+    field = odernn.ModuleField(lambda h, x: lam * h + x, 3, 3)
     x, h0 = torch.zeros(1, 3), torch.ones(1, 3)
     explicit, implicit = odernn.ODECell(field, "euler"), odernn.ODECell(field, "backward-euler")
     he, hi = h0, h0

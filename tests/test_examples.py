@@ -120,3 +120,26 @@ def test_cuda_check_script_runs_its_checks_on_the_cpu():
     module.bf16_checks(checks, cpu, ["gru-ode:rk4"], 4, 2, 6)
     module.training_checks(checks, cpu, [False])
     assert len(checks.rows) == 4 + 5 + 1 + 2 and checks.failed == 0
+
+
+def test_nodepy_methods_typed_as_printed_load_with_their_order():
+    """benchmarks/order_vs_nodepy.py's text check on a few NodePy methods: typed as ``sympy.sstr``
+    prints their coefficients (fractions; sqrt(3) in A; an embedded pair), they load, and get
+    NodePy's exact order and NodePy's exact stability function. (SDIRK34, whose coefficients print
+    with cos(pi/18), is in the full run: NodePy alone takes 7 s on its order.)"""
+    import importlib.util
+
+    import pytest
+    pytest.importorskip("nodepy")
+    spec = importlib.util.spec_from_file_location("order_vs_nodepy", ROOT / "benchmarks" / "order_vs_nodepy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    exact, _ = module.nodepy_methods()
+    methods = {name: exact[name] for name in ("RK44", "DP5", "SDIRK23", "GL2")}
+    _, nodepy_orders = module.time_nodepy(methods)
+    result = module.typed_check(methods, nodepy_orders)
+    assert result["failures"] == {}, result["failures"]
+    assert result["loaded"] == result["orders_agree"] == result["stability_functions_agree"] == len(methods)
+    assert result["pairs_with_exact_bhat"] == result["embedded_orders_agree"] == 1  # DP5's bhat, typed too
+    assert {row["method"]: row["butcher_order"] for row in result["rows"]} == {
+        "RK44": 4, "DP5": 5, "SDIRK23": 3, "GL2": 4}

@@ -185,6 +185,8 @@ def load_corpus(name: str | None = None, text: str | os.PathLike | None = None, 
         raise CorpusError("give a corpus name or a text file, not both or neither")
     if text is not None:
         path = Path(text).expanduser()
+        if path.exists() and not path.is_file():
+            raise CorpusError(f"--text {path}: not a file (a directory or a device); give a UTF-8 text file")
         level = level or "char"
         content = _read(path, None, str(path), "your own file", path.parent)
         splits = _split_contiguous(_tokens(content, level))

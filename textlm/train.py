@@ -27,7 +27,7 @@ from .evaluate import evaluate_loss
 from .model import LanguageModel, detach_state
 from .runtime import PRECISIONS, Runtime
 
-__all__ = ["TrainConfig", "Trainer", "TrainingError", "TrainingInterrupted", "train"]
+__all__ = ["RunInUse", "RunLock", "TrainConfig", "Trainer", "TrainingError", "TrainingInterrupted", "train"]
 
 
 class TrainingError(RuntimeError):
@@ -35,7 +35,56 @@ class TrainingError(RuntimeError):
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C: the checkpoint was saved; ``--resume`` continues."""
+    """Ctrl-C or SIGTERM: the checkpoint was saved; ``--resume`` continues. ``exit_code`` is the
+    shell's for the signal (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the training loop is, to be handled as Ctrl-C is."""
+
+
+class RunInUse(Exception):
+    """Another process is training into the same output folder."""
+
+
+class RunLock:
+    """An exclusive lock on a run folder (``OUT/.lock``, ``flock``) for as long as a run writes
+    there: two runs into one folder would overwrite each other's checkpoints. Re-entrant within a
+    process (the command line takes it before it prints, the trainer again while it trains)."""
+
+    _held: set = set()
+
+    def __init__(self, folder: Path):
+        self.path = (Path(folder) / ".lock").resolve()
+        self.handle = None
+
+    def __enter__(self):
+        import fcntl
+        if self.path in self._held:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "w")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise RunInUse(f"another run is writing to {self.path.parent} (it holds {self.path}); wait for it, "
+                           "or give this one its own --out") from None
+        self._held.add(self.path)
+        return self
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self._held.discard(self.path)
+            self.handle.close()  # closing releases the lock
+
+
+def _terminate(signum, frame):
+    raise _Terminated  # SIGTERM (a scheduler's stop): save and exit, as Ctrl-C does
 
 
 @dataclass
@@ -157,6 +206,12 @@ class Trainer:
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.out = Path(config.out)
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out} is a file, not a folder")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"cannot write to --out {self.out}: {err.strerror}") from None
         self.checkpoint_path = self.out / "checkpoint.pt"
         saved = None
         if resume:
@@ -319,6 +374,23 @@ class Trainer:
             return evaluate_loss(self.model, self.corpus.split(split), tokens=tokens)
 
     def run(self) -> dict:
+        """Train to the budget; SIGTERM, like Ctrl-C, saves the state and raises
+        :class:`TrainingInterrupted`. Holds :class:`RunLock` on the output folder meanwhile."""
+        import contextlib
+        import signal
+        import threading
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _terminate) if main else None
+        try:
+            with RunLock(self.out) if self.rank == 0 else contextlib.nullcontext():
+                for stale in self.out.glob(f".{self.checkpoint_path.name}.*.tmp"):  # a write killed midway
+                    stale.unlink(missing_ok=True)
+                return self._run()
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _run(self) -> dict:
         c, p = self.config, self.position
         self.model.train()
         bar = None
@@ -397,7 +469,7 @@ class Trainer:
                 p.elapsed = time.perf_counter() - started
                 if p.step % c.checkpoint_every == 0:
                     self.save()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             p.elapsed = time.perf_counter() - started
             if updating:  # the step was not finished: save the state before it
                 self.model.load_state_dict(snapshot[0])
@@ -405,7 +477,8 @@ class Trainer:
             self.runtime.set_rng_state(rng)
             self.save()
             raise TrainingInterrupted(f"interrupted at step {p.step}/{self.total_steps}; checkpoint saved to "
-                                      f"{self.checkpoint_path}; continue with --resume") from None
+                                      f"{self.checkpoint_path}; continue with --resume",
+                                      143 if isinstance(interrupt, _Terminated) else 130) from None
         finally:
             if bar is not None:
                 bar.close()

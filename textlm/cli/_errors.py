@@ -6,6 +6,7 @@ from textlm.checkpoint import CheckpointError
 from textlm.data import CorpusError
 from textlm.model import ModelError
 from textlm.runtime import DeviceError
+from textlm.train import RunInUse
 
 
 class CLIError(Exception):
@@ -14,4 +15,4 @@ class CLIError(Exception):
 
 USER_ERRORS = (CLIError, butcher.TableauError, butcher.UnknownMethodError, odernn.CellSpecError,
                odernn.ImplicitSolveError, OSError, CorpusError, CheckpointError, ModelError,
-               DeviceError)
+               DeviceError, RunInUse)

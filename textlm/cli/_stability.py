@@ -41,8 +41,10 @@ def register(sub, formatter) -> None:
 
 
 def _is_checkpoint(text: str) -> bool:
+    """A checkpoint file or run folder, or what is meant as one (a path to a ``.pt`` file or with
+    a folder in it: a spec has neither), so that a missing one is named as such."""
     path = Path(text)
-    return path.is_file() and path.suffix == ".pt" or (path / "checkpoint.pt").is_file()
+    return path.suffix == ".pt" or "/" in text or path.is_dir() or (path / "checkpoint.pt").is_file()
 
 
 def _checkpoint_cells(args):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import fields
@@ -186,18 +187,25 @@ def _plot_curves(out: Path) -> Path | None:
 
 
 def cmd_train(args) -> int:
-    import math
-
-    import torch
-
-    from textlm.evaluate import sample
-    from textlm.train import Trainer, TrainingError, TrainingInterrupted
+    from textlm.train import RunLock, Trainer
     config = _config(args)
     try:
         trainer = Trainer(config, resume=args.resume, max_tokens=args.max_tokens, device=args.device,
                           epochs=args.epochs)
     except ValueError as err:
         raise CLIError(str(err)) from None
+    with RunLock(trainer.out) if trainer.rank == 0 else contextlib.nullcontext():
+        return _train(args, trainer)
+
+
+def _train(args, trainer) -> int:
+    import math
+
+    import torch
+
+    from textlm.evaluate import sample
+    from textlm.train import TrainingError, TrainingInterrupted
+    config = trainer.config
     model = trainer.model
     c = trainer.config
     print(f"{trainer.corpus!r}\nmodel: {model.describe()}, {sum(p.numel() for p in model.parameters()):,} parameters, "
@@ -208,7 +216,7 @@ def cmd_train(args) -> int:
         result = trainer.run()
     except TrainingInterrupted as err:
         print(f"odernn: {err}", file=sys.stderr)
-        return 130
+        return err.exit_code
     except TrainingError as err:
         print(f"odernn: training stopped: {err}", file=sys.stderr)
         return 1
@@ -257,8 +265,10 @@ def cmd_generate(args) -> int:
     import torch
 
     from textlm.evaluate import sample
-    if args.length < 0:
-        raise CLIError("--length must be ≥ 0")
+    if args.length < 1:
+        raise CLIError(f"--length must be positive (the tokens to generate), got {args.length}")
+    if args.top_k is not None and args.top_k < 1:
+        raise CLIError(f"--top-k must be positive, got {args.top_k}")
     model, vocab, _, runtime = _load_model(args.checkpoint, args.device, args.precision)
     try:
         prompt = vocab.encode(args.prompt)
