@@ -13,6 +13,7 @@ import sympy as sp
 from sympy.polys.constructor import construct_domain
 from sympy.polys.domains import EX
 from sympy.polys.matrices import DomainMatrix
+from sympy.polys.polyerrors import BasePolynomialError
 
 
 class ExactCoefficients:
@@ -30,10 +31,14 @@ class ExactCoefficients:
         """Convert SymPy entries into the smallest domain SymPy constructs for all of them."""
         s = len(b)
         flat = [*(x for row in A for x in row), *b, *c, *(b_hat or ())]
-        try:
-            K, elements = construct_domain(flat, extension=True)
-        except Exception:  # an expression no polynomial domain holds: fall back to SymPy's EX
-            K, elements = EX, [EX.from_sympy(x) for x in flat]
+        single = _in_one_root(flat)
+        if single is not None:
+            K, elements = single
+        else:
+            try:
+                K, elements = construct_domain(flat, extension=True)
+            except Exception:  # an expression no polynomial domain holds: fall back to SymPy's EX
+                K, elements = EX, [EX.from_sympy(x) for x in flat]
         it = iter(elements)
         A_ = [[next(it) for _ in range(s)] for _ in range(s)]
         b_ = [next(it) for _ in range(s)]
@@ -80,3 +85,27 @@ class ExactCoefficients:
         """Coefficients ``[1, p1, …, ps]`` of ``det(λI − M)``, computed division-free in ``K``."""
         M = DomainMatrix([list(r) for r in matrix_rows], (self.s, self.s), self.K)
         return M.charpoly()
+
+
+def _in_one_root(flat):
+    """``(QQ<θ>, elements)`` when every entry is a polynomial with rational coefficients in one
+    ``CRootOf`` θ (a ``root()`` constant, or a file written by :func:`butcher.dumps_toml`), else
+    ``None``. The field is θ's, from its known minimal polynomial: SymPy's ``construct_domain``
+    would search a primitive element by factoring over extensions, minutes at degree 24."""
+    roots = set().union(*(x.atoms(sp.CRootOf) for x in flat))
+    if len(roots) != 1:
+        return None
+    (theta,) = roots
+    t = sp.Dummy("t")
+    minimal = sp.Poly(theta.poly.as_expr(), theta.poly.gen).monic()  # CRootOf keeps the irreducible factor
+    minimal = sp.Poly(minimal.as_expr().subs(theta.poly.gen, t), t, domain=sp.QQ)
+    polynomials = []
+    for x in flat:
+        try:
+            p = sp.Poly(x.xreplace({theta: t}), t, domain=sp.QQ)
+        except BasePolynomialError:
+            return None  # θ in a denominator, another irrational, a symbol: the general path
+        polynomials.append(p.rem(minimal))
+    K = sp.QQ.algebraic_field(sp.AlgebraicNumber(theta, minpoly=minimal))
+    return K, [K.new(p.all_coeffs()) for p in polynomials]
+

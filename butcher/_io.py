@@ -57,13 +57,17 @@ def load(path, exact: bool = True) -> ButcherTableau:
 def _toml_value(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # constants: names are identifiers, bare TOML keys
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
 
 
 def dumps_toml(tableau: ButcherTableau) -> str:
-    """The tableau as TOML text that :func:`load` reads back to an equal tableau."""
+    """The tableau as TOML text that :func:`load` reads back to the same numbers."""
     lines = []
     for key, value in tableau.to_dict().items():
+        if key == "constants" and "theta" in value:
+            lines.append("# each entry is a polynomial in theta, a generator of the number field of them all")
         if key == "A":
             rows = ",\n".join("    " + _toml_value(row) for row in value)
             lines.append(f"A = [\n{rows},\n]")

@@ -17,6 +17,7 @@ import numpy as np
 import sympy as sp
 
 _DIGITS = 60
+_ROUNDOFF = sp.Float("1e-40")  # of a sum of products computed in 50-digit arithmetic: round-off below it
 
 
 def _is_rational_poly(poly: sp.Poly) -> bool:
@@ -60,22 +61,43 @@ def _rational_between(lo: float, hi: float) -> sp.Rational:
     return sp.Rational((lo + hi) / 2)
 
 
+def _absolute(poly: sp.Poly) -> sp.Poly:
+    return sp.Poly([abs(c) for c in poly.all_coeffs()], *poly.gens, domain=poly.domain)
+
+
+def _without_roundoff(poly: sp.Poly, scale) -> sp.Poly:
+    """Float coefficients that are round-off, set to zero: a coefficient of ``P² − Q²`` (or of
+    ``E``) is a sum of products whose absolute values sum to the same coefficient of ``scale()``;
+    in 50-digit arithmetic its error is about 1e-50 of that, and a coefficient under 1e-40 of it
+    is a cancellation that is exact in the method (``P² − Q² = O(z^{p+1})`` near 0). Left as
+    ±1e-50 it would put spurious roots near 0 and flip A-stability. Exact coefficients stay."""
+    if not poly.domain.is_RealField or poly.is_zero:
+        return poly
+    ascending = poly.all_coeffs()[::-1]
+    bounds = scale().all_coeffs()[::-1]  # the scale's degree is at least the polynomial's
+    kept = [0 if abs(c) <= _ROUNDOFF * abs(bound) else c for c, bound in zip(ascending, bounds)]
+    return sp.Poly(kept[::-1], *poly.gens, domain=poly.domain)
+
+
 class StabilityAnalysis:
     def __init__(self, P: sp.Poly, Q: sp.Poly):
         self.P, self.Q = P, Q
         self.z = P.gens[0]
 
     def _satisfies(self, x) -> bool:
-        """``|R(x)| ≤ 1`` at a real or complex test point (exact for rational coefficients)."""
-        p, q = self.P.eval(x), self.Q.eval(x)
-        if q == 0:
+        """``|R(x)| ≤ 1`` at a real test point: ``P(x)² − Q(x)² ≤ 0`` (exact for rational coefficients)."""
+        if self.Q.eval(x) == 0:
             return False
-        value = sp.Abs(sp.expand(p)) ** 2 - sp.Abs(sp.expand(q)) ** 2
-        return bool(sp.N(value, _DIGITS) <= 0)
+        return bool(sp.N(self._N.eval(x), _DIGITS) <= 0)
+
+    @cached_property
+    def _N(self) -> sp.Poly:
+        """``P² − Q²``: ``|R| ≤ 1`` on the real axis where it is ≤ 0."""
+        return _without_roundoff(self.P**2 - self.Q**2, lambda: _absolute(self.P)**2 + _absolute(self.Q)**2)
 
     @cached_property
     def real_interval(self) -> sp.Interval:
-        N = self.P**2 - self.Q**2
+        N = self._N
         critical = [r for r in _real_roots(N * self.Q) if float(r) < 0]
         critical.sort(key=lambda r: -float(r))
         end = sp.Integer(0)
@@ -104,7 +126,8 @@ class StabilityAnalysis:
             as_poly = lambda cs: sp.Poly.from_list(cs[::-1] or [K.zero], y, domain=K)  # noqa: E731
             return as_poly(even) ** 2 + as_poly(odd) ** 2
 
-        return squared_modulus(self.Q) - squared_modulus(self.P)
+        return _without_roundoff(squared_modulus(self.Q) - squared_modulus(self.P),
+                                 lambda: squared_modulus(_absolute(self.Q)) + squared_modulus(_absolute(self.P)))
 
     def _E_nonnegative_at(self, y) -> bool:
         return bool(sp.N(self._E.eval(y), _DIGITS) >= 0)

@@ -38,8 +38,9 @@ def _describe_sum(values) -> str:
 class Approximation:
     """What a tableau is to a tolerance (:meth:`ButcherTableau.approximation`): the orders that
     hold with ``|γ(t) Φ(t) − 1| ≤ tol``, the largest such residual up to that order, and the
-    stability function with each coefficient replaced by the simplest rational within ``tol``
-    (for tableaux of rational entries, such as decimals), with its properties."""
+    stability function with each coefficient replaced by the simplest fraction within ``tol``
+    (decimals rounded to what they approximate; where there is none, the function as typed,
+    analysed in 50-digit arithmetic), with its properties."""
 
     tol: float
     order: int
@@ -51,6 +52,22 @@ class Approximation:
     is_a_stable: bool
     is_l_stable: bool
     real_stability_interval_as_typed: sp.Interval  # of the exact R, its ends to 50 digits
+
+
+def _simplest_within(P: sp.Poly, Q: sp.Poly, tol: float):
+    """``R = P/Q`` with every coefficient replaced by the simplest fraction within ``tol`` (1/2
+    for 0.4999999999999989, as decimals from a paper give), or ``None`` where R has algebraic
+    coefficients or one coefficient has no fraction of denominator up to 10^6 that close."""
+    if not (P.domain == sp.QQ and Q.domain == sp.QQ):
+        return None
+    fractions = []
+    for x in (*P.all_coeffs(), *Q.all_coeffs()):
+        r = sp.nsimplify(sp.Float(x, 60), rational=True, tolerance=tol)
+        if r.q > 10**6:
+            return None
+        fractions.append(r)
+    return (sp.Poly(fractions[:P.degree() + 1], z, domain=sp.QQ),
+            sp.Poly(fractions[P.degree() + 1:], z, domain=sp.QQ))
 
 
 class TableauWarning(UserWarning):
@@ -533,26 +550,17 @@ class ButcherTableau:
 
         def numeric(poly):  # exact root-finding on rationals of hundreds of digits is slow: 50 digits
             return sp.Poly([sp.N(x, 55) for x in poly.all_coeffs()], z, domain=digits)
-        as_typed = StabilityAnalysis(numeric(P), numeric(Q)).real_interval
-        if P.domain == sp.QQ and Q.domain == sp.QQ:  # rational entries: round R's coefficients
-            def simple(x):  # a simple fraction within tol (1/2 for 0.4999999999999989), else None
-                r = sp.nsimplify(sp.Float(x, 60), rational=True, tolerance=tol)
-                return r if r.q <= 10**6 else None
-
-            def rounded(poly):
-                coefficients = [simple(x) for x in poly.all_coeffs()]
-                if None in coefficients:
-                    return numeric(poly)
-                return sp.Poly(coefficients, z, domain=sp.QQ)
-            P, Q = rounded(P), rounded(Q)
-            if P.domain != Q.domain:
-                P, Q = numeric(P), numeric(Q)
-        elif not (P.domain.is_QQ and Q.domain.is_QQ):
-            P, Q = numeric(P), numeric(Q)
-        analysis = StabilityAnalysis(P, Q)
-        R = P.as_expr() / Q.as_expr() if Q.degree() > 0 else P.as_expr()
+        typed = StabilityAnalysis(numeric(P), numeric(Q))
+        rounded = _simplest_within(P, Q, tol)
+        if rounded is None:  # no simpler function within tol: R is the one typed
+            analysis, R = typed, self.stability_function()
+        else:
+            P, Q = rounded
+            analysis = StabilityAnalysis(P, Q)
+            R = P.as_expr() / Q.as_expr() if Q.degree() > 0 else P.as_expr()
         return Approximation(tol, order, embedded, residual, R, analysis.real_interval,
-                             analysis.imaginary_interval, analysis.is_a_stable, analysis.is_l_stable, as_typed)
+                             analysis.imaginary_interval, analysis.is_a_stable, analysis.is_l_stable,
+                             typed.real_interval)
 
     def embedded_stability_function(self) -> sp.Expr | None:
         if self.b_hat is None:
@@ -631,17 +639,58 @@ class ButcherTableau:
         return Coefficients(*(conv(a) for a in arrays))
 
     def to_dict(self) -> dict:
-        """A plain dict of strings that :meth:`from_dict` (and the file loaders) read back."""
+        """A plain dict of strings that :meth:`from_dict` (and the file loaders) read back to the
+        same numbers. Entries are written as SymPy prints them; where that text would not read back
+        within the parser's budgets (nested radicals whose degree bound overshoots the field's
+        degree; a root of a sextic repeated in every power), as polynomials in one generator
+        ``theta`` of their number field, defined once in ``constants`` by its minimal polynomial."""
+        out = self._text_dict(str)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ButcherTableau.from_dict(out)._check_budget()
+        except TableauError:
+            out = self._field_generator_dict() or out
+        return out
+
+    def _text_dict(self, text) -> dict:
         A, b, c, b_hat = self._data
-        out = {"A": [[str(x) for x in row] for row in A], "b": [str(x) for x in b]}
+        out = {"A": [[text(x) for x in row] for row in A], "b": [text(x) for x in b]}
         if self.c_mismatch:
-            out["c"] = [str(x) for x in c]
+            out["c"] = [text(x) for x in c]
         if b_hat is not None:
-            out["b_hat"] = [str(x) for x in b_hat]
+            out["b_hat"] = [text(x) for x in b_hat]
         for key in ("name", "description", "reference"):
             if getattr(self, key):
                 out[key] = getattr(self, key)
+        if self.is_parametric:
+            out["parameters"] = sorted(map(str, self.symbols))
         return out
+
+    def _field_generator_dict(self) -> dict | None:
+        """The entries as polynomials with rational coefficients in a primitive element ``theta``
+        of the number field that holds them all; ``None`` for entries in no real number field."""
+        ex = self._exact
+        K = ex.K
+        if not K.is_AlgebraicField:
+            return None
+        x, theta = sp.Symbol("x"), sp.Symbol("theta")
+        minimal = sp.Poly(K.mod.to_list(), x, domain=sp.QQ)
+        value = sp.N(K.ext.as_expr(), 60)
+        if abs(sp.im(value)) > sp.Rational(1, 10**50):
+            return None
+        # CRootOf numbers the real roots in increasing order, as the isolating intervals come
+        isolated = minimal.intervals(eps=sp.Rational(1, 10**40))
+        index = min(range(len(isolated)), key=lambda i: abs(sum(isolated[i][0]) / 2 - sp.re(value)))
+        polynomial = lambda e: sp.sstr(sp.Add(*(K.dom.to_sympy(q) * theta**k  # noqa: E731
+                                                for k, q in enumerate(reversed(e.to_list())))))
+        A, b, c, b_hat = self._data
+        in_theta = {}  # each SymPy entry → its text in theta
+        for entries, elements in ((sum(A, ()), sum(map(tuple, ex.A), ())), (b, ex.b), (c, ex.c),
+                                  (b_hat or (), ex.b_hat or ())):
+            in_theta.update((entry, polynomial(e)) for entry, e in zip(entries, elements))
+        out = self._text_dict(in_theta.__getitem__)
+        return {"constants": {"theta": f"CRootOf({sp.sstr(minimal.as_expr())}, {index})"}, **out}
 
     @classmethod
     def from_dict(cls, data: Mapping, *, source: str = "dict", exact: bool = True) -> "ButcherTableau":

@@ -125,12 +125,11 @@ def test_cuda_check_script_runs_its_checks_on_the_cpu():
 def test_nodepy_methods_typed_as_printed_load_with_their_order():
     """benchmarks/order_vs_nodepy.py's text check on a few NodePy methods: typed as ``sympy.sstr``
     prints their coefficients (fractions; sqrt(3) in A; an embedded pair), they load, and get
-    NodePy's exact order and NodePy's exact stability function. (SDIRK34, whose coefficients print
+    NodePy's exact order and NodePy's exact stability function. NodePy is in the ``test`` extra:
+    this runs in CI, never skipped. (SDIRK34, whose coefficients print
     with cos(pi/18), is in the full run: NodePy alone takes 7 s on its order.)"""
     import importlib.util
 
-    import pytest
-    pytest.importorskip("nodepy")
     spec = importlib.util.spec_from_file_location("order_vs_nodepy", ROOT / "benchmarks" / "order_vs_nodepy.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

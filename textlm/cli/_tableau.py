@@ -93,10 +93,21 @@ def register(sub, formatter) -> None:
 
     p = tsub.add_parser("check", help="validate a tableau file", formatter_class=formatter,
                         description="Read a user scheme (.toml or .json with keys A, b and optionally c, "
-                                    "b_hat, name) and say what is wrong with it, or what it is. Entries are "
-                                    "numbers or exact strings such as \"1/3\" or \"sqrt(3)/6\"; nothing is "
-                                    "evaluated as code. Exit code 0 when valid, 2 when not.",
-                        epilog='example file:\n  name = "heun"\n  A = [["0", "0"], ["1", "0"]]\n  b = ["1/2", "1/2"]')
+                                    "b_hat, name, constants, parameters) and say what is wrong with it, or what "
+                                    "it is. Entries are numbers or exact strings: \"1/3\", \"sqrt(3)/6\", "
+                                    "\"2^(1/3)\", sin/cos/tan of rational multiples of pi (\"cos(pi/18)\"), "
+                                    "a real root of a polynomial nearest a hint or by index "
+                                    "('root(\"x^3 - 3*x^2 + 3/2*x - 1/6\", 0.4358)', 'root(..., index=1)'), "
+                                    "CRootOf(poly, k), and names from the file's constants table; nothing is "
+                                    "evaluated as code. Decimals are exact rationals: the order they "
+                                    "approximate is reported too. A tableau past the exact analysis's "
+                                    "budgets (field degree 64, 7 s) is refused with one line; --float then "
+                                    "analyses it numerically. Exit code 0 when valid, 2 when not.",
+                        epilog='example files:\n  name = "heun"\n  A = [["0", "0"], ["1", "0"]]\n  b = ["1/2", "1/2"]\n\n'
+                               '  name = "crouzeix-3"   # order 4, as printed\n'
+                               '  constants = { g = "1/2 + sqrt(3)*cos(pi/18)/3" }\n'
+                               '  A = [["g", "0", "0"], ["1/2 - g", "g", "0"], ["2*g", "1 - 4*g", "g"]]\n'
+                               '  b = ["1/(6*(1 - 2*g)^2)", "1 - 1/(3*(1 - 2*g)^2)", "1/(6*(1 - 2*g)^2)"]')
     p.add_argument("file", help="the .toml or .json tableau file")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     p.add_argument("--float", nargs="?", type=float, const=1e-10, metavar="TOL", help=_FLOAT_HELP)
@@ -223,6 +234,12 @@ def _short(x: sp.Expr) -> str:
     return text if len(text) <= 60 else str(sp.N(x, 12))
 
 
+def _stability_changed(tab: butcher.ButcherTableau, a: butcher.Approximation) -> bool:
+    """Whether the stability function to the tolerance is another one than the exact (decimals
+    rounded to the fractions they approximate), and so may have other properties."""
+    return a.stability_function != tab.stability_function()
+
+
 def approximation_lines(tab: butcher.ButcherTableau, a: butcher.Approximation, numerical_only: bool) -> list[str]:
     """What changes from the exact analysis to the one with a tolerance (everything, when only
     the numerical analysis was possible)."""
@@ -239,7 +256,7 @@ def approximation_lines(tab: butcher.ButcherTableau, a: butcher.Approximation, n
                          f"an order-{a.order} method")
         if a.embedded_order != tab.embedded_order():
             lines.append(f"embedded order {tab.embedded_order()} exactly; {a.embedded_order} to tol {tol:g}")
-    if not numerical_only and a.stability_function == tab.stability_function():
+    if not numerical_only and not _stability_changed(tab, a):
         return lines
     lines.append(f"R(z) to {tol:g}: {_short(a.stability_function)}")
     real = a.real_stability_interval_as_typed
