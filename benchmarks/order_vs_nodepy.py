@@ -24,13 +24,12 @@ Times are wall-clock on this machine; the ratio is what holds across noisy runs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
-import threading
 import time
 import warnings
+
+import butcher
 
 
 def nodepy_methods():
@@ -55,7 +54,6 @@ def time_nodepy(methods) -> tuple[float, dict]:
 
 
 def time_butcher(methods) -> tuple[float, dict]:
-    import butcher
     answers, start = {}, time.perf_counter()
     for name, m in methods.items():
         with warnings.catch_warnings():
@@ -68,7 +66,6 @@ def time_butcher(methods) -> tuple[float, dict]:
 def time_catalogue() -> tuple[float, float, int, list]:
     """Seconds to build every catalogue tableau from scratch (families generated from their
     formulas), and seconds to verify all of their orders and embedded orders."""
-    import butcher
     from butcher import _families
     butcher.get.cache_clear()
     _families._generate.cache_clear()
@@ -85,28 +82,6 @@ def time_catalogue() -> tuple[float, float, int, list]:
 
 # --- typed as printed: every exact NodePy method, through the text a user would type ----------
 
-class _OverTime(BaseException):
-    """Raised by :func:`time_limit` (a BaseException, so that no ``except Exception`` swallows it)."""
-
-
-@contextlib.contextmanager
-def time_limit(seconds):
-    """Interrupt the body after ``seconds`` with :class:`_OverTime` (SIGALRM: main thread, POSIX
-    only; elsewhere, or with ``seconds`` falsy, no limit)."""
-    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expire(signum, frame):
-        raise _OverTime
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _is_exact(values) -> bool:
@@ -173,7 +148,6 @@ def typed_check(methods, nodepy_orders, seconds=60.0) -> dict:
     text load, get NodePy's order (``nodepy_orders``, already computed: not computed again) and
     NodePy's embedded order, and the same stability function? ``seconds`` limits NodePy's exact
     stability function, and the exact comparison, per method (over it: reported as skipped)."""
-    import butcher
     rows = []
     for name, m in methods.items():
         start = time.perf_counter()
@@ -204,9 +178,9 @@ def typed_check(methods, nodepy_orders, seconds=60.0) -> dict:
             row["embedded_orders_agree"] = row["butcher_embedded_order"] == row["nodepy_embedded_order"]
         R, z = tab.stability_function(), butcher.z
         try:
-            with time_limit(seconds):
+            with butcher.time_limit(seconds):
                 p, q = m.stability_function(mode="exact")
-        except _OverTime:
+        except butcher.TimeLimitExceeded:
             row["R_skipped"] = f"NodePy's stability_function(mode='exact') took over {seconds:g} s"
         else:
             try:
@@ -215,9 +189,9 @@ def typed_check(methods, nodepy_orders, seconds=60.0) -> dict:
                 row["R_skipped"] = f"NodePy's stability_function(mode='exact') is not exact: {error}"
             else:
                 try:
-                    with time_limit(seconds):
+                    with butcher.time_limit(seconds):
                         row["R_equal"] = bool(same_rational_function(R, p, q, z))
-                except _OverTime:
+                except butcher.TimeLimitExceeded:
                     row["R_skipped"] = f"the exact comparison of R took over {seconds:g} s"
         row["seconds"] = time.perf_counter() - start
         rows.append(row)

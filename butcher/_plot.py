@@ -21,15 +21,21 @@ def _pyplot():
     return plt
 
 
+def _axis_reach(tab: ButcherTableau, direction: complex, limit: float = 60.0) -> float:
+    """How far from 0 along ``direction`` ``|R| ≤ 1`` holds, on a grid of 1/200 up to ``limit``
+    (0 past it: unbounded). The picture's own float precision: the exact intervals of a tableau
+    with large algebraic coefficients can take minutes, and a window needs no exact end."""
+    t = np.linspace(0.0, limit, int(200 * limit) + 1)[1:]
+    outside = np.flatnonzero(tab.amplification(direction * t) > 1 + 1e-12)
+    return 0.0 if not outside.size else float(t[outside[0] - 1]) if outside[0] else 0.0
+
+
 def default_window(tableaux: Sequence[ButcherTableau], points=None) -> tuple[tuple, tuple]:
     """A window that shows the bounded parts of the regions and all points."""
     reach = 3.0
     for tab in tableaux:
-        real = tab.real_stability_interval().inf
-        imag = tab.imaginary_stability_interval().sup
-        for value in (abs(float(real)), float(imag)):
-            if np.isfinite(value):
-                reach = max(reach, 1.2 * value)
+        for direction in (-1, 1j):  # the negative real and the imaginary axis
+            reach = max(reach, 1.2 * _axis_reach(tab, direction))
     if points is not None and len(points):
         p = np.asarray(points, dtype=complex)
         reach = max(reach, 1.1 * float(np.max(np.abs(p))))

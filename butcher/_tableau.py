@@ -117,7 +117,8 @@ def _rounded(value):
     """``value`` (an entry, or nested lists of them) as the rational of its 50-digit decimal."""
     if isinstance(value, list):
         return [_rounded(v) for v in value]
-    x = to_exact(value)
+    # parsed text may hold 60-digit floats already (sin/cos of pi/k are rounded in this mode)
+    x = value if isinstance(value, sp.Expr) else to_exact(value)
     if x.free_symbols:
         raise TableauError(f"{x} has a free symbol: a parametric tableau has no numerical analysis")
     return sp.Rational(str(sp.N(x, 55).round(50)))

@@ -124,6 +124,17 @@ def test_bad_cell_specs(command, spec, message):
     assert code == 2 and message in err and err.count("\n") == 1, err
 
 
+def test_a_spec_naming_a_tableau_file_is_a_spec_not_a_checkpoint(tmp_path):
+    """A path in a spec (``gru-ode:/x/heun.toml``) is the tableau's: stability check judges the
+    cell, and a missing tableau file is named as such, not as a missing checkpoint."""
+    path = tmp_path / "heun.toml"
+    path.write_text(HEUN)
+    code, out, err = run("stability", "check", f"gru-ode:{path}", "--hidden-size", "4")
+    assert code in (0, 1) and "heun" in out, err
+    code, _, err = run("stability", "check", f"gru-ode:{tmp_path / 'missing.toml'}")
+    assert code == 2 and "missing.toml: no such file" in err and "checkpoint" not in err, err
+
+
 def _corpus_root(tmp_path, corrupt: bool):
     root = tmp_path / "data"
     source = Path(os.environ["ODERNN_DATA"]) / "tinyshakespeare"

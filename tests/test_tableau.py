@@ -322,3 +322,16 @@ def test_stability_matrix_is_R_applied_to_the_eigenvalues(name):
         mu, V = np.linalg.eig(Z[k])
         expected = V @ np.diag([scalar(m) for m in mu]) @ np.linalg.inv(V)
         assert np.abs(out[k] - expected).max() < 1e-11
+
+
+@pytest.mark.parametrize("name", ["euler", "rk4", "dopri5", "ssprk104", "radau-iia-3"])
+def test_the_plot_window_reaches_the_exact_stability_intervals(name):
+    """The picture sizes itself from |R| in floats along both axes (the exact intervals of a large
+    algebraic tableau can take minutes): that reach is the exact interval's end to the grid's 1/200
+    (0 for an unbounded or empty one)."""
+    from butcher._plot import _axis_reach
+    tab = butcher.get(name)
+    for direction, end in ((-1, -tab.real_stability_interval().inf), (1j, tab.imaginary_stability_interval().sup)):
+        expected = 0.0 if end == sp.oo else float(end)
+        assert expected - 0.005 <= _axis_reach(tab, direction) <= expected
+

@@ -41,10 +41,15 @@ def register(sub, formatter) -> None:
 
 
 def _is_checkpoint(text: str) -> bool:
-    """A checkpoint file or run folder, or what is meant as one (a path to a ``.pt`` file or with
-    a folder in it: a spec has neither), so that a missing one is named as such."""
+    """A checkpoint file or run folder, or what is meant as one (a path to a ``.pt`` file or with a
+    folder in it, and not a cell spec: a spec starts with a field's name, ``gru-ode:mine.toml``),
+    so that a missing one is named as such."""
     path = Path(text)
-    return path.suffix == ".pt" or "/" in text or path.is_dir() or (path / "checkpoint.pt").is_file()
+    if (path / "checkpoint.pt").is_file() or path.is_dir():
+        return True
+    if text.split(":", 1)[0] in odernn.fields():
+        return False
+    return path.suffix == ".pt" or "/" in text
 
 
 def _checkpoint_cells(args):

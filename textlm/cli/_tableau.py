@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import signal
 import sys
-import threading
 import warnings
 from pathlib import Path
 
@@ -18,45 +16,62 @@ import butcher
 from ._errors import CLIError
 
 _TABLEAU_HELP = "a catalogue name (see 'odernn tableau list') or a .toml/.json tableau file"
-DEADLINE = 7.0  # seconds of exact analysis a command may spend on one user's file (imports aside)
+DEADLINE = 5.0  # seconds of exact analysis on one user's file: with start-up (~2.5 s), an answer within 10 s
 _FLOAT_HELP = ("also analyse the tableau numerically: the order conditions in 50-digit arithmetic, a residual "
                "|γ(t)Φ(t) − 1| ≤ TOL (default 1e-10) counting as satisfied — what decimals copied from a paper "
                "approximate; a tableau too large for the exact analysis is then analysed from its entries "
                "rounded to 50 digits")
 
 
-class _Expired(BaseException):
-    """The deadline passed (a BaseException: no ``except Exception`` inside SymPy swallows it)."""
+class TooSlow(CLIError):
+    """The deadline passed; ``--float`` analyses the tableau numerically instead."""
 
 
 @contextlib.contextmanager
-def deadline(seconds: float, what: str):
+def deadline(seconds: float | None, what: str):
     """Stop the exact analysis of ``what`` after ``seconds`` with one line that offers ``--float``
-    (where a timer can interrupt: the main thread of a POSIX process)."""
-    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expire(signum, frame):
-        raise _Expired
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    (``None``: no limit)."""
     try:
-        yield
-    except _Expired:
-        raise CLIError(f"{what}: the exact analysis did not finish within {seconds:g} s (its numbers make the "
-                       "arithmetic too large); run it with --float for the numerical analysis") from None
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        with butcher.time_limit(seconds):
+            yield
+    except butcher.TimeLimitExceeded:
+        raise TooSlow(f"{what}: the exact analysis did not finish within {seconds:g} s (its numbers make the "
+                      "arithmetic too large); run it with --float for the numerical analysis") from None
+
+
+def _is_file(spec: str) -> bool:
+    path = Path(spec)
+    return path.suffix.lower() in (".toml", ".json") or path.exists()
 
 
 def resolve(spec: str) -> butcher.ButcherTableau:
     """A catalogue name or a path to a tableau file."""
-    path = Path(spec)
-    if path.suffix.lower() in (".toml", ".json") or path.exists():
-        return butcher.load(path)
-    return butcher.get(spec)
+    return butcher.load(spec) if _is_file(spec) else butcher.get(spec)
+
+
+def _exact_then_numerical(spec: str, tol: float | None, analyse):
+    """``analyse(tab, None)`` on the exact tableau, within the deadline for files. With ``--float``
+    (``tol``), a file past the exact analysis's budgets or its deadline gets
+    ``analyse(rounded, reason)`` instead: its entries rounded to 50 digits, analysed to ``tol``."""
+    try:
+        with deadline(_deadline_for(spec), spec):
+            return analyse(resolve(spec), None)
+    except butcher.BudgetError:
+        if tol is None:
+            raise
+        reason = "the exact one is over budget"
+    except TooSlow:
+        if tol is None:
+            raise
+        reason = f"the exact one did not finish within {DEADLINE:g} s"
+    with deadline(_deadline_for(spec), spec):
+        return analyse(butcher.load(spec, exact=False), reason)
+
+
+def _deadline_for(spec: str) -> float | None:
+    """Files get the deadline; the catalogue's methods are known to finish (Radau IIA-5's field,
+    of degree 24, takes about 5 s to build)."""
+    return DEADLINE if _is_file(spec) else None
 
 
 def register(sub, formatter) -> None:
@@ -101,7 +116,7 @@ def register(sub, formatter) -> None:
                                     "CRootOf(poly, k), and names from the file's constants table; nothing is "
                                     "evaluated as code. Decimals are exact rationals: the order they "
                                     "approximate is reported too. A tableau past the exact analysis's "
-                                    "budgets (field degree 64, 7 s) is refused with one line; --float then "
+                                    "budgets (field degree 64, 5 s) is refused with one line; --float then "
                                     "analyses it numerically. Exit code 0 when valid, 2 when not.",
                         epilog='example files:\n  name = "heun"\n  A = [["0", "0"], ["1", "0"]]\n  b = ["1/2", "1/2"]\n\n'
                                '  name = "crouzeix-3"   # order 4, as printed\n'
@@ -269,22 +284,26 @@ def approximation_lines(tab: butcher.ButcherTableau, a: butcher.Approximation, n
 
 
 def cmd_show(args) -> int:
-    with deadline(DEADLINE, args.tableau):
-        return _show(args)
+    return _exact_then_numerical(args.tableau, args.float, lambda tab, reason: _show(args, tab, reason))
 
 
-def _show(args) -> int:
-    tab = resolve(args.tableau)
+def _show(args, tab: butcher.ButcherTableau, numerical: str | None) -> int:
+    """Everything is computed before anything is printed: a deadline never cuts a listing."""
     if args.toml:
         sys.stdout.write(butcher.dumps_toml(tab))
         return 0
-    props = properties(tab)
-    approx = approximation(tab, args.float) if args.float is not None and not tab.is_parametric else None
+    with_float = args.float is not None and not tab.is_parametric
+    approx = approximation(tab, args.float) if with_float else None
+    if numerical:
+        props = {"name": tab.name, "stages": tab.stages, "structure": tab.structure, "exact": False,
+                 "why": f"numerical analysis: {numerical}; entries rounded to 50 digits"}
+    else:
+        props = properties(tab)
     if approx is not None:
         props["approximation"] = approximation_json(approx)
+    arrays = tab.to_numpy() if with_float else None
     if args.json:
-        if args.float is not None and not tab.is_parametric:
-            arrays = tab.to_numpy()
+        if arrays is not None:
             props["float"] = {k: (None if v is None else v.tolist()) for k, v in arrays._asdict().items()}
         print(json.dumps(props, indent=1, ensure_ascii=False))
         return 0
@@ -296,14 +315,19 @@ def _show(args) -> int:
     if "~" in text:
         print("(~: a long exact entry shown as a float; --toml or --json give every entry exactly)")
     print()
-    if args.float is not None and not tab.is_parametric:
-        arrays = tab.to_numpy()
+    if arrays is not None:
         import numpy as np
         with np.printoptions(precision=17, linewidth=120):
             for key, value in arrays._asdict().items():
                 if value is not None:
                     print(f"{key} =\n{value}")
         print()
+    if numerical:
+        print(f"  {'stages':<26}{tab.stages}\n  {'structure':<26}{tab.structure}")
+        print(f"  {props['why']}:")
+        for line in approximation_lines(tab, approx, True):
+            print(f"  {line}")
+        return 0
     label = {"stages": "stages", "structure": "structure", "fsal": "FSAL", "stiffly_accurate": "stiffly accurate",
              "order": "order", "embedded_order": "embedded order", "stage_order": "stage order",
              "stability_function": "R(z)", "a_stable": "A-stable", "l_stable": "L-stable"}
@@ -324,38 +348,33 @@ def _show(args) -> int:
 
 
 def cmd_check(args) -> int:
-    with deadline(DEADLINE, args.file):
-        return _check(args)
-
-
-def _check(args) -> int:
-    numerical_only = False
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught:  # the file's warnings go into the verdict
         warnings.simplefilter("always")
-        try:
-            tab = butcher.load(args.file)  # raises TableauError with the offending entry
-            tab.order()  # the exact analysis within the deadline, or the budget error, here
-        except butcher.BudgetError:
-            if args.float is None:
-                raise
-            tab, numerical_only = butcher.load(args.file, exact=False), True
+        return _exact_then_numerical(args.file, args.float, lambda tab, reason: _check(args, tab, reason, caught))
+
+
+def _check(args, tab: butcher.ButcherTableau, numerical: str | None, caught: list) -> int:
+    numerical_only = numerical is not None
+    if not numerical_only:
+        tab.order()  # the exact analysis within the deadline, or the budget error, here
+    warned = list(dict.fromkeys(str(w.message) for w in caught))  # a fallback loads the file twice
     tol = 1e-10 if args.float is None else args.float
     approx = approximation(tab, tol) if not tab.is_parametric else None
     if numerical_only:
         verdict = {"file": args.file, "valid": True, "name": tab.name, "stages": tab.stages,
                    "structure": tab.structure, "exact": False, "approximation": approximation_json(approx),
-                   "warnings": [str(w.message) for w in caught]}
+                   "warnings": warned}
     else:
         verdict = {"file": args.file, "valid": True, "name": tab.name, "stages": tab.stages,
                    "structure": tab.structure, "exact": True, "order": tab.order(),
                    "embedded_order": tab.embedded_order(), "stage_order": tab.stage_order(),
                    "approximation": approximation_json(approx) if approx else None,
-                   "warnings": [str(w.message) for w in caught], "notes": list(tab.notes)}
+                   "warnings": warned, "notes": list(tab.notes)}
     if args.json:
         print(json.dumps(verdict, indent=1, ensure_ascii=False))
         return 0
     if numerical_only:
-        print(f"ok (numerical analysis: the exact one is over budget; entries rounded to 50 digits): {args.file}: "
+        print(f"ok (numerical analysis: {numerical}; entries rounded to 50 digits): {args.file}: "
               f"{tab.name!r}, {tab.stages} stages, {tab.structure}")
     else:
         embedded = f", embedded order {verdict['embedded_order']}" if verdict["embedded_order"] is not None else ""
@@ -378,10 +397,11 @@ def _complex(text: str) -> complex:
 
 
 def cmd_plot(args) -> int:
-    with deadline(DEADLINE, " ".join(args.tableaux)):
-        tableaux = [resolve(t) for t in args.tableaux]
-        for tab in tableaux:
-            tab.stability_function()
+    tableaux = []
+    for spec in args.tableaux:
+        with deadline(_deadline_for(spec), spec):
+            tableaux.append(resolve(spec))
+            tableaux[-1].stability_function()
     for tab, spec in zip(tableaux, args.tableaux):
         if tab.is_parametric:
             raise CLIError(f"{spec} is parametric in {sorted(map(str, tab.symbols))}; give concrete values")
