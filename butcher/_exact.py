@@ -97,8 +97,8 @@ def _in_one_root(flat):
         return None
     (theta,) = roots
     t = sp.Dummy("t")
-    minimal = sp.Poly(theta.poly.as_expr(), theta.poly.gen).monic()  # CRootOf keeps the irreducible factor
-    minimal = sp.Poly(minimal.as_expr().subs(theta.poly.gen, t), t, domain=sp.QQ)
+    # CRootOf keeps the irreducible factor: θ's minimal polynomial, up to its leading coefficient
+    minimal = sp.Poly(theta.poly.as_expr().xreplace({theta.poly.gen: t}), t, domain=sp.QQ).monic()
     polynomials = []
     for x in flat:
         try:

@@ -7,11 +7,14 @@ JSON-lines metrics, a learning-curve plot, an optional stability probe, any devi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
 import resource
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -376,9 +379,6 @@ class Trainer:
     def run(self) -> dict:
         """Train to the budget; SIGTERM, like Ctrl-C, saves the state and raises
         :class:`TrainingInterrupted`. Holds :class:`RunLock` on the output folder meanwhile."""
-        import contextlib
-        import signal
-        import threading
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _terminate) if main else None
         try:

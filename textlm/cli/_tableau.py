@@ -249,12 +249,6 @@ def _short(x: sp.Expr) -> str:
     return text if len(text) <= 60 else str(sp.N(x, 12))
 
 
-def _stability_changed(tab: butcher.ButcherTableau, a: butcher.Approximation) -> bool:
-    """Whether the stability function to the tolerance is another one than the exact (decimals
-    rounded to the fractions they approximate), and so may have other properties."""
-    return a.stability_function != tab.stability_function()
-
-
 def approximation_lines(tab: butcher.ButcherTableau, a: butcher.Approximation, numerical_only: bool) -> list[str]:
     """What changes from the exact analysis to the one with a tolerance (everything, when only
     the numerical analysis was possible)."""
@@ -271,8 +265,8 @@ def approximation_lines(tab: butcher.ButcherTableau, a: butcher.Approximation, n
                          f"an order-{a.order} method")
         if a.embedded_order != tab.embedded_order():
             lines.append(f"embedded order {tab.embedded_order()} exactly; {a.embedded_order} to tol {tol:g}")
-    if not numerical_only and not _stability_changed(tab, a):
-        return lines
+    if not numerical_only and a.stability_function == tab.stability_function():
+        return lines  # R was not rounded to another function: its properties are the exact ones
     lines.append(f"R(z) to {tol:g}: {_short(a.stability_function)}")
     real = a.real_stability_interval_as_typed
     interval = f"[{_short(a.real_stability_interval.inf)}, {_short(a.real_stability_interval.sup)}]"

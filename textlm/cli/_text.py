@@ -205,7 +205,6 @@ def _train(args, trainer) -> int:
 
     from textlm.evaluate import sample
     from textlm.train import TrainingError, TrainingInterrupted
-    config = trainer.config
     model = trainer.model
     c = trainer.config
     print(f"{trainer.corpus!r}\nmodel: {model.describe()}, {sum(p.numel() for p in model.parameters()):,} parameters, "
@@ -236,7 +235,7 @@ def _train(args, trainer) -> int:
     prompt = vocab.encode("\n" if level == "char" else "<eos>", strict=False) or [0]
     with trainer.runtime.autocast():
         generated = sample(model, prompt, args.sample_length, temperature=0.8,
-                           generator=torch.Generator().manual_seed(config.seed))
+                           generator=torch.Generator().manual_seed(c.seed))
     print("sample:\n" + vocab.decode(generated))
     print(f"checkpoint {trainer.checkpoint_path}; metrics {trainer.out / 'metrics.jsonl'}"
           + (f"; curves {curves}" if curves else ""), file=sys.stderr)
