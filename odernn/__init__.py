@@ -14,8 +14,8 @@ torch.Size([2, 5])
 
 from ._adjoint import AdjointMethod, adjoint
 from ._cell import ODECell
-from ._fields import (AntisymmetricField, CoRNNField, GRUODEField, LSTMField, ModuleField, TanhRNNField,
-                      VectorField)
+from ._fields import (AntisymmetricField, CoRNNField, GRUODEField, HigherOrderField, LEMField, LipschitzField,
+                      LSTMField, ModuleField, TanhRNNField, UnICORNNField, URNNField, VectorField, modrelu)
 from ._interop import TokenODE, torchdiffeq_method
 from ._layer import GRAD_MODES, ODERNN, from_torch
 from ._spec import CellSpecError, cell, constraints, fields, parse_spec
@@ -23,7 +23,7 @@ from ._stepping import (AdaptiveScheme, ExplicitScheme, ImplicitScheme, Implicit
                         reference_step)
 
 __all__ = [
-    "GRAD_MODES", "ODERNN", "AdjointMethod", "adjoint", "AdaptiveScheme", "AntisymmetricField", "CellSpecError", "StepSizeUnderflow", "ImplicitScheme", "ImplicitSolveError", "CoRNNField", "ExplicitScheme", "GRUODEField", "LSTMField",
+    "GRAD_MODES", "ODERNN", "AdjointMethod", "adjoint", "AdaptiveScheme", "AntisymmetricField", "CellSpecError", "StepSizeUnderflow", "ImplicitScheme", "ImplicitSolveError", "CoRNNField", "HigherOrderField", "LEMField", "LipschitzField", "UnICORNNField", "URNNField", "modrelu", "ExplicitScheme", "GRUODEField", "LSTMField",
     "ModuleField", "ODECell", "TanhRNNField", "VectorField", "cell", "constraints", "fields", "from_torch", "parse_spec",
     "reference_step", "TokenODE", "torchdiffeq_method",
 ]

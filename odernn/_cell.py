@@ -169,6 +169,8 @@ class ODECell(nn.Module):
         if not (self.tableau.A == euler.A and self.tableau.b == euler.b and self.dt == 1.0 and self.steps == 1):
             return None
         kind = type(self.field)
+        if getattr(self.field, "gamma", 1.0) != 1.0:  # the tanh-RNN field with a leak other than −h
+            return None
         if kind is LSTMField:
             return nn.LSTMCell if self.partitioned else None
         return {TanhRNNField: nn.RNNCell, GRUODEField: nn.GRUCell}.get(kind)

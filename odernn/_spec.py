@@ -13,7 +13,8 @@ from pathlib import Path
 import butcher
 
 from ._cell import ODECell
-from ._fields import AntisymmetricField, CoRNNField, GRUODEField, LSTMField, TanhRNNField
+from ._fields import (AntisymmetricField, CoRNNField, GRUODEField, HigherOrderField, LEMField, LipschitzField,
+                      LSTMField, TanhRNNField, UnICORNNField, URNNField)
 
 __all__ = ["cell", "parse_spec", "fields", "constraints", "CellSpecError"]
 
@@ -32,17 +33,26 @@ class _FieldKind:
 
 
 _FIELDS = {
-    "rnn": _FieldKind(TanhRNNField, 1.0, False, {"bias": bool}, "leaky tanh-RNN; Euler, dt=1 is nn.RNNCell"),
+    "rnn": _FieldKind(TanhRNNField, 1.0, False, {"bias": bool, "gamma": float},
+                      "leaky tanh-RNN, tanh(W h + V x + b) − γh; Euler, dt=1, γ=1 is nn.RNNCell"),
     "gru-ode": _FieldKind(GRUODEField, 1.0, False, {"bias": bool}, "GRU-ODE; Euler, dt=1 is nn.GRUCell"),
     "lstm": _FieldKind(LSTMField, 1.0, True, {"bias": bool}, "LSTM on (c, h); partitioned Euler, dt=1 is nn.LSTMCell"),
     "antisymmetric": _FieldKind(AntisymmetricField, 0.01, False, {"gamma": float, "bias": bool},
                                 "AntisymmetricRNN, tanh((W − Wᵀ − γI)h + Vx + b); Euler with dt=eps"),
     "cornn": _FieldKind(CoRNNField, 0.042, True, {"gamma": float, "epsilon": float, "bias": bool},
-                        "coRNN, second order (t = 2); partitioned Euler is the published cell"),
+                        "coRNN, the rnn field at order 2; partitioned Euler is the published cell"),
+    "urnn": _FieldKind(URNNField, 1.0, False, {"bias": bool, "map": str, "init": str},
+                       "orthogonal RNN, modReLU(W h + V x) − h, W = exp(skew); Euler, dt=1 is expRNN"),
+    "lipschitz": _FieldKind(LipschitzField, 0.01, False, {"beta": float, "gamma": float, "init_std": float, "bias": bool},
+                            "Lipschitz RNN, A h + tanh(W h + U x + b); Euler with dt=eps is the published cell"),
+    "lem": _FieldKind(LEMField, 1.0, True, {"bias": bool},
+                      "LEM, two gated time scales on (y, z); partitioned Euler is the published cell"),
+    "unicornn": _FieldKind(UnICORNNField, 0.19, True, {"alpha": float, "bias": bool},
+                           "UnICORNN, independent oscillators; partitioned (symplectic) Euler is the published cell"),
 }
 _ALIASES = {"gru": "gru-ode", "gruode": "gru-ode", "tanh-rnn": "rnn", "asrnn": "antisymmetric"}
 _CELL_OPTIONS = {"steps": int, "dt": float, "eps": float, "partitioned": bool, "tol": float, "rtol": float,
-                 "atol": float, "constraint": str}
+                 "atol": float, "constraint": str, "order": int, "damping": float}
 CONSTRAINT_GROUP = "odernn.constraints"  # entry-point group of the parameterisations (``stability`` registers its own)
 
 
@@ -115,7 +125,9 @@ def cell(spec: str, input_size: int, hidden_size: int, **overrides) -> ODECell:
     name for the antisymmetric field), ``partitioned``, ``tol`` (implicit tableaux), ``rtol`` and
     ``atol`` (adaptive stepping), ``constraint`` (a parameterisation that keeps the step inside
     the tableau's stability region during training: ``spectral``, ``antisymmetric``; see
-    :func:`constraints`), and the field's own (``gamma``, ``epsilon``, ``bias``).
+    :func:`constraints`), ``order`` (raise a one-block field to derivative order ``t``:
+    :class:`~odernn.HigherOrderField`) with ``damping``, and the field's own (``gamma``,
+    ``epsilon``, ``bias``, …; see :func:`fields`).
     """
     options = parse_spec(spec)
     options.update({k.lower(): v for k, v in overrides.items()})
@@ -139,10 +151,21 @@ def cell(spec: str, input_size: int, hidden_size: int, **overrides) -> ODECell:
     if tableau.is_parametric:
         raise CellSpecError(f"{tableau.name or 'the tableau'} is parametric in "
                             f"{sorted(map(str, tableau.symbols))}: give concrete values")
-    field = kind.factory(input_size, hidden_size, **field_options)
+    order = cell_options.pop("order", 1)
+    if order < 1:
+        raise CellSpecError(f"order={order}: the derivative order is a positive integer")
+    if "damping" in cell_options and order == 1:
+        raise CellSpecError("damping= damps the derivatives h′ … h⁽ᵗ⁻¹⁾ of an order ≥ 2 field: give order= too")
+    try:
+        field = kind.factory(input_size, hidden_size, **field_options)
+        if order > 1:
+            field = HigherOrderField(field, order, damping=cell_options.pop("damping", 0.0))
+    except ValueError as err:
+        raise CellSpecError(f"{name}: {err}") from None
     try:
         adaptive = "rtol" in cell_options or "atol" in cell_options
-        partitioned = cell_options.get("partitioned", kind.partitioned and tableau.is_explicit and not adaptive)
+        partitioned = cell_options.get("partitioned", (kind.partitioned or order > 1) and tableau.is_explicit
+                                       and not adaptive)
         made = ODECell(field, tableau, dt=cell_options.get("dt", kind.dt), steps=cell_options.get("steps", 1),
                        partitioned=partitioned, tol=cell_options.get("tol"), rtol=cell_options.get("rtol"),
                        atol=cell_options.get("atol"))

@@ -64,7 +64,7 @@ def test_published_cornn_and_antisymmetric_updates():
     f = cell.field
     x, y, z = torch.randn(2, 3), torch.randn(2, 4), torch.randn(2, 4)
     # Rusch & Mishra (2021), explicit coRNN: z⁺ = z + Δ(σ(Wy + 𝒲z + Vx + b) − γy − εz), y⁺ = y + Δz⁺
-    z_new = z + 0.05 * (torch.tanh(y @ f.weight_y.T + z @ f.weight_z.T + x @ f.input_weight.T + f.bias)
+    z_new = z + 0.05 * (torch.tanh(y @ f.base.weight_hh.T + z @ f.order_weights[0].T + x @ f.base.weight_ih.T + f.base.bias_ih + f.base.bias_hh)
                         - 2.0 * y - 3.0 * z)
     y_new = y + 0.05 * z_new
     out = cell(x, (y, z))

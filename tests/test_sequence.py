@@ -10,7 +10,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import butcher
 import odernn
 
-FIELDS = ["rnn", "gru-ode", "lstm", "antisymmetric:eps=0.5", "cornn:dt=0.3"]
+FIELDS = ["rnn", "gru-ode", "lstm", "antisymmetric:eps=0.5", "cornn:dt=0.3", "urnn", "lipschitz:dt=0.3", "lem:dt=0.5",
+          "unicornn:dt=0.2:alpha=2", "rnn:dt=0.3:order=3:damping=0.2"]
 TABLEAUX = ["rk4:steps=2", "dopri5", "ralston3", "ssprk3", "USER"]  # dopri5: its 5th-order weights, fixed steps
 
 
