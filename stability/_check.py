@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["Condition", "StabilityReport", "check", "max_stable_dt"]
+from odernn import URNNField
+
+__all__ = ["Condition", "StabilityReport", "check", "max_stable_dt", "unit_disc_limit"]
 
 _TOLERANCE = 1e-9  # |R| ≤ 1 + this counts as on the boundary, not outside
 HORIZON = 100  # sequence length T of the gradient-growth condition
@@ -52,6 +54,7 @@ class StabilityReport:
     max_stable_dt: float | None = None
     exact: bool = False
     weight_eigenvalues: dict[str, np.ndarray] = field(default_factory=dict)
+    step_norms: np.ndarray = field(default_factory=lambda: np.zeros(0))  # ‖R(hJ_k)^steps‖₂ at each sampled state
 
     def condition(self, name: str) -> Condition:
         """The condition whose name starts with ``name``."""
@@ -66,6 +69,7 @@ class StabilityReport:
         data = asdict(self)
         data["eigenvalues"] = pairs(self.eigenvalues)
         data["weight_eigenvalues"] = {k: pairs(v) for k, v in self.weight_eigenvalues.items()}
+        data["step_norms"] = [float(v) for v in self.step_norms]
         data["conditions"] = [asdict(c) for c in self.conditions]
         return json.dumps(data, indent=1, default=float)
 
@@ -150,6 +154,42 @@ def _largest_dt(cell, lams: np.ndarray) -> float:
     return float(limits.min()) * cell.steps if limits.size else math.inf
 
 
+_UNIT_CIRCLE = -1.0 + np.exp(1j * np.linspace(0.0, 2 * np.pi, 2881)[1:-1])  # |λ + 1| = 1 without λ = 0
+
+
+def unit_disc_limit(tableau) -> float:
+    """The largest step ``h`` for which ``h · {|λ + 1| ≤ 1}`` lies in the tableau's stability region
+    (``inf`` for A-stable tableaux). The disc holds the Jacobian's spectrum of an orthogonal cell,
+    ``J = D W − I`` with ``W`` orthogonal and ``0 ≤ D ≤ I``, at every state, whatever ``W`` training
+    reaches. Scaling a point of the disc's interior towards 0 lengthens its ray, so the boundary
+    circle decides: forward Euler 1, every two-stage second-order method 1 (``|R| = |cos θ|``
+    on it), RK4 half its real interval."""
+    return float(_ray_limits(tableau, _UNIT_CIRCLE).min())
+
+
+def _orthogonal_conditions(cell, step: float) -> list[Condition]:
+    """What an orthogonal recurrent matrix means for this tableau: stability at every state for
+    every orthogonal ``W``, and how far the step's linear map is from preserving norms."""
+    tableau = cell.tableau
+    limit = unit_disc_limit(tableau)
+    worst = float(tableau.amplification(step * _UNIT_CIRCLE).max())
+    with torch.no_grad():
+        W = cell.field.weight_hh.detach().to("cpu", torch.float64)
+        mu = torch.linalg.eigvals(W).numpy()
+    gains = tableau.amplification(step * (mu - 1.0))
+    return [
+        Condition("orthogonal W: stable at every state for every orthogonal W", worst <= 1 + _TOLERANCE, worst,
+                  "J = D W − I, D = diag(modReLU′) with entries 0 or 1, ‖D W‖ ≤ 1: every eigenvalue in |λ + 1| ≤ 1",
+                  f"max |R| on h·{{|λ + 1| = 1}}; holds for every Δ ≤ {limit * cell.steps:.6g} with "
+                  f"{cell.steps} step(s) per token", binding=False),
+        Condition("orthogonal W: norm preservation of the linear step R(h(W − I))", bool(gains.min() > 1 - 1e-6),
+                  float(gains.min()),
+                  "Lezcano-Casado & Martínez-Rubio (2019): an orthogonal recurrence neither explodes nor vanishes",
+                  f"singular values |R(h(μ − 1))| over W's eigenvalues μ: {gains.min():.4g} … {gains.max():.4g} where "
+                  f"every unit passes modReLU; 1 preserves norms (forward Euler at h = 1 makes it W itself), below 1 the tableau damps "
+                  "the orthogonal recurrence", binding=False)]
+
+
 def max_stable_dt(cell, inputs=None, samples: int = 16, seed: int = 0) -> float:
     """The largest interval Δ (with the cell's sub-steps) for which every sampled eigenvalue of
     the field's Jacobian, scaled by ``Δ/steps``, lies in the tableau's stability region (the ray
@@ -161,20 +201,20 @@ def max_stable_dt(cell, inputs=None, samples: int = 16, seed: int = 0) -> float:
 
 def _gradient_growth(cell, J: np.ndarray, step: float, horizon: int):
     """The linearised token map ``M_k = R(hJ_k)^steps`` at each sampled state: the norm of their
-    product along the trajectory, extrapolated to ``horizon`` tokens, and the bounds
-    ``Π σ_min(M_k)`` and ``Π ‖M_k‖`` at the same per-token rate."""
+    product along the trajectory, extrapolated to ``horizon`` tokens, the bounds ``Π σ_min(M_k)``
+    and ``Π ‖M_k‖`` at the same per-token rate, and the norms ``‖M_k‖``."""
     M = np.linalg.matrix_power(cell.tableau.stability_matrix(step * J), cell.steps)
     with np.errstate(divide="ignore", over="ignore"):
         singular = np.linalg.svd(M, compute_uv=False)
         upper = float(np.exp(horizon * np.mean(np.log(singular[:, 0]))))
         lower = float(np.exp(horizon * np.mean(np.log(singular[:, -1]))))
         if len(M) < 2:
-            return upper, lower, upper
+            return upper, lower, upper, singular[:, 0]
         product = M[1]
         for m in M[2:]:  # M[0] is the zero state, not on the trajectory
             product = m @ product
         rate = np.log(np.linalg.norm(product, 2)) / (len(M) - 1)
-        return float(np.exp(horizon * rate)), lower, upper
+        return float(np.exp(horizon * rate)), lower, upper, singular[:, 0]
 
 
 def check(cell, inputs=None, dt: float | None = None, samples: int = 16, seed: int = 0,
@@ -194,8 +234,11 @@ def check(cell, inputs=None, dt: float | None = None, samples: int = 16, seed: i
     worst = float(np.max(amplification)) if len(amplification) else 0.0
     exact = bool(np.allclose(J, J[0], rtol=0, atol=1e-12 * max(1.0, np.abs(J).max())))
     where = "exact: the Jacobian is the same at every state" if exact else f"sampled at {x.shape[0]} states"
+    # the Jacobian's eigenvalues carry the round-off of the cell's dtype: a step on the boundary
+    # (expRNN: forward Euler, h = 1, |R| = 1) is judged on it, not outside
+    tolerance = max(_TOLERANCE, 64 * torch.finfo(next(cell.parameters()).dtype).eps)
     conditions = [Condition(
-        "absolute stability of the step", worst <= 1 + _TOLERANCE, worst,
+        "absolute stability of the step", worst <= 1 + tolerance, worst,
         "Dahlquist test equation; Hairer & Wanner, Solving ODEs II (1996), §IV.2",
         f"max |R(hλ)| over {len(lams)} eigenvalues, {where}")]
 
@@ -228,7 +271,7 @@ def check(cell, inputs=None, dt: float | None = None, samples: int = 16, seed: i
             "; smaller Δ or more steps per token bring every hλ inside" if dt > limit else ""),
         binding=False))
 
-    growth, lower, upper = _gradient_growth(cell, J, step, horizon)
+    growth, lower, upper, step_norms = _gradient_growth(cell, J, step, horizon)
     if growth > 1e3:
         advice = "gradients explode: clip them, shorten BPTT, or constrain the weights"
     elif growth < 1e-3:
@@ -254,10 +297,13 @@ def check(cell, inputs=None, dt: float | None = None, samples: int = 16, seed: i
                                     "Lambert, Numerical Methods for ODE Systems (1991), §6.2", advice,
                                     binding=False))
 
+    if isinstance(cell.field, URNNField):
+        conditions.extend(_orthogonal_conditions(cell, step))
+
     with torch.no_grad():
         weights = {name: torch.linalg.eigvals(W.detach().to("cpu", torch.float64)).numpy()
                    for name, W in cell.field.recurrent_matrices().items()}
     return StabilityReport(stable=all(c.verdict for c in conditions if c.binding), margin=1.0 - worst,
                            conditions=conditions, eigenvalues=scaled, step=step,
                            tableau=tableau.name or "user tableau", samples=x.shape[0], max_stable_dt=limit,
-                           exact=exact, weight_eigenvalues=weights)
+                           exact=exact, weight_eigenvalues=weights, step_norms=step_norms)

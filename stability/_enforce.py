@@ -7,14 +7,14 @@ enclosure, scaled by the cell's step ``h = Δ/steps``, lies in ``{|R| ≤ 1}``, 
 a dense sampling of the enclosure. Training can then move the weights anywhere: the step stays
 absolutely stable at that ``h``.
 
-- ``spectral`` on the tanh-RNN, ``f = tanh(W h + …) − h``: ``J = D W − I`` with
-  ``D = diag(tanh′) ∈ [0, 1]``, so ``|λ + 1| ≤ ‖D W‖ ≤ ‖W‖``: the disc of radius ``ρ`` about −1
+- ``spectral`` on the tanh-RNN, ``f = tanh(W h + …) − γh``: ``J = D W − γI`` with
+  ``D = diag(tanh′) ∈ [0, 1]``, so ``|λ + γ| ≤ ‖D W‖ ≤ ‖W‖``: the disc of radius ``ρ`` about −γ
   (spectral normalisation, Miyato et al. 2018, with the bound taken from the tableau).
 - ``antisymmetric`` on the AntisymmetricRNN field, ``f = tanh((S − γI) h + …)`` with ``S`` skew:
   ``D(S − γI)`` is similar to ``D^½(S − γI)D^½``, whose numerical range is
   ``{d(−γ + iω) : 0 ≤ d ≤ 1, |ω| ≤ ‖S‖}``: segments from 0 towards ``−γ ± iρ``. For forward Euler
   this is Chang et al.'s ``h(γ² + ρ²) ≤ 2γ``; tableaux covering an imaginary interval allow more.
-- ``antisymmetric`` on the tanh-RNN: ``W = S`` skew, ``J = D S − I``: the same segments from −1.
+- ``antisymmetric`` on the tanh-RNN: ``W = S`` skew, ``J = D S − γI``: the same segments from −γ.
 
 Registered as entry points of the group ``odernn.constraints`` (see ``pyproject.toml``), so
 ``odernn.cell("rnn:rk4:dt=2:constraint=spectral", …)`` finds them without ``odernn`` importing
@@ -108,7 +108,7 @@ def spectral(cell) -> float:
     if not isinstance(cell.field, TanhRNNField):
         raise ValueError(f"constraint 'spectral' has a proven enclosure for the rnn field only, not "
                          f"{type(cell.field).__name__}; the antisymmetric field takes constraint=antisymmetric")
-    return _apply(cell, "spectral", _disc(-1.0), "weight_hh", skew=False)
+    return _apply(cell, "spectral", _disc(-cell.field.gamma), "weight_hh", skew=False)
 
 
 def antisymmetric(cell) -> float:
@@ -119,7 +119,7 @@ def antisymmetric(cell) -> float:
         # the field uses W − Wᵀ = 2·W for the skew parameterised W: cap ‖W‖ at ρ/2
         return _apply(cell, "antisymmetric", _segments(0.0, field.gamma), "weight", skew=True, norm_scale=2.0)
     if isinstance(field, TanhRNNField):
-        return _apply(cell, "antisymmetric", _segments(-1.0, 0.0), "weight_hh", skew=True)
+        return _apply(cell, "antisymmetric", _segments(-field.gamma, 0.0), "weight_hh", skew=True)
     raise ValueError(f"constraint 'antisymmetric' applies to the rnn and antisymmetric fields, not "
                      f"{type(field).__name__}")
 

@@ -256,3 +256,98 @@ def test_probe_finds_the_extreme_eigenvalues_without_forming_the_jacobian(spec):
     else:
         result = probe(5, x, state)
     assert result.margin == pytest.approx(expected, abs=1e-4) and probe.history == [result]
+
+
+# --- orthogonal cells: the disc |λ + 1| ≤ 1 ---------------------------------------------------------
+
+@pytest.mark.parametrize("name, expected", [
+    ("euler", 1.0), ("heun", 1.0), ("midpoint", 1.0),  # two-stage order 2: |R| = |cos θ| on the circle
+    ("rk4", 2.785293563405282 / 2),  # half RK4's real stability interval [−2.7853, 0]
+    ("backward-euler", math.inf), ("gauss-2", math.inf),
+])
+def test_the_unit_disc_limit_of_known_methods(name, expected):
+    assert stability.unit_disc_limit(odernn.cell(f"urnn:{name}", 2, 2).tableau) == pytest.approx(expected, rel=1e-6)
+
+
+def _urnn_with_a_reflection(spec, H=4):
+    """An urnn cell whose W has the eigenvalue −1 (a rotation by π) and whose modReLU passes every
+    unit (b > 0): its Jacobian is W − I, with eigenvalue −2, at every state."""
+    cell = odernn.cell(spec, 3, H)
+    with torch.no_grad():
+        skew = torch.zeros(H, H)
+        skew[1, 0] = math.pi
+        cell.field.parametrizations.weight_hh.original.copy_(skew)
+        cell.field.bias.fill_(0.5)
+    return cell
+
+
+def test_the_orthogonal_limit_is_attained_by_a_reflection():
+    """The analytic limit for every orthogonal W equals the sampled limit of a W that reaches the
+    disc's far point −2, and a simulation amplifies perturbations just past it."""
+    cell = _urnn_with_a_reflection("urnn:rk4")
+    limit = stability.unit_disc_limit(cell.tableau)
+    assert stability.max_stable_dt(cell) == pytest.approx(limit, rel=1e-4)
+    report = stability.check(cell, dt=1.05 * limit)
+    assert not report.stable and not report.condition("orthogonal W: stable").verdict
+    x = torch.randn(40, 1, 3)
+    for factor, grows in ((0.95, False), (1.05, True)):
+        with torch.no_grad():
+            a, b = torch.ones(1, 4), torch.ones(1, 4) + 1e-6 * torch.tensor([[1.0, -1.0, 0.0, 0.0]])
+            for token in x:
+                a, b = cell(token, a, dt=factor * limit), cell(token, b, dt=factor * limit)
+        assert ((a - b).norm() > 1e-6) == grows
+
+
+def test_forward_euler_at_unit_step_preserves_norms_and_rk4_damps():
+    torch.manual_seed(0)
+    euler = stability.check(odernn.cell("urnn", 3, 8).double())
+    assert euler.stable
+    gains = euler.condition("orthogonal W: norm preservation")
+    assert gains.verdict and gains.value == pytest.approx(1.0, abs=1e-9)
+    rk4 = stability.check(odernn.cell("urnn:rk4", 3, 8).double())
+    assert not rk4.condition("orthogonal W: norm preservation").verdict
+    assert rk4.condition("orthogonal W: norm preservation").value < 1
+
+
+# --- Jacobian regularisation ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", ["gru-ode:rk4", "lstm", "rnn:heun:order=2:dt=0.5"])
+def test_the_jacobian_penalty_is_its_definition(spec):
+    """The VJP estimator against the dense step Jacobian ``∂y⁺/∂y`` (all blocks, in the field's
+    order) with the same random unit vectors."""
+    torch.manual_seed(0)
+    cell = odernn.cell(spec, 3, 4).double()
+    field = cell.field
+    x = torch.randn(2, 3, dtype=torch.float64)
+    blocks = tuple(torch.randn(2, 4, dtype=torch.float64) for _ in range(field.blocks))
+    penalty = stability.jacobian_penalty(cell, x, field.from_blocks(blocks), probes=3,
+                                         generator=torch.Generator().manual_seed(7))
+    sizes = [4] * field.blocks
+
+    generator, expected = torch.Generator().manual_seed(7), 0.0
+    vs = [[torch.randn((2, 4), generator=generator, dtype=torch.float64) for _ in sizes] for _ in range(3)]
+    for v in vs:
+        v = torch.cat(v, dim=-1)
+        v = v / v.norm(dim=-1, keepdim=True)
+        gains = []
+        for row in range(2):
+            M = torch.autograd.functional.jacobian(
+                lambda y, r=row: torch.cat(field.to_blocks(cell(x[r:r + 1], field.from_blocks(
+                    tuple(y[None].split(sizes, dim=-1))))), dim=-1)[0],
+                torch.cat([b[row] for b in blocks]))
+            gains.append((v[row] @ M).norm())
+        expected += sum((g - 1) ** 2 for g in gains) / 2
+    assert penalty.item() == pytest.approx(expected.item() / 3, rel=1e-12)
+
+
+def test_the_penalty_vanishes_on_an_orthogonal_euler_step():
+    """expRNN's step with every unit past modReLU's band is ``W`` itself: every gain is 1."""
+    cell = _urnn_with_a_reflection("urnn", H=6).double()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        cell.field.parametrizations.weight_hh.original.copy_(torch.randn(6, 6))
+    x, h = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64)
+    assert stability.jacobian_penalty(cell, x, h, probes=4).item() <= 1e-24
+    rk4 = _urnn_with_a_reflection("urnn:rk4", H=6).double()
+    rk4.load_state_dict(cell.state_dict())
+    assert stability.jacobian_penalty(rk4, x, h).item() > 1e-3  # RK4 damps the rotation

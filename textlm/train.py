@@ -127,6 +127,7 @@ class TrainConfig:
     decay_after: int = 4  # epochs at the full rate, for schedule "step"
     decay: float = 0.5  # the factor per later epoch, for schedule "step"
     clip: float = 1.0
+    jac_reg: float = 0.0  # weight λ of stability.jacobian_penalty at each batch's starting states (0: off)
     max_tokens: int = 200_000
     epochs: int | None = None  # a budget in passes over the training streams (overrides max_tokens)
     max_seconds: float | None = None  # wall-clock budget (training time, summed over resumes)
@@ -163,6 +164,8 @@ class TrainConfig:
             problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.clip < 0:
             problems.append("--clip must be ≥ 0 (0: no clipping)")
+        if not self.jac_reg >= 0:
+            problems.append("--jac-reg must be ≥ 0 (0: off)")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -246,6 +249,8 @@ class Trainer:
                                  config.adjoint_atol), config.compile_elementwise,
             config.cuda_graphs).to(self.device, self.runtime.dtype)
         self.optimizer = self._optimizer()
+        if config.jac_reg > 0 and None in self.model.layer_cells():
+            raise ValueError(f"--jac-reg penalises ODE cells; {config.cell} has PyTorch layers")
         if config.batch_size % self.world:
             raise ValueError(f"--batch-size {config.batch_size} is not divisible by {self.world} processes")
         train = self.corpus.train if config.train_tokens is None else self.corpus.train[: config.train_tokens]
@@ -372,6 +377,25 @@ class Trainer:
                            "margin": result.margin})
             inputs = (state if isinstance(state, torch.Tensor) else state[0]).detach()
 
+    def _jacobian_penalty(self, x, state_in):
+        """``stability.jacobian_penalty`` of every ODE layer at the batch's starting state (the
+        state carried from the previous batch: a state on the trajectory) with its input at the
+        first token; the inputs of deeper layers are the outputs of the layers below at that token.
+        Summed over the layers (PyTorch layers have no penalty)."""
+        import stability
+        cells = self.model.layer_cells()
+        states = self.model.per_layer_state(state_in) if state_in is not None else [None] * len(cells)
+        inputs = self.model.embedding(x[:, 0]).detach()
+        total = 0.0
+        with torch.autocast(x.device.type, enabled=False):  # the penalty's double backward in full precision
+            for cell, state in zip(cells, states):
+                inputs = inputs.to(next(cell.parameters()).dtype)
+                total = total + stability.jacobian_penalty(cell, inputs, detach_state(state))
+                with torch.no_grad():
+                    after = cell(inputs, state)
+                inputs = (after if isinstance(after, torch.Tensor) else after[0]).detach()
+        return total
+
     def evaluate(self, split: str = "valid", tokens: int | None = None) -> float:
         with self.runtime.autocast():
             return evaluate_loss(self.model, self.corpus.split(split), tokens=tokens)
@@ -417,8 +441,12 @@ class Trainer:
                 try:
                     with self.runtime.autocast():
                         _, loss, state = self.module(x, y, detach_state(state_in))
+                    objective = loss
+                    if c.jac_reg > 0:
+                        penalty = self._jacobian_penalty(x, state_in)
+                        objective = loss + c.jac_reg * penalty
                     self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    objective.backward()
                 except (odernn.StepSizeUnderflow, odernn.ImplicitSolveError) as err:
                     raise self._solver_failure(err, x) from None
                 norm = nn.utils.clip_grad_norm_(self.model.parameters(), c.clip if c.clip > 0 else float("inf"))
@@ -456,6 +484,8 @@ class Trainer:
                     window_tokens, window_start = 0, now
                     record = {"step": p.step, "tokens": p.tokens, "epoch": p.epoch, "train_loss": loss.item(),
                               "lr": lr, "tokens_per_s": speed, "elapsed": now - started}
+                    if c.jac_reg > 0:
+                        record["jac_penalty"] = penalty.item()
                     self._log(record)
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")

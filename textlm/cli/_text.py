@@ -74,6 +74,9 @@ def _options(p, defaults) -> None:
                      help=f"factor per later epoch with --schedule step (default {defaults.decay})")
     opt.add_argument("--warmup", type=int, default=defaults.warmup, help="warm-up steps")
     opt.add_argument("--clip", type=float, default=defaults.clip, help="gradient-norm clipping (0: none)")
+    opt.add_argument("--jac-reg", type=float, default=defaults.jac_reg, metavar="λ",
+                     help="add λ·(‖vᵀ ∂y⁺/∂y‖ − 1)², a random unit v, at each batch's starting states: pulls each "
+                          "ODE cell's step amplification towards 1 (stability.jacobian_penalty; 0: off)")
     budget = opt.add_mutually_exclusive_group()
     budget.add_argument("--max-tokens", type=int, help=f"training-token budget (default {defaults.max_tokens:,}; "
                                                        "with --resume: extend the run's budget to this)")
