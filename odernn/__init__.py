@@ -18,12 +18,12 @@ from ._fields import (AntisymmetricField, CoRNNField, GRUODEField, HigherOrderFi
                       LSTMField, ModuleField, TanhRNNField, UnICORNNField, URNNField, VectorField, modrelu)
 from ._interop import TokenODE, torchdiffeq_method
 from ._layer import GRAD_MODES, ODERNN, from_torch
-from ._spec import CellSpecError, cell, constraints, fields, parse_spec
+from ._spec import CellSpecError, cell, constraints, field_table, fields, parse_spec
 from ._stepping import (AdaptiveScheme, ExplicitScheme, ImplicitScheme, ImplicitSolveError, StepSizeUnderflow,
                         reference_step)
 
 __all__ = [
     "GRAD_MODES", "ODERNN", "AdjointMethod", "adjoint", "AdaptiveScheme", "AntisymmetricField", "CellSpecError", "StepSizeUnderflow", "ImplicitScheme", "ImplicitSolveError", "CoRNNField", "HigherOrderField", "LEMField", "LipschitzField", "UnICORNNField", "URNNField", "modrelu", "ExplicitScheme", "GRUODEField", "LSTMField",
-    "ModuleField", "ODECell", "TanhRNNField", "VectorField", "cell", "constraints", "fields", "from_torch", "parse_spec",
+    "ModuleField", "ODECell", "TanhRNNField", "VectorField", "cell", "constraints", "field_table", "fields", "from_torch", "parse_spec",
     "reference_step", "TokenODE", "torchdiffeq_method",
 ]

@@ -358,31 +358,45 @@ def _add(total, term):
 
 class HigherOrderField(VectorField):
     """A one-block field ``f`` raised to derivative order ``t``:
-    ``h⁽ᵗ⁾ = f(h, x; W₀h + W₁h′ + … + W_{t−1}h⁽ᵗ⁻¹⁾) − ε (h′ + … + h⁽ᵗ⁻¹⁾)``.
+    ``h⁽ᵗ⁾ = f(h, x; W₀h + W₁h′ + … + W_{t−1}h⁽ᵗ⁻¹⁾) − ε₁h′ − … − ε_{t−1}h⁽ᵗ⁻¹⁾``.
 
     The state enters ``f`` through its recurrent map, which now reads every derivative: ``W₀`` is
     the base field's matrix and each order adds one more of the same shape (the parameters grow
-    linearly in ``t``); ``ε ≥ 0`` is optional damping of the derivatives, as in coRNN. As a
-    first-order system the ``t`` blocks are ``(h⁽ᵗ⁻¹⁾, …, h′, h)`` with ``(h⁽ᵏ⁾)′ = h⁽ᵏ⁺¹⁾``, so
-    partitioned stepping advances the highest derivative first and each lower one with the new
-    value above it (for ``t = 2`` and forward Euler, the symplectic-Euler scheme of coRNN). The
-    user-facing state is ``(h, h′, …, h⁽ᵗ⁻¹⁾)``. ``t = 2`` on the tanh-RNN field is coRNN
-    (:class:`CoRNNField`).
+    linearly in ``t``). The damping ``ε_k ≥ 0`` of the derivatives is fixed, as coRNN's ``ε``: one
+    number for every order, a sequence of ``t − 1``, or ``"critical"`` (the default), the binomial
+    coefficients ``ε_k = C(t, k)``, which with the base's restoring ``−h`` make the linear part
+    ``(d/dτ + 1)ᵗ``, every root at −1. Without damping the linear part of ``h‴ = −h`` already has
+    roots with ``Re λ = +½``: for ``t ≥ 3`` some damping is needed for a stable ODE (for ``t = 3``
+    and one ``ε``, Routh–Hurwitz asks ``ε² > 1``).
+
+    As a first-order system the ``t`` blocks are ``(h⁽ᵗ⁻¹⁾, …, h′, h)`` with ``(h⁽ᵏ⁾)′ = h⁽ᵏ⁺¹⁾``,
+    so partitioned stepping advances the highest derivative first and each lower one with the new
+    value above it (for ``t = 2`` and forward Euler, coRNN's IMEX scheme). The user-facing state is
+    ``(h, h′, …, h⁽ᵗ⁻¹⁾)``. ``t = 2`` on the tanh-RNN field is coRNN (:class:`CoRNNField`).
     """
 
-    def __init__(self, base: VectorField, order: int, damping: float = 0.0):
+    def __init__(self, base: VectorField, order: int, damping="critical"):
         if not isinstance(order, int) or order < 2:
             raise ValueError(f"order must be an integer ≥ 2 (order 1 is the field itself), got {order!r}")
         if base.blocks != 1 or base.recurrent() is None:
             raise ValueError(f"order= raises a one-block field with a recurrent matrix; {type(base).__name__} "
                              f"has {base.blocks} block(s)" + ("" if base.blocks != 1 else " and no recurrent matrix"))
-        if not damping >= 0:
-            raise ValueError(f"damping must be ≥ 0, got {damping!r}")
+        if isinstance(damping, str):
+            if damping != "critical":
+                raise ValueError(f"damping is a number ≥ 0, {order - 1} of them, or 'critical'; got {damping!r}")
+            damping = tuple(float(math.comb(order, k)) for k in range(1, order))
+        elif isinstance(damping, (int, float)):
+            damping = (float(damping),) * (order - 1)
+        damping = tuple(float(d) for d in damping)
+        if len(damping) != order - 1 or not all(d >= 0 for d in damping):
+            raise ValueError(f"damping for order {order}: {order - 1} numbers ≥ 0 (h′ … h⁽ᵗ⁻¹⁾), got {damping!r}")
         super().__init__(base.input_size, base.hidden_size)
-        self.base, self.order, self.damping = base, order, float(damping)
+        self.base, self.order, self.damping = base, order, damping
         self.blocks = order
         self.recurrent_blocks = tuple(range(order - 1, -1, -1))  # [h, h′, …] against [W₀ | W₁ | …]
         self.activation_free_blocks = tuple(range(1, order))
+        # block j < t − 1 holds h⁽ᵗ⁻¹⁻ʲ⁾, damped by ε_{t−1−j}
+        self._block_damping = tuple(damping[order - 2 - j] for j in range(order - 1))
         rows = base.recurrent()[0].shape[0]
         bound = 1.0 / math.sqrt(self.hidden_size)
         self.order_weights = nn.ParameterList(
@@ -411,8 +425,9 @@ class HigherOrderField(VectorField):
                 out.append(blocks[k - 1])
                 continue
             top = self.base.derivative(act, blocks[-1:], (0,))[0]
-            if self.damping:
-                top = torch.add(top, sum(blocks[:-1]) if self.order > 2 else blocks[0], alpha=-self.damping)
+            for block, damping in zip(blocks, self._block_damping):
+                if damping:
+                    top = torch.add(top, block, alpha=-damping)
             out.append(top)
         return tuple(out)
 
@@ -424,10 +439,9 @@ class HigherOrderField(VectorField):
                 continue
             (grad_h,), grad_act = self.base.derivative_vjp(act, blocks[-1:], (g,), (0,))
             grad_blocks[-1] = _add(grad_blocks[-1], grad_h)
-            if self.damping:
-                damped = g * -self.damping
-                for j in range(self.order - 1):
-                    grad_blocks[j] = _add(grad_blocks[j], damped)
+            for j, damping in enumerate(self._block_damping):
+                if damping:
+                    grad_blocks[j] = _add(grad_blocks[j], g * -damping)
         return tuple(grad_blocks), grad_act
 
     def to_blocks(self, state):
@@ -468,7 +482,7 @@ class CoRNNField(HigherOrderField):
 
     @property
     def epsilon(self) -> float:
-        return self.damping
+        return self.damping[0]
 
     @staticmethod
     def _upgrade_state_dict(state_dict, prefix, *args):

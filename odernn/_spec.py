@@ -16,7 +16,7 @@ from ._cell import ODECell
 from ._fields import (AntisymmetricField, CoRNNField, GRUODEField, HigherOrderField, LEMField, LipschitzField,
                       LSTMField, TanhRNNField, UnICORNNField, URNNField)
 
-__all__ = ["cell", "parse_spec", "fields", "constraints", "CellSpecError"]
+__all__ = ["cell", "parse_spec", "fields", "field_table", "constraints", "CellSpecError"]
 
 
 class CellSpecError(ValueError):
@@ -30,35 +30,65 @@ class _FieldKind:
     partitioned: bool
     options: dict = dataclass_field(default_factory=dict)  # field constructor options and their types
     summary: str = ""
+    reference: str = ""
+    equals: str = ""  # the published or torch.nn cell a spec reproduces exactly, as tested
 
 
 _FIELDS = {
     "rnn": _FieldKind(TanhRNNField, 1.0, False, {"bias": bool, "gamma": float},
-                      "leaky tanh-RNN, tanh(W h + V x + b) − γh; Euler, dt=1, γ=1 is nn.RNNCell"),
-    "gru-ode": _FieldKind(GRUODEField, 1.0, False, {"bias": bool}, "GRU-ODE; Euler, dt=1 is nn.GRUCell"),
-    "lstm": _FieldKind(LSTMField, 1.0, True, {"bias": bool}, "LSTM on (c, h); partitioned Euler, dt=1 is nn.LSTMCell"),
+                      "leaky tanh-RNN, tanh(W h + V x + b) − γh", "Elman (1990); torch.nn.RNNCell",
+                      "rnn:euler is torch.nn.RNNCell (tests/test_cells.py)"),
+    "gru-ode": _FieldKind(GRUODEField, 1.0, False, {"bias": bool}, "GRU-ODE, (1 − z) ⊙ (n − h)",
+                          "De Brouwer et al. (2019); Cho et al. (2014)",
+                          "gru-ode:euler is torch.nn.GRUCell (tests/test_cells.py)"),
+    "lstm": _FieldKind(LSTMField, 1.0, True, {"bias": bool}, "LSTM on (c, h): dc = (f − 1)c + i g, dh = o tanh(c) − h",
+                       "Hochreiter & Schmidhuber (1997); torch.nn.LSTMCell",
+                       "lstm:euler (partitioned) is torch.nn.LSTMCell (tests/test_cells.py)"),
     "antisymmetric": _FieldKind(AntisymmetricField, 0.01, False, {"gamma": float, "bias": bool},
-                                "AntisymmetricRNN, tanh((W − Wᵀ − γI)h + Vx + b); Euler with dt=eps"),
+                                "AntisymmetricRNN, tanh((W − Wᵀ − γI)h + V x + b)", "Chang et al. (ICLR 2019)",
+                                "antisymmetric:euler:eps=ε is the published cell (tests/test_cells.py)"),
     "cornn": _FieldKind(CoRNNField, 0.042, True, {"gamma": float, "epsilon": float, "bias": bool},
-                        "coRNN, the rnn field at order 2; partitioned Euler is the published cell"),
+                        "coRNN, the rnn field at order 2: y″ = tanh(W y + 𝒲 y′ + V x + b) − γy − εy′",
+                        "Rusch & Mishra (ICLR 2021)",
+                        "cornn:euler (partitioned) is the published eq. (3) (tests/test_literature_cells.py)"),
     "urnn": _FieldKind(URNNField, 1.0, False, {"bias": bool, "map": str, "init": str},
-                       "orthogonal RNN, modReLU(W h + V x) − h, W = exp(skew); Euler, dt=1 is expRNN"),
+                       "orthogonal RNN, modReLU(W h + V x) − h, W = exp(skew) or Cayley",
+                       "Arjovsky et al. (2016); Lezcano-Casado & Martínez-Rubio (ICML 2019)",
+                       "urnn:euler is expRNN (tests/test_literature_cells.py)"),
     "lipschitz": _FieldKind(LipschitzField, 0.01, False, {"beta": float, "gamma": float, "init_std": float, "bias": bool},
-                            "Lipschitz RNN, A h + tanh(W h + U x + b); Euler with dt=eps is the published cell"),
+                            "Lipschitz RNN, A h + tanh(W h + U x + b), A, W = β·skew + (1 − β)·sym − γI",
+                            "Erichson et al. (ICLR 2021)",
+                            "lipschitz:euler:dt=ε is the published cell (tests/test_literature_cells.py)"),
     "lem": _FieldKind(LEMField, 1.0, True, {"bias": bool},
-                      "LEM, two gated time scales on (y, z); partitioned Euler is the published cell"),
+                      "LEM, two gated time scales on (y, z)", "Rusch, Mishra, Erichson & Mahoney (ICLR 2022)",
+                      "lem:euler (partitioned) is the published cell (tests/test_literature_cells.py)"),
     "unicornn": _FieldKind(UnICORNNField, 0.19, True, {"alpha": float, "bias": bool},
-                           "UnICORNN, independent oscillators; partitioned (symplectic) Euler is the published cell"),
+                           "UnICORNN, independent undamped oscillators with learned time scales",
+                           "Rusch & Mishra (ICML 2021)",
+                           "unicornn:euler (partitioned) is the published cell (tests/test_literature_cells.py)"),
 }
 _ALIASES = {"gru": "gru-ode", "gruode": "gru-ode", "tanh-rnn": "rnn", "asrnn": "antisymmetric"}
 _CELL_OPTIONS = {"steps": int, "dt": float, "eps": float, "partitioned": bool, "tol": float, "rtol": float,
-                 "atol": float, "constraint": str, "order": int, "damping": float}
+                 "atol": float, "constraint": str, "order": int, "damping": str}
 CONSTRAINT_GROUP = "odernn.constraints"  # entry-point group of the parameterisations (``stability`` registers its own)
 
 
 def fields() -> dict[str, str]:
     """Field names and one-line descriptions."""
     return {name: kind.summary for name, kind in _FIELDS.items()}
+
+
+def field_table() -> list[dict]:
+    """Every field: its name, ``t`` (state blocks, derived from the field), default ``dt`` and
+    stepping, options, summary, reference, and the cell a spec of it equals exactly (where a test
+    shows it). ``n`` is the tableau's: any."""
+    rows = []
+    for name, kind in _FIELDS.items():
+        field = kind.factory(1, 2)
+        rows.append({"field": name, "t": field.blocks, "dt": kind.dt, "partitioned": kind.partitioned,
+                     "options": sorted(kind.options), "order": field.blocks == 1, "summary": kind.summary,
+                     "reference": kind.reference, "equals": kind.equals})
+    return rows
 
 
 def constraints() -> list[str]:
@@ -87,6 +117,17 @@ def _convert(key: str, text, kind: type):
         return kind(text)
     except ValueError:
         raise CellSpecError(f"option {key}={text!r} is not a valid {kind.__name__}") from None
+
+
+def _damping(value):
+    """``critical``, one number, or numbers separated by commas (one per derivative order)."""
+    if not isinstance(value, str) or value.strip().lower() == "critical":
+        return value.strip().lower() if isinstance(value, str) else value
+    try:
+        numbers = [float(part) for part in value.split(",")]
+    except ValueError:
+        raise CellSpecError(f"damping={value!r}: a number, numbers separated by commas, or 'critical'") from None
+    return numbers[0] if len(numbers) == 1 else numbers
 
 
 def parse_spec(spec: str) -> dict:
@@ -159,7 +200,7 @@ def cell(spec: str, input_size: int, hidden_size: int, **overrides) -> ODECell:
     try:
         field = kind.factory(input_size, hidden_size, **field_options)
         if order > 1:
-            field = HigherOrderField(field, order, damping=cell_options.pop("damping", 0.0))
+            field = HigherOrderField(field, order, damping=_damping(cell_options.pop("damping", "critical")))
     except ValueError as err:
         raise CellSpecError(f"{name}: {err}") from None
     try:

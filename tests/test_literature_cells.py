@@ -252,6 +252,23 @@ def test_order_t_is_a_proper_ode_system():
     assert math.log2(errors[0] / errors[1]) == pytest.approx(4, abs=0.3)
 
 
+@pytest.mark.parametrize("order", [3, 4])
+def test_critical_damping_puts_every_root_of_the_linear_part_at_minus_one(order):
+    """With the recurrent matrices zero the Jacobian is the companion matrix of
+    ``λᵗ + Σ ε_k λᵏ + 1``: undamped, ``λ³ = −1`` has roots at ``½ ± i√3/2`` (and ``λ⁴ = −1`` at
+    ``±√½ ± i√½``), an unstable ODE; the default, critical damping, makes it ``(λ + 1)ᵗ``."""
+    import stability
+    rightmost = {}
+    for damping in ("0", "critical"):
+        cell = odernn.cell(f"rnn:order={order}:damping={damping}:dt=0.1", 2, 3)
+        with torch.no_grad():
+            for W in (cell.field.base.weight_hh, *cell.field.order_weights):
+                W.zero_()
+        rightmost[damping] = stability.check(cell).condition("stability of the ODE itself").value
+    assert rightmost["0"] == pytest.approx(math.cos(math.pi / order), abs=1e-9)
+    assert rightmost["critical"] == pytest.approx(-1.0, abs=2e-3)  # a t-fold root: eig error ~ eps^(1/t)
+
+
 @pytest.mark.parametrize("field", ["rnn", "gru-ode", "urnn", "lipschitz", "antisymmetric"])
 def test_parameters_grow_linearly_in_the_order(field):
     H, E = 6, 3
@@ -265,6 +282,8 @@ def test_parameters_grow_linearly_in_the_order(field):
     ("lstm:order=2", "one-block field"),
     ("cornn:order=3", "one-block field"),
     ("rnn:damping=0.1", "give order= too"),
+    ("rnn:order=3:damping=1,2,3", "2 numbers"),
+    ("rnn:order=3:damping=soft", "critical"),
     ("rnn:order=0", "positive integer"),
     ("urnn:map=householder", "map must be"),
 ])

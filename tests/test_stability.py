@@ -351,3 +351,29 @@ def test_the_penalty_vanishes_on_an_orthogonal_euler_step():
     rk4 = _urnn_with_a_reflection("urnn:rk4", H=6).double()
     rk4.load_state_dict(cell.state_dict())
     assert stability.jacobian_penalty(rk4, x, h).item() > 1e-3  # RK4 damps the rotation
+
+
+@pytest.mark.parametrize("dt", [0.25, 0.5])
+def test_partitioned_stepping_is_judged_by_its_own_step_map(dt):
+    """Forward Euler, partitioned, on the critically damped order-4 chain (recurrent matrices zero,
+    so the field is affine and its Jacobian the companion matrix of (λ + 1)⁴): the plain method's
+    |1 + hλ| = |1 − h| < 1 would call it stable at both steps, the blocks advanced one after another
+    are not at h = 0.5. Two trajectories' difference grows at the rate the check reports."""
+    cell = odernn.cell(f"rnn:order=4:dt={dt}", 2, 3).double()
+    with torch.no_grad():
+        for W in (cell.field.base.weight_hh, *cell.field.order_weights):
+            W.zero_()
+    report = stability.check(cell)
+    rho = report.condition("absolute stability").value
+    x = torch.randn(1, 2, dtype=torch.float64)
+    a = tuple(torch.zeros(1, 3, dtype=torch.float64) for _ in range(4))
+    b = tuple(torch.full((1, 3), 1e-3, dtype=torch.float64) for _ in range(4))
+    N = 120
+    with torch.no_grad():
+        for _ in range(N):
+            a, b = cell(x, a), cell(x, b)
+    rate = (torch.cat(a) - torch.cat(b)).norm().div(2e-3).log().item() / N
+    assert math.exp(rate) == pytest.approx(rho, rel=3e-2)
+    assert report.stable == (dt == 0.25) and (rho > 2) == (dt == 0.5)
+    assert report.max_stable_dt == pytest.approx(stability.max_stable_dt(cell), rel=1e-12)
+    assert 0.25 < report.max_stable_dt < 0.5

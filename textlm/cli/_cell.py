@@ -18,7 +18,14 @@ def register(sub, formatter) -> None:
                                        "A spec is FIELD[:TABLEAU][:key=value...], e.g. gru-ode:rk4:steps=2, "
                                        "rnn:euler, lstm, antisymmetric:euler:eps=0.1, cornn, gru-ode:FILE.toml.")
     csub = group.add_subparsers(dest="cell_command", metavar="ACTION", required=True)
-    p = csub.add_parser("list", help="the vector fields and the constraints", formatter_class=formatter)
+    p = csub.add_parser("list", help="the vector fields (n–t, reference, what each equals exactly) and the constraints",
+                        formatter_class=formatter,
+                        description="Every vector field: t (state blocks: the order of the ODE in time), its default "
+                                    "interval dt and stepping, its reference, and the published or torch.nn cell a "
+                                    "spec of it reproduces exactly (each shown by a test). n is the tableau's number "
+                                    "of stages: any tableau works with any field. FIELD:order=t raises a one-block "
+                                    "field to derivative order t (t blocks, one more recurrent matrix per order).")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=cmd_list)
     p = csub.add_parser("show", help="n, t, stages, parameters and NFE per token of a cell spec",
                         formatter_class=formatter,
@@ -32,10 +39,21 @@ def register(sub, formatter) -> None:
 
 
 def cmd_list(args) -> int:
-    for name, summary in odernn.fields().items():
-        print(f"{name:<14} {summary}")
-    print("\nconstraints (…:constraint=NAME keeps the step inside the tableau's stability region):")
     import stability
+    rows = odernn.field_table()
+    if args.json:
+        print(json.dumps({"fields": rows, "constraints": stability.constraints()}, indent=1))
+        return 0
+    for row in rows:
+        t = f"n–{row['t']}" + ("  (order=t: n–t)" if row["order"] else "")
+        stepping = "partitioned" if row["partitioned"] else "plain"
+        print(f"{row['field']:<14} {t:<20} {row['summary']}")
+        print(f"{'':<14} {'':<20} dt={row['dt']:g}, {stepping} stepping; options: {', '.join(row['options'])}")
+        print(f"{'':<14} {'':<20} reference: {row['reference']}")
+        print(f"{'':<14} {'':<20} exactly: {row['equals']}")
+    print("\nFIELD:order=t[:damping=ε] on a one-block field: h⁽ᵗ⁾ = f(h; W₀h + W₁h′ + … + W_{t−1}h⁽ᵗ⁻¹⁾) − ε(h′ + … "
+          "+ h⁽ᵗ⁻¹⁾); cornn is rnn:order=2.")
+    print("\nconstraints (…:constraint=NAME keeps the step inside the tableau's stability region):")
     for name, summary in stability.constraints().items():
         print(f"  {name:<14} {summary}")
     return 0
