@@ -296,7 +296,10 @@ class _Sequence(torch.autograd.Function):
         out, y = _forward(program, C, h, W, b, y0, tapes, starts, keep_K)
         ctx.program, ctx.recompute, ctx.tapes, ctx.starts, ctx.h, ctx.keep_K = program, recompute, tapes, starts, h, keep_K
         ctx.save_for_backward(C, W, b)
-        return (out, *y)
+        # fresh tensors: the final blocks can be stage values on the tapes (a partitioned step's
+        # later groups hold the earlier groups' new blocks), and an output the tapes keep would make
+        # a cycle through its grad_fn that Python's collector cannot free: a leak per sequence
+        return (out, *(block.clone() for block in y))
 
     @staticmethod
     @once_differentiable
