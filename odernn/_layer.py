@@ -166,6 +166,8 @@ class ODERNN(nn.Module):
                 and not autocast):
             # the same layers as nn.GRU/LSTM/RNN (Euler, Δ = 1): PyTorch's fused kernel (oneDNN, cuDNN)
             self._torch_twin.train(self.training)
+            for cell in self._cells:
+                cell.nfe = cell.nfe_per_token  # forward Euler: one evaluation per token, fused or not
             return torch.func.functional_call(self._torch_twin, dict(self.named_parameters()), (input, hx))
         cells = self.cells
         field = cells[0].field
