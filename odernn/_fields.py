@@ -141,6 +141,18 @@ class _AddsContext:
         return out if b is None else out + b
 
 
+class _ReversedState:
+    """The user-facing state lists the blocks in reverse order: the output block first, as
+    ``nn.LSTMCell``'s ``(h, c)``, coRNN's ``(y, z)`` and the order-t field's ``(h, h′, …)``, while
+    partitioned stepping advances them from the other end."""
+
+    def to_blocks(self, state):
+        return tuple(reversed(tuple(state)))
+
+    def from_blocks(self, blocks):
+        return tuple(reversed(tuple(blocks)))
+
+
 class _TanhActivation(_AddsContext):
     """``act = tanh(context + y_in Wᵀ)``, shared by the tanh-RNN, antisymmetric and coRNN fields."""
 
@@ -241,7 +253,7 @@ class GRUODEField(VectorField):
         return dict(zip(("W_hr", "W_hz", "W_hn"), self.weight_hh.chunk(3, dim=0)))
 
 
-class LSTMField(_AddsContext, VectorField):
+class LSTMField(_ReversedState, _AddsContext, VectorField):
     """The LSTM field on the blocks ``(c, h)``, in ``torch.nn.LSTMCell``'s layout (gates i, f, g, o):
     ``dc = (f − 1) ⊙ c + i ⊙ g`` and ``dh = o ⊙ tanh(c) − h``.
 
@@ -304,14 +316,6 @@ class LSTMField(_AddsContext, VectorField):
     def recurrent_matrices(self):
         return dict(zip(("W_hi", "W_hf", "W_hg", "W_ho"), self.weight_hh.chunk(4, dim=0)))
 
-    def to_blocks(self, state):
-        h, c = state
-        return (c, h)
-
-    def from_blocks(self, blocks):
-        c, h = blocks
-        return (h, c)
-
 
 class AntisymmetricField(_TanhActivation, VectorField):
     """AntisymmetricRNN (Chang et al. 2019): ``f(h) = tanh((W − Wᵀ − γI) h + V x + b)``.
@@ -356,7 +360,7 @@ def _add(total, term):
     return term if total is None else total if term is None else total + term
 
 
-class HigherOrderField(VectorField):
+class HigherOrderField(_ReversedState, VectorField):
     """A one-block field ``f`` raised to derivative order ``t``:
     ``h⁽ᵗ⁾ = f(h, x; W₀h + W₁h′ + … + W_{t−1}h⁽ᵗ⁻¹⁾) − ε₁h′ − … − ε_{t−1}h⁽ᵗ⁻¹⁾``.
 
@@ -443,12 +447,6 @@ class HigherOrderField(VectorField):
                 if damping:
                     grad_blocks[j] = _add(grad_blocks[j], g * -damping)
         return tuple(grad_blocks), grad_act
-
-    def to_blocks(self, state):
-        return tuple(reversed(tuple(state)))
-
-    def from_blocks(self, blocks):
-        return tuple(reversed(tuple(blocks)))
 
     def recurrent_matrices(self):
         matrices = dict(self.base.recurrent_matrices())
@@ -644,7 +642,7 @@ class LipschitzField(VectorField):
         return super().extra_repr() + f", beta={self.beta}, gamma={self.gamma}"
 
 
-class LEMField(_AddsContext, VectorField):
+class LEMField(_ReversedState, _AddsContext, VectorField):
     """Long Expressive Memory (Rusch et al. 2022) on the blocks ``(z, y)``:
     ``z′ = σ(Δ_z) ⊙ (tanh(W_z y + V_z x + b_z) − z)`` and ``y′ = σ(Δ_y) ⊙ (tanh(W_y z + V_y x + b_y) − y)``
     with the time-step gates ``Δ_• = W_• y + V_• x + b_•`` (sigmoid σ) reading ``y`` only.
@@ -709,16 +707,8 @@ class LEMField(_AddsContext, VectorField):
         W_dy, W_dz, W_cz = self.weight_hh_y.chunk(3, dim=0)
         return {"W_Δy": W_dy, "W_Δz": W_dz, "W_z (y → z)": W_cz, "W_y (z → y)": self.weight_hh_z}
 
-    def to_blocks(self, state):
-        y, z = state
-        return (z, y)
 
-    def from_blocks(self, blocks):
-        z, y = blocks
-        return (y, z)
-
-
-class UnICORNNField(VectorField):
+class UnICORNNField(_ReversedState, VectorField):
     """UnICORNN (Rusch & Mishra 2021), undamped independent oscillators on the blocks ``(z, y)``:
     ``y′ = σ(c) ⊙ z``, ``z′ = −σ(c) ⊙ (tanh(w ⊙ y + V x + b) + α y)`` with a diagonal recurrent
     weight ``w`` and a learned time scale ``σ(c)`` per unit (sigmoid σ).
@@ -783,14 +773,6 @@ class UnICORNNField(VectorField):
 
     def recurrent_matrices(self):
         return {"diag(w)": torch.diag(self.weight_hh)}
-
-    def to_blocks(self, state):
-        y, z = state
-        return (z, y)
-
-    def from_blocks(self, blocks):
-        z, y = blocks
-        return (y, z)
 
     def extra_repr(self):
         return super().extra_repr() + f", alpha={self.alpha}"

@@ -27,3 +27,9 @@ def catalogue():
 _SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 if "ODERNN_DATA" not in os.environ and _SHARED.is_dir():
     os.environ["ODERNN_DATA"] = str(_SHARED)
+
+
+# under pytest-xdist each worker takes one core: two workers with torch's default two threads each
+# would oversubscribe a 2-core machine
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
