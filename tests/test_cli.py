@@ -131,3 +131,21 @@ def test_stability_check_exit_codes_and_plot(tmp_path):
     target = tmp_path / "eig.png"
     code, _, err = run("stability", "plot", "rnn:rk4", "--hidden-size", "8", "--input-size", "2", "-o", str(target))
     assert code == 0 and target.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_version_and_the_defaults_in_help():
+    from importlib.metadata import version
+    code, out, _ = run("--version")
+    assert code == 0 and out.strip() == f"odernn {version('odernn')}"
+    from textlm.train import TrainConfig
+    defaults = TrainConfig()
+    _, text, _ = run("train", "--help")
+    text = " ".join(text.split())  # argparse wraps lines
+    for option, value in (("--lr", defaults.lr), ("--layers", defaults.layers), ("--hidden", defaults.hidden),
+                          ("--dropout", defaults.dropout), ("--batch-size", defaults.batch_size),
+                          ("--bptt", defaults.bptt)):
+        assert f"{option} {option.lstrip('-').upper().replace('-', '_')}" in text and f"(default: {value})" in text
+    from textlm.compare import DEFAULT_CELLS
+    _, text, _ = run("compare", "--help")
+    text = " ".join(text.split())
+    assert f"(default: {' '.join(DEFAULT_CELLS)})" in text and "(default: 0 1 2)" in text

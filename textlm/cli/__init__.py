@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 from . import _cell, _compare, _stability, _tableau, _text
 from ._errors import USER_ERRORS
@@ -28,6 +29,33 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def _version() -> str:
+    try:
+        return version("odernn")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option whose default means something says it in ``--help`` (argparse's
+    ``ArgumentDefaultsHelpFormatter`` would skip options without a help text and repeat the
+    defaults some help texts already state)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _show_defaults(child)
+            continue
+        default = action.default
+        if (not action.option_strings or default is None or default is False or default == argparse.SUPPRESS
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            continue
+        text = action.help or ""
+        if "default" in text:
+            continue
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        action.help = f"{text} (default: {shown.replace('%', '%%')})".strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="odernn",
@@ -36,9 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "recurrent cell from it, check whether it will train stably, and train it on text.",
         epilog="Run 'odernn COMMAND --help' for the options of each command.",
     )
+    parser.add_argument("--version", action="version", version=f"odernn {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in _GROUPS:
         group.register(sub, _Formatter)
+    _show_defaults(parser)
     return parser
 
 
