@@ -149,3 +149,12 @@ def test_version_and_the_defaults_in_help():
     _, text, _ = run("compare", "--help")
     text = " ".join(text.split())
     assert f"(default: {' '.join(DEFAULT_CELLS)})" in text and "(default: 0 1 2)" in text
+
+
+def test_a_plot_of_an_unstable_cell_is_written_and_succeeds(tmp_path):
+    target = tmp_path / "eig.png"
+    code, out, _ = run("stability", "check", "rnn:euler:dt=6", "--hidden-size", "8", "--input-size", "2")
+    assert code == 1  # the verdict's exit code belongs to check
+    code, out, err = run("stability", "plot", "rnn:euler:dt=6", "--hidden-size", "8", "--input-size", "2",
+                         "-o", str(target))
+    assert code == 0 and target.stat().st_size > 0, err

@@ -415,6 +415,13 @@ def test_compare_tabulates_and_resumes(tmp_path):
     assert "| torch-gru |" in stdout and "| gru-ode:euler |" in stdout and "±" in stdout
     assert (tmp_path / "results.md").is_file() and (tmp_path / "learning_curves.png").is_file()
     assert (tmp_path / "stability_gru-ode_euler.png").is_file()
+    from textlm.compare import CompareConfig, learning_curves
+    config = CompareConfig(**json.loads((tmp_path / "config.json").read_text()))
+    rows = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs").glob("*/seed*/compare.json"))]
+    figure = learning_curves(config, rows)
+    lines = [line for ax in figure.axes for line in ax.get_lines()]
+    assert len(lines) == 4 and all(len(line.get_xdata()) >= 1 and line.get_marker() == "o" for line in lines)
+    assert "tinyshakespeare" in figure._suptitle.get_text() and "2 seeds" in figure._suptitle.get_text()
     finished = tmp_path / "runs" / "torch-gru" / "seed0" / "compare.json"
     stamp = finished.stat().st_mtime_ns
     code, again, _ = run(*args)  # everything finished: nothing is trained again

@@ -187,9 +187,10 @@ def _mean_std(values) -> str:
     if not values:
         return "—"
     mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
     digits = 3 if abs(mean) < 10 else 1 if abs(mean) < 1000 else 0
-    return f"{mean:,.{digits}f} ± {std:,.{digits}f}"
+    if len(values) == 1:  # one seed has no spread to report
+        return f"{mean:,.{digits}f}"
+    return f"{mean:,.{digits}f} ± {statistics.stdev(values):,.{digits}f}"
 
 
 COLUMNS = [("valid perplexity", "valid_ppl"), ("test perplexity", "test_ppl"), ("BLEU", "bleu"), ("ROUGE-L", "rouge_l"), ("combined", "combined"),
@@ -212,9 +213,19 @@ def plots(config: CompareConfig, rows: list[dict]) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    fig = learning_curves(config, rows)
+    target = Path(config.out) / "learning_curves.png"
+    fig.savefig(target, bbox_inches="tight")
+    plt.close(fig)
+    return [target] + _stability_plot(config, rows)
+
+
+def learning_curves(config: CompareConfig, rows: list[dict]):
+    """The validation loss of every cell against training tokens and against seconds: the mean
+    over the seeds, with a band of ± one standard deviation where there are several."""
+    import matplotlib.pyplot as plt
     import numpy as np
     out = Path(config.out)
-    written = []
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), dpi=120)
     for cell in dict.fromkeys(r["cell"] for r in rows):
         curves = []
@@ -231,20 +242,20 @@ def plots(config: CompareConfig, rows: list[dict]) -> list[Path]:
         for ax, column in zip(axes, (0, 1)):
             x = stack[:, :, column].mean(axis=0)
             mean, std = stack[:, :, 2].mean(axis=0), stack[:, :, 2].std(axis=0)
-            (line,) = ax.plot(x, mean, label=cell)
-            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+            # markers where a curve has few points: one evaluation would otherwise draw nothing
+            (line,) = ax.plot(x, mean, label=cell, marker="o" if length <= 20 else None, markersize=4)
+            if len(curves) > 1:
+                ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     for ax, label in zip(axes, ("training tokens", "wall-clock seconds")):
         ax.set_xlabel(label)
         ax.set_ylabel("validation loss (nats/token)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("mean ± std over seeds")
-    target = out / "learning_curves.png"
-    fig.savefig(target, bbox_inches="tight")
-    plt.close(fig)
-    written.append(target)
-    written += _stability_plot(config, rows)
-    return written
+    seeds = len(config.seeds)
+    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else f"seed {config.seeds[0]}"
+    budget = f"{config.max_tokens:,} tokens" if config.epochs is None else f"{config.epochs} epochs"
+    fig.suptitle(f"{config.corpus or Path(config.text).name}: validation loss, {budget} per run; {spread}")
+    return fig
 
 
 def _stability_plot(config: CompareConfig, rows: list[dict]) -> list[Path]:

@@ -113,4 +113,4 @@ def cmd_plot(args) -> int:
     fig.savefig(tmp)
     tmp.replace(output)
     print(f"wrote {output}")
-    return 0 if report.stable else 1
+    return 0  # the verdict's exit code is check's; a plot that was written succeeded
