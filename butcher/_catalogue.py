@@ -90,7 +90,8 @@ def entry(name: str) -> Entry:
     key = name.strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     if key not in _ENTRIES:
-        close = difflib.get_close_matches(key, [*_ENTRIES, *_ALIASES], n=5, cutoff=0.5)
+        # 0.7: a typo's neighbours, not any name sharing a few letters ('nosuchmethod' → 'norsett3')
+        close = list(dict.fromkeys(difflib.get_close_matches(key, [*_ENTRIES, *_ALIASES], n=5, cutoff=0.7)))
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UnknownMethodError(f"unknown method {name!r}{hint} (`odernn tableau list` shows all "
                                  f"{len(_ENTRIES)})")

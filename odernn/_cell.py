@@ -97,15 +97,38 @@ class ODECell(nn.Module):
             return self._forward(x, state, dt)
 
     def _forward(self, x, state, dt):
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[-1] != self.input_size:
+        """``x`` ``(B, input_size)`` or unbatched ``(input_size,)`` with the state to match, as
+        ``nn.GRUCell`` takes them."""
+        name = type(self).__name__
+        if not isinstance(x, torch.Tensor) or x.dim() not in (1, 2) or x.shape[-1] != self.input_size:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{type(self).__name__}: input x must have shape (B, input_size={self.input_size}), "
-                             f"got {shape}")
+            raise ValueError(f"{name}: input x must have shape (B, input_size={self.input_size}) or "
+                             f"(input_size,), got {shape}" + ("; a sequence (T, B, input_size) goes to odernn.ODERNN"
+                                                              if isinstance(x, torch.Tensor) and x.dim() == 3 else ""))
+        unbatched = x.dim() == 1
+        if unbatched:
+            x = x[None]
         if state is None:
-            state = self.field.initial_state(x.shape[0], x.dtype, x.device)
+            blocks = self.field.to_blocks(self.field.initial_state(x.shape[0], x.dtype, x.device))
+        else:
+            if self.field.blocks > 1 and isinstance(state, torch.Tensor):
+                raise ValueError(f"{name}: the state of {self.field_name} is a tuple of {self.field.blocks} tensors "
+                                 f"(as the cell returns it), got one tensor of shape {tuple(state.shape)}")
+            blocks = self.field.to_blocks(state)
+            expected = (self.hidden_size,) if unbatched else (x.shape[0], self.hidden_size)
+            if len(blocks) != self.field.blocks or any(
+                    not isinstance(b, torch.Tensor) or tuple(b.shape) != expected for b in blocks):
+                got = [tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__ for b in blocks]
+                raise ValueError(f"{name}: the state must be {self.field.blocks} tensor(s) of shape {expected} "
+                                 f"for x of shape {tuple(x.shape[1:]) if unbatched else tuple(x.shape)}, got {got}")
+            if unbatched:
+                blocks = tuple(b[None] for b in blocks)
         context = self.field.project(x)  # once per token, shared by every stage
         h = self._step_size(dt, x.shape[0], x)
-        return self.field.from_blocks(self.integrate(context, self.field.to_blocks(state), h))
+        out = self.integrate(context, blocks, h)
+        if unbatched:
+            out = tuple(b[0] for b in out)
+        return self.field.from_blocks(out)
 
     def integrate(self, context, y: tuple[torch.Tensor, ...], h) -> tuple[torch.Tensor, ...]:
         """The state blocks ``y`` after ``steps`` steps of size ``h`` (a float, or ``(B, 1)``) with

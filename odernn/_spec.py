@@ -67,7 +67,10 @@ _FIELDS = {
                            "Rusch & Mishra (ICML 2021)",
                            "unicornn:euler (partitioned) is the published cell (tests/test_literature_cells.py)"),
 }
-_ALIASES = {"gru": "gru-ode", "gruode": "gru-ode", "tanh-rnn": "rnn", "asrnn": "antisymmetric"}
+_ALIASES = {"gruode": "gru-ode", "tanh-rnn": "rnn", "asrnn": "antisymmetric"}
+# names a user may mean as PyTorch's own layers: said, not silently read as a field
+_NOT_FIELDS = {"gru": "the GRU's vector field is gru-ode (gru-ode:euler equals nn.GRUCell)",
+               "lstm-ode": "the LSTM's field is lstm", "rnn-ode": "the tanh-RNN's field is rnn"}
 _CELL_OPTIONS = {"steps": int, "dt": float, "eps": float, "partitioned": bool, "tol": float, "rtol": float,
                  "atol": float, "constraint": str, "order": int, "damping": str}
 CONSTRAINT_GROUP = "odernn.constraints"  # entry-point group of the parameterisations (``stability`` registers its own)
@@ -174,6 +177,9 @@ def cell(spec: str, input_size: int, hidden_size: int, **overrides) -> ODECell:
     options.update({k.lower(): v for k, v in overrides.items()})
     name = options.pop("field")
     name = _ALIASES.get(name, name)
+    if name in _NOT_FIELDS:
+        raise CellSpecError(f"{name!r} is not a field: {_NOT_FIELDS[name]}; in the language model, PyTorch's own "
+                            f"layers are torch-gru, torch-lstm and torch-rnn")
     if name not in _FIELDS:
         raise CellSpecError(f"unknown cell field {name!r}; fields: {', '.join(_FIELDS)}")
     kind = _FIELDS[name]

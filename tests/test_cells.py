@@ -346,3 +346,28 @@ def test_evolution_between_observations_is_a_semigroup():
     assert (once - twice).abs().max() < 1e-8  # both integrate the same autonomous flow
     # with zero input the GRU-ODE field only feels its biases: x = 0 is the same as evolve
     assert torch.equal(once, cell(torch.zeros(3, 3), h, dt=gaps))
+
+
+def test_cells_take_the_shapes_nn_grucell_takes_and_say_what_is_wrong():
+    torch.manual_seed(11)
+    gru = nn.GRUCell(3, 4)
+    cell = odernn.from_torch(gru)
+    x, h = torch.randn(3), torch.randn(4)
+    assert cell(x, h).shape == (4,) and (cell(x, h) - gru(x, h)).abs().max() <= 1e-6  # unbatched
+    assert cell(x).shape == (4,)
+    lstm = odernn.cell("lstm", 3, 4)
+    assert [b.shape for b in lstm(x, (h, h))] == [(4,), (4,)]
+    for call, message in [
+        (lambda: cell(torch.randn(5, 2, 3)), r"goes to odernn.ODERNN"),
+        (lambda: cell(torch.randn(2, 3), torch.randn(3, 4)), r"shape \(2, 4\)"),
+        (lambda: cell(torch.randn(2, 3), torch.randn(4)), r"shape \(2, 4\)"),
+        (lambda: lstm(torch.randn(2, 3), torch.randn(2, 4)), r"tuple of 2 tensors"),
+        (lambda: cell(torch.randn(2, 5)), r"input_size=3"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_gru_is_not_read_as_a_field_silently():
+    with pytest.raises(odernn.CellSpecError, match="gru-ode.*torch-gru"):
+        odernn.cell("gru:rk4", 3, 4)

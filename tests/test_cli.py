@@ -158,3 +158,10 @@ def test_a_plot_of_an_unstable_cell_is_written_and_succeeds(tmp_path):
     code, out, err = run("stability", "plot", "rnn:euler:dt=6", "--hidden-size", "8", "--input-size", "2",
                          "-o", str(target))
     assert code == 0 and target.stat().st_size > 0, err
+
+
+def test_unknown_methods_get_only_close_suggestions():
+    code, _, err = run("tableau", "show", "nosuchmethod")
+    assert code == 2 and "did you mean" not in err and "odernn tableau list" in err
+    code, _, err = run("tableau", "show", "gaus-2")
+    assert code == 2 and "did you mean gauss-2" in err and err.count("gauss-2,") <= 1
