@@ -20,6 +20,8 @@ from odernn import URNNField
 __all__ = ["Condition", "StabilityReport", "check", "max_stable_dt", "unit_disc_limit"]
 
 _TOLERANCE = 1e-9  # |R| ≤ 1 + this counts as on the boundary, not outside
+FAITHFUL = 1e-3  # a step amplifying a mode by at most this much (relative) more than the exact flow is faithful
+VERDICTS = {"stable": 0, "expanding dynamics": 3, "unstable step": 1}  # the verdict and its exit code
 HORIZON = 100  # sequence length T of the gradient-growth condition
 
 
@@ -39,10 +41,20 @@ class Condition:
 
 @dataclass
 class StabilityReport:
-    """``stable``: every binding condition holds; ``margin``: ``1 − max |R(hλ)|`` over the sampled
-    eigenvalues (``> 0`` strictly inside the region, ``< 0`` outside); ``eigenvalues``: ``hλ``,
-    the step-scaled eigenvalues that were judged; ``exact``: the Jacobian was the same at every
-    sampled state (a field linear in the state), so the verdict holds at every state."""
+    """``stable``: every binding condition holds (the sufficient condition: every ``hλ`` in the
+    region); ``margin``: ``1 − max |R(hλ)|`` over the sampled eigenvalues (``> 0`` strictly inside
+    the region, ``< 0`` outside); ``eigenvalues``: ``hλ``, the step-scaled eigenvalues that were
+    judged; ``exact``: the Jacobian was the same at every sampled state (a field linear in the
+    state), so the verdict holds at every state.
+
+    ``verdict`` separates the two reasons a step can leave the region: ``"stable"`` (it does not);
+    ``"expanding dynamics"`` (only modes the learned field itself expands, ``Re λ > 0``, leave it,
+    and the tableau amplifies none more than the exact flow ``|e^{hλ}|``: the integrator is
+    faithful, and the state stays bounded only where the nonlinearity saturates); ``"unstable
+    step"`` (the tableau amplifies some mode beyond both 1 and the exact flow: a discretisation
+    fault that a smaller step or another tableau removes). ``exit_code``: 0, 3 and 1 for them;
+    ``expanding_directions``: eigenvalues with ``Re λ > 0`` at the worst sampled state;
+    ``excess``: ``max |R(hλ)| / max(1, |e^{hλ}|)``, the discretisation's own amplification."""
 
     stable: bool
     margin: float
@@ -55,6 +67,33 @@ class StabilityReport:
     exact: bool = False
     weight_eigenvalues: dict[str, np.ndarray] = field(default_factory=dict)
     step_norms: np.ndarray = field(default_factory=lambda: np.zeros(0))  # ‖R(hJ_k)^steps‖₂ at each sampled state
+    verdict: str = "stable"
+    expanding_directions: int = 0
+    excess: float = 1.0
+    rightmost: float = 0.0  # max Re λ (unscaled)
+
+    @property
+    def exit_code(self) -> int:
+        return VERDICTS[self.verdict]
+
+    def headline(self) -> str:
+        """The verdict in words, with what to do about it."""
+        where = (f"{self.tableau}, step h = {self.step:g}, {self.samples} sampled states, "
+                 f"{len(self.eigenvalues)} eigenvalues{', exact: linear field' if self.exact else ''}")
+        expanding = (f"the learned field expands along {self.expanding_directions} direction(s) "
+                     f"(max Re λ = {self.rightmost:.3g})")
+        if self.verdict == "stable":
+            damped = f"; {expanding}, which the step damps" if self.expanding_directions else ""
+            return f"STABLE: every step-scaled eigenvalue lies in the region, margin {self.margin:+.4g}{damped} ({where})"
+        if self.verdict == "expanding dynamics":
+            than = ("amplifies every mode less than the exact flow does" if self.excess <= 1 else
+                    f"amplifies no mode more than the exact flow does (within {100 * (self.excess - 1):.2g} %)")
+            return (f"FAITHFUL STEP, EXPANDING DYNAMICS: {expanding}; the tableau {than}: the state stays bounded "
+                    f"only where the nonlinearity saturates, which a smaller step would not change ({where})")
+        also = f"; besides, {expanding}" if self.expanding_directions else ""
+        return (f"UNSTABLE STEP: the tableau amplifies a mode {self.excess:.4g}× beyond both 1 and the exact flow "
+                f"(margin {self.margin:+.4g}): a smaller Δ, more steps per token or a tableau whose region holds "
+                f"every hλ{also} ({where})")
 
     def condition(self, name: str) -> Condition:
         """The condition whose name starts with ``name``."""
@@ -74,9 +113,7 @@ class StabilityReport:
         return json.dumps(data, indent=1, default=float)
 
     def __str__(self) -> str:
-        lines = [f"{'STABLE' if self.stable else 'UNSTABLE'}: margin {self.margin:+.4g} "
-                 f"({self.tableau}, step h = {self.step:g}, {self.samples} sampled states, "
-                 f"{len(self.eigenvalues)} eigenvalues{', exact: linear field' if self.exact else ''})"]
+        lines = [self.headline()]
         for c in self.conditions:
             mark = ("ok" if c.verdict else "FAIL") if c.binding else ("ok" if c.verdict else "note")
             lines.append(f"  [{mark}] {c.name}: {c.value:.6g}  ({c.detail}) — {c.source}")
@@ -311,11 +348,30 @@ def check(cell, inputs=None, dt: float | None = None, samples: int = 16, seed: i
         "Dahlquist test equation; Hairer & Wanner, Solving ODEs II (1996), §IV.2", measured)]
 
     rightmost = float(lams.real.max())
+    per_state = lams.reshape(x.shape[0], -1)  # (N, D)
+    expanding = int((per_state.real > tolerance * max(1.0, float(np.abs(lams).max()))).sum(axis=1).max())
+    if cell.partitioned:  # the step map's radius against the flow's largest growth at each state
+        excess = float(np.max(radii / np.maximum(1.0, np.exp(step * per_state.real.max(axis=1)))))
+    else:
+        excess = float(np.max(amplification / np.maximum(1.0, np.exp(scaled.real)))) if len(lams) else 1.0
+    if worst <= 1 + tolerance:
+        verdict = "stable"
+    elif excess <= 1 + FAITHFUL:
+        verdict = "expanding dynamics"
+    else:
+        verdict = "unstable step"
     conditions.append(Condition(
-        "stability of the ODE itself: max Re λ ≤ 0", rightmost <= 1e-12, rightmost,
+        "faithful discretisation: |R(hλ)| ≤ max(1, |e^{hλ}|)", excess <= 1 + FAITHFUL, excess,
+        "the exact flow multiplies a mode by |e^{hλ}| per step; the tableau should not add to it",
+        "the step amplifies no mode beyond the region and the flow" if excess <= 1 + FAITHFUL else
+        "the step amplifies a mode beyond both the region and the exact flow: a discretisation fault",
+        binding=False))
+    conditions.append(Condition(
+        "stability of the ODE itself: max Re λ ≤ 0", expanding == 0, rightmost,
         "Haber & Ruthotto, Stable architectures for deep neural networks (2017), §3",
         "the exact flow does not amplify perturbations" if rightmost <= 1e-12 else
-        "the exact flow amplifies some perturbations: only a tableau that over-damps them keeps the cell bounded",
+        f"the exact flow amplifies perturbations along {expanding} direction(s) at the worst sampled state: only a "
+        "tableau that over-damps them, or saturating activations, keep the cell bounded",
         binding=False))
 
     reach = float(step * np.abs(lams.imag).max())
@@ -376,4 +432,5 @@ def check(cell, inputs=None, dt: float | None = None, samples: int = 16, seed: i
     return StabilityReport(stable=all(c.verdict for c in conditions if c.binding), margin=1.0 - worst,
                            conditions=conditions, eigenvalues=scaled, step=step,
                            tableau=tableau.name or "user tableau", samples=x.shape[0], max_stable_dt=limit,
-                           exact=exact, weight_eigenvalues=weights, step_norms=step_norms)
+                           exact=exact, weight_eigenvalues=weights, step_norms=step_norms, verdict=verdict,
+                           expanding_directions=expanding, excess=excess, rightmost=rightmost)

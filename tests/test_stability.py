@@ -377,3 +377,47 @@ def test_partitioned_stepping_is_judged_by_its_own_step_map(dt):
     assert report.stable == (dt == 0.25) and (rho > 2) == (dt == 0.5)
     assert report.max_stable_dt == pytest.approx(stability.max_stable_dt(cell), rel=1e-12)
     assert 0.25 < report.max_stable_dt < 0.5
+
+
+# --- the verdict: dynamics apart from discretisation ---------------------------------------------
+
+@pytest.mark.parametrize("M, tableau, dt, verdict", [
+    (-np.eye(3), "euler", 1.9, "stable"),               # |1 − 1.9| < 1
+    (-np.eye(3), "euler", 2.1, "unstable step"),        # |1 − 2.1| > 1 where the flow contracts
+    (0.5 * np.eye(3), "euler", 1.0, "expanding dynamics"),   # 1.5 < e^0.5: Euler under-amplifies
+    (0.5 * np.eye(3), "rk4", 1.0, "expanding dynamics"),     # R(0.5) = 1.6484 < e^0.5 = 1.6487
+    (np.eye(3), "backward-euler", 3.0, "stable"),       # |1/(1 − 3)| = 1/2: the step damps the expansion
+    (np.array([[0.05, -0.02, 0], [0.02, 0.05, 0], [0, 0, -1]]), "euler", 1.0, "expanding dynamics"),
+    (np.array([[0.05, -0.2, 0], [0.2, 0.05, 0], [0, 0, -1]]), "euler", 1.0, "unstable step"),
+])
+def test_the_verdict_tells_the_dynamics_from_the_discretisation(M, tableau, dt, verdict):
+    """Exact linear cases on both sides of each boundary: |R(hλ)| against 1 and against the exact
+    flow |e^{hλ}|. For λ = 0.05 ± iω and forward Euler, |1 + λ|² = 1.05² + ω² exceeds e^{0.1}
+    from ω ≈ 0.052: ω = 0.02 is faithful, ω = 0.2 is a discretisation fault."""
+    report = stability.check(linear_cell(M, tableau, dt), samples=2)
+    lams = np.linalg.eigvals(M)
+    R = butcher_amplification(tableau, dt * lams)
+    excess = np.max(R / np.maximum(1, np.abs(np.exp(dt * lams))))
+    assert report.excess == pytest.approx(excess, rel=1e-9)
+    assert report.verdict == verdict and report.exit_code == {"stable": 0, "expanding dynamics": 3,
+                                                              "unstable step": 1}[verdict]
+    assert report.expanding_directions == int((lams.real > 0).sum())
+    assert report.stable == (verdict == "stable")
+    assert report.headline().startswith({"stable": "STABLE", "expanding dynamics": "FAITHFUL STEP",
+                                         "unstable step": "UNSTABLE STEP"}[verdict])
+
+
+def butcher_amplification(name, z):
+    import butcher
+    return butcher.get(name).amplification(np.asarray(z, dtype=complex))
+
+
+def test_expanding_dynamics_bounded_by_saturation():
+    """tanh(3h) − h expands at 0 (J = 2I) and saturates: the check says the step is faithful and
+    the dynamics expand, and a simulation stays bounded, as a trained GRU-ODE's does."""
+    cell = odernn.cell("rnn:euler:dt=0.5", 2, 4).double()
+    with torch.no_grad():
+        cell.field.weight_hh.copy_(3 * torch.eye(4))
+    report = stability.check(cell)
+    assert report.verdict == "expanding dynamics" and report.expanding_directions == 4
+    assert stability.simulate(cell, 300).peak <= 3.5  # the fixed points of tanh(3h + …) = h are within ±1 + input

@@ -1,4 +1,5 @@
-"""``odernn stability …``: will this cell train stably? Exit code 0 for stable, 1 for unstable."""
+"""``odernn stability …``: will this cell train stably? ``check`` exits 0 for a stable step, 3 for a
+faithful step of expanding dynamics, 1 for an unstable step (``stability.StabilityReport.verdict``)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,18 @@ def register(sub, formatter) -> None:
     group = sub.add_parser("stability", help="spectral stability of a cell against its tableau",
                            formatter_class=formatter,
                            description="Linearise the cell's vector field at sampled states and judge the "
-                                       "step-scaled eigenvalues against the tableau's stability region.")
+                                       "step-scaled eigenvalues against the tableau's stability region. The "
+                                       "verdict separates the discretisation from the dynamics: STABLE (exit 0) "
+                                       "when every step-scaled eigenvalue lies in the region; FAITHFUL STEP, "
+                                       "EXPANDING DYNAMICS (exit 3) when only modes the learned field itself "
+                                       "expands leave it and the tableau amplifies none more than the exact flow "
+                                       "(the state is then bounded only by saturating activations; a smaller step "
+                                       "changes nothing); UNSTABLE STEP (exit 1) when the tableau amplifies a mode "
+                                       "beyond both the region and the exact flow (a smaller step, more steps or "
+                                       "another tableau helps). Several layers: the worst of them.")
     ssub = group.add_subparsers(dest="stability_command", metavar="ACTION", required=True)
-    for name, handler, text in (("check", cmd_check, "verdict, margin and conditions (exit 0 stable, 1 unstable)"),
+    for name, handler, text in (("check", cmd_check, "verdict, margin and conditions (exit 0: stable step; 3: faithful "
+                                                     "step, the learned dynamics expand; 1: unstable step)"),
                                 ("plot", cmd_plot, "the stability region with the scaled eigenvalues, as PNG")):
         p = ssub.add_parser(name, help=text, formatter_class=formatter,
                             epilog=f"example:\n  odernn stability {name} gru-ode:rk4 --hidden-size 64"
@@ -97,7 +107,9 @@ def cmd_check(args) -> int:
     else:
         for label, _, report in reports:
             print((f"{label}: " if len(reports) > 1 else "") + str(report))
-    return 0 if all(r.stable for _, _, r in reports) else 1
+    verdicts = {r.verdict for _, _, r in reports}
+    worst = next(v for v in ("unstable step", "expanding dynamics", "stable") if v in verdicts)
+    return stability.VERDICTS[worst]
 
 
 def cmd_plot(args) -> int:
