@@ -165,3 +165,15 @@ def test_unknown_methods_get_only_close_suggestions():
     assert code == 2 and "did you mean" not in err and "odernn tableau list" in err
     code, _, err = run("tableau", "show", "gaus-2")
     assert code == 2 and "did you mean gauss-2" in err and err.count("gauss-2,") <= 1
+
+
+def test_threads_option():
+    import torch
+    before = torch.get_num_threads()
+    try:
+        code, out, _ = run("--threads", "1", "tableau", "show", "euler")
+        assert code == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    code, _, err = run("--threads", "0", "tableau", "show", "euler")
+    assert code == 2 and "--threads must be a positive integer" in err

@@ -21,6 +21,7 @@ import math
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -100,11 +101,13 @@ class CompareError(RuntimeError):
     """A run of the comparison failed; the message names it and quotes its error."""
 
 
-def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path) -> dict:
+def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path, show: bool = False) -> dict:
     """Train in a child process (resuming if it has a checkpoint); its result, with its own peak
-    resident memory (``peak_rss_mb``)."""
-    args = [sys.executable, "-m", "textlm.cli", "train", "--out", str(run), "--no-progress", "--json",
-            "--device", config.device]
+    resident memory (``peak_rss_mb``). ``show``: a progress bar (steps, tokens/s, ETA) read from
+    the child's ``metrics.jsonl`` while it runs."""
+    import torch
+    args = [sys.executable, "-m", "textlm.cli", "--threads", str(torch.get_num_threads()), "train", "--out", str(run),
+            "--no-progress", "--json", "--device", config.device]
     # the budget on a resume too: a comparison rerun with a larger one extends its unfinished runs
     args += ["--epochs", str(config.epochs)] if config.epochs else ["--max-tokens", str(config.max_tokens)]
     if config.data_root:
@@ -128,11 +131,44 @@ def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path) 
             args += ["--eval-tokens", str(config.eval_tokens)]
         if config.max_seconds:
             args += ["--max-seconds", str(config.max_seconds)]
-    proc = subprocess.run(args, capture_output=True, text=True)
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        if show:
+            _follow(proc, run / "metrics.jsonl", f"{cell} seed {seed}", config)
+        stdout, stderr = proc.communicate()
     if proc.returncode != 0:
-        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no message"
+        last = stderr.strip().splitlines()[-1] if stderr.strip() else "no message"
         raise CompareError(f"{cell} seed {seed} failed (exit {proc.returncode}): {last}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _follow(proc, metrics: Path, label: str, config: CompareConfig) -> None:
+    """A tqdm bar over the child's training steps, from the records it appends to its metrics
+    file, until it exits (the final validation and the measurements follow, said in the bar)."""
+    from tqdm import tqdm
+    bar, read = None, 0
+    try:
+        while proc.poll() is None:
+            time.sleep(0.25)
+            if not metrics.is_file():
+                continue
+            lines = metrics.read_text().splitlines()
+            records = [json.loads(line) for line in lines[read:] if line.strip().endswith("}")]
+            read = len(lines)
+            steps = [r for r in records if "tokens_per_s" in r]
+            if not steps:
+                continue
+            last = steps[-1]
+            if bar is None:
+                total = (config.max_tokens if config.epochs is None else None)
+                total = math.ceil(total / (config.batch_size * config.bptt)) if total else None
+                bar = tqdm(total=total, desc=label, unit="step", dynamic_ncols=True, file=sys.stderr)
+            bar.update(last["step"] - bar.n)
+            bar.set_postfix(loss=f"{last['train_loss']:.3f}", tok_s=f"{last['tokens_per_s']:,.0f}")
+            if bar.total and last["step"] >= bar.total:
+                bar.set_postfix_str("final validation")
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _measure(config: CompareConfig, run: Path) -> dict:
@@ -166,12 +202,14 @@ def _probe_tokens(model):
     return torch.randint(0, model.config["vocab_size"], (1, 16), generator=torch.Generator().manual_seed(0)).to(device)
 
 
-def run_one(config: CompareConfig, cell: str, seed: int, hidden: int) -> dict:
+def run_one(config: CompareConfig, cell: str, seed: int, hidden: int, show: bool = False, progress=None) -> dict:
     run = Path(config.out) / "runs" / _slug(cell) / f"seed{seed}"
     done = run / "compare.json"
     if done.is_file():
         return json.loads(done.read_text())
-    result = _train(config, cell, seed, hidden, run)
+    result = _train(config, cell, seed, hidden, run, show)
+    if progress is not None:
+        progress(f"{cell} seed {seed}: trained; measuring test perplexity, BLEU and ROUGE-L on {config.prompts} prompts")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     row = {"cell": cell, "seed": seed, "hidden": hidden, **result, "spikes": _spikes(records),
            "valid_ppl": math.exp(result["valid_loss"]), "s_per_epoch": result["elapsed"] / result["epochs"],
@@ -295,7 +333,7 @@ def _stability_plot(config: CompareConfig, rows: list[dict]) -> list[Path]:
     return written
 
 
-def compare(config: CompareConfig, progress=print) -> tuple[list[dict], str]:
+def compare(config: CompareConfig, progress=print, bars: bool = False) -> tuple[list[dict], str]:
     from .data import load_corpus
     corpus = load_corpus(config.corpus, config.text, config.level, config.data_root)
     out = Path(config.out)
@@ -306,7 +344,7 @@ def compare(config: CompareConfig, progress=print) -> tuple[list[dict], str]:
         hidden = (hidden_for_budget(cell, len(corpus.vocab), config.layers, config.params)
                   if config.params else config.hidden)
         for seed in config.seeds:
-            row = run_one(config, cell, seed, hidden)
+            row = run_one(config, cell, seed, hidden, show=bars, progress=progress)
             rows.append(row)
             progress(f"{cell} seed {seed}: valid perplexity {row['valid_ppl']:.3f}, {row['tokens_per_s']:,.0f} tokens/s")
     budget = ((f"{config.epochs} epochs" if config.epochs else f"{config.max_tokens:,} tokens")

@@ -46,6 +46,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clipping (0: none)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar per run (a line per finished run stays)")
     p.add_argument("--schedule", choices=("cosine", "constant", "step"), default=d.schedule,
                    help="as in 'odernn train'")
     p.add_argument("--decay-after", type=int, default=d.decay_after, metavar="K")
@@ -93,7 +94,8 @@ def cmd_compare(args) -> int:
             except odernn.CellSpecError as err:
                 raise CLIError(f"--cells {cell}: {err}") from None
     try:
-        rows, markdown = compare(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        rows, markdown = compare(config, progress=lambda line: print(line, file=sys.stderr, flush=True),
+                                 bars=not args.no_progress)
     except CompareError as err:
         raise CLIError(f"{err}; the finished runs are kept: run the same command again to resume") from None
     written = plots(config, rows)
