@@ -17,6 +17,8 @@ the continuations are scored with:
 
 from __future__ import annotations
 
+import sys
+
 import math
 from dataclasses import dataclass
 
@@ -30,7 +32,7 @@ __all__ = ["GenerationMetrics", "evaluate_loss", "generation_metrics", "sample"]
 
 @torch.no_grad()
 def evaluate_loss(model, data: torch.Tensor, batch_size: int = 10, bptt: int = 128,
-                  tokens: int | None = None) -> float:
+                  tokens: int | None = None, progress: str | None = None) -> float:
     """Mean cross-entropy (nats per token) over ``data`` (``(N,)`` ids; the first ``tokens`` if
     given), with the hidden state carried across chunks, in eval mode (no dropout), on the model's
     device (the data moves there once; the sum stays there until the end)."""
@@ -41,7 +43,11 @@ def evaluate_loss(model, data: torch.Tensor, batch_size: int = 10, bptt: int = 1
     batch_size = max(1, min(batch_size, (len(data) - 1) // 2))
     rows = batchify(data, batch_size).to(_device(model))
     total, count, state = 0.0, 0, None
-    for start in range(0, rows.shape[1] - 1, bptt):
+    chunks = range(0, rows.shape[1] - 1, bptt)
+    if progress:  # a bar (on stderr) named by the caller: "validation", …
+        from tqdm import tqdm
+        chunks = tqdm(chunks, desc=progress, unit="chunk", dynamic_ncols=True, leave=False, file=sys.stderr)
+    for start in chunks:
         x = rows[:, start:start + bptt]
         y = rows[:, start + 1:start + 1 + bptt]
         x = x[:, : y.shape[1]]
@@ -105,7 +111,7 @@ def _distinct(sequences: list[list[str]], n: int) -> float:
 
 def generation_metrics(model, vocab, data: torch.Tensor, prompts: int = 20, prompt_tokens: int | None = None,
                        continuation_tokens: int | None = None, temperature: float = 0.8, top_k: int | None = None,
-                       seed: int = 0) -> GenerationMetrics:
+                       seed: int = 0, progress: str | None = None) -> GenerationMetrics:
     import sacrebleu
     from rouge_score import rouge_scorer
 
@@ -118,6 +124,9 @@ def generation_metrics(model, vocab, data: torch.Tensor, prompts: int = 20, prom
     starts = torch.linspace(0, len(data) - span - 1, prompts).long().tolist()
     generator = torch.Generator().manual_seed(seed)
     triples, hyp_tokens = [], []
+    if progress:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc=progress, unit="prompt", dynamic_ncols=True, leave=False, file=sys.stderr)
     for start in starts:
         prompt = data[start:start + prompt_tokens].tolist()
         reference = data[start + prompt_tokens:start + span].tolist()

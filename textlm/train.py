@@ -396,9 +396,11 @@ class Trainer:
                 inputs = (after if isinstance(after, torch.Tensor) else after[0]).detach()
         return total
 
-    def evaluate(self, split: str = "valid", tokens: int | None = None) -> float:
+    def evaluate(self, split: str = "valid", tokens: int | None = None, progress: bool = False) -> float:
+        data = self.corpus.split(split)
+        label = f"final {split} loss over {min(tokens or len(data), len(data)):,} tokens" if progress else None
         with self.runtime.autocast():
-            return evaluate_loss(self.model, self.corpus.split(split), tokens=tokens)
+            return evaluate_loss(self.model, data, tokens=tokens, progress=label)
 
     def run(self) -> dict:
         """Train to the budget; SIGTERM, like Ctrl-C, saves the state and raises
@@ -524,7 +526,7 @@ class Trainer:
                   "nfe_per_token": sum(cell.nfe for cell in cells) if cells else None,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
         if self.rank == 0:
-            result["valid_loss"] = self.evaluate()
+            result["valid_loss"] = self.evaluate(progress=c.progress)
             self._log({"step": p.step, "tokens": p.tokens, "valid_loss": result["valid_loss"], "elapsed": p.elapsed,
                        "final": True})
             self.model.train()

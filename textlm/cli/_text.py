@@ -142,6 +142,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they go to stderr)")
     _device_option(p)
     _precision_option(p, None)
     p.set_defaults(handler=cmd_evaluate)
@@ -300,10 +301,11 @@ def cmd_evaluate(args) -> int:
     if corpus.vocab.tokens != vocab.tokens:
         raise CLIError("the corpus's vocabulary differs from the checkpoint's")
     split = corpus.split(args.split)
+    show = not args.no_progress
     with runtime.autocast():
-        loss = evaluate_loss(model, split)
+        loss = evaluate_loss(model, split, progress=f"{args.split} loss over {len(split):,} tokens" if show else None)
         metrics = generation_metrics(model, vocab, split, prompts=args.prompts, temperature=args.temperature,
-                                     seed=args.seed)
+                                     seed=args.seed, progress="generating for BLEU/ROUGE" if show else None)
     result = {"split": args.split, "tokens": len(split), "device": str(runtime.device),
               "precision": runtime.precision, "loss": loss, "perplexity": math.exp(loss),
               "bleu": metrics.bleu, "rouge_l": metrics.rouge_l, "distinct_1": metrics.distinct_1,
