@@ -30,17 +30,37 @@ def _axis_reach(tab: ButcherTableau, direction: complex, limit: float = 60.0) ->
     return 0.0 if not outside.size else float(t[outside[0] - 1]) if outside[0] else 0.0
 
 
+def _region_box(tab: ButcherTableau, reach: float):
+    """The bounding box ``(x0, x1, y0, y1)`` of ``|R| ≤ 1`` on a grid over ``[−reach, reach]²``, or
+    ``None`` where the region reaches the grid's edge (unbounded, as for A-stable tableaux)."""
+    g = np.linspace(-reach, reach, 401)
+    inside = tab.amplification(g[None, :] + 1j * g[:, None]) <= 1 + 1e-12
+    if not inside.any() or inside[[0, -1], :].any() or inside[:, [0, -1]].any():
+        return None
+    ys, xs = np.nonzero(inside)
+    return g[xs].min(), g[xs].max(), g[ys].min(), g[ys].max()
+
+
 def default_window(tableaux: Sequence[ButcherTableau], points=None) -> tuple[tuple, tuple]:
-    """A window that shows the bounded parts of the regions and all points."""
+    """A window that holds every bounded region whole (Dormand–Prince's lobes right of the
+    imaginary axis too) and every point."""
     reach = 3.0
     for tab in tableaux:
         for direction in (-1, 1j):  # the negative real and the imaginary axis
             reach = max(reach, 1.2 * _axis_reach(tab, direction))
+    reach = min(reach, 60.0)
+    left, right, top = -reach, 0.35 * reach, 0.9 * reach
+    boxes = [box for box in (_region_box(tab, 1.6 * reach) for tab in tableaux) if box is not None]
+    if boxes:
+        left = min(left, 1.1 * min(b[0] for b in boxes))
+        right = max(right, 1.1 * max(b[1] for b in boxes) + 0.05 * reach)
+        top = max(top, 1.1 * max(max(abs(b[2]), abs(b[3])) for b in boxes))
     if points is not None and len(points):
         p = np.asarray(points, dtype=complex)
-        reach = max(reach, 1.1 * float(np.max(np.abs(p))))
-    reach = min(reach, 60.0)
-    return (-reach, 0.35 * reach), (-0.9 * reach, 0.9 * reach)
+        left = min(left, 1.1 * float(p.real.min()))
+        right = max(right, 1.1 * float(p.real.max()))
+        top = max(top, 1.1 * float(np.abs(p.imag).max()))
+    return (left, right), (-top, top)
 
 
 def plot_stability_region(tableaux: ButcherTableau | Iterable[ButcherTableau], points=None, *,
@@ -49,7 +69,8 @@ def plot_stability_region(tableaux: ButcherTableau | Iterable[ButcherTableau], p
     (e.g. the step-scaled eigenvalues ``Δλ`` of a cell's Jacobian). Returns the figure.
 
     Regions are filled and outlined by the contour ``|R(z)| = 1``; points inside the regions show
-    as dots, points outside as crosses (outside *every* drawn region).
+    as dots, points outside as crosses (outside *every* drawn region). Many points are drawn small
+    and translucent, so that their density shows.
     """
     plt = _pyplot()
     tableaux = [tableaux] if isinstance(tableaux, ButcherTableau) else list(tableaux)
@@ -80,11 +101,17 @@ def plot_stability_region(tableaux: ButcherTableau | Iterable[ButcherTableau], p
         inside_any = np.zeros(p.shape, dtype=bool)
         for tab in tableaux:
             inside_any |= tab.amplification(p) <= 1 + 1e-12
-        ax.scatter(p[inside_any].real, p[inside_any].imag, s=14, c="k", marker="o", zorder=3)
-        ax.scatter(p[~inside_any].real, p[~inside_any].imag, s=30, c="crimson", marker="x", zorder=3)
-        handles.append(plt.Line2D([], [], color="k", marker="o", ls="", label=f"{point_label} (inside)"))
+        many = len(p) > 200
+        ax.scatter(p[inside_any].real, p[inside_any].imag, s=5 if many else 14, c="k", marker="o",
+                   alpha=0.25 if many else 0.9, linewidths=0, zorder=3)
+        ax.scatter(p[~inside_any].real, p[~inside_any].imag, s=14 if many else 30, c="crimson", marker="x",
+                   alpha=0.5 if many else 1.0, zorder=3)
+        names = " or ".join(tab.name or f"tableau {k + 1}" for k, tab in enumerate(tableaux))
+        handles.append(plt.Line2D([], [], color="k", marker="o", ls="",
+                                  label=f"{point_label} inside the region of {names} ({int(inside_any.sum())})"))
         if (~inside_any).any():
-            handles.append(plt.Line2D([], [], color="crimson", marker="x", ls="", label=f"{point_label} (outside)"))
+            handles.append(plt.Line2D([], [], color="crimson", marker="x", ls="",
+                                      label=f"{point_label} outside ({int((~inside_any).sum())})"))
     ax.axhline(0, color="0.5", lw=0.6)
     ax.axvline(0, color="0.5", lw=0.6)
     ax.set_xlim(xlim)

@@ -177,3 +177,19 @@ def test_threads_option():
         torch.set_num_threads(before)
     code, _, err = run("--threads", "0", "tableau", "show", "euler")
     assert code == 2 and "--threads must be a positive integer" in err
+
+
+@pytest.mark.parametrize("name", ["dopri5", "rk4", "tsit5", "euler", "ssprk104"])
+def test_the_region_plot_window_holds_every_bounded_region_whole(name):
+    """Dormand–Prince's region has two lobes right of the imaginary axis, near 1 ± 3.6i."""
+    import numpy as np
+
+    import butcher
+    from butcher._plot import default_window
+    tab = butcher.get(name)
+    (x0, x1), (y0, y1) = default_window([tab])
+    g = np.linspace(-12, 12, 1201)
+    Z = g[None, :] + 1j * g[:, None]
+    inside = Z[tab.amplification(Z) <= 1]
+    assert inside.real.min() >= x0 and inside.real.max() <= x1
+    assert inside.imag.min() >= y0 and inside.imag.max() <= y1

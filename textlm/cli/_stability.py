@@ -120,9 +120,12 @@ def cmd_plot(args) -> int:
     if not output.parent.exists():
         raise CLIError(f"{output.parent} does not exist")
     fig = butcher.plot_stability_region(cell.tableau, report.eigenvalues, point_label="h·λ(∂f/∂y)")
-    fig.axes[0].set_title(f"{args.spec}: {'stable' if report.stable else 'UNSTABLE'}, margin {report.margin:+.3g}")
+    size = len(report.eigenvalues) // max(report.samples, 1)
+    fig.axes[0].set_title(f"{Path(args.spec).name if _is_checkpoint(args.spec) else args.spec}: {report.verdict}, "
+                          f"margin {report.margin:+.3g}\n{report.samples} sampled states × {size} eigenvalues (the state's "
+                          f"size), h = {report.step:g}", fontsize=10)
     tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
-    fig.savefig(tmp)
+    fig.savefig(tmp, bbox_inches="tight")
     tmp.replace(output)
     print(f"wrote {output}")
     return 0  # the verdict's exit code is check's; a plot that was written succeeded

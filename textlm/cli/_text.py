@@ -163,7 +163,9 @@ def _config(args):
         raise CLIError(str(err)) from None
 
 
-def _plot_curves(out: Path) -> Path | None:
+def _plot_curves(out: Path, config=None) -> Path | None:
+    """OUT/curves.png: training and validation loss against tokens, titled with the cell, the
+    corpus and the budget; markers where a curve has few points."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -173,18 +175,23 @@ def _plot_curves(out: Path) -> Path | None:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [(r["tokens"], r["train_loss"]) for r in records if "train_loss" in r]
     valid = [(r["tokens"], r["valid_loss"]) for r in records if "valid_loss" in r]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     if train:
-        ax.plot(*zip(*train), label="train")
+        ax.plot(*zip(*train), marker="o" if len(train) <= 20 else None, markersize=3, label="train")
     if valid:
         ax.plot(*zip(*valid), "o-", label="validation")
     ax.set_xlabel("training tokens")
     ax.set_ylabel("loss (nats/token)")
+    if config is not None:
+        source = config.corpus or Path(config.text or "text").name
+        ax.set_title(f"{config.cell} on {source}: {config.layers}×{config.hidden}, seed {config.seed}, "
+                     f"{records[-1]['tokens'] if records and 'tokens' in records[-1] else config.max_tokens:,} tokens",
+                     fontsize=10)
     ax.legend()
     ax.grid(alpha=0.3)
     target = out / "curves.png"
     tmp = out / ".curves.tmp.png"
-    fig.savefig(tmp)
+    fig.savefig(tmp, bbox_inches="tight")
     plt.close(fig)
     tmp.replace(target)
     return target
@@ -225,7 +232,7 @@ def _train(args, trainer) -> int:
         return 1
     if trainer.rank:
         return 0
-    curves = _plot_curves(trainer.out)
+    curves = _plot_curves(trainer.out, trainer.config)
     if args.json:
         print(json.dumps(result))
         return 0
