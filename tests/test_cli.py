@@ -193,3 +193,11 @@ def test_the_region_plot_window_holds_every_bounded_region_whole(name):
     inside = Z[tab.amplification(Z) <= 1]
     assert inside.real.min() >= x0 and inside.real.max() <= x1
     assert inside.imag.min() >= y0 and inside.imag.max() <= y1
+
+
+def test_cell_show_prints_a_constraints_cap_and_tableau_list_the_references():
+    code, out, _ = run("cell", "show", "rnn:rk4:dt=2:constraint=spectral")
+    assert code == 0 and "spectral, ‖weight_hh‖₂ ≤ 0.39" in out  # the README's value, 0.392
+    import butcher
+    code, out, _ = run("tableau", "list")
+    assert code == 0 and butcher.entry("dopri5").reference in out

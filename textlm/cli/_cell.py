@@ -78,13 +78,19 @@ def cmd_show(args) -> int:
         "sequences": "engine" if cell.runs_in_engine else "token by token (autograd)",
         "equals": None if cell.torch_equivalent is None else f"torch.nn.{cell.torch_equivalent.__name__}",
     }
+    # a constraint's cap on the spectral norm (the NormCap parameterisation of stability's constraints)
+    caps = {name: module.rho for name, chain in getattr(cell.field, "parametrizations", {}).items()
+            for module in chain if hasattr(module, "rho")}
+    if caps:
+        info["constraint_cap"] = caps
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
     print(f"{args.spec}: {cell.n}–{cell.t} ODERNN cell ({info['field']} with {info['tableau']}, {info['structure']})")
-    for key in ("n", "t", "stages", "order", "dt", "steps", "partitioned", "parameters", "nfe_per_token",
-                *(["constraint"] if cell.constraint else [])):
+    for key in ("n", "t", "stages", "order", "dt", "steps", "partitioned", "parameters", "nfe_per_token"):
         print(f"  {key.replace('_', ' '):<16}{info[key]}")
+    if cell.constraint:
+        print(f"  {'constraint':<16}{cell.constraint}" + "".join(f", ‖{n}‖₂ ≤ {rho:.4g}" for n, rho in caps.items()))
     if not cell.tableau.is_explicit:
         print("  (implicit: NFE counts the simplified-Newton iterations of one token from a zero state)")
     if info["sequences"] == "engine":

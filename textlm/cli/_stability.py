@@ -9,6 +9,7 @@ import odernn
 import stability
 
 from ._errors import CLIError
+from ._progress import busy
 
 
 def register(sub, formatter) -> None:
@@ -99,7 +100,8 @@ def _reports(args):
 
 
 def cmd_check(args) -> int:
-    reports = _reports(args)
+    with busy(f"linearising {args.spec} at {args.samples} states and judging the eigenvalues"):
+        reports = _reports(args)
     if args.json:
         import json
         data = [dict(json.loads(r.to_json()), cell=label) for label, _, r in reports]
@@ -114,7 +116,8 @@ def cmd_check(args) -> int:
 
 def cmd_plot(args) -> int:
     import butcher
-    reports = _reports(args)
+    with busy(f"linearising {args.spec} at {args.samples} states"):
+        reports = _reports(args)
     _, cell, report = reports[0]
     output = Path(args.output)
     if not output.parent.exists():

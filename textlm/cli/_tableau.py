@@ -14,6 +14,7 @@ import sympy as sp
 import butcher
 
 from ._errors import CLIError
+from ._progress import busy
 
 _TABLEAU_HELP = "a catalogue name (see 'odernn tableau list') or a .toml/.json tableau file"
 DEADLINE = 5.0  # seconds of exact analysis on one user's file: with start-up (~2.5 s), an answer within 10 s
@@ -172,6 +173,8 @@ def cmd_list(args) -> int:
             got = str(r["order"]) + (f"({r['embedded_order']})" if r["embedded_order"] is not None else "")
             derived = f"{got:<5} {'ok' if r['verified'] else 'MISMATCH':<3} "
         print(f"{r['name'].ljust(width)}  {order.ljust(5)}  {derived}{r['description']}")
+        if r["reference"]:
+            print(f"{''.ljust(width)}  {''.ljust(5)}  {' ' * len(derived)}{r['reference']}")
     print(f"\n{len(rows)} methods; 'odernn tableau show NAME' derives every property from the coefficients.")
     if args.verify:
         print("every derived order matches its reference" if not failed else f"MISMATCH: {', '.join(failed)}")
@@ -278,7 +281,8 @@ def approximation_lines(tab: butcher.ButcherTableau, a: butcher.Approximation, n
 
 
 def cmd_show(args) -> int:
-    return _exact_then_numerical(args.tableau, args.float, lambda tab, reason: _show(args, tab, reason))
+    with busy(f"analysing {args.tableau} exactly"):
+        return _exact_then_numerical(args.tableau, args.float, lambda tab, reason: _show(args, tab, reason))
 
 
 def _show(args, tab: butcher.ButcherTableau, numerical: str | None) -> int:
@@ -344,7 +348,8 @@ def _show(args, tab: butcher.ButcherTableau, numerical: str | None) -> int:
 def cmd_check(args) -> int:
     with warnings.catch_warnings(record=True) as caught:  # the file's warnings go into the verdict
         warnings.simplefilter("always")
-        return _exact_then_numerical(args.file, args.float, lambda tab, reason: _check(args, tab, reason, caught))
+        with busy(f"analysing {args.file} exactly"):
+            return _exact_then_numerical(args.file, args.float, lambda tab, reason: _check(args, tab, reason, caught))
 
 
 def _check(args, tab: butcher.ButcherTableau, numerical: str | None, caught: list) -> int:
