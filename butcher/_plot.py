@@ -106,12 +106,14 @@ def plot_stability_region(tableaux: ButcherTableau | Iterable[ButcherTableau], p
                    alpha=0.25 if many else 0.9, linewidths=0, zorder=3)
         ax.scatter(p[~inside_any].real, p[~inside_any].imag, s=14 if many else 30, c="crimson", marker="x",
                    alpha=0.5 if many else 1.0, zorder=3)
-        names = " or ".join(tab.name or f"tableau {k + 1}" for k, tab in enumerate(tableaux))
+        where = (f"the region of {tableaux[0].name or 'the tableau'}" if len(tableaux) == 1
+                 else "at least one drawn region")
         handles.append(plt.Line2D([], [], color="k", marker="o", ls="",
-                                  label=f"{point_label} inside the region of {names} ({int(inside_any.sum())})"))
+                                  label=f"{point_label} inside {where} ({int(inside_any.sum())})"))
         if (~inside_any).any():
             handles.append(plt.Line2D([], [], color="crimson", marker="x", ls="",
-                                      label=f"{point_label} outside ({int((~inside_any).sum())})"))
+                                      label=f"{point_label} outside {'it' if len(tableaux) == 1 else 'every region'} "
+                                            f"({int((~inside_any).sum())})"))
     ax.axhline(0, color="0.5", lw=0.6)
     ax.axvline(0, color="0.5", lw=0.6)
     ax.set_xlim(xlim)
@@ -120,6 +122,8 @@ def plot_stability_region(tableaux: ButcherTableau | Iterable[ButcherTableau], p
     ax.set_xlabel("Re z")
     ax.set_ylabel("Im z")
     ax.set_title("Stability region |R(z)| ≤ 1")
-    ax.legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.9)
+    # below the axes: inside them a legend hides parts of the regions (Dormand–Prince's lobes)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=8, framealpha=0.9,
+              ncol=2 if len(handles) > 3 else 1)
     fig.tight_layout()
     return fig

@@ -410,7 +410,7 @@ def cmd_plot(args) -> int:
     if not output.parent.exists():
         raise CLIError(f"{output.parent} does not exist")
     tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
-    fig.savefig(tmp)
+    fig.savefig(tmp, bbox_inches="tight")
     tmp.replace(output)  # atomic: a reader never sees half a picture
     print(f"wrote {output}")
     return 0
