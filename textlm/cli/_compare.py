@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from ._errors import CLIError
+from ._progress import busy
 
 _EXAMPLE = """examples:
   odernn compare --corpus tinyshakespeare --seeds 0 1 2 --params 430000 --max-tokens 1000000 --out runs/compare
@@ -98,7 +99,8 @@ def cmd_compare(args) -> int:
                                  bars=not args.no_progress)
     except CompareError as err:
         raise CLIError(f"{err}; the finished runs are kept: run the same command again to resume") from None
-    written = plots(config, rows)
+    with busy("drawing the learning curves and each ODE cell's stability region at its final weights"):
+        written = plots(config, rows)
     print(markdown)
     print(f"wrote {config.out}/results.md, " + ", ".join(map(str, written)), file=sys.stderr)
     return 0
