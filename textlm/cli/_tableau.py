@@ -396,6 +396,11 @@ def _complex(text: str) -> complex:
 
 
 def cmd_plot(args) -> int:
+    with busy(f"drawing the regions of {', '.join(args.tableaux)}"):
+        return _plot(args)
+
+
+def _plot(args) -> int:
     tableaux = []
     for spec in args.tableaux:
         with deadline(_deadline_for(spec), spec):
