@@ -214,8 +214,12 @@ class ODECell(nn.Module):
 
     @property
     def field_name(self) -> str:
-        """The field's class name (without the ``Parametrized`` a constraint puts in front)."""
-        return type(self.field).__name__.removeprefix("Parametrized")
+        """The field's class name (without the ``Parametrized`` a constraint puts in front); a
+        field raised to order t names its base: ``TanhRNNField at order 3``."""
+        name = type(self.field).__name__.removeprefix("Parametrized")
+        if type(self.field).__name__ == "HigherOrderField":
+            return f"{type(self.field.base).__name__.removeprefix('Parametrized')} at order {self.field.order}"
+        return name
 
     def describe(self) -> str:
         return (f"{self.field_name} with {self.tableau.name or 'a user tableau'}, dt={self.dt}, "
