@@ -14,8 +14,8 @@ torch.Size([2, 5])
 
 from ._adjoint import AdjointMethod, adjoint
 from ._cell import ODECell
-from ._fields import (AntisymmetricField, CoRNNField, GRUODEField, HigherOrderField, LEMField, LipschitzField,
-                      LSTMField, ModuleField, TanhRNNField, UnICORNNField, URNNField, VectorField, modrelu)
+from ._fields import AntisymmetricField, GRUODEField, HigherOrderField, LSTMField, ModuleField, TanhRNNField, VectorField
+from ._published import CoRNNField, LEMField, LipschitzField, UnICORNNField, URNNField, modrelu
 from ._interop import TokenODE, torchdiffeq_method
 from ._layer import GRAD_MODES, ODERNN, from_torch
 from ._spec import CellSpecError, cell, constraints, field_table, fields, parse_spec

@@ -13,8 +13,8 @@ from pathlib import Path
 import butcher
 
 from ._cell import ODECell
-from ._fields import (AntisymmetricField, CoRNNField, GRUODEField, HigherOrderField, LEMField, LipschitzField,
-                      LSTMField, TanhRNNField, UnICORNNField, URNNField)
+from ._fields import AntisymmetricField, GRUODEField, HigherOrderField, LSTMField, TanhRNNField
+from ._published import CoRNNField, LEMField, LipschitzField, UnICORNNField, URNNField
 
 __all__ = ["cell", "parse_spec", "fields", "field_table", "constraints", "CellSpecError"]
 
