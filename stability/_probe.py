@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Probe", "ProbeResult", "StabilityWarning", "top_eigenvalues"]
+__all__ = ["Probe", "ProbeResult", "StabilityWarning", "token_map_eigenvalues", "top_eigenvalues"]
 
 log = logging.getLogger("stability")
 
@@ -29,8 +29,8 @@ class StabilityWarning(RuntimeWarning):
 @dataclass(frozen=True)
 class ProbeResult:
     step: int
-    margin: float  # 1 − max |R(hλ)| over the eigenvalues found
-    eigenvalues: np.ndarray  # hλ
+    margin: float  # 1 − max |R(hλ)| over the eigenvalues found (partitioned: 1 − the step map's radius)
+    eigenvalues: np.ndarray  # hλ (partitioned stepping: the eigenvalues of the token's map)
 
 
 def top_eigenvalues(cell, x: torch.Tensor, state, k: int = 6, tol: float = 1e-3) -> np.ndarray:
@@ -38,6 +38,23 @@ def top_eigenvalues(cell, x: torch.Tensor, state, k: int = 6, tol: float = 1e-3)
     the batch ``(x, state)``, to relative accuracy ``tol``, matrix-free: ARPACK on ``v ↦ Jᵀv``
     (same eigenvalues as ``J``), one vector–Jacobian product through a retained one-evaluation
     graph per Arnoldi step. Fields with ``D ≤ 2k + 2`` get the dense Jacobian instead."""
+    field = cell.field
+    return _extreme_eigenvalues(cell, x, state, lambda context, blocks: field(context, blocks), k, tol, ("LM", "LR"))
+
+
+def token_map_eigenvalues(cell, x: torch.Tensor, state, k: int = 6, tol: float = 1e-3) -> np.ndarray:
+    """``k`` largest-modulus eigenvalues of one token's map ``∂y⁺/∂y`` (all its steps, as the cell
+    runs them: partitioned stepping included) at the first element of the batch, matrix-free in
+    the same way."""
+    h = cell.dt / cell.steps
+    return _extreme_eigenvalues(cell, x, state, lambda context, blocks: cell.integrate(context, blocks, h), k, tol,
+                                ("LM",))
+
+
+def _extreme_eigenvalues(cell, x, state, function, k: int, tol: float, kinds) -> np.ndarray:
+    """Eigenvalues of the Jacobian of ``function(context, blocks) -> blocks`` in the blocks at the
+    first batch element: ARPACK's ``kinds`` (``LM`` largest modulus, ``LR`` rightmost) on VJPs, or
+    all of them from the dense Jacobian when ``D ≤ 2k + 2``."""
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs
 
     field = cell.field
@@ -45,12 +62,13 @@ def top_eigenvalues(cell, x: torch.Tensor, state, k: int = 6, tol: float = 1e-3)
     blocks = tuple(b[:1].detach() for b in field.to_blocks(state))
     sizes = [b.shape[-1] for b in blocks]
     D = sum(sizes)
-    if D <= 2 * k + 2:
-        J = cell.jacobian(x, field.from_blocks(blocks))[0]
-        return torch.linalg.eigvals(J.detach().to("cpu", torch.float64)).numpy()
     y = torch.cat(blocks, dim=-1).requires_grad_()
     with torch.enable_grad():
-        out = torch.cat(field(field.project(x), tuple(y.split(sizes, dim=-1))), dim=-1)
+        out = torch.cat(function(field.project(x), tuple(y.split(sizes, dim=-1))), dim=-1)
+    if D <= 2 * k + 2:
+        rows = [torch.autograd.grad(out[0, i], y, retain_graph=True)[0][0] for i in range(D)]
+        J = torch.stack(rows).detach().to("cpu", torch.float64)
+        return torch.linalg.eigvals(J).numpy()
 
     def matvec(v):  # ARPACK's real driver: real vectors in, real vectors out
         cotangent = torch.as_tensor(np.asarray(v, dtype=np.float64).reshape(1, D)).to(out.device, out.dtype)
@@ -62,7 +80,7 @@ def top_eigenvalues(cell, x: torch.Tensor, state, k: int = 6, tol: float = 1e-3)
     # the process, so the same state would give eigenvalues that differ run to run within tol
     start = np.random.default_rng(0).standard_normal(D)
     found = []
-    for which in ("LM", "LR"):
+    for which in kinds:
         try:
             # a wide Krylov space (ncv ≥ 30, not ARPACK's 2k + 1): the spectra of gated fields are
             # clustered, and the default restarts ten times as often (3,300 vs 290 products at D = 1024)
@@ -98,8 +116,12 @@ class Probe:
             return None
         cell = self.cell
         h = cell.dt / cell.steps
-        scaled = h * top_eigenvalues(cell, x, state, self.k)
-        margin = 1.0 - float(np.max(cell.tableau.amplification(scaled))) if scaled.size else 1.0
+        if cell.partitioned:  # the blocks advanced one after another: the token map's own spectrum
+            scaled = token_map_eigenvalues(cell, x, state, self.k)
+            margin = 1.0 - float(np.abs(scaled).max()) ** (1 / cell.steps) if scaled.size else 1.0
+        else:
+            scaled = h * top_eigenvalues(cell, x, state, self.k)
+            margin = 1.0 - float(np.max(cell.tableau.amplification(scaled))) if scaled.size else 1.0
         result = ProbeResult(step, margin, scaled)
         self.history.append(result)
         log.info("step %d: stability margin %+.4g (%s, h = %g)", step, margin, cell.tableau.name, h)

@@ -1,5 +1,6 @@
 """The stability check against the exact linear cases and against simulation."""
 
+import contextlib
 import math
 
 import numpy as np
@@ -421,3 +422,20 @@ def test_expanding_dynamics_bounded_by_saturation():
     report = stability.check(cell)
     assert report.verdict == "expanding dynamics" and report.expanding_directions == 4
     assert stability.simulate(cell, 300).peak <= 3.5  # the fixed points of tanh(3h + …) = h are within ±1 + input
+
+
+@pytest.mark.parametrize("hidden", [3, 8])  # D = 12: the dense Jacobian; D = 32: ARPACK on the token map
+@pytest.mark.parametrize("dt", [0.25, 0.5])
+def test_the_probe_judges_partitioned_stepping_by_the_token_map(hidden, dt):
+    """On the affine order-4 chain the token map is the same at every state: the probe's margin
+    (1 − its spectral radius, from vector–Jacobian products through the partitioned step) equals
+    the check's on both sides of the boundary."""
+    cell = odernn.cell(f"rnn:order=4:dt={dt}", 2, hidden).double()
+    with torch.no_grad():
+        for W in (cell.field.base.weight_hh, *cell.field.order_weights):
+            W.zero_()
+    state = tuple(torch.zeros(1, hidden, dtype=torch.float64) for _ in range(4))
+    with pytest.warns(stability.StabilityWarning) if dt == 0.5 else contextlib.nullcontext():
+        result = stability.Probe(cell, every=1)(0, torch.randn(1, 2, dtype=torch.float64), state)
+    assert result.margin == pytest.approx(stability.check(cell).margin, abs=1e-6)
+    assert (result.margin < 0) == (dt == 0.5)
