@@ -92,9 +92,10 @@ class ODECell(nn.Module):
     def forward(self, x: torch.Tensor, state=None, dt=None):
         """``x``: ``(B, input_size)``; ``state``: as the ``torch.nn`` cell (``None`` for zeros);
         ``dt``: overrides the interval, a float or a ``(B,)`` tensor of gaps."""
-        # constrained weights: evaluate the parameterisation once per token, not once per stage
+        # constrained weights and the recurrent map: evaluated once per token, not once per stage
         with parametrize.cached() if parametrize.is_parametrized(self.field) else contextlib.nullcontext():
-            return self._forward(x, state, dt)
+            with self.field.held_structure():
+                return self._forward(x, state, dt)
 
     def _forward(self, x, state, dt):
         """``x`` ``(B, input_size)`` or unbatched ``(input_size,)`` with the state to match, as
@@ -216,10 +217,11 @@ class ODECell(nn.Module):
     def field_name(self) -> str:
         """The field's class name (without the ``Parametrized`` a constraint puts in front); a
         field raised to order t names its base: ``TanhRNNField at order 3``."""
-        name = type(self.field).__name__.removeprefix("Parametrized")
-        if type(self.field).__name__ == "HigherOrderField":
-            return f"{type(self.field.base).__name__.removeprefix('Parametrized')} at order {self.field.order}"
-        return name
+        def name(module):
+            return type(module).__name__.removeprefix("Parametrized")
+        if name(self.field) == "HigherOrderField":
+            return f"{name(self.field.base)} at order {self.field.order}"
+        return name(self.field)
 
     def describe(self) -> str:
         return (f"{self.field_name} with {self.tableau.name or 'a user tableau'}, dt={self.dt}, "

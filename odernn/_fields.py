@@ -35,6 +35,7 @@ weights can be copied between them without reshaping. The published cells of the
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -65,6 +66,7 @@ class VectorField(nn.Module):
         if input_size < 1 or hidden_size < 1:
             raise ValueError(f"input_size and hidden_size must be positive, got {input_size}, {hidden_size}")
         self.input_size, self.hidden_size = input_size, hidden_size
+        self._held = None  # recurrent() held for one token's evaluations (held_structure)
 
     def project(self, x: torch.Tensor):
         return x
@@ -99,8 +101,20 @@ class VectorField(nn.Module):
         """``(grad_context, grad_pre)`` from the activations' gradients (``None`` entries are zero)."""
         raise NotImplementedError
 
+    @contextlib.contextmanager
+    def held_structure(self):
+        """``recurrent()`` built once for every evaluation inside (a token's stages, Newton
+        iterations, sub-steps) rather than once per evaluation: structured matrices such as
+        Lipschitz's ``β·skew + (1 − β)·sym − γI`` or the order-t concatenation cost a pass over
+        ``W`` each time."""
+        self._held = self.recurrent()
+        try:
+            yield
+        finally:
+            self._held = None
+
     def forward(self, context, state) -> tuple[torch.Tensor, ...]:
-        W, b = self.recurrent()
+        W, b = self._held if self._held is not None else self.recurrent()
         pre = self.preactivation(context, self.recurrent_input(state), W, b)
         return self.derivative(self.activate(context, pre), state, tuple(range(self.blocks)))
 
@@ -403,8 +417,6 @@ class HigherOrderField(_ReversedState, VectorField):
         self.blocks = order
         self.recurrent_blocks = tuple(range(order - 1, -1, -1))  # [h, h′, …] against [W₀ | W₁ | …]
         self.activation_free_blocks = tuple(range(1, order))
-        # block j < t − 1 holds h⁽ᵗ⁻¹⁻ʲ⁾, damped by ε_{t−1−j}
-        self._block_damping = tuple(damping[order - 2 - j] for j in range(order - 1))
         rows = base.recurrent()[0].shape[0]
         bound = 1.0 / math.sqrt(self.hidden_size)
         self.order_weights = nn.ParameterList(
@@ -433,7 +445,8 @@ class HigherOrderField(_ReversedState, VectorField):
                 out.append(blocks[k - 1])
                 continue
             top = self.base.derivative(act, blocks[-1:], (0,))[0]
-            for block, damping in zip(blocks, self._block_damping):
+            # block j < t − 1 holds h⁽ᵗ⁻¹⁻ʲ⁾, damped by ε_{t−1−j}: the damping in reverse
+            for block, damping in zip(blocks, reversed(self.damping)):
                 if damping:
                     top = torch.add(top, block, alpha=-damping)
             out.append(top)
@@ -447,7 +460,7 @@ class HigherOrderField(_ReversedState, VectorField):
                 continue
             (grad_h,), grad_act = self.base.derivative_vjp(act, blocks[-1:], (g,), (0,))
             grad_blocks[-1] = _add(grad_blocks[-1], grad_h)
-            for j, damping in enumerate(self._block_damping):
+            for j, damping in enumerate(reversed(self.damping)):
                 if damping:
                     grad_blocks[j] = _add(grad_blocks[j], g * -damping)
         return tuple(grad_blocks), grad_act

@@ -124,8 +124,10 @@ def _convert(key: str, text, kind: type):
 
 def _damping(value):
     """``critical``, one number, or numbers separated by commas (one per derivative order)."""
-    if not isinstance(value, str) or value.strip().lower() == "critical":
-        return value.strip().lower() if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    if value.strip().lower() == "critical":
+        return "critical"
     try:
         numbers = [float(part) for part in value.split(",")]
     except ValueError:

@@ -145,15 +145,18 @@ def _follow(proc, metrics: Path, label: str, config: CompareConfig) -> None:
     """A tqdm bar over the child's training steps, from the records it appends to its metrics
     file, until it exits (the final validation and the measurements follow, said in the bar)."""
     from tqdm import tqdm
-    bar, read = None, 0
+    bar, offset = None, 0
     try:
         while proc.poll() is None:
             time.sleep(0.25)
             if not metrics.is_file():
                 continue
-            lines = metrics.read_text().splitlines()
-            records = [json.loads(line) for line in lines[read:] if line.strip().endswith("}")]
-            read = len(lines)
+            with metrics.open("rb") as f:  # only what was appended since the last look, whole lines
+                f.seek(offset)
+                chunk = f.read()
+            complete = chunk[:chunk.rfind(b"\n") + 1]
+            offset += len(complete)
+            records = [json.loads(line) for line in complete.decode().splitlines() if line.strip()]
             steps = [r for r in records if "tokens_per_s" in r]
             if not steps:
                 continue
