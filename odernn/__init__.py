@@ -17,13 +17,14 @@ from ._cell import ODECell
 from ._fields import AntisymmetricField, GRUODEField, HigherOrderField, LSTMField, ModuleField, TanhRNNField, VectorField
 from ._published import CoRNNField, LEMField, LipschitzField, UnICORNNField, URNNField, modrelu
 from ._interop import TokenODE, torchdiffeq_method
+from ._checks import InputError
 from ._layer import GRAD_MODES, ODERNN, from_torch
 from ._spec import CellSpecError, cell, constraints, field_table, fields, parse_spec
 from ._stepping import (AdaptiveScheme, ExplicitScheme, ImplicitScheme, ImplicitSolveError, StepSizeUnderflow,
                         reference_step)
 
 __all__ = [
-    "GRAD_MODES", "ODERNN", "AdjointMethod", "adjoint", "AdaptiveScheme", "AntisymmetricField", "CellSpecError", "StepSizeUnderflow", "ImplicitScheme", "ImplicitSolveError", "CoRNNField", "HigherOrderField", "LEMField", "LipschitzField", "UnICORNNField", "URNNField", "modrelu", "ExplicitScheme", "GRUODEField", "LSTMField",
+    "GRAD_MODES", "InputError", "ODERNN", "AdjointMethod", "adjoint", "AdaptiveScheme", "AntisymmetricField", "CellSpecError", "StepSizeUnderflow", "ImplicitScheme", "ImplicitSolveError", "CoRNNField", "HigherOrderField", "LEMField", "LipschitzField", "UnICORNNField", "URNNField", "modrelu", "ExplicitScheme", "GRUODEField", "LSTMField",
     "ModuleField", "ODECell", "TanhRNNField", "VectorField", "cell", "constraints", "field_table", "fields", "from_torch", "parse_spec",
     "reference_step", "TokenODE", "torchdiffeq_method",
 ]

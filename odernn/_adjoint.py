@@ -74,6 +74,9 @@ class _TokenAdjoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grad_out):
+        if torch.is_grad_enabled():  # a backward that builds a graph, to be differentiated again
+            raise RuntimeError("the continuous adjoint gives first derivatives only: for second derivatives "
+                               "(create_graph=True) use grad='backprop' or grad='checkpoint'")
         cell, n = ctx.cell, ctx.blocks_count
         context, *y = ctx.saved_tensors
         field = cell.field

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import math
+from functools import lru_cache, partial
 
 import torch
 from torch import nn
@@ -10,13 +12,19 @@ from torch.nn.utils import parametrize
 
 import butcher
 
+from ._checks import InputError, Settings, check_count, check_positive
 from ._fields import GRUODEField, LSTMField, TanhRNNField, VectorField
 from ._stepping import AdaptiveScheme, ExplicitScheme, ImplicitScheme, field_jacobians
 
 __all__ = ["ODECell", "cell_from_torch"]
 
 
-class ODECell(nn.Module):
+@lru_cache(maxsize=1)
+def _euler() -> butcher.ButcherTableau:
+    return butcher.get("euler")
+
+
+class ODECell(Settings, nn.Module):
     """``state_{k+1}`` from ``(x_k, state_k)`` by ``steps`` equal steps of ``tableau`` on the field
     over an interval ``dt`` (a float, or one value per batch element for irregular sampling).
 
@@ -26,7 +34,13 @@ class ODECell(nn.Module):
     ``partitioned=False`` to get the tableau's order on the whole system.
 
     Attributes: ``n`` (stages), ``t`` (state blocks), ``nfe`` (field evaluations of the last call).
+    ``dt`` and ``steps`` may change after construction (each call reads them); ``field``,
+    ``tableau`` and ``partitioned`` may not (the stepping scheme is built from them).
     """
+
+    _fixed = frozenset({"field", "tableau", "scheme", "partitioned"})
+    _fixed_what = "stepping scheme"
+    _checked = {"dt": partial(check_positive, "dt"), "steps": partial(check_count, "steps")}
 
     def __init__(self, field: VectorField, tableau: butcher.ButcherTableau | str = "euler", dt: float = 1.0,
                  steps: int = 1, partitioned: bool = False, tol: float | None = None,
@@ -34,12 +48,8 @@ class ODECell(nn.Module):
         super().__init__()
         if isinstance(tableau, str):
             tableau = butcher.get(tableau)
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        if not float(dt) > 0:
-            raise ValueError(f"dt must be positive, got {dt!r}")
         self.field, self.tableau = field, tableau
-        self.dt, self.steps, self.partitioned = float(dt), steps, bool(partitioned) and field.blocks > 1
+        self.dt, self.steps, self.partitioned = dt, steps, bool(partitioned) and field.blocks > 1
         if rtol is not None or atol is not None:  # adaptive: an embedded pair with error control
             if self.partitioned:
                 raise ValueError("adaptive stepping does not combine with partitioned stepping")
@@ -53,6 +63,8 @@ class ODECell(nn.Module):
             self.scheme = ImplicitScheme(tableau, tol=tol)
         self.nfe = 0
         self.constraint = None  # the name of a parameterisation applied to the field's weights
+        self._is_euler = tableau.A == _euler().A and tableau.b == _euler().b  # derived once: the tableau is fixed
+        self._freeze()
 
     @property
     def n(self) -> int:
@@ -81,12 +93,12 @@ class ODECell(nn.Module):
         if dt is None:
             return self.dt / self.steps
         if isinstance(dt, (int, float)):
-            if not dt > 0:
-                raise ValueError(f"dt must be positive, got {dt!r}")
+            if not (math.isfinite(dt) and dt > 0):
+                raise InputError(f"dt must be a finite number greater than zero, got {dt!r}")
             return float(dt) / self.steps
         dt = torch.as_tensor(dt, dtype=like.dtype, device=like.device).reshape(-1, 1)
         if dt.shape[0] != batch:
-            raise ValueError(f"dt has {dt.shape[0]} entries for a batch of {batch}")
+            raise InputError(f"dt has {dt.shape[0]} entries for a batch of {batch}")
         return dt / self.steps  # (B, 1): one step size per sequence
 
     def forward(self, x: torch.Tensor, state=None, dt=None):
@@ -103,7 +115,7 @@ class ODECell(nn.Module):
         name = type(self).__name__
         if not isinstance(x, torch.Tensor) or x.dim() not in (1, 2) or x.shape[-1] != self.input_size:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{name}: input x must have shape (B, input_size={self.input_size}) or "
+            raise InputError(f"{name}: input x must have shape (B, input_size={self.input_size}) or "
                              f"(input_size,), got {shape}" + ("; a sequence (T, B, input_size) goes to odernn.ODERNN"
                                                               if isinstance(x, torch.Tensor) and x.dim() == 3 else ""))
         unbatched = x.dim() == 1
@@ -113,14 +125,14 @@ class ODECell(nn.Module):
             blocks = self.field.to_blocks(self.field.initial_state(x.shape[0], x.dtype, x.device))
         else:
             if self.field.blocks > 1 and isinstance(state, torch.Tensor):
-                raise ValueError(f"{name}: the state of {self.field_name} is a tuple of {self.field.blocks} tensors "
+                raise InputError(f"{name}: the state of {self.field_name} is a tuple of {self.field.blocks} tensors "
                                  f"(as the cell returns it), got one tensor of shape {tuple(state.shape)}")
             blocks = self.field.to_blocks(state)
             expected = (self.hidden_size,) if unbatched else (x.shape[0], self.hidden_size)
             if len(blocks) != self.field.blocks or any(
                     not isinstance(b, torch.Tensor) or tuple(b.shape) != expected for b in blocks):
                 got = [tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__ for b in blocks]
-                raise ValueError(f"{name}: the state must be {self.field.blocks} tensor(s) of shape {expected} "
+                raise InputError(f"{name}: the state must be {self.field.blocks} tensor(s) of shape {expected} "
                                  f"for x of shape {tuple(x.shape[1:]) if unbatched else tuple(x.shape)}, got {got}")
             if unbatched:
                 blocks = tuple(b[None] for b in blocks)
@@ -189,8 +201,7 @@ class ODECell(nn.Module):
     def torch_equivalent(self) -> type | None:
         """The ``torch.nn`` cell class this cell equals, or ``None``: forward Euler, Δ = 1, one step,
         on the (unconstrained) tanh-RNN, GRU-ODE or partitioned LSTM field."""
-        euler = butcher.get("euler")
-        if not (self.tableau.A == euler.A and self.tableau.b == euler.b and self.dt == 1.0 and self.steps == 1):
+        if not (self._is_euler and self.dt == 1.0 and self.steps == 1):
             return None
         kind = type(self.field)
         if getattr(self.field, "gamma", 1.0) != 1.0:  # the tanh-RNN field with a leak other than −h

@@ -29,12 +29,13 @@ and pushed through ``W`` once, at the evaluation that made them.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import warnings
 from dataclasses import dataclass, field as dataclass_field
 
 import torch
-from torch.autograd.function import once_differentiable
 
 __all__ = ["TokenProgram", "in_engine", "run_sequence"]
 
@@ -130,6 +131,7 @@ class TokenProgram:
 
     def __init__(self, cell, compiled: bool = False):
         scheme, field = cell.scheme, cell.field
+        self.compiled = compiled
         self.field = field
         self.math = _FieldMath(field, compiled)
         self.stages, self.weights, self.reverse = scheme.program, scheme.weights, scheme.reverse
@@ -138,6 +140,15 @@ class TokenProgram:
         self.groups = tuple((k,) for k in blocks) if cell.partitioned else (blocks,)
         free = set(field.activation_free_blocks)
         self.group_needs_activation = {g: not set(g) <= free for g in self.groups}
+
+    @staticmethod
+    def eager(program: "TokenProgram") -> "TokenProgram":
+        """``program`` with the field's math uncompiled."""
+        if not program.compiled:
+            return program
+        eager = copy.copy(program)
+        eager.math, eager.compiled = _FieldMath(program.field, False), False
+        return eager
 
     # -- forward ------------------------------------------------------------------------------------
     def token(self, y: tuple, context, h, W, b, tape: _Tape | None = None, keep_K: bool = False) -> tuple:
@@ -285,7 +296,12 @@ def _forward(program: TokenProgram, C, h, W, b, y: tuple, tapes: list | None = N
 class _Sequence(torch.autograd.Function):
     """``(outputs, *final blocks)`` of one cell over a sequence, with the generated backward pass.
     Inputs that get gradients: the projected inputs ``C`` ``(T, B, G)``, the step ``h`` (a
-    ``(T, B, 1)`` tensor; a float gets none), ``W``, ``b`` and the initial blocks."""
+    ``(T, B, 1)`` tensor; a float gets none), ``W``, ``b`` and the initial blocks.
+
+    A backward asked to build a graph (``create_graph=True``: a gradient penalty, a
+    Hessian–vector product) runs the sequence again under autograd from the saved inputs and
+    differentiates that: the generated sweep reads stage values stored without a graph, so its
+    result could not be differentiated again."""
 
     @staticmethod
     def forward(ctx, program: TokenProgram, recompute: bool, C, h, W, b, *y0):
@@ -294,24 +310,48 @@ class _Sequence(torch.autograd.Function):
         keep_K = isinstance(h, torch.Tensor) and ctx.needs_input_grad[3]
         tapes, starts = ([], None) if not recompute else (None, [])
         out, y = _forward(program, C, h, W, b, y0, tapes, starts, keep_K)
-        ctx.program, ctx.recompute, ctx.tapes, ctx.starts, ctx.h, ctx.keep_K = program, recompute, tapes, starts, h, keep_K
-        ctx.save_for_backward(C, W, b)
+        ctx.program, ctx.recompute, ctx.tapes, ctx.starts, ctx.keep_K = program, recompute, tapes, starts, keep_K
+        ctx.h_float = None if isinstance(h, torch.Tensor) else h
+        ctx.save_for_backward(C, W, b, *((h,) if isinstance(h, torch.Tensor) else ()), *y0)
         # fresh tensors: the final blocks can be stage values on the tapes (a partitioned step's
         # later groups hold the earlier groups' new blocks), and an output the tapes keep would make
         # a cycle through its grad_fn that Python's collector cannot free: a leak per sequence
         return (out, *(block.clone() for block in y))
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out, *grad_final):
         # the reverse sweep's products in the forward's precision (what torch.amp.custom_bwd does)
         with torch.autocast(**ctx.autocast):
+            if torch.is_grad_enabled():
+                return _Sequence._differentiable_backward(ctx, grad_out, *grad_final)
             return _Sequence._backward(ctx, grad_out, *grad_final)
 
     @staticmethod
+    def _saved(ctx):
+        """``(C, h, W, b, y0)`` as the forward received them."""
+        C, W, b, *rest = ctx.saved_tensors
+        h = ctx.h_float if ctx.h_float is not None else rest.pop(0)
+        return C, h, W, b, tuple(rest)
+
+    @staticmethod
+    def _differentiable_backward(ctx, grad_out, *grad_final):
+        C, h, W, b, y0 = _Sequence._saved(ctx)
+        inputs = (C, h, W, b, *y0)
+        wanted = [k for k, needed in enumerate(ctx.needs_input_grad[2:]) if needed]
+        program = TokenProgram.eager(ctx.program)  # compiled kernels have no double backward
+        out, y = _forward(program, C, h, W, b, y0)
+        pairs = [(v, g) for v, g in zip((out, *y), (grad_out, *grad_final)) if g is not None and v.requires_grad]
+        grads = torch.autograd.grad([v for v, _ in pairs], [inputs[k] for k in wanted], [g for _, g in pairs],
+                                    create_graph=True, allow_unused=True) if pairs else [None] * len(wanted)
+        result = [None] * len(inputs)
+        for k, g in zip(wanted, grads):
+            result[k] = torch.zeros_like(inputs[k]) if g is None else g
+        return (None, None, *result)
+
+    @staticmethod
     def _backward(ctx, grad_out, *grad_final):
-        program, h = ctx.program, ctx.h
-        C, W, b = ctx.saved_tensors
+        program = ctx.program
+        C, h, W, b, _ = _Sequence._saved(ctx)
         # stored stages: one product over the whole sequence; recomputed ones: bounded batches of
         # rows, so that memory stays flat in the steps per token
         weight_grad = _WeightGradient(4096 if ctx.recompute else float("inf"))
@@ -345,24 +385,74 @@ def _autocast_state(device_type: str) -> dict:
             **({"dtype": torch.get_autocast_dtype(device_type)} if enabled else {})}
 
 
+class _TokenCheckpoint(torch.autograd.Function):
+    """One token of the per-token path keeping nothing but its inputs (``grad="checkpoint"``): the
+    backward solves the token again under autograd, with the parameters it was given, and
+    differentiates that. Unlike ``torch.utils.checkpoint``'s re-entrant form it works with
+    ``torch.autograd.grad``; unlike its non-re-entrant form it runs the forward solve without saved-
+    tensor hooks (which ``torch.func``'s Jacobians of the implicit stages refuse). A backward that
+    builds a graph recomputes from the saved tensors themselves, so it is differentiable again."""
+
+    @staticmethod
+    def forward(ctx, cell, blocks: int, context, h, *tensors):  # tensors: the state blocks, then the parameters
+        ctx.cell, ctx.blocks, ctx.h_float = cell, blocks, None if isinstance(h, torch.Tensor) else h
+        ctx.save_for_backward(context, *((h,) if isinstance(h, torch.Tensor) else ()), *tensors)
+        out = cell.integrate(context, tuple(tensors[:blocks]), h)
+        return tuple(o.clone() if any(o is v for v in tensors) else o for o in out)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        cell, n = ctx.cell, ctx.blocks
+        context, *rest = ctx.saved_tensors
+        h = ctx.h_float if ctx.h_float is not None else rest.pop(0)
+        inputs = [context, h, *rest]
+        create = torch.is_grad_enabled()
+        if not create:  # a first-order backward: a fresh graph from detached copies of the token's inputs
+            inputs[:2 + n] = [v.detach().requires_grad_(needed) if isinstance(v, torch.Tensor) else v
+                              for v, needed in zip(inputs[:2 + n], ctx.needs_input_grad[2:4 + n])]
+        wanted = [k for k, needed in enumerate(ctx.needs_input_grad[2:]) if needed]
+        with torch.enable_grad(), _parameters_bound(cell.field, inputs[2 + n:]):
+            out = cell.integrate(inputs[0], tuple(inputs[2:2 + n]), inputs[1])
+        pairs = [(o, g) for o, g in zip(out, grads) if g is not None and o.requires_grad]
+        result = [None] * len(inputs)
+        if pairs and wanted:
+            found = torch.autograd.grad([o for o, _ in pairs], [inputs[k] for k in wanted], [g for _, g in pairs],
+                                        create_graph=create, allow_unused=True)
+            for k, g in zip(wanted, found):
+                result[k] = g
+        return (None, None, *result)
+
+
+@contextlib.contextmanager
+def _parameters_bound(field, tensors):
+    """``field`` reading ``tensors`` as its parameters (in ``named_parameters`` order) inside."""
+    slots = []
+    for (path, _), tensor in zip(list(field.named_parameters()), tensors):
+        owner, _, leaf = path.rpartition(".")
+        module = field.get_submodule(owner) if owner else field
+        slots.append((module, leaf, module._parameters[leaf]))
+        module._parameters[leaf] = tensor
+    try:
+        yield
+    finally:
+        for module, leaf, previous in slots:
+            module._parameters[leaf] = previous
+
+
 def _token_loop(cell, C, y, h, mask, grad: str, adjoint_method):
     """The per-token path, differentiated by autograd (or the continuous adjoint): fields without
     the recurrent structure, implicit and adaptive tableaux, and the ``adjoint`` gradient mode."""
-    from torch.utils.checkpoint import checkpoint
-
     from ._adjoint import adjoint_token
 
     training = torch.is_grad_enabled()
     outputs, output_block = [], cell.field.output_block
+    parameters = tuple(cell.field.parameters())
     for t in range(C.shape[0]):
         h_t = h[t] if isinstance(h, torch.Tensor) else h
         if training and grad == "adjoint":
             new = adjoint_token(cell, C[t], y, h_t * cell.steps, adjoint_method)
         elif training and grad == "checkpoint":
-            # re-entrant: the forward runs without a graph (the non-re-entrant form still records a
-            # node per operation, which grows with the steps per token)
-            new = checkpoint(lambda c, *blocks, h_t=h_t: cell.integrate(c, blocks, h_t), C[t], *y,
-                             use_reentrant=True)
+            new = _TokenCheckpoint.apply(cell, len(y), C[t], h_t, *y, *parameters)
         else:
             new = cell.integrate(C[t], y, h_t)
         if mask is not None:  # finished sequences keep their state

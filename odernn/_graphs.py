@@ -61,6 +61,7 @@ class SequenceGraphs:
         autocast = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device)
         return (x.device, tuple(x.shape), x.dtype, x.requires_grad,
                 tuple((tuple(b.shape), b.dtype, b.requires_grad) for b in blocks), dt, rnn.training,
+                rnn.batch_first, rnn.dropout, rnn.grad, rnn.fused,
                 torch.is_grad_enabled(), autocast, tuple(p.data_ptr() for p in rnn.parameters()))
 
     def __call__(self, rnn, x, hx, dt):

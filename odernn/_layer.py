@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import warnings
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -12,11 +15,12 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ._adjoint import AdjointMethod
 from ._cell import ODECell, cell_from_torch
+from ._checks import InputError, Settings, check_bool, check_count, check_dropout, check_proj_size, check_size
 from ._engine import run_sequence
 from ._graphs import SequenceGraphs
 from ._spec import cell as make_cell
 
-__all__ = ["ODERNN", "GRAD_MODES", "from_torch"]
+__all__ = ["ODERNN", "GRAD_MODES", "InputError", "from_torch"]
 
 GRAD_MODES = ("backprop", "checkpoint", "adjoint")
 
@@ -32,7 +36,13 @@ def _flat_name(path: str, suffix: str) -> str:
     return "_".join(parts) + suffix
 
 
-class ODERNN(nn.Module):
+def _check_grad(value) -> str:
+    if value not in GRAD_MODES:
+        raise ValueError(f"unknown gradient mode {value!r}; modes: {', '.join(GRAD_MODES)}")
+    return value
+
+
+class ODERNN(Settings, nn.Module):
     """``num_layers`` layers of a generated cell over whole sequences: a drop-in ``nn.GRU``,
     ``nn.LSTM`` or ``nn.RNN`` for any field and tableau.
 
@@ -44,17 +54,30 @@ class ODERNN(nn.Module):
     integrates over (a float, or a ``(T, B)`` tensor of gaps for irregular sampling; default the
     spec's ``dt``); ``lengths``, the valid length of each sequence of a padded batch (the state of
     a finished sequence is carried unchanged and its outputs are zero, as with a packed input).
+    Input that does not fit raises :class:`odernn.InputError` (a ``ValueError`` and a
+    ``RuntimeError``), whichever path runs.
 
     Explicit tableaux on the built-in fields run in the sequence engine (``odernn._engine``): one
     input projection for all tokens, the backward pass generated from the tableau, the weight
-    gradients as products over the whole sequence. ``grad`` chooses how gradients are obtained:
-    ``backprop`` (stored stages), ``checkpoint`` (each token's stages recomputed in the backward
-    pass: memory flat in the steps per token) or ``adjoint`` (the continuous adjoint, with
-    ``adjoint``'s backward solver). Other fields (``ModuleField``), implicit and adaptive tableaux
-    run token by token under autograd: correct, not fast. Where the layers equal ``nn.RNN``,
-    ``nn.GRU`` or ``nn.LSTM`` (forward Euler, Δ = 1, one step; no ``dt`` or ``lengths`` given;
-    ``backprop``), ``fused=True`` runs them on PyTorch's own fused kernel instead (oneDNN on a CPU,
-    cuDNN on a GPU); ``fused=False`` keeps them in the engine. Both are tested equal.
+    gradients as products over the whole sequence; the backward is itself differentiable
+    (``create_graph=True``: gradient penalties, Hessian–vector products). ``grad`` chooses how
+    gradients are obtained: ``backprop`` (stored stages), ``checkpoint`` (each token's stages
+    recomputed in the backward pass: memory flat in the steps per token) or ``adjoint`` (the
+    continuous adjoint, with ``adjoint``'s backward solver; first derivatives only). Other fields
+    (``ModuleField``), implicit and adaptive tableaux run token by token under autograd: correct,
+    not fast. Where the layers equal ``nn.RNN``, ``nn.GRU`` or ``nn.LSTM`` (forward Euler, Δ = 1,
+    one step; no ``dt`` or ``lengths`` given; ``backprop``), ``fused=True`` runs them on PyTorch's
+    own fused kernel instead (oneDNN on a CPU, cuDNN on a GPU); ``fused=False`` keeps them in the
+    engine. Both are tested equal.
+
+    Every path reads the module's attributes when it runs: ``batch_first``, ``dropout``, ``grad``,
+    ``fused``, training mode, and the parameters as they are then — replaced, loaded with
+    ``assign=True``, swapped by ``torch.func.functional_call``, or parametrised
+    (``torch.nn.utils.parametrizations.weight_norm(rnn, "weight_hh_l0")``: evaluated once per
+    call). The arguments that fix the parameters' layout (``spec``, sizes, ``num_layers``,
+    ``bias``, ``bidirectional``, ``proj_size``) cannot change after construction. Under
+    ``torch.compile`` the layer is one opaque call (as ``nn.GRU`` is to Dynamo); ``torch.jit.script``
+    is refused with a message that says so.
 
     Speed on a GPU: ``compile_elementwise=True`` fuses each evaluation's elementwise math (activations,
     derivative, their vector–Jacobian products) into single kernels with ``torch.compile`` (the
@@ -63,7 +86,8 @@ class ODERNN(nn.Module):
     captured the second time a shape occurs). Both are tested equal to the plain engine.
 
     Parameters are the field's, named as in ``nn.GRU``: ``weight_hh_l0``, ``bias_ih_l1_reverse``,
-    so the state_dict of an ``nn.GRU``, ``nn.LSTM`` or ``nn.RNN`` loads into the matching field.
+    so the state_dict of an ``nn.GRU``, ``nn.LSTM`` or ``nn.RNN`` loads into the matching field;
+    ``device=`` and ``dtype=`` place and type them as ``nn.GRU``'s factory keywords do.
 
     ``spec`` is a cell spec (``"gru-ode:rk4:steps=2"``, see :func:`odernn.cell`) or a factory
     ``(input_size, hidden_size) -> ODECell`` for cells a spec cannot name, such as a
@@ -81,50 +105,69 @@ class ODERNN(nn.Module):
     True
     """
 
+    _fixed = frozenset({"spec", "input_size", "hidden_size", "num_layers", "bias", "bidirectional", "proj_size"})
+    _checked = {"batch_first": partial(check_bool, "batch_first"), "dropout": check_dropout, "grad": _check_grad,
+                "fused": partial(check_bool, "fused"), "compile_elementwise": partial(check_bool, "compile_elementwise"),
+                "cuda_graphs": partial(check_bool, "cuda_graphs")}
+
     def __init__(self, spec, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
-                 grad: str = "backprop", adjoint: AdjointMethod | None = None, fused: bool = True,
-                 compile_elementwise: bool = False, cuda_graphs: bool = False):
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device=None, dtype=None, *, grad: str = "backprop", adjoint: AdjointMethod | None = None,
+                 fused: bool = True, compile_elementwise: bool = False, cuda_graphs: bool = False):
         super().__init__()
-        if not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if grad not in GRAD_MODES:
-            raise ValueError(f"unknown gradient mode {grad!r}; modes: {', '.join(GRAD_MODES)}")
+        # nn.GRU's checks, in its order and with its exception types
+        check_dropout(dropout, num_layers)
+        check_bool("bias", bias)
+        check_bool("batch_first", batch_first)
+        check_size("input_size", input_size)
+        check_size("hidden_size", hidden_size)
+        check_count("num_layers", num_layers)
+        check_bool("bidirectional", bidirectional)
+        check_proj_size(proj_size, hidden_size)
+        if proj_size:
+            raise ValueError(f"proj_size={proj_size}: odernn.ODERNN has no projection of the output state yet")
+        if adjoint is not None and not isinstance(adjoint, AdjointMethod):
+            raise TypeError(f"adjoint should be an odernn.AdjointMethod, got: {type(adjoint).__name__}")
         self.spec, self.input_size, self.hidden_size = spec, input_size, hidden_size
-        self.num_layers, self.bias, self.batch_first = num_layers, bool(bias), bool(batch_first)
-        self.dropout, self.bidirectional = float(dropout), bool(bidirectional)
+        self.num_layers, self.bias, self.batch_first = num_layers, bias, batch_first
+        self.dropout, self.bidirectional, self.proj_size = dropout, bidirectional, proj_size
         self.grad, self.adjoint = grad, adjoint or AdjointMethod()
         directions = 2 if bidirectional else 1
         # One cell per layer and direction. The cells are not submodules: their parameters are
         # registered here under torch's names, and bound back into the cells before each use.
-        cells, names = [], []
-        for layer in range(num_layers):
-            for direction in range(directions):
-                width = input_size if layer == 0 else hidden_size * directions
-                made = spec(width, hidden_size) if callable(spec) else make_cell(
-                    spec, width, hidden_size, **({} if bias else {"bias": False}))
-                if not isinstance(made, ODECell):
-                    raise TypeError(f"ODERNN: the cell factory returned {type(made).__name__}, not an odernn.ODECell")
-                suffix = f"_l{layer}" + ("_reverse" if direction else "")
-                pairs = []
-                for path, p in made.field.named_parameters():
-                    self.register_parameter(_flat_name(path, suffix), p)
-                    pairs.append((path, _flat_name(path, suffix)))
-                for path, buf in made.field.named_buffers():
-                    self.register_buffer(_flat_name(path, suffix), buf)
-                    pairs.append((path, _flat_name(path, suffix)))
-                cells.append(made)
-                names.append(pairs)
-        self._cells, self._names = cells, names
-        self.fused, self.compile_elementwise, self.cuda_graphs = bool(fused), bool(compile_elementwise), bool(cuda_graphs)
+        cells, names, weights = [], [], []
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            for layer in range(num_layers):
+                for direction in range(directions):
+                    width = input_size if layer == 0 else hidden_size * directions
+                    made = spec(width, hidden_size) if callable(spec) else make_cell(
+                        spec, width, hidden_size, **({} if bias else {"bias": False}))
+                    if not isinstance(made, ODECell):
+                        raise TypeError(f"ODERNN: the cell factory returned {type(made).__name__}, not an "
+                                        "odernn.ODECell")
+                    suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                    pairs, own = [], []
+                    for path, p in made.field.named_parameters():
+                        self.register_parameter(_flat_name(path, suffix), p)
+                        pairs.append((path, _flat_name(path, suffix)))
+                        own.append(_flat_name(path, suffix))
+                    for path, buf in made.field.named_buffers():
+                        self.register_buffer(_flat_name(path, suffix), buf)
+                        pairs.append((path, _flat_name(path, suffix)))
+                    cells.append(made)
+                    names.append(pairs)
+                    weights.append(own)
+        self._cells, self._names, self._weight_names = cells, names, weights
+        if dtype is not None:
+            self.to(dtype=dtype)
+        self.fused, self.compile_elementwise, self.cuda_graphs = fused, compile_elementwise, cuda_graphs
         object.__setattr__(self, "graphs", SequenceGraphs())  # not a submodule: it refers back to this one
-        # a weightless nn.RNN/GRU/LSTM (meta device, not a submodule) that runs this module's own
-        # parameters through PyTorch's fused kernel, where the two are equal
-        object.__setattr__(self, "_torch_twin", None if self.torch_equivalent is None else self._torch_module("meta"))
+        # weightless nn.RNN/GRU/LSTM (meta device, not submodules), built when first needed, that run
+        # this module's own parameters through PyTorch's fused kernel where the two are equal
+        object.__setattr__(self, "_twins", {})
         if grad == "adjoint":
             self.adjoint.scheme(cells[0])  # an unusable backward solver fails now, not at the first backward
+        self._freeze()
 
     @property
     def num_directions(self) -> int:
@@ -132,17 +175,42 @@ class ODERNN(nn.Module):
 
     @property
     def cells(self) -> list[ODECell]:
-        """The cell of each layer and direction (index ``layer · directions + direction``), sharing
-        this module's parameters: for stability checks, ``to_torch``, single steps."""
-        for made, pairs in zip(self._cells, self._names):
-            for path, name in pairs:  # after .to(), load_state_dict(assign=True), functional_call …
-                owner, _, leaf = path.rpartition(".")
-                module = made.field.get_submodule(owner) if owner else made.field
-                store = module._parameters if name in self._parameters else module._buffers
-                store[leaf] = self._parameters[name] if name in self._parameters else self._buffers[name]
+        """The cell of each layer and direction (index ``layer · directions + direction``), holding
+        this module's parameters as they are now (a parametrised one evaluated): for stability
+        checks, ``to_torch``, single steps."""
+        self._bind()
         return self._cells
 
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """Every parameter and buffer by its flat name as the module holds it now: after ``.to()``,
+        ``load_state_dict(assign=True)``, ``functional_call``, and evaluated where parametrised."""
+        return {name: getattr(self, name) for pairs in self._names for _, name in pairs}
+
+    def _bind(self) -> dict[str, torch.Tensor]:
+        """The module's tensors (:meth:`_weights`, each read once) put into the cells' fields."""
+        weights = self._weights()
+        for made, pairs in zip(self._cells, self._names):
+            for path, name in pairs:
+                owner, _, leaf = path.rpartition(".")
+                module = made.field.get_submodule(owner) if owner else made.field
+                (module._buffers if leaf in module._buffers else module._parameters)[leaf] = weights[name]
+        return weights
+
+    @property
+    def all_weights(self) -> list[list[torch.Tensor]]:
+        """The parameters of each layer and direction, as ``nn.GRU.all_weights`` lists them."""
+        return [[getattr(self, name) for name in names] for names in self._weight_names]
+
+    def flatten_parameters(self) -> None:
+        """A no-op, for code written for ``nn.GRU`` (which packs its weights into one cuDNN buffer
+        here; the engine reads each parameter where it is)."""
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError("odernn.ODERNN cannot be compiled by torch.jit.script (its engine is Python); use "
+                           "torch.compile, which runs the layer as one opaque call inside the compiled model")
+
     # -- forward ------------------------------------------------------------------------------------
+    @torch.compiler.disable(reason="odernn.ODERNN runs as one opaque call, as Dynamo treats nn.GRU")
     def forward(self, input, hx=None, dt=None, lengths=None):
         if (self.cuda_graphs and self.graphable and isinstance(input, torch.Tensor) and input.is_cuda
                 and lengths is None and not isinstance(dt, torch.Tensor)):
@@ -158,54 +226,32 @@ class ODERNN(nn.Module):
 
     def eager_forward(self, input, hx=None, dt=None, lengths=None):
         """:meth:`forward` without CUDA graphs."""
+        weights = self._bind()  # the parameters as they are now, each parametrisation evaluated once
+        field = self._cells[0].field
+        dtype = next(iter(weights.values()), None)
+        dtype = dtype.dtype if dtype is not None else None
+        T, B, unbatched = self._check_input(input, lengths, dtype)
+        initial = self._initial_state(hx, B, input.data if isinstance(input, PackedSequence) else input, unbatched,
+                                      field, dtype)
         # Under autocast the engine runs, not PyTorch's kernel: autocast's wrapper for cuDNN RNNs
         # casts to float16 whatever the autocast dtype, and oneDNN builds no bfloat16 LSTM without
         # AVX512-BF16; the engine keeps its own rule (products in the autocast dtype, state float32)
         autocast = isinstance(input, torch.Tensor) and torch.is_autocast_enabled(input.device.type)
-        if (self.fused and self._torch_twin is not None and dt is None and lengths is None and self.grad == "backprop"
-                and not autocast):
+        kind = self.torch_equivalent if self.fused and dt is None and lengths is None else None
+        if kind is not None and self.grad == "backprop" and not autocast:
             # the same layers as nn.GRU/LSTM/RNN (Euler, Δ = 1): PyTorch's fused kernel (oneDNN, cuDNN)
-            self._torch_twin.train(self.training)
             for cell in self._cells:
                 cell.nfe = cell.nfe_per_token  # forward Euler: one evaluation per token, fused or not
-            return torch.func.functional_call(self._torch_twin, dict(self.named_parameters()), (input, hx))
-        cells = self.cells
-        field = cells[0].field
+            return torch.func.functional_call(self._twin(kind), weights, (input, hx))
         packed = input if isinstance(input, PackedSequence) else None
         if packed is not None:
-            if lengths is not None:
-                raise ValueError("a PackedSequence carries its lengths: do not also pass lengths=")
             x, lengths = pad_packed_sequence(packed)  # (T, B, E) in the original batch order
-            unbatched = False
         else:
-            x = input
-            if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):
-                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-                raise ValueError(f"ODERNN: expected input of shape (T, B, E), (B, T, E) with batch_first, or "
-                                 f"(T, E), got {shape}")
-            unbatched = x.dim() == 2
-            if unbatched:
-                x = x.unsqueeze(1)
-            elif self.batch_first:
-                x = x.transpose(0, 1)
-        T, B, E = x.shape
-        if E != self.input_size:
-            raise ValueError(f"ODERNN: input has {E} features, the layer expects input_size={self.input_size}")
-        weights = next(iter(self.parameters()), None)
-        if (weights is not None and x.dtype != weights.dtype and x.is_floating_point()
-                and not torch.is_autocast_enabled(x.device.type)):
-            raise TypeError(f"ODERNN: input has dtype {x.dtype}, the layer's parameters {weights.dtype}; "
-                            "convert one of them (.to(dtype)) or run under torch.autocast")
-        if T == 0:
-            raise ValueError("ODERNN: the input sequence is empty")
+            x = input.unsqueeze(1) if unbatched else input.transpose(0, 1) if self.batch_first else input
         dt = self._gaps(dt, T, B, unbatched, x)
         mask = None
         if lengths is not None:
-            lengths = torch.as_tensor(lengths, device=x.device).reshape(-1)
-            if lengths.shape[0] != B or int(lengths.min()) < 1 or int(lengths.max()) > T:
-                raise ValueError(f"ODERNN: lengths must be {B} values in 1..{T}")
-            mask = torch.arange(T, device=x.device)[:, None] < lengths[None, :]  # (T, B)
-        initial = self._initial_state(hx, B, x, unbatched, field)  # per block: (L·D, B, H)
+            mask = torch.arange(T, device=x.device)[:, None] < lengths.to(x.device)[None, :]  # (T, B)
         finals = []
         for layer in range(self.num_layers):
             x, last = self._layer(layer, x, initial, dt, mask)
@@ -223,6 +269,102 @@ class ODERNN(nn.Module):
         elif self.batch_first:
             x = x.transpose(0, 1)
         return x, h_n
+
+    def _twin(self, kind) -> nn.Module:
+        """The weightless ``kind`` (``nn.GRU`` …) that runs this module's parameters on PyTorch's
+        kernel, with this module's ``batch_first``, ``dropout`` and training mode as they are now."""
+        twin = self._twins.get(kind)
+        if twin is None:
+            with warnings.catch_warnings():  # nn.GRU's one-layer dropout warning was this module's to give
+                warnings.simplefilter("ignore")
+                twin = self._twins[kind] = self._torch_module(kind, "meta")
+        twin.batch_first, twin.dropout = self.batch_first, self.dropout
+        return twin.train(self.training)
+
+    # -- what a call may pass: one check for every path, InputError naming the argument ------------
+    def _check_input(self, input, lengths, dtype) -> tuple[int, int, bool]:
+        """``(T, B, unbatched)`` of a valid ``input``; checks ``lengths`` against it."""
+        name = type(self).__name__.removeprefix("Parametrized")
+        if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise InputError(f"{name}: a PackedSequence carries its lengths: do not also pass lengths=")
+            data = input.data
+            if data.dim() != 2:
+                raise InputError(f"{name}: a PackedSequence's data must be 2-D (tokens, input_size), got "
+                                 f"{tuple(data.shape)}")
+            T, B, unbatched = len(input.batch_sizes), int(input.batch_sizes[0]) if len(input.batch_sizes) else 0, False
+        elif isinstance(input, torch.Tensor):
+            data = input
+            if input.dim() not in (2, 3):
+                layout = "(B, T, E)" if self.batch_first else "(T, B, E)"
+                raise InputError(f"{name}: expected input to be 2-D (T, E) or 3-D {layout}, got {input.dim()}-D "
+                                 f"of shape {tuple(input.shape)}")
+            unbatched = input.dim() == 2
+            T = input.shape[1] if self.batch_first and not unbatched else input.shape[0]
+            B = 1 if unbatched else input.shape[0] if self.batch_first else input.shape[1]
+        else:
+            raise InputError(f"{name}: input must be a tensor or a PackedSequence, got {type(input).__name__}")
+        if data.shape[-1] != self.input_size:
+            raise InputError(f"{name}: input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                             f"got {data.shape[-1]}")
+        if dtype is not None and data.dtype != dtype and not torch.is_autocast_enabled(data.device.type):
+            raise InputError(f"{name}: input dtype ({data.dtype}) does not match weight dtype ({dtype}). Convert "
+                             f"input: input.to({dtype}), or convert model: model.to({data.dtype})")
+        if T == 0:
+            raise InputError(f"{name}: expected sequence length to be larger than 0, got input of shape "
+                             f"{tuple(data.shape)}")
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths).reshape(-1)
+            if lengths.shape[0] != B or lengths.is_floating_point() or int(lengths.min()) < 1 or int(lengths.max()) > T:
+                raise InputError(f"{name}: lengths must be {B} integers in 1..{T} (one per sequence), got "
+                                 f"{lengths.tolist()}")
+        return T, B, unbatched
+
+    def _gaps(self, dt, T, B, unbatched, like):
+        """``dt`` as ``None`` (each cell's own Δ), a float, or a time-major ``(T, B)`` tensor."""
+        if dt is None:
+            return None
+        if isinstance(dt, (int, float)) and not isinstance(dt, bool):
+            if not (math.isfinite(dt) and dt > 0):
+                raise InputError(f"ODERNN: dt must be a finite number greater than zero, got {dt!r}")
+            return float(dt)
+        dt = torch.as_tensor(dt, device=like.device)
+        expected = (T,) if unbatched else ((B, T) if self.batch_first else (T, B))
+        if tuple(dt.shape) != expected:
+            raise InputError(f"ODERNN: dt must be a float or a tensor of shape {expected} (one gap per token"
+                             f"{'' if unbatched else ' and sequence'}), got {tuple(dt.shape)}")
+        if unbatched:
+            return dt[:, None]
+        return dt.T if self.batch_first else dt
+
+    def _initial_state(self, hx, B, x, unbatched, field, dtype=None):
+        """``hx`` as a tuple over the field's blocks of ``(L·D, B, H)`` tensors (zeros if ``None``)."""
+        shape = (self.num_layers * self.num_directions, B, self.hidden_size)
+        if hx is None:  # in the weights' dtype: under autocast the input may be bfloat16, the state is not
+            zeros = x.new_zeros(shape, dtype=dtype or x.dtype)
+            return tuple(zeros for _ in range(field.blocks))
+        name = type(self).__name__.removeprefix("Parametrized")
+        expected = shape[:1] + shape[2:] if unbatched else shape
+        what = (f"a tensor of shape {expected}" if field.blocks == 1 else
+                f"a tuple of {field.blocks} tensors of shape {expected}")
+        if field.blocks == 1 and not isinstance(hx, torch.Tensor):
+            raise InputError(f"{name}: hx for the {self._cells[0].field_name} is {what}, got {type(hx).__name__}")
+        if field.blocks > 1 and (not isinstance(hx, (tuple, list)) or len(hx) != field.blocks
+                                 or not all(isinstance(b, torch.Tensor) for b in hx)):
+            got = (f"a tensor of shape {tuple(hx.shape)}" if isinstance(hx, torch.Tensor) else
+                   f"a {type(hx).__name__} of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__)
+            raise InputError(f"{name}: hx for the {self._cells[0].field_name} is {what} (in the cell's state "
+                             f"order), got {got}")
+        out = []
+        for k, block in enumerate(field.to_blocks(hx)):
+            if tuple(block.shape) != expected:
+                which = "hx" if field.blocks == 1 else f"each tensor of hx (block {k})"
+                raise InputError(f"{name}: {which} must have shape {expected} for "
+                                 f"{'unbatched' if unbatched else 'batched'} input, got {tuple(block.shape)}")
+            if dtype is not None and block.dtype != dtype and not torch.is_autocast_enabled(block.device.type):
+                raise InputError(f"{name}: hx dtype ({block.dtype}) does not match weight dtype ({dtype})")
+            out.append(block.unsqueeze(1) if unbatched else block)
+        return tuple(out)
 
     def _layer(self, layer: int, x, initial, dt, mask):
         """One layer, every direction: ``(output (T, B, D·H), [final blocks of each direction])``."""
@@ -246,50 +388,12 @@ class ODERNN(nn.Module):
         zero state without dropout: ``input`` for the first, the previous layer's output for the
         others (the inputs a stability check drives each layer's cells with)."""
         cells, x = self.cells, input
-        initial = self._initial_state(None, x.shape[1], x, False, cells[0].field)
+        initial = self._initial_state(None, x.shape[1], x, False, cells[0].field, next(self.parameters()).dtype)
         out = []
         for layer in range(self.num_layers):
             out.append(x)
             x, _ = self._layer(layer, x, initial, None, None)
         return out
-
-    def _gaps(self, dt, T, B, unbatched, like):
-        """``dt`` as ``None`` (each cell's own Δ), a float, or a time-major ``(T, B)`` tensor."""
-        if dt is None:
-            return None
-        if isinstance(dt, (int, float)):
-            if not float(dt) > 0:
-                raise ValueError(f"ODERNN: dt must be positive, got {dt!r}")
-            return float(dt)
-        dt = torch.as_tensor(dt, device=like.device)
-        expected = (T,) if unbatched else ((B, T) if self.batch_first else (T, B))
-        if tuple(dt.shape) != expected:
-            raise ValueError(f"ODERNN: dt must be a float or a tensor of shape {expected} (one gap per token"
-                             f"{'' if unbatched else ' and sequence'}), got {tuple(dt.shape)}")
-        if unbatched:
-            return dt[:, None]
-        return dt.T if self.batch_first else dt
-
-    def _initial_state(self, hx, B, x, unbatched, field):
-        """``hx`` as a tuple over the field's blocks of ``(L·D, B, H)`` tensors (zeros if ``None``)."""
-        shape = (self.num_layers * self.num_directions, B, self.hidden_size)
-        if hx is None:  # in the weights' dtype: under autocast the input may be bfloat16, the state is not
-            zeros = x.new_zeros(shape, dtype=next(iter(self.parameters()), x).dtype)
-            return tuple(zeros for _ in range(field.blocks))
-        given = (hx,) if isinstance(hx, torch.Tensor) else tuple(hx)
-        if len(given) != field.blocks:
-            what = "a tensor" if field.blocks == 1 else f"a tuple of {field.blocks} tensors"
-            raise ValueError(f"ODERNN: hx for the {type(field).__name__} is {what}, got {len(given)}")
-        state = field.to_blocks(given[0] if field.blocks == 1 else given)
-        out = []
-        for block in state:
-            if unbatched:
-                block = block.unsqueeze(1)
-            if tuple(block.shape) != shape:
-                raise ValueError(f"ODERNN: hx must have shape {shape if not unbatched else (shape[0], shape[2])}, "
-                                 f"got {tuple(block.shape) if not unbatched else tuple(block.squeeze(1).shape)}")
-            out.append(block)
-        return tuple(out)
 
     @staticmethod
     def _repack(x, lengths, packed: PackedSequence) -> PackedSequence:
@@ -310,19 +414,22 @@ class ODERNN(nn.Module):
 
     def to_torch(self) -> nn.Module:
         """The equal ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` with the same weights, where one exists
-        (forward Euler, Δ = 1, one step, on the tanh-RNN, GRU-ODE or partitioned LSTM field)."""
-        module = self._torch_module("cpu")
-        reference = next(iter(self.parameters()))
-        module = module.to(dtype=reference.dtype, device=reference.device)
-        module.load_state_dict(self.state_dict())
-        return module
-
-    def _torch_module(self, device) -> nn.Module:
+        (forward Euler, Δ = 1, one step, on the tanh-RNN, GRU-ODE or partitioned LSTM field), and
+        the same ``batch_first`` and ``dropout``. A parametrised weight is copied as it evaluates now."""
         kind = self.torch_equivalent
         if kind is None:
             for cell in self._cells:
                 cell.to_torch()  # raises, naming what is missing
             raise ValueError("ODERNN: its layers are not all the same torch.nn cell")
+        weights = self._weights()
+        reference = next(iter(weights.values()))
+        with warnings.catch_warnings():  # nn.GRU's one-layer dropout warning was this module's to give
+            warnings.simplefilter("ignore")
+            module = self._torch_module(kind, reference.device).to(reference.dtype)
+        module.load_state_dict(weights)
+        return module
+
+    def _torch_module(self, kind, device) -> nn.Module:
         bias = self._cells[0].field.bias_ih is not None
         return kind(self.input_size, self.hidden_size, self.num_layers, bias=bias, batch_first=self.batch_first,
                     dropout=self.dropout, bidirectional=self.bidirectional, device=device)
@@ -339,7 +446,8 @@ class ODERNN(nn.Module):
         return (f"{spec!r}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"n={cell.n}, t={cell.t}, tableau={cell.tableau.name!r}, grad={self.grad!r}"
                 + (", batch_first=True" if self.batch_first else "") + (f", dropout={self.dropout}" if self.dropout else "")
-                + (", bidirectional=True" if self.bidirectional else "") + ("" if self.bias else ", bias=False"))
+                + (", bidirectional=True" if self.bidirectional else "") + ("" if self.bias else ", bias=False")
+                + (f", proj_size={self.proj_size}" if self.proj_size else ""))
 
 
 def from_torch(module: nn.Module):
@@ -352,12 +460,13 @@ def from_torch(module: nn.Module):
     spec = _TORCH[type(module)]
     if isinstance(module, nn.RNN) and module.nonlinearity != "tanh":
         raise ValueError("only the tanh nn.RNN is a forward-Euler step of the tanh-RNN field")
-    if getattr(module, "proj_size", 0):
-        raise ValueError("an nn.LSTM with proj_size has no equal ODERNN (the projection is not a field)")
-    out = ODERNN(spec, module.input_size, module.hidden_size, module.num_layers, bias=module.bias,
-                 batch_first=module.batch_first, dropout=module.dropout, bidirectional=module.bidirectional)
     reference = next(iter(module.parameters()))
-    out = out.to(dtype=reference.dtype, device=reference.device)
-    out.load_state_dict(module.state_dict())
+    with warnings.catch_warnings():  # a one-layer dropout was warned about when the module was made
+        warnings.simplefilter("ignore")
+        out = ODERNN(spec, module.input_size, module.hidden_size, module.num_layers, bias=module.bias,
+                     batch_first=module.batch_first, dropout=module.dropout, bidirectional=module.bidirectional,
+                     proj_size=getattr(module, "proj_size", 0), device=reference.device, dtype=reference.dtype)
+    # the weights as they evaluate now (a parametrised one included), by torch's names
+    out.load_state_dict({name: getattr(module, name) for names in out._weight_names for name in names})
+    out.train(module.training)
     return out
-

@@ -216,6 +216,11 @@ class ImplicitScheme:
                 def implicit_gradient(grad):
                     if grad is None:
                         return None
+                    if torch.is_grad_enabled():  # a backward that builds a graph: differentiated again
+                        raise ImplicitSolveError(
+                            f"{self.name}: second derivatives through an implicit tableau are not available (the "
+                            "stage equations' gradient by the implicit function theorem is first order only); "
+                            "use an explicit tableau for gradient penalties and Hessian–vector products")
                     Js = field_jacobians(field, stage_context, Y, sizes).reshape(B, s, D, D).detach()
                     system = (eye - kron(Js)).transpose(-1, -2)
                     return torch.linalg.solve(system, grad.reshape(B, s * D, 1)).reshape(B, s, D)

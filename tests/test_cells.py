@@ -194,7 +194,7 @@ def test_spec_forms_are_equivalent(tmp_path):
     ("gru-ode:rk5", "unknown method 'rk5'"),
     ("gru-ode:rk4:stepz=2", "unknown option"),
     ("gru-ode:rk4:steps=two", "not a valid int"),
-    ("gru-ode:rk4:steps=0", "steps must be a positive integer"),
+    ("gru-ode:rk4:steps=0", "steps must be greater than zero"),
     ("gru-ode:rk4:euler", "two tableaux"),
     ("", "a cell spec is a string"),
 ])

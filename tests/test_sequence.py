@@ -228,8 +228,8 @@ def test_gaps_per_token_and_sequence_equal_the_cell_loop(spec):
     gaps = 0.1 + 2 * torch.rand(B, T)
     out, h_n = rnn(x, dt=gaps)
     ref_out, ref_blocks = cell_loop(cell, x.transpose(0, 1), None, dt=gaps.T)
-    assert (out.transpose(0, 1) - ref_out).abs().max() <= 1e-12
-    assert all((a[0] - b).abs().max() <= 1e-12 for a, b in zip(cell.field.to_blocks(h_n), ref_blocks))
+    # relative: gaps up to 2.1 take coRNN's SSPRK3 outside its stability region, to 1e10
+    _assert_close([out.transpose(0, 1), *(b[0] for b in cell.field.to_blocks(h_n))], [ref_out, *ref_blocks], 1e-12, spec)
     # a float gap is the same as that gap everywhere
     same = rnn(x, dt=0.7)[0]
     assert (same - rnn(x, dt=torch.full((B, T), 0.7))[0]).abs().max() <= 1e-14
@@ -357,16 +357,16 @@ def test_the_gradient_modes_agree():
 # --- bad input ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("call, message", [
-    (lambda r: r(torch.randn(4, 2, 5)), "input has 5 features"),
-    (lambda r: r(torch.randn(2, 3, 4, 3)), r"expected input of shape \(T, B, E\)"),
+    (lambda r: r(torch.randn(4, 2, 5)), "input_size. Expected 3, got 5"),
+    (lambda r: r(torch.randn(2, 3, 4, 3)), r"expected input to be 2-D \(T, E\) or 3-D \(T, B, E\)"),
     (lambda r: r(torch.randn(4, 2, 3), torch.zeros(2, 2, 6)), r"hx must have shape \(1, 2, 6\)"),
     (lambda r: r(torch.randn(4, 2, 3), dt=torch.ones(2, 4)), r"dt must be a float or a tensor of shape \(4, 2\)"),
-    (lambda r: r(torch.randn(4, 2, 3), dt=-1.0), "dt must be positive"),
-    (lambda r: r(torch.randn(4, 2, 3), lengths=[4, 5]), "lengths must be 2 values in 1..4"),
-    (lambda r: r(torch.randn(0, 2, 3)), "empty"),
+    (lambda r: r(torch.randn(4, 2, 3), dt=-1.0), "dt must be a finite number greater than zero"),
+    (lambda r: r(torch.randn(4, 2, 3), lengths=[4, 5]), "lengths must be 2 integers in 1..4"),
+    (lambda r: r(torch.randn(0, 2, 3)), "sequence length to be larger than 0"),
 ])
 def test_bad_input_is_one_clear_error(call, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(odernn.InputError, match=message):
         call(odernn.ODERNN("gru-ode:rk4", 3, 6))
 
 

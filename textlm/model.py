@@ -51,6 +51,7 @@ class RecurrentStack(nn.Module):
                  adjoint: odernn.AdjointMethod, speed: dict):
         super().__init__()
         self.spec = spec
+        dropout = dropout if layers > 1 else 0.0  # between the stack's layers: one layer has none to drop
         if spec.lower() in TORCH_CELLS:
             self.rnn = TORCH_CELLS[spec.lower()](input_size, hidden_size, layers, dropout=dropout)
             return
