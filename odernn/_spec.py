@@ -6,9 +6,12 @@ or a ``.toml``/``.json`` file), and options. Keyword arguments of :func:`cell` o
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field as dataclass_field
 from importlib.metadata import entry_points
 from pathlib import Path
+
+import torch
 
 import butcher
 
@@ -163,7 +166,7 @@ def _tableau(value) -> butcher.ButcherTableau:
     return butcher.get(str(value))
 
 
-def cell(spec: str, input_size: int, hidden_size: int, **overrides) -> ODECell:
+def cell(spec: str, input_size: int, hidden_size: int, *, device=None, dtype=None, **overrides) -> ODECell:
     """A cell from a spec string (``"gru-ode:rk4:steps=2"``) or a field name with keyword options
     (``cell("gru-ode", 8, 16, tableau="rk4", steps=2)``).
 
@@ -173,8 +176,16 @@ def cell(spec: str, input_size: int, hidden_size: int, **overrides) -> ODECell:
     the tableau's stability region during training: ``spectral``, ``antisymmetric``; see
     :func:`constraints`), ``order`` (raise a one-block field to derivative order ``t``:
     :class:`~odernn.HigherOrderField`) with ``damping``, and the field's own (``gamma``,
-    ``epsilon``, ``bias``, …; see :func:`fields`).
+    ``epsilon``, ``bias``, …; see :func:`fields`). ``device`` and ``dtype`` place and type the
+    parameters, as ``torch.nn``'s factory keywords do (they are drawn on ``device``, in the default
+    dtype, then converted).
     """
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        made = _cell(spec, input_size, hidden_size, overrides)
+    return made if dtype is None else made.to(dtype=dtype)
+
+
+def _cell(spec: str, input_size: int, hidden_size: int, overrides: dict) -> ODECell:
     options = parse_spec(spec)
     options.update({k.lower(): v for k, v in overrides.items()})
     name = options.pop("field")

@@ -135,6 +135,100 @@ def test_gradcheck_including_the_gaps(spec):
                                     list(rnn.parameters()))
 
 
+# --- second derivatives: the generated backward is differentiable ----------------------------------
+
+@pytest.mark.parametrize("grad", ["backprop", "checkpoint"])
+@pytest.mark.parametrize("tableau", ["rk4", "heun", "ralston3"])
+@pytest.mark.parametrize("field", ["gru-ode", "lstm", "cornn:dt=0.3"])
+def test_gradgradcheck_through_the_engine(field, tableau, grad):
+    """A backward with create_graph=True (gradient penalties, Hessian–vector products) is itself
+    differentiated: once silently zero for the recurrent weights, now checked against finite
+    differences of the gradient."""
+    torch.manual_seed(13)
+    rnn = odernn.ODERNN(_spec(field, tableau, None), 2, 2, grad=grad)
+    assert rnn.cells[0].runs_in_engine
+    x = torch.randn(3, 2, 2, requires_grad=True)
+    blocks, _ = _random_state(rnn, 2)
+    names = [name for name, _ in rnn.named_parameters()]
+    field_ = rnn.cells[0].field
+
+    def run(x, *tensors):
+        state, weights = tensors[:len(blocks)], tensors[len(blocks):]
+        hx = state[0] if len(state) == 1 else field_.from_blocks(state)
+        out, h_n = torch.func.functional_call(rnn, dict(zip(names, weights)), (x, hx))
+        return (out, *field_.to_blocks(h_n))
+    assert torch.autograd.gradgradcheck(run, (x, *blocks, *rnn.parameters()))
+
+
+@pytest.mark.parametrize("spec, grad", [("gru-ode:rk4", "backprop"), ("lstm:midpoint", "checkpoint"),
+                                        ("rnn:dt=0.3:order=3:ssprk3", "backprop"), ("urnn:heun", "checkpoint")])
+def test_a_gradient_penalty_step_equals_the_cell_loop(spec, grad):
+    """One training step of ``loss + λ‖∂loss/∂x‖²`` (double backward) moves the weights exactly as
+    the same model run as a per-token cell loop under autograd."""
+    torch.manual_seed(14)
+    rnn = odernn.ODERNN(spec, 3, 4, grad=grad)
+    twin = odernn.ODERNN(spec, 3, 4)
+    twin.load_state_dict(rnn.state_dict())
+    x = torch.randn(5, 2, 3)
+    target = torch.randn(5, 2, 4)
+
+    def penalised(out, x):
+        loss = (out - target).square().mean()
+        (g,) = torch.autograd.grad(loss, x, create_graph=True)
+        return loss + 0.5 * g.square().sum()
+
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    engine_loss = penalised(rnn(xs[0])[0], xs[0])
+    cell = twin.cells[0]
+    reference_loss = penalised(cell_loop(cell, xs[1], None)[0], xs[1])
+    assert abs(engine_loss.item() - reference_loss.item()) <= 1e-12
+    for model, loss in ((rnn, engine_loss), (twin, reference_loss)):
+        torch.optim.SGD(model.parameters(), lr=0.1).zero_grad()
+        loss.backward()
+        torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert all(p.grad.abs().max() > 0 for p in rnn.parameters())
+    for (name, p), q in zip(rnn.named_parameters(), twin.parameters()):
+        assert (p - q).abs().max() <= 1e-12, name
+
+
+@pytest.mark.parametrize("spec", ["rnn:bs3:dt=0.2:rtol=1e-6:atol=1e-6", "USER_FIELD"])
+@pytest.mark.parametrize("grad", ["backprop", "checkpoint"])
+def test_the_per_token_path_is_twice_differentiable(spec, grad):
+    """Adaptive tableaux and users' own fields run token by token under autograd; their
+    checkpointed form recomputes each token in the backward and differentiates that."""
+    torch.manual_seed(15)
+    if spec == "USER_FIELD":
+        rnn = odernn.ODERNN(lambda i, h: odernn.ODECell(odernn.ModuleField(_Decay(), i, h), "midpoint"), 4, 4,
+                            grad=grad)
+    else:
+        rnn = odernn.ODERNN(spec, 2, 2, grad=grad)
+    x = torch.randn(2, 2, rnn.input_size, requires_grad=True)
+    names = [name for name, _ in rnn.named_parameters()]
+
+    def run(x, *weights):
+        return torch.func.functional_call(rnn, dict(zip(names, weights)), (x,))[0]
+    assert torch.autograd.gradgradcheck(run, (x, *rnn.parameters()))
+
+
+@pytest.mark.parametrize("spec, grad, message", [
+    ("gru-ode:gauss-2", "backprop", "second derivatives through an implicit tableau"),
+    ("lstm:backward-euler", "checkpoint", "second derivatives through an implicit tableau"),
+    ("gru-ode:rk4", "adjoint", "the continuous adjoint gives first derivatives only"),
+])
+def test_paths_without_second_derivatives_refuse_a_graph_with_one_message(spec, grad, message):
+    """Never silently zero or wrong: the implicit function theorem's gradient and the continuous
+    adjoint are first order, and say so when a backward is asked to build a graph."""
+    torch.manual_seed(16)
+    rnn = odernn.ODERNN(spec, 3, 4, grad=grad)
+    x = torch.randn(4, 2, 3, requires_grad=True)
+    out, _ = rnn(x)
+    first = torch.autograd.grad(out.square().sum(), x)[0]  # first order works
+    assert first.abs().max() > 0
+    out, _ = rnn(x)
+    with pytest.raises(RuntimeError, match=message):
+        torch.autograd.grad(out.square().sum(), x, create_graph=True)
+
+
 # --- exact recovery of the torch.nn sequence modules -------------------------------------------
 
 @pytest.mark.parametrize("with_h0", [False, True])
