@@ -83,7 +83,7 @@ class _TokenAdjoint(torch.autograd.Function):
         params = tuple(field.parameters())
         trainable = [p for p in params if p.requires_grad]
         with torch.enable_grad():  # the recurrent map as a function of the parameters: one chain rule at the end
-            structure = field.recurrent()
+            structure = field.recurrent() if field.elementwise else None
         if structure is not None:
             # the field's own vector–Jacobian products: no graph per stage; the parameter blocks of
             # the augmented system are the gradients of the recurrent map (W, b)

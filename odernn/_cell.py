@@ -19,6 +19,9 @@ from ._stepping import AdaptiveScheme, ExplicitScheme, ImplicitScheme, field_jac
 __all__ = ["ODECell", "cell_from_torch"]
 
 
+_TORCH_NAMES = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"}  # a torch.nn cell's parameters
+
+
 @lru_cache(maxsize=1)
 def _euler() -> butcher.ButcherTableau:
     return butcher.get("euler")
@@ -128,12 +131,14 @@ class ODECell(Settings, nn.Module):
                 raise InputError(f"{name}: the state of {self.field_name} is a tuple of {self.field.blocks} tensors "
                                  f"(as the cell returns it), got one tensor of shape {tuple(state.shape)}")
             blocks = self.field.to_blocks(state)
-            expected = (self.hidden_size,) if unbatched else (x.shape[0], self.hidden_size)
+            expected = [(width,) if unbatched else (x.shape[0], width) for width in self.field.block_sizes]
             if len(blocks) != self.field.blocks or any(
-                    not isinstance(b, torch.Tensor) or tuple(b.shape) != expected for b in blocks):
+                    not isinstance(b, torch.Tensor) or tuple(b.shape) != e for b, e in zip(blocks, expected)):
                 got = [tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__ for b in blocks]
-                raise InputError(f"{name}: the state must be {self.field.blocks} tensor(s) of shape {expected} "
-                                 f"for x of shape {tuple(x.shape[1:]) if unbatched else tuple(x.shape)}, got {got}")
+                shapes = self.field.from_blocks(tuple(expected)) if self.field.blocks > 1 else expected[0]
+                raise InputError(f"{name}: the state must be {self.field.blocks} tensor(s) of shape {shapes} "
+                                 f"for x of shape {tuple(x.shape[1:]) if unbatched else tuple(x.shape)}, got "
+                                 f"{self.field.from_blocks(tuple(got)) if len(got) == self.field.blocks else got}")
             if unbatched:
                 blocks = tuple(b[None] for b in blocks)
         context = self.field.project(x)  # once per token, shared by every stage
@@ -198,17 +203,27 @@ class ODECell(Settings, nn.Module):
         return in_engine(self)
 
     @property
+    def torch_sequence(self) -> type | None:
+        """The ``torch.nn`` sequence module (``nn.RNN``, ``nn.GRU``, ``nn.LSTM``) whose layer update
+        this cell's step equals, or ``None``: forward Euler, Δ = 1, one step (partitioned over
+        several blocks), on a field whose step is torch's (``field.torch_step``) and whose
+        parameters are torch's (a constrained field's are not)."""
+        kind = self.field.torch_step
+        if kind is None or not (self._is_euler and self.dt == 1.0 and self.steps == 1):
+            return None
+        if self.field.blocks > 1 and not self.partitioned:
+            return None
+        names = {name for name, _ in self.field.named_parameters()}
+        return kind if names <= _TORCH_NAMES | {"weight_hr"} else None
+
+    @property
     def torch_equivalent(self) -> type | None:
-        """The ``torch.nn`` cell class this cell equals, or ``None``: forward Euler, Δ = 1, one step,
-        on the (unconstrained) tanh-RNN, GRU-ODE or partitioned LSTM field."""
-        if not (self._is_euler and self.dt == 1.0 and self.steps == 1):
+        """The ``torch.nn`` cell class this cell equals, or ``None``: where :attr:`torch_sequence`
+        is one, and the field has only a torch cell's parameters (no cell has the LSTM's projection)."""
+        kind = self.torch_sequence
+        if kind is None or not {name for name, _ in self.field.named_parameters()} <= _TORCH_NAMES:
             return None
-        kind = type(self.field)
-        if getattr(self.field, "gamma", 1.0) != 1.0:  # the tanh-RNN field with a leak other than −h
-            return None
-        if kind is LSTMField:
-            return nn.LSTMCell if self.partitioned else None
-        return {TanhRNNField: nn.RNNCell, GRUODEField: nn.GRUCell}.get(kind)
+        return {nn.RNN: nn.RNNCell, nn.GRU: nn.GRUCell, nn.LSTM: nn.LSTMCell}[kind]
 
     def to_torch(self) -> nn.Module:
         """The equivalent ``torch.nn`` cell with the same weights, where one exists (see
@@ -216,7 +231,8 @@ class ODECell(Settings, nn.Module):
         kind, f = self.torch_equivalent, self.field
         if kind is None:
             raise ValueError(f"no torch.nn cell equals {self.describe()}: that needs forward Euler, dt=1, "
-                             "steps=1 on the rnn, gru-ode or (partitioned) lstm field")
+                             "steps=1 on the rnn, gru-ode or (partitioned) lstm field, without a projection "
+                             "or a constraint")
         module = kind(f.input_size, f.hidden_size, bias=f.bias_ih is not None)
         module = module.to(dtype=f.weight_hh.dtype, device=f.weight_hh.device)
         with torch.no_grad():

@@ -466,7 +466,7 @@ def _structure(cell):
     """``(W, b)`` where sequences of this cell run in the engine (an explicit fixed-step tableau on a
     field with the recurrent structure), else ``None`` (token by token under autograd)."""
     from ._stepping import ExplicitScheme
-    return cell.field.recurrent() if isinstance(cell.scheme, ExplicitScheme) else None
+    return cell.field.recurrent() if isinstance(cell.scheme, ExplicitScheme) and cell.field.elementwise else None
 
 
 def in_engine(cell) -> bool:

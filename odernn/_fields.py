@@ -68,6 +68,21 @@ class VectorField(nn.Module):
         self.input_size, self.hidden_size = input_size, hidden_size
         self._held = None  # recurrent() held for one token's evaluations (held_structure)
 
+    @property
+    def block_sizes(self) -> tuple[int, ...]:
+        """The width of each state block, in block order (``hidden_size`` each, but for the
+        LSTM's projected ``h``)."""
+        return (self.hidden_size,) * self.blocks
+
+    @property
+    def output_size(self) -> int:
+        """The width of the block a layer outputs."""
+        return self.block_sizes[self.output_block]
+
+    # the torch.nn sequence module (nn.RNN, nn.GRU, nn.LSTM) whose layers' update one forward-Euler
+    # step of this field (Δ = 1, partitioned over several blocks) equals, with the same parameters
+    torch_step: type | None = None
+
     def project(self, x: torch.Tensor):
         return x
 
@@ -76,6 +91,13 @@ class VectorField(nn.Module):
         """``(W, b)``: the linear map through which the state enters, or ``None`` where the field has
         no such structure (then only autograd differentiates it)."""
         return None
+
+    @property
+    def elementwise(self) -> bool:
+        """Whether everything after ``recurrent()`` is elementwise, so that ``derivative_vjp`` and
+        ``activate_vjp`` carry every gradient but the recurrent map's (what the sequence engine
+        and the structured adjoint need)."""
+        return True
 
     def recurrent_input(self, blocks: tuple[torch.Tensor, ...]) -> torch.Tensor:
         parts = [blocks[k] for k in self.recurrent_blocks]
@@ -132,8 +154,8 @@ class VectorField(nn.Module):
         return order if isinstance(order, int) else order[0]
 
     def initial_state(self, batch: int, dtype, device):
-        zeros = torch.zeros(batch, self.hidden_size, dtype=dtype, device=device)
-        return self.from_blocks(tuple(zeros for _ in range(self.blocks)))
+        return self.from_blocks(tuple(torch.zeros(batch, width, dtype=dtype, device=device)
+                                      for width in self.block_sizes))
 
     def recurrent_matrices(self) -> dict[str, torch.Tensor]:
         """The square ``hidden × hidden`` weight matrices acting on the state, by name (their
@@ -197,6 +219,10 @@ class TanhRNNField(_TanhActivation, VectorField):
         self.bias_hh = nn.Parameter(torch.empty(hidden_size)) if bias else None
         _uniform_(self, hidden_size)
 
+    @property
+    def torch_step(self):
+        return nn.RNN if self.gamma == 1.0 else None  # the leak −h is torch's
+
     def project(self, x):
         if self.bias_ih is None:
             return x @ self.weight_ih.T  # (…, H)
@@ -225,6 +251,8 @@ class GRUODEField(VectorField):
 
     Forward Euler with ``Δ = 1`` gives ``torch.nn.GRUCell`` exactly.
     """
+
+    torch_step = nn.GRU
 
     def __init__(self, input_size, hidden_size, bias: bool = True):
         super().__init__(input_size, hidden_size)
@@ -278,18 +306,38 @@ class LSTMField(_ReversedState, _AddsContext, VectorField):
     Forward Euler with ``Δ = 1``, partitioned over the blocks (``c`` first, then ``h`` with the new
     ``c``), gives ``torch.nn.LSTMCell`` exactly. The user-facing state is ``(h, c)`` as
     ``LSTMCell`` returns it.
+
+    With ``proj_size = P > 0`` (``nn.LSTM``'s projection), ``h`` has ``P`` entries and
+    ``dh = W_hr (o ⊙ tanh(c)) − h`` with ``W_hr`` ``(P, H)`` (``weight_hr``): the same partitioned
+    Euler step gives the layer update of ``nn.LSTM(proj_size=P)``. The projection is a matrix
+    product after the gates, outside the engine's elementwise structure, so such a field runs token
+    by token under autograd (or on PyTorch's kernel where it equals ``nn.LSTM``).
     """
 
     blocks = 2
     recurrent_blocks = (1,)  # the gates read h only
+    torch_step = nn.LSTM
 
-    def __init__(self, input_size, hidden_size, bias: bool = True):
+    def __init__(self, input_size, hidden_size, bias: bool = True, proj_size: int = 0):
         super().__init__(input_size, hidden_size)
+        if not isinstance(proj_size, int) or not 0 <= proj_size < hidden_size:
+            raise ValueError(f"proj_size must be an integer in [0, hidden_size={hidden_size}), got {proj_size!r}")
+        self.proj_size = proj_size
+        width = proj_size or hidden_size
         self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, width))
         self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size)) if bias else None
         self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size)) if bias else None
+        self.weight_hr = nn.Parameter(torch.empty(proj_size, hidden_size)) if proj_size else None
         _uniform_(self, hidden_size)
+
+    @property
+    def block_sizes(self):
+        return (self.hidden_size, self.proj_size or self.hidden_size)
+
+    @property
+    def elementwise(self):
+        return not self.proj_size
 
     def project(self, x):
         if self.bias_ih is None:
@@ -308,9 +356,13 @@ class LSTMField(_ReversedState, _AddsContext, VectorField):
     def derivative(self, act, blocks, which):
         i, f, g, o = act
         c, h = blocks
-        return tuple((f - 1) * c + i * g if k == 0 else o * torch.tanh(c) - h for k in which)
+        return tuple((f - 1) * c + i * g if k == 0 else self._project(o * torch.tanh(c)) - h for k in which)
+
+    def _project(self, m):
+        return m if self.weight_hr is None else m @ self.weight_hr.T  # (…, P)
 
     def derivative_vjp(self, act, blocks, grads, which):
+        """(With a projection, the gradient of ``weight_hr`` is not among them: see :attr:`elementwise`.)"""
         i, f, g, o = act
         c, _ = blocks
         grad_c = grad_h = grad_i = grad_f = grad_g = grad_o = None
@@ -319,7 +371,8 @@ class LSTMField(_ReversedState, _AddsContext, VectorField):
                 grad_i, grad_f, grad_g, grad_c = gk * g, gk * c, gk * i, gk * (f - 1)
             else:
                 tanh_c = torch.tanh(c)
-                grad_o, grad_h = gk * tanh_c, -gk
+                grad_h, gk = -gk, (gk if self.weight_hr is None else gk @ self.weight_hr)  # ∂/∂(o ⊙ tanh c)
+                grad_o = gk * tanh_c
                 through = _tanh_backward(gk * o, tanh_c)
                 grad_c = through if grad_c is None else grad_c + through
         return (grad_c, grad_h), (grad_i, grad_f, grad_g, grad_o)
@@ -332,7 +385,14 @@ class LSTMField(_ReversedState, _AddsContext, VectorField):
         return grad, grad
 
     def recurrent_matrices(self):
-        return dict(zip(("W_hi", "W_hf", "W_hg", "W_ho"), self.weight_hh.chunk(4, dim=0)))
+        gates = self.weight_hh.chunk(4, dim=0)
+        if self.weight_hr is None:
+            return dict(zip(("W_hi", "W_hf", "W_hg", "W_ho"), gates))
+        # with a projection the square maps are o ⊙ tanh(c) → h → gate: W_h· W_hr
+        return {f"{name}·W_hr": W @ self.weight_hr for name, W in zip(("W_hi", "W_hf", "W_hg", "W_ho"), gates)}
+
+    def extra_repr(self):
+        return super().extra_repr() + (f", proj_size={self.proj_size}" if self.proj_size else "")
 
 
 class AntisymmetricField(_TanhActivation, VectorField):

@@ -26,7 +26,7 @@ class TokenODE(nn.Module):
     def __init__(self, field, x: torch.Tensor):
         super().__init__()
         self.field, self.x = field, x
-        self.sizes = [field.hidden_size] * field.blocks
+        self.sizes = list(field.block_sizes)
 
     def pack(self, state) -> torch.Tensor:
         return torch.cat(self.field.to_blocks(state), dim=-1)

@@ -26,7 +26,6 @@ GRAD_MODES = ("backprop", "checkpoint", "adjoint")
 
 # the torch.nn sequence modules, the spec each equals (forward Euler, Δ = 1), and their cells
 _TORCH = {nn.RNN: "rnn:euler", nn.GRU: "gru-ode:euler", nn.LSTM: "lstm:euler"}
-_SEQUENCE_OF_CELL = {nn.RNNCell: nn.RNN, nn.GRUCell: nn.GRU, nn.LSTMCell: nn.LSTM}
 
 
 def _flat_name(path: str, suffix: str) -> str:
@@ -124,8 +123,8 @@ class ODERNN(Settings, nn.Module):
         check_count("num_layers", num_layers)
         check_bool("bidirectional", bidirectional)
         check_proj_size(proj_size, hidden_size)
-        if proj_size:
-            raise ValueError(f"proj_size={proj_size}: odernn.ODERNN has no projection of the output state yet")
+        if proj_size and callable(spec):
+            raise ValueError("proj_size with a cell factory: give the projection to the factory's lstm field")
         if adjoint is not None and not isinstance(adjoint, AdjointMethod):
             raise TypeError(f"adjoint should be an odernn.AdjointMethod, got: {type(adjoint).__name__}")
         self.spec, self.input_size, self.hidden_size = spec, input_size, hidden_size
@@ -133,15 +132,15 @@ class ODERNN(Settings, nn.Module):
         self.dropout, self.bidirectional, self.proj_size = dropout, bidirectional, proj_size
         self.grad, self.adjoint = grad, adjoint or AdjointMethod()
         directions = 2 if bidirectional else 1
+        options = {**({} if bias else {"bias": False}), **({"proj_size": proj_size} if proj_size else {})}
         # One cell per layer and direction. The cells are not submodules: their parameters are
         # registered here under torch's names, and bound back into the cells before each use.
         cells, names, weights = [], [], []
         with torch.device(device) if device is not None else contextlib.nullcontext():
             for layer in range(num_layers):
                 for direction in range(directions):
-                    width = input_size if layer == 0 else hidden_size * directions
-                    made = spec(width, hidden_size) if callable(spec) else make_cell(
-                        spec, width, hidden_size, **({} if bias else {"bias": False}))
+                    width = input_size if layer == 0 else cells[-1].field.output_size * directions
+                    made = spec(width, hidden_size) if callable(spec) else make_cell(spec, width, hidden_size, **options)
                     if not isinstance(made, ODECell):
                         raise TypeError(f"ODERNN: the cell factory returned {type(made).__name__}, not an "
                                         "odernn.ODECell")
@@ -338,15 +337,15 @@ class ODERNN(Settings, nn.Module):
         return dt.T if self.batch_first else dt
 
     def _initial_state(self, hx, B, x, unbatched, field, dtype=None):
-        """``hx`` as a tuple over the field's blocks of ``(L·D, B, H)`` tensors (zeros if ``None``)."""
-        shape = (self.num_layers * self.num_directions, B, self.hidden_size)
+        """``hx`` as a tuple over the field's blocks of ``(L·D, B, width)`` tensors (zeros if ``None``)."""
+        shapes = [(self.num_layers * self.num_directions, B, width) for width in field.block_sizes]
         if hx is None:  # in the weights' dtype: under autocast the input may be bfloat16, the state is not
-            zeros = x.new_zeros(shape, dtype=dtype or x.dtype)
-            return tuple(zeros for _ in range(field.blocks))
+            return tuple(x.new_zeros(shape, dtype=dtype or x.dtype) for shape in shapes)
         name = type(self).__name__.removeprefix("Parametrized")
-        expected = shape[:1] + shape[2:] if unbatched else shape
-        what = (f"a tensor of shape {expected}" if field.blocks == 1 else
-                f"a tuple of {field.blocks} tensors of shape {expected}")
+        shapes = [shape[:1] + shape[2:] if unbatched else shape for shape in shapes]
+        user = field.from_blocks(tuple(shapes)) if field.blocks > 1 else shapes[0]  # in the caller's order
+        what = (f"a tensor of shape {user}" if field.blocks == 1 else
+                f"a tuple of {field.blocks} tensors of shapes {', '.join(map(str, user))}")
         if field.blocks == 1 and not isinstance(hx, torch.Tensor):
             raise InputError(f"{name}: hx for the {self._cells[0].field_name} is {what}, got {type(hx).__name__}")
         if field.blocks > 1 and (not isinstance(hx, (tuple, list)) or len(hx) != field.blocks
@@ -356,10 +355,11 @@ class ODERNN(Settings, nn.Module):
             raise InputError(f"{name}: hx for the {self._cells[0].field_name} is {what} (in the cell's state "
                              f"order), got {got}")
         out = []
+        order = field.to_blocks(tuple(range(field.blocks))) if field.blocks > 1 else (0,)
         for k, block in enumerate(field.to_blocks(hx)):
-            if tuple(block.shape) != expected:
-                which = "hx" if field.blocks == 1 else f"each tensor of hx (block {k})"
-                raise InputError(f"{name}: {which} must have shape {expected} for "
+            if tuple(block.shape) != shapes[k]:
+                which = "hx" if field.blocks == 1 else f"hx[{order[k]}]"
+                raise InputError(f"{name}: {which} must have shape {shapes[k]} for "
                                  f"{'unbatched' if unbatched else 'batched'} input, got {tuple(block.shape)}")
             if dtype is not None and block.dtype != dtype and not torch.is_autocast_enabled(block.device.type):
                 raise InputError(f"{name}: hx dtype ({block.dtype}) does not match weight dtype ({dtype})")
@@ -409,8 +409,8 @@ class ODERNN(Settings, nn.Module):
     def torch_equivalent(self) -> type | None:
         """The ``torch.nn`` sequence module (``nn.RNN``, ``nn.GRU``, ``nn.LSTM``) these layers equal,
         or ``None`` (see ``ODECell.torch_equivalent``)."""
-        kinds = {cell.torch_equivalent for cell in self._cells}  # a factory may make unequal layers
-        return _SEQUENCE_OF_CELL.get(kinds.pop()) if len(kinds) == 1 else None
+        kinds = {cell.torch_sequence for cell in self._cells}  # a factory may make unequal layers
+        return kinds.pop() if len(kinds) == 1 else None
 
     def to_torch(self) -> nn.Module:
         """The equal ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` with the same weights, where one exists
@@ -431,8 +431,9 @@ class ODERNN(Settings, nn.Module):
 
     def _torch_module(self, kind, device) -> nn.Module:
         bias = self._cells[0].field.bias_ih is not None
+        projection = {"proj_size": self.proj_size} if self.proj_size else {}
         return kind(self.input_size, self.hidden_size, self.num_layers, bias=bias, batch_first=self.batch_first,
-                    dropout=self.dropout, bidirectional=self.bidirectional, device=device)
+                    dropout=self.dropout, bidirectional=self.bidirectional, device=device, **projection)
 
     def describe(self) -> str:
         cell = self._cells[0]

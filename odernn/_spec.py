@@ -44,7 +44,7 @@ _FIELDS = {
     "gru-ode": _FieldKind(GRUODEField, 1.0, False, {"bias": bool}, "GRU-ODE, (1 − z) ⊙ (n − h)",
                           "De Brouwer et al. (2019); Cho et al. (2014)",
                           "gru-ode:euler is torch.nn.GRUCell (tests/test_cells.py)"),
-    "lstm": _FieldKind(LSTMField, 1.0, True, {"bias": bool}, "LSTM on (c, h): dc = (f − 1)c + i g, dh = o tanh(c) − h",
+    "lstm": _FieldKind(LSTMField, 1.0, True, {"bias": bool, "proj_size": int}, "LSTM on (c, h): dc = (f − 1)c + i g, dh = o tanh(c) − h",
                        "Hochreiter & Schmidhuber (1997); torch.nn.LSTMCell",
                        "lstm:euler (partitioned) is torch.nn.LSTMCell (tests/test_cells.py)"),
     "antisymmetric": _FieldKind(AntisymmetricField, 0.01, False, {"gamma": float, "bias": bool},

@@ -295,8 +295,8 @@ def test_a_torch_state_dict_loads_into_the_matching_field_and_unbatched_input_wo
         assert a.shape == b.shape and (a - b).abs().max() <= 1e-12
     with pytest.raises(ValueError, match="no torch.nn cell equals"):
         odernn.ODERNN("gru-ode:rk4", 3, 4).to_torch()
-    with pytest.raises(ValueError, match="proj_size"):
-        odernn.from_torch(nn.LSTM(3, 4, proj_size=2))
+    with pytest.raises(odernn.CellSpecError, match="proj_size"):  # the projection is the LSTM's
+        odernn.ODERNN("gru-ode:rk4", 3, 4, proj_size=2)
 
 
 def test_conversion_moves_the_cells_with_the_module():

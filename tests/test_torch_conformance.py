@@ -204,6 +204,30 @@ def test_proj_size_is_refused_except_for_the_lstm(impl):
             make(kind, impl, 3, 4, proj_size=2)
 
 
+def test_an_lstm_projection_is_nn_lstms(impl):
+    """``proj_size``: ``h`` has P entries, ``h = W_hr (o ⊙ tanh c)``; from_torch and back keep it."""
+    torch.manual_seed(4)
+    reference = nn.LSTM(3, 5, num_layers=2, proj_size=2, bidirectional=True, batch_first=True)
+    ours = make(nn.LSTM, impl, 3, 5, num_layers=2, proj_size=2, bidirectional=True, batch_first=True)
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [(n, p.shape) for n, p in reference.named_parameters()]
+    x = torch.randn(4, 6, 3, requires_grad=True)
+    h0 = (torch.randn(4, 4, 2), torch.randn(4, 4, 5))
+    out, (h, c) = ours(x, h0)
+    assert out.shape == (4, 6, 4) and h.shape == (4, 4, 2) and c.shape == (4, 4, 5)
+    with pytest.raises(RuntimeError):
+        ours(x, (torch.randn(4, 4, 5), torch.randn(4, 4, 5)))  # h must have proj_size entries
+    if impl in EQUAL:
+        ours.load_state_dict(reference.state_dict())
+        expected, (h2, c2) = reference(x, h0)
+        out, (h, c) = ours(x, h0)
+        assert_same((out, h, c), (expected, h2, c2))
+        grads = [torch.autograd.grad(o.square().sum() + k.sum(), [x, *m.parameters()])
+                 for o, k, m in ((out, c, ours), (expected, c2, reference))]
+        assert all((a - b).abs().max() <= 1e-12 for a, b in zip(*grads))
+        back = odernn.from_torch(reference).to_torch()
+        assert back.proj_size == 2 and all(torch.equal(a, b) for a, b in zip(back.parameters(), reference.parameters()))
+
+
 def test_the_same_seed_gives_the_same_initial_weights(kind, impl):
     torch.manual_seed(3)
     reference = kind(3, 4, num_layers=2, bidirectional=True)
