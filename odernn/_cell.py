@@ -69,6 +69,12 @@ class ODECell(Settings, nn.Module):
         self._is_euler = tableau.A == _euler().A and tableau.b == _euler().b  # derived once: the tableau is fixed
         self._freeze()
 
+    def __setstate__(self, state):
+        state.setdefault("_frozen", True)
+        super().__setstate__(state)
+        if "_is_euler" not in state:  # pickled before it was derived at construction
+            object.__setattr__(self, "_is_euler", self.tableau.A == _euler().A and self.tableau.b == _euler().b)
+
     @property
     def n(self) -> int:
         return self.tableau.stages

@@ -88,10 +88,12 @@ class Settings:
         if name in self._fixed and self.__dict__.get("_frozen"):
             raise AttributeError(f"{type(self).__name__}.{name} cannot change after construction: it fixes the "
                                  f"{self._fixed_what}; build a new {type(self).__name__} instead")
+        super().__setattr__(name, self._check(name, value))
+
+    def _check(self, name: str, value):
+        """``value`` for the attribute ``name``, checked (a subclass adds checks across attributes)."""
         check = self._checked.get(name)
-        if check is not None:
-            value = check(value)
-        super().__setattr__(name, value)
+        return value if check is None else check(value)
 
     _fixed_what = "parameters' layout"
 

@@ -15,6 +15,9 @@ with ``J_f(Y_i)ᵀ κ_i`` from the field's own vector–Jacobian products and on
 ``W``. No autograd graph is built per token: ``_Sequence`` is one ``autograd.Function`` over the
 sequence. It is tested equal to autograd through the per-token cell.
 
+The backward is itself differentiable: when it is asked to build a graph (``create_graph=True``)
+it runs the sequence again under autograd from the saved inputs and differentiates that instead.
+
 Two memory modes: stored stages (``grad="backprop"``) keep each evaluation's stage values and
 activations from the forward pass (fast); recomputed ones (``grad="checkpoint"``) keep only the
 state at each token and re-run one token's stages at a time in the backward pass (memory flat in

@@ -331,6 +331,11 @@ class LSTMField(_ReversedState, _AddsContext, VectorField):
         self.weight_hr = nn.Parameter(torch.empty(proj_size, hidden_size)) if proj_size else None
         _uniform_(self, hidden_size)
 
+    def __setstate__(self, state):
+        state.setdefault("proj_size", 0)  # pickled before the projection existed
+        state["_parameters"].setdefault("weight_hr", None)
+        super().__setstate__(state)
+
     @property
     def block_sizes(self):
         return (self.hidden_size, self.proj_size or self.hidden_size)

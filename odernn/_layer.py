@@ -125,8 +125,6 @@ class ODERNN(Settings, nn.Module):
         check_proj_size(proj_size, hidden_size)
         if proj_size and callable(spec):
             raise ValueError("proj_size with a cell factory: give the projection to the factory's lstm field")
-        if adjoint is not None and not isinstance(adjoint, AdjointMethod):
-            raise TypeError(f"adjoint should be an odernn.AdjointMethod, got: {type(adjoint).__name__}")
         self.spec, self.input_size, self.hidden_size = spec, input_size, hidden_size
         self.num_layers, self.bias, self.batch_first = num_layers, bias, batch_first
         self.dropout, self.bidirectional, self.proj_size = dropout, bidirectional, proj_size
@@ -164,9 +162,29 @@ class ODERNN(Settings, nn.Module):
         # weightless nn.RNN/GRU/LSTM (meta device, not submodules), built when first needed, that run
         # this module's own parameters through PyTorch's fused kernel where the two are equal
         object.__setattr__(self, "_twins", {})
-        if grad == "adjoint":
-            self.adjoint.scheme(cells[0])  # an unusable backward solver fails now, not at the first backward
         self._freeze()
+        self._check("grad", grad)  # an unusable backward solver fails now, not at the first backward
+
+    def _check(self, name, value):
+        value = super()._check(name, value)
+        if name == "adjoint" and not isinstance(value, AdjointMethod):
+            raise TypeError(f"adjoint should be an odernn.AdjointMethod, got: {type(value).__name__}")
+        if name in ("grad", "adjoint") and self.__dict__.get("_frozen"):
+            grad, method = (value, self.adjoint) if name == "grad" else (self.grad, value)
+            if grad == "adjoint":
+                method.scheme(self._cells[0])  # raises for a backward solver it cannot run
+        return value
+
+    def __setstate__(self, state):
+        # a module pickled before these attributes existed: derive them
+        state.pop("_torch_twin", None)
+        state.setdefault("_twins", {})
+        state.setdefault("proj_size", 0)
+        state.setdefault("_frozen", True)
+        if "_weight_names" not in state:
+            state["_weight_names"] = [[name for path, name in pairs if path in dict(made.field.named_parameters())]
+                                      for made, pairs in zip(state["_cells"], state["_names"])]
+        super().__setstate__(state)
 
     @property
     def num_directions(self) -> int:

@@ -471,6 +471,49 @@ def test_torch_compile_does_not_trace_into_the_layer(impl):
     assert sizes[4] == sizes[40] < 30
 
 
+# --- single steps: the cells ------------------------------------------------------------------------
+
+CELLS = {nn.GRUCell: "gru-ode", nn.LSTMCell: "lstm", nn.RNNCell: "rnn"}
+
+
+@pytest.mark.parametrize("impl", ["torch", "euler", "rk4"])
+@pytest.mark.parametrize("kind", list(CELLS), ids=lambda k: k.__name__)
+@pytest.mark.parametrize("bad, error", [
+    (lambda k: (torch.randn(2, 4),), RuntimeError),                                       # wrong input_size
+    (lambda k: (torch.randn(2, 2, 3),), ValueError),                                      # 3-D input
+    (lambda k: (torch.randn(2, 3), state(k is nn.LSTMCell and nn.LSTM, (2, 5))), RuntimeError),  # hx width
+], ids=["input_size", "3-D", "hx-width"])
+def test_a_cells_bad_input_raises_torchs_exception_type(kind, impl, bad, error):
+    cell = kind(3, 4) if impl == "torch" else odernn.cell(f"{CELLS[kind]}:{impl}", 3, 4)
+    with pytest.raises(error):
+        cell(*bad(kind))
+
+
+@pytest.mark.parametrize("kind", list(CELLS), ids=lambda k: k.__name__)
+def test_a_cell_takes_unbatched_input_as_torchs_does(kind):
+    reference = kind(3, 4)
+    ours = odernn.from_torch(reference)
+    x = torch.randn(3)
+    assert_same(ours(x), reference(x))
+
+
+def test_a_cells_interval_changed_after_construction_is_honoured_on_every_path():
+    """The default layer equals nn.GRU only while Δ = 1: a changed Δ leaves PyTorch's kernel."""
+    torch.manual_seed(6)
+    fused = odernn.from_torch(nn.GRU(3, 4))
+    x = torch.randn(5, 2, 3)
+    before = fused(x)[0]
+    fused.cells[0].dt = 0.5
+    assert fused.torch_equivalent is None
+    expected = fused(x, dt=0.5)[0]  # the engine with an explicit Δ
+    assert_same(fused(x)[0], expected)
+    assert not torch.allclose(expected, before)
+    with pytest.raises(ValueError):
+        fused.cells[0].dt = -1.0
+    with pytest.raises(AttributeError, match="tableau cannot change"):
+        fused.cells[0].tableau = "rk4"
+
+
 # --- deliberate differences (README: "Where ODERNN differs from nn.GRU") -----------------------------
 
 @pytest.mark.parametrize("attribute, value", [("num_layers", 3), ("hidden_size", 5), ("input_size", 2),

@@ -251,6 +251,9 @@ class Trainer:
         self.optimizer = self._optimizer()
         if config.jac_reg > 0 and None in self.model.layer_cells():
             raise ValueError(f"--jac-reg penalises ODE cells; {config.cell} has PyTorch layers")
+        if config.jac_reg > 0 and any(isinstance(cell.scheme, odernn.ImplicitScheme) for cell in self.model.layer_cells()):
+            raise ValueError(f"--jac-reg is trained through second derivatives, and {config.cell} is implicit: its "
+                             "stage equations give first derivatives only (use an explicit tableau)")
         if config.batch_size % self.world:
             raise ValueError(f"--batch-size {config.batch_size} is not divisible by {self.world} processes")
         train = self.corpus.train if config.train_tokens is None else self.corpus.train[: config.train_tokens]
