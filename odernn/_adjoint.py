@@ -26,7 +26,7 @@ import torch
 
 import butcher
 
-from ._stepping import AdaptiveScheme, ExplicitScheme
+from ._stepping import AdaptiveScheme, ExplicitScheme, parameters_bound
 
 __all__ = ["AdjointMethod", "adjoint", "adjoint_token"]
 
@@ -69,6 +69,8 @@ class _TokenAdjoint(torch.autograd.Function):
         with torch.no_grad():
             out = cell.integrate(context, tuple(blocks), interval / cell.steps)
         ctx.cell, ctx.method, ctx.interval, ctx.blocks_count = cell, method, interval, blocks_count
+        # the backward solves with what this token was solved with, whatever the cell holds by then
+        ctx.parameters, ctx.steps = list(cell.field.named_parameters()), cell.steps
         ctx.save_for_backward(context, *out)
         return tuple(o.clone() for o in out)
 
@@ -77,6 +79,11 @@ class _TokenAdjoint(torch.autograd.Function):
         if torch.is_grad_enabled():  # a backward that builds a graph, to be differentiated again
             raise RuntimeError("the continuous adjoint gives first derivatives only: for second derivatives "
                                "(create_graph=True) use grad='backprop' or grad='checkpoint'")
+        with parameters_bound(ctx.cell.field, ctx.parameters):
+            return _TokenAdjoint._backward(ctx, *grad_out)
+
+    @staticmethod
+    def _backward(ctx, *grad_out):
         cell, n = ctx.cell, ctx.blocks_count
         context, *y = ctx.saved_tensors
         field = cell.field
@@ -107,7 +114,7 @@ class _TokenAdjoint(torch.autograd.Function):
         state = (*y, *(g if g is not None else torch.zeros_like(b) for g, b in zip(grad_out, y)),
                  torch.zeros_like(context), *gradients)
         scheme = ctx.method.scheme(cell)
-        steps = ctx.method.steps or cell.steps
+        steps = ctx.method.steps or ctx.steps
         h = ctx.interval / steps
         if isinstance(scheme, AdaptiveScheme):
             state = scheme.integrate(augmented, state, ctx.interval, h, controlled=2 * n)

@@ -154,18 +154,19 @@ class ODECell(Settings, nn.Module):
             out = tuple(b[0] for b in out)
         return self.field.from_blocks(out)
 
-    def integrate(self, context, y: tuple[torch.Tensor, ...], h) -> tuple[torch.Tensor, ...]:
-        """The state blocks ``y`` after ``steps`` steps of size ``h`` (a float, or ``(B, 1)``) with
-        the input's ``context`` (``field.project(x)``): the solve of one token."""
+    def integrate(self, context, y: tuple[torch.Tensor, ...], h, steps: int | None = None) -> tuple[torch.Tensor, ...]:
+        """The state blocks ``y`` after ``steps`` (default the cell's) steps of size ``h`` (a float,
+        or ``(B, 1)``) with the input's ``context`` (``field.project(x)``): the solve of one token."""
+        steps = self.steps if steps is None else steps
         if isinstance(self.scheme, AdaptiveScheme):
             if isinstance(h, torch.Tensor):
-                raise ValueError("adaptive cells share their steps across the batch: give dt as a number")
-            y = self.scheme.integrate(lambda blocks: self.field(context, blocks), y, h * self.steps, h)
+                raise InputError("adaptive cells share their steps across the batch: give dt as a number")
+            y = self.scheme.integrate(lambda blocks: self.field(context, blocks), y, h * steps, h)
             self.nfe = self.scheme.evaluations
             return y
         implicit = isinstance(self.scheme, ImplicitScheme)
         evaluations = 0
-        for _ in range(self.steps):
+        for _ in range(steps):
             if implicit:
                 y = self.scheme.step(self.field, context, y, h)
                 evaluations += self.scheme.evaluations
@@ -176,7 +177,7 @@ class ODECell(Settings, nn.Module):
                     y = y[:k] + self.scheme.step(block_field, y[k:k + 1], h) + y[k + 1:]
             else:
                 y = self.scheme.step(lambda blocks: self.field(context, blocks), y, h)
-        self.nfe = evaluations if implicit else self.nfe_per_token
+        self.nfe = evaluations if implicit else steps * self.nfe_per_token // self.steps
         return y
 
     def jacobian(self, x: torch.Tensor, state=None) -> torch.Tensor:
@@ -219,15 +220,15 @@ class ODECell(Settings, nn.Module):
             return None
         if self.field.blocks > 1 and not self.partitioned:
             return None
-        names = {name for name, _ in self.field.named_parameters()}
-        return kind if names <= _TORCH_NAMES | {"weight_hr"} else None
+        return None if parametrize.is_parametrized(self.field) else kind  # a constraint's weights are not torch's
 
     @property
     def torch_equivalent(self) -> type | None:
         """The ``torch.nn`` cell class this cell equals, or ``None``: where :attr:`torch_sequence`
         is one, and the field has only a torch cell's parameters (no cell has the LSTM's projection)."""
         kind = self.torch_sequence
-        if kind is None or not {name for name, _ in self.field.named_parameters()} <= _TORCH_NAMES:
+        if kind is None or any(value is not None for name, value in self.field._parameters.items()
+                               if name not in _TORCH_NAMES):
             return None
         return {nn.RNN: nn.RNNCell, nn.GRU: nn.GRUCell, nn.LSTM: nn.LSTMCell}[kind]
 

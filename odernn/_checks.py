@@ -85,10 +85,18 @@ class Settings:
     _checked: dict = {}
 
     def __setattr__(self, name, value):
-        if name in self._fixed and self.__dict__.get("_frozen"):
-            raise AttributeError(f"{type(self).__name__}.{name} cannot change after construction: it fixes the "
-                                 f"{self._fixed_what}; build a new {type(self).__name__} instead")
+        self._refuse_if_fixed(name)
         super().__setattr__(name, self._check(name, value))
+
+    def __delattr__(self, name):
+        self._refuse_if_fixed(name)
+        super().__delattr__(name)
+
+    def _refuse_if_fixed(self, name: str) -> None:
+        if name in self._fixed and self.__dict__.get("_frozen"):
+            kind = type(self).__name__.removeprefix("Parametrized")  # a parametrisation's subclass
+            raise AttributeError(f"{kind}.{name} cannot change after construction: it fixes the "
+                                 f"{self._fixed_what}; build a new {kind} instead")
 
     def _check(self, name: str, value):
         """``value`` for the attribute ``name``, checked (a subclass adds checks across attributes)."""

@@ -32,13 +32,15 @@ and pushed through ``W`` once, at the evaluation that made them.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import warnings
 from dataclasses import dataclass, field as dataclass_field
 
 import torch
+
+from ._checks import InputError
+from ._stepping import parameters_bound
 
 __all__ = ["TokenProgram", "in_engine", "run_sequence"]
 
@@ -296,6 +298,12 @@ def _forward(program: TokenProgram, C, h, W, b, y: tuple, tapes: list | None = N
     return torch.stack(outputs), y
 
 
+class _Record:
+    """What ``_Sequence.forward`` hands its ``setup_context``: the tapes or starting states."""
+    tapes = starts = None
+    keep_K = False
+
+
 class _Sequence(torch.autograd.Function):
     """``(outputs, *final blocks)`` of one cell over a sequence, with the generated backward pass.
     Inputs that get gradients: the projected inputs ``C`` ``(T, B, G)``, the step ``h`` (a
@@ -306,27 +314,40 @@ class _Sequence(torch.autograd.Function):
     differentiates that: the generated sweep reads stage values stored without a graph, so its
     result could not be differentiated again."""
 
+    # forward and setup_context apart (torch.func's form): the tapes pass from one to the other in
+    # ``record``, which the caller passes in (an opaque object: torch.func copies containers)
+    generate_vmap_rule = True  # vmap runs the forward and the backward on batched tensors as they are
+
     @staticmethod
-    def forward(ctx, program: TokenProgram, recompute: bool, C, h, W, b, *y0):
-        ctx.set_materialize_grads(False)
-        ctx.autocast = _autocast_state(C.device.type)
-        keep_K = isinstance(h, torch.Tensor) and ctx.needs_input_grad[3]
+    def forward(program: TokenProgram, recompute: bool, record: "_Record", C, h, W, b, *y0):
+        keep_K = isinstance(h, torch.Tensor) and h.requires_grad
         tapes, starts = ([], None) if not recompute else (None, [])
         out, y = _forward(program, C, h, W, b, y0, tapes, starts, keep_K)
-        ctx.program, ctx.recompute, ctx.tapes, ctx.starts, ctx.keep_K = program, recompute, tapes, starts, keep_K
-        ctx.h_float = None if isinstance(h, torch.Tensor) else h
-        ctx.save_for_backward(C, W, b, *((h,) if isinstance(h, torch.Tensor) else ()), *y0)
+        record.tapes, record.starts, record.keep_K = tapes, starts, keep_K
         # fresh tensors: the final blocks can be stage values on the tapes (a partitioned step's
         # later groups hold the earlier groups' new blocks), and an output the tapes keep would make
         # a cycle through its grad_fn that Python's collector cannot free: a leak per sequence
         return (out, *(block.clone() for block in y))
 
     @staticmethod
+    def setup_context(ctx, inputs, output):
+        program, recompute, record, C, h, W, b, *y0 = inputs
+        ctx.set_materialize_grads(False)
+        ctx.autocast = _autocast_state(C.device.type)
+        ctx.program, ctx.recompute = program, recompute
+        ctx.tapes, ctx.starts, ctx.keep_K = record.tapes, record.starts, record.keep_K
+        ctx.h_float = None if isinstance(h, torch.Tensor) else h
+        ctx.save_for_backward(C, W, b, *((h,) if isinstance(h, torch.Tensor) else ()), *y0)
+
+    @staticmethod
     def backward(ctx, grad_out, *grad_final):
         # the reverse sweep's products in the forward's precision (what torch.amp.custom_bwd does)
         with torch.autocast(**ctx.autocast):
-            if torch.is_grad_enabled():
-                return _Sequence._differentiable_backward(ctx, grad_out, *grad_final)
+            # the generated sweep gives ∂L/∂h only from stage derivatives the forward kept (it keeps
+            # them when h required a gradient; under torch.func it could not tell)
+            if torch.is_grad_enabled() or (ctx.needs_input_grad[4] and not ctx.keep_K):
+                with torch.enable_grad():
+                    return _Sequence._differentiable_backward(ctx, grad_out, *grad_final)
             return _Sequence._backward(ctx, grad_out, *grad_final)
 
     @staticmethod
@@ -340,16 +361,23 @@ class _Sequence(torch.autograd.Function):
     def _differentiable_backward(ctx, grad_out, *grad_final):
         C, h, W, b, y0 = _Sequence._saved(ctx)
         inputs = (C, h, W, b, *y0)
-        wanted = [k for k, needed in enumerate(ctx.needs_input_grad[2:]) if needed]
+        wanted = [k for k, needed in enumerate(ctx.needs_input_grad[3:]) if needed]
         program = TokenProgram.eager(ctx.program)  # compiled kernels have no double backward
-        out, y = _forward(program, C, h, W, b, y0)
-        pairs = [(v, g) for v, g in zip((out, *y), (grad_out, *grad_final)) if g is not None and v.requires_grad]
-        grads = torch.autograd.grad([v for v, _ in pairs], [inputs[k] for k in wanted], [g for _, g in pairs],
-                                    create_graph=True, allow_unused=True) if pairs else [None] * len(wanted)
+
+        def sequence(*chosen):
+            args = list(inputs)
+            for k, value in zip(wanted, chosen):
+                args[k] = value
+            out, y = _forward(program, args[0], args[1], args[2], args[3], tuple(args[4:]))
+            return (out, *y)
+        # torch.func.vjp, not autograd.grad: it composes with an outer autograd graph and with
+        # torch.func's transforms (vmap over this backward: jacrev, hessian, per-sample gradients)
+        outputs, vjp = torch.func.vjp(sequence, *(inputs[k] for k in wanted))
+        cotangents = tuple(torch.zeros_like(v) if g is None else g for v, g in zip(outputs, (grad_out, *grad_final)))
         result = [None] * len(inputs)
-        for k, g in zip(wanted, grads):
-            result[k] = torch.zeros_like(inputs[k]) if g is None else g
-        return (None, None, *result)
+        for k, g in zip(wanted, vjp(cotangents)):
+            result[k] = g
+        return (None, None, None, *result)
 
     @staticmethod
     def _backward(ctx, grad_out, *grad_final):
@@ -379,7 +407,7 @@ class _Sequence(torch.autograd.Function):
         grad_C = torch.stack([torch.zeros_like(C[0]) if g is None else g for g in grad_C])
         grad_W = weight_grad.W if weight_grad.W is not None else torch.zeros_like(W)
         grad_b = None if b is None else (weight_grad.b if weight_grad.b is not None else torch.zeros_like(b))
-        return (None, None, grad_C, grad_h, grad_W, grad_b, *lam)
+        return (None, None, None, grad_C, grad_h, grad_W, grad_b, *lam)
 
 
 def _autocast_state(device_type: str) -> dict:
@@ -397,8 +425,9 @@ class _TokenCheckpoint(torch.autograd.Function):
     builds a graph recomputes from the saved tensors themselves, so it is differentiable again."""
 
     @staticmethod
-    def forward(ctx, cell, blocks: int, context, h, *tensors):  # tensors: the state blocks, then the parameters
-        ctx.cell, ctx.blocks, ctx.h_float = cell, blocks, None if isinstance(h, torch.Tensor) else h
+    def forward(ctx, cell, names, blocks: int, context, h, *tensors):  # the state blocks, then the parameters
+        ctx.cell, ctx.names, ctx.blocks, ctx.h_float = cell, names, blocks, None if isinstance(h, torch.Tensor) else h
+        ctx.steps = cell.steps  # the token as it was solved, whatever the cell's settings by the backward
         ctx.save_for_backward(context, *((h,) if isinstance(h, torch.Tensor) else ()), *tensors)
         out = cell.integrate(context, tuple(tensors[:blocks]), h)
         return tuple(o.clone() if any(o is v for v in tensors) else o for o in out)
@@ -412,10 +441,10 @@ class _TokenCheckpoint(torch.autograd.Function):
         create = torch.is_grad_enabled()
         if not create:  # a first-order backward: a fresh graph from detached copies of the token's inputs
             inputs[:2 + n] = [v.detach().requires_grad_(needed) if isinstance(v, torch.Tensor) else v
-                              for v, needed in zip(inputs[:2 + n], ctx.needs_input_grad[2:4 + n])]
-        wanted = [k for k, needed in enumerate(ctx.needs_input_grad[2:]) if needed]
-        with torch.enable_grad(), _parameters_bound(cell.field, inputs[2 + n:]):
-            out = cell.integrate(inputs[0], tuple(inputs[2:2 + n]), inputs[1])
+                              for v, needed in zip(inputs[:2 + n], ctx.needs_input_grad[3:5 + n])]
+        wanted = [k for k, needed in enumerate(ctx.needs_input_grad[3:]) if needed]
+        with torch.enable_grad(), parameters_bound(cell.field, list(zip(ctx.names, inputs[2 + n:]))):
+            out = cell.integrate(inputs[0], tuple(inputs[2:2 + n]), inputs[1], ctx.steps)
         pairs = [(o, g) for o, g in zip(out, grads) if g is not None and o.requires_grad]
         result = [None] * len(inputs)
         if pairs and wanted:
@@ -423,23 +452,7 @@ class _TokenCheckpoint(torch.autograd.Function):
                                         create_graph=create, allow_unused=True)
             for k, g in zip(wanted, found):
                 result[k] = g
-        return (None, None, *result)
-
-
-@contextlib.contextmanager
-def _parameters_bound(field, tensors):
-    """``field`` reading ``tensors`` as its parameters (in ``named_parameters`` order) inside."""
-    slots = []
-    for (path, _), tensor in zip(list(field.named_parameters()), tensors):
-        owner, _, leaf = path.rpartition(".")
-        module = field.get_submodule(owner) if owner else field
-        slots.append((module, leaf, module._parameters[leaf]))
-        module._parameters[leaf] = tensor
-    try:
-        yield
-    finally:
-        for module, leaf, previous in slots:
-            module._parameters[leaf] = previous
+        return (None, None, None, *result)
 
 
 def _token_loop(cell, C, y, h, mask, grad: str, adjoint_method):
@@ -449,13 +462,14 @@ def _token_loop(cell, C, y, h, mask, grad: str, adjoint_method):
 
     training = torch.is_grad_enabled()
     outputs, output_block = [], cell.field.output_block
-    parameters = tuple(cell.field.parameters())
+    named = list(cell.field.named_parameters())
+    names, parameters = tuple(name for name, _ in named), tuple(p for _, p in named)
     for t in range(C.shape[0]):
         h_t = h[t] if isinstance(h, torch.Tensor) else h
         if training and grad == "adjoint":
             new = adjoint_token(cell, C[t], y, h_t * cell.steps, adjoint_method)
         elif training and grad == "checkpoint":
-            new = _TokenCheckpoint.apply(cell, len(y), C[t], h_t, *y, *parameters)
+            new = _TokenCheckpoint.apply(cell, names, len(y), C[t], h_t, *y, *parameters)
         else:
             new = cell.integrate(C[t], y, h_t)
         if mask is not None:  # finished sequences keep their state
@@ -495,7 +509,7 @@ def run_sequence(cell, x, y0: tuple, dt, mask=None, grad: str = "backprop", adjo
         dt = dt.to(dtype=state_dtype, device=x.device)
     if structure is None:
         if isinstance(dt, torch.Tensor) and grad == "adjoint" and torch.is_grad_enabled():
-            raise ValueError("the continuous adjoint takes one dt for the whole batch (a float), not a tensor")
+            raise InputError("the continuous adjoint takes one dt for the whole batch (a float), not a tensor")
         h = dt[..., None] / cell.steps if isinstance(dt, torch.Tensor) else dt / cell.steps
         # Newton tolerances, error control and the adjoint's solve are never judged in a
         # reduced precision: under autocast these run whole in the state's dtype
@@ -513,6 +527,6 @@ def run_sequence(cell, x, y0: tuple, dt, mask=None, grad: str = "backprop", adjo
     program = TokenProgram(cell, compiled)
     tensors = (C, h, W, b, *y0)
     if torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in tensors):
-        out, *y = _Sequence.apply(program, grad == "checkpoint", *tensors)
+        out, *y = _Sequence.apply(program, grad == "checkpoint", _Record(), *tensors)
         return out, tuple(y)
     return _forward(program, C, h, W, b, y0)

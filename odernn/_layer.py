@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import warnings
 from functools import partial
 
@@ -159,9 +160,6 @@ class ODERNN(Settings, nn.Module):
             self.to(dtype=dtype)
         self.fused, self.compile_elementwise, self.cuda_graphs = fused, compile_elementwise, cuda_graphs
         object.__setattr__(self, "graphs", SequenceGraphs())  # not a submodule: it refers back to this one
-        # weightless nn.RNN/GRU/LSTM (meta device, not submodules), built when first needed, that run
-        # this module's own parameters through PyTorch's fused kernel where the two are equal
-        object.__setattr__(self, "_twins", {})
         self._freeze()
         self._check("grad", grad)  # an unusable backward solver fails now, not at the first backward
 
@@ -178,7 +176,6 @@ class ODERNN(Settings, nn.Module):
     def __setstate__(self, state):
         # a module pickled before these attributes existed: derive them
         state.pop("_torch_twin", None)
-        state.setdefault("_twins", {})
         state.setdefault("proj_size", 0)
         state.setdefault("_frozen", True)
         if "_weight_names" not in state:
@@ -206,12 +203,31 @@ class ODERNN(Settings, nn.Module):
     def _bind(self) -> dict[str, torch.Tensor]:
         """The module's tensors (:meth:`_weights`, each read once) put into the cells' fields."""
         weights = self._weights()
+        self._put(weights)
+        return weights
+
+    def _release(self) -> None:
+        """The cells' fields back to this module's registered tensors: nothing a call computed or
+        was given (a parametrisation's value, a ``functional_call``'s tensors) is copied or pickled
+        with them. A parametrised name holds ``None`` until the next call binds it."""
+        self._put({name: self._parameters.get(name, self._buffers.get(name)) for pairs in self._names
+                   for _, name in pairs})
+
+    def _put(self, tensors: dict) -> None:
         for made, pairs in zip(self._cells, self._names):
             for path, name in pairs:
                 owner, _, leaf = path.rpartition(".")
                 module = made.field.get_submodule(owner) if owner else made.field
-                (module._buffers if leaf in module._buffers else module._parameters)[leaf] = weights[name]
-        return weights
+                (module._buffers if leaf in module._buffers else module._parameters)[leaf] = tensors[name]
+
+    def __getstate__(self):
+        self._release()  # a copy or a pickle holds the registered tensors, never a call's
+        return super().__getstate__()
+
+    @property
+    def _has_bias(self) -> bool:
+        """Whether the layers have biases, as torch's kernel takes it (a factory's cells decide)."""
+        return any(name.startswith("bias_ih") for name in self._weight_names[0])
 
     @property
     def all_weights(self) -> list[list[torch.Tensor]]:
@@ -243,11 +259,11 @@ class ODERNN(Settings, nn.Module):
 
     def eager_forward(self, input, hx=None, dt=None, lengths=None):
         """:meth:`forward` without CUDA graphs."""
-        weights = self._bind()  # the parameters as they are now, each parametrisation evaluated once
+        weights = self._weights()  # the parameters as they are now, each parametrisation evaluated once
         field = self._cells[0].field
         dtype = next(iter(weights.values()), None)
         dtype = dtype.dtype if dtype is not None else None
-        T, B, unbatched = self._check_input(input, lengths, dtype)
+        T, B, unbatched, lengths = self._check_input(input, lengths, dtype)
         initial = self._initial_state(hx, B, input.data if isinstance(input, PackedSequence) else input, unbatched,
                                       field, dtype)
         # Under autocast the engine runs, not PyTorch's kernel: autocast's wrapper for cuDNN RNNs
@@ -256,10 +272,13 @@ class ODERNN(Settings, nn.Module):
         autocast = isinstance(input, torch.Tensor) and torch.is_autocast_enabled(input.device.type)
         kind = self.torch_equivalent if self.fused and dt is None and lengths is None else None
         if kind is not None and self.grad == "backprop" and not autocast:
-            # the same layers as nn.GRU/LSTM/RNN (Euler, Δ = 1): PyTorch's fused kernel (oneDNN, cuDNN)
-            for cell in self._cells:
-                cell.nfe = cell.nfe_per_token  # forward Euler: one evaluation per token, fused or not
-            return torch.func.functional_call(self._twin(kind), weights, (input, hx))
+            return self._fused(kind, weights, input, initial, unbatched)
+        self._put(weights)  # the cells hold this call's tensors (until the next call, as nn.GRU's flat weights do)
+        return self._run(input, initial, T, B, unbatched, dt, lengths)
+
+    def _run(self, input, initial, T, B, unbatched, dt, lengths):
+        """The layers in the engine, or token by token, with the cells holding this call's tensors."""
+        field = self._cells[0].field
         packed = input if isinstance(input, PackedSequence) else None
         if packed is not None:
             x, lengths = pad_packed_sequence(packed)  # (T, B, E) in the original batch order
@@ -287,20 +306,35 @@ class ODERNN(Settings, nn.Module):
             x = x.transpose(0, 1)
         return x, h_n
 
-    def _twin(self, kind) -> nn.Module:
-        """The weightless ``kind`` (``nn.GRU`` …) that runs this module's parameters on PyTorch's
-        kernel, with this module's ``batch_first``, ``dropout`` and training mode as they are now."""
-        twin = self._twins.get(kind)
-        if twin is None:
-            with warnings.catch_warnings():  # nn.GRU's one-layer dropout warning was this module's to give
-                warnings.simplefilter("ignore")
-                twin = self._twins[kind] = self._torch_module(kind, "meta")
-        twin.batch_first, twin.dropout = self.batch_first, self.dropout
-        return twin.train(self.training)
+    def _fused(self, kind, weights, input, initial, unbatched):
+        """The layers on PyTorch's fused kernel (oneDNN, cuDNN), called as ``nn.GRU.forward`` calls
+        it, with this module's tensors and settings as they are now (nothing shared is changed: any
+        number of threads may call it at once)."""
+        for cell in self._cells:
+            cell.nfe = cell.nfe_per_token  # forward Euler: one evaluation per token, fused or not
+        flat = [weights[name] for names in self._weight_names for name in names]
+        state = self._cells[0].field.from_blocks(initial) if len(initial) > 1 else initial[0]  # (h, c) for nn.LSTM
+        options = (self._has_bias, self.num_layers, self.dropout, self.training, self.bidirectional)
+        kernel = {nn.RNN: torch.rnn_tanh, nn.GRU: torch.gru, nn.LSTM: torch.lstm}[kind]
+        if isinstance(input, PackedSequence):
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            if sorted_indices is not None:  # hx is in the caller's batch order
+                state = _permute(state, sorted_indices)
+            output, *hidden = kernel(data, batch_sizes, state, flat, *options)
+            output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                hidden = [_permute(h, unsorted_indices) for h in hidden]
+        else:
+            x = input.unsqueeze(0 if self.batch_first else 1) if unbatched else input
+            output, *hidden = kernel(x, state, flat, *options, self.batch_first)
+            if unbatched:
+                output, hidden = output.squeeze(0 if self.batch_first else 1), [h.squeeze(1) for h in hidden]
+        return output, (tuple(hidden) if len(hidden) > 1 else hidden[0])
 
     # -- what a call may pass: one check for every path, InputError naming the argument ------------
-    def _check_input(self, input, lengths, dtype) -> tuple[int, int, bool]:
-        """``(T, B, unbatched)`` of a valid ``input``; checks ``lengths`` against it."""
+    def _check_input(self, input, lengths, dtype) -> tuple[int, int, bool, torch.Tensor | None]:
+        """``(T, B, unbatched, lengths)`` of a valid ``input``, with ``lengths`` checked against it
+        (one integer in 1..T per sequence) as an int64 tensor."""
         name = type(self).__name__.removeprefix("Parametrized")
         if isinstance(input, PackedSequence):
             if lengths is not None:
@@ -331,25 +365,32 @@ class ODERNN(Settings, nn.Module):
             raise InputError(f"{name}: expected sequence length to be larger than 0, got input of shape "
                              f"{tuple(data.shape)}")
         if lengths is not None:
-            lengths = torch.as_tensor(lengths).reshape(-1)
-            if lengths.shape[0] != B or lengths.is_floating_point() or int(lengths.min()) < 1 or int(lengths.max()) > T:
-                raise InputError(f"{name}: lengths must be {B} integers in 1..{T} (one per sequence), got "
-                                 f"{lengths.tolist()}")
-        return T, B, unbatched
+            lengths = _integers(lengths, f"{name}: lengths must be {B} integers in 1..{T}, one per sequence", B)
+            if B and (int(lengths.min()) < 1 or int(lengths.max()) > T):
+                raise InputError(f"{name}: lengths must be {B} integers in 1..{T}, one per sequence; got "
+                                 f"{_shown(lengths)}")
+        return T, B, unbatched, lengths
 
     def _gaps(self, dt, T, B, unbatched, like):
         """``dt`` as ``None`` (each cell's own Δ), a float, or a time-major ``(T, B)`` tensor."""
         if dt is None:
             return None
-        if isinstance(dt, (int, float)) and not isinstance(dt, bool):
+        if isinstance(dt, numbers.Real) and not isinstance(dt, bool):
             if not (math.isfinite(dt) and dt > 0):
                 raise InputError(f"ODERNN: dt must be a finite number greater than zero, got {dt!r}")
             return float(dt)
-        dt = torch.as_tensor(dt, device=like.device)
         expected = (T,) if unbatched else ((B, T) if self.batch_first else (T, B))
-        if tuple(dt.shape) != expected:
-            raise InputError(f"ODERNN: dt must be a float or a tensor of shape {expected} (one gap per token"
-                             f"{'' if unbatched else ' and sequence'}), got {tuple(dt.shape)}")
+        what = (f"ODERNN: dt must be a float or a tensor of shape {expected} (one gap per token"
+                f"{'' if unbatched else ' and sequence'}) of finite numbers greater than zero")
+        try:
+            dt = torch.as_tensor(dt, device=like.device)
+        except (TypeError, ValueError, RuntimeError):
+            raise InputError(f"{what}; got {type(dt).__name__}") from None
+        if tuple(dt.shape) != expected or dt.dtype == torch.bool or dt.is_complex():
+            raise InputError(f"{what}; got shape {tuple(dt.shape)}, dtype {dt.dtype}")
+        with torch.no_grad():
+            if not bool((torch.isfinite(dt) & (dt > 0)).all()):
+                raise InputError(f"{what}; got {_shown(dt)}")
         if unbatched:
             return dt[:, None]
         return dt.T if self.batch_first else dt
@@ -448,9 +489,8 @@ class ODERNN(Settings, nn.Module):
         return module
 
     def _torch_module(self, kind, device) -> nn.Module:
-        bias = self._cells[0].field.bias_ih is not None
         projection = {"proj_size": self.proj_size} if self.proj_size else {}
-        return kind(self.input_size, self.hidden_size, self.num_layers, bias=bias, batch_first=self.batch_first,
+        return kind(self.input_size, self.hidden_size, self.num_layers, bias=self._has_bias, batch_first=self.batch_first,
                     dropout=self.dropout, bidirectional=self.bidirectional, device=device, **projection)
 
     def describe(self) -> str:
@@ -467,6 +507,30 @@ class ODERNN(Settings, nn.Module):
                 + (", batch_first=True" if self.batch_first else "") + (f", dropout={self.dropout}" if self.dropout else "")
                 + (", bidirectional=True" if self.bidirectional else "") + ("" if self.bias else ", bias=False")
                 + (f", proj_size={self.proj_size}" if self.proj_size else ""))
+
+
+def _integers(values, what: str, count: int) -> torch.Tensor:
+    """``values`` (a tensor, array or sequence) as ``count`` int64 integers, else InputError(what)."""
+    try:
+        tensor = torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"{what}; got {type(values).__name__}") from None
+    if tensor.dim() != 1 or tensor.shape[0] != count or tensor.dtype == torch.bool or tensor.is_floating_point() \
+            or tensor.is_complex():
+        raise InputError(f"{what}; got shape {tuple(tensor.shape)}, dtype {tensor.dtype}")
+    return tensor.to(torch.int64)
+
+
+def _shown(tensor: torch.Tensor) -> str:
+    """A tensor's values in a message, or its shape where they are many."""
+    return str(tensor.tolist()) if tensor.numel() <= 8 else f"a tensor of shape {tuple(tensor.shape)} with such values"
+
+
+def _permute(state, indices):
+    """``state`` (a tensor or ``(h, c)``) in another batch order along dimension 1."""
+    if isinstance(state, torch.Tensor):
+        return state.index_select(1, indices)
+    return tuple(block.index_select(1, indices) for block in state)
 
 
 def from_torch(module: nn.Module):

@@ -10,6 +10,7 @@ converted to floats once.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Sequence
 
 import torch
@@ -131,6 +132,24 @@ class AdaptiveScheme:
         return y
 
 
+@contextlib.contextmanager
+def parameters_bound(field, named):
+    """``field`` reading the tensors of ``named`` (``(path, tensor)`` pairs, as ``named_parameters``
+    gave them when a token was solved) as its parameters inside: a backward computes with what
+    the forward computed with, whatever the field holds by then."""
+    slots = []
+    for path, tensor in named:
+        owner, _, leaf = path.rpartition(".")
+        module = field.get_submodule(owner) if owner else field
+        slots.append((module, leaf, module._parameters[leaf]))
+        module._parameters[leaf] = tensor
+    try:
+        yield
+    finally:
+        for module, leaf, previous in slots:
+            module._parameters[leaf] = previous
+
+
 def field_jacobians(field, context, Y: torch.Tensor, sizes) -> torch.Tensor:
     """Per-sample ``∂f/∂y`` ``(N, D, D)`` at the rows of ``Y`` ``(N, D)`` (the state blocks
     concatenated, of widths ``sizes``), with the rows of ``context`` matching."""
@@ -141,7 +160,49 @@ def field_jacobians(field, context, Y: torch.Tensor, sizes) -> torch.Tensor:
 
 
 class ImplicitSolveError(RuntimeError):
-    """The stage equations of an implicit step were not solved to the requested tolerance."""
+    """The stage equations of an implicit step were not solved to the requested tolerance, or a
+    derivative the step cannot give was asked for."""
+
+
+def _may_carry_tangent(t: torch.Tensor) -> bool:
+    """Whether forward-mode AD may follow ``t``: a dual tensor, or one a ``torch.func`` transform wraps."""
+    return (torch.autograd.forward_ad.unpack_dual(t).tangent is not None
+            or torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
+class _FirstOrder(torch.autograd.Function):
+    """The identity on the two tensors an implicit step's derivatives pass through, refusing what
+    the implicit function theorem's gradient cannot give: the stage values refuse forward mode
+    (``"jvp"``: the tangent would miss ``(I − ∂F/∂K)⁻¹``), and the gradient it solves for refuses
+    being differentiated again (``"backward"``: that would miss how the Jacobians move with the
+    solution). A first-order gradient that merely builds a graph, as ``torch.func`` does, passes."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, refuse: str, name: str):
+        return x.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.refuse, ctx.name = inputs[1], inputs[2]
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.refuse == "backward":
+            raise ImplicitSolveError(
+                f"{ctx.name}: second derivatives through an implicit tableau are not available (the stage "
+                "equations' gradient by the implicit function theorem is first order only); use an explicit "
+                "tableau for gradient penalties and Hessian–vector products")
+        return grad, None, None
+
+    @staticmethod
+    def jvp(ctx, tangent, *_):
+        if ctx.refuse == "jvp":
+            raise ImplicitSolveError(
+                f"{ctx.name}: forward-mode derivatives through an implicit tableau are not available (its "
+                "stage equations are differentiated in reverse mode by the implicit function theorem)")
+        return tangent
 
 
 class ImplicitScheme:
@@ -208,25 +269,25 @@ class ImplicitScheme:
                     "or more steps")
         self.evaluations = evaluations
         K = K.detach()
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or any(map(_may_carry_tangent, (yf, context, *field.parameters()))):
             FK = F(K)  # = K at the solution; its graph carries ∂F/∂θ, ∂F/∂y, ∂F/∂x
-            if FK.requires_grad:
+            if FK.requires_grad or _may_carry_tangent(FK):
                 Y = stage_values(K).reshape(B * s, D).detach()
+                named = list(field.named_parameters())  # the backward solves with these, whatever the field holds then
 
                 def implicit_gradient(grad):
                     if grad is None:
                         return None
-                    if torch.is_grad_enabled():  # a backward that builds a graph: differentiated again
-                        raise ImplicitSolveError(
-                            f"{self.name}: second derivatives through an implicit tableau are not available (the "
-                            "stage equations' gradient by the implicit function theorem is first order only); "
-                            "use an explicit tableau for gradient penalties and Hessian–vector products")
-                    Js = field_jacobians(field, stage_context, Y, sizes).reshape(B, s, D, D).detach()
+                    with parameters_bound(field, named):
+                        Js = field_jacobians(field, stage_context, Y, sizes).reshape(B, s, D, D).detach()
                     system = (eye - kron(Js)).transpose(-1, -2)
-                    return torch.linalg.solve(system, grad.reshape(B, s * D, 1)).reshape(B, s, D)
+                    solved = torch.linalg.solve(system, grad.reshape(B, s * D, 1)).reshape(B, s, D)
+                    # a backward that builds a graph gets it, marked: differentiating it again raises
+                    return _FirstOrder.apply(solved, "backward", self.name) if torch.is_grad_enabled() else solved
 
-                FK.register_hook(implicit_gradient)
-                K = FK
+                if FK.requires_grad:
+                    FK.register_hook(implicit_gradient)
+                K = _FirstOrder.apply(FK, "jvp", self.name)
         increment = torch.einsum("i,bid->bd", b, K)
         out = yf + hb[:, :, 0] * increment
         return tuple(out.split(sizes, dim=-1))

@@ -2,6 +2,7 @@
 the per-token cell, the torch.nn sequence modules it equals, irregular gaps and variable lengths,
 and the discrete adjoint's coefficients from ``butcher``."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -191,6 +192,33 @@ def test_a_gradient_penalty_step_equals_the_cell_loop(spec, grad):
         assert (p - q).abs().max() <= 1e-12, name
 
 
+@pytest.mark.parametrize("spec, grad", [("gru-ode:rk4", "backprop"), ("lstm:midpoint", "checkpoint")])
+def test_torch_func_transforms_through_the_engine(spec, grad):
+    """torch.func.grad, jacrev (vmap over the backward) and per-sample gradients (vmap over grad)
+    equal autograd; forward mode, which the engine does not implement, raises."""
+    torch.manual_seed(19)
+    rnn = odernn.ODERNN(spec, 3, 4, grad=grad)
+    x = torch.randn(4, 3, 3)
+    names = [name for name, _ in rnn.named_parameters()]
+
+    def loss(weights, x):
+        return torch.func.functional_call(rnn, dict(zip(names, weights)), (x,))[0].square().sum()
+    weights = tuple(p.detach() for p in rnn.parameters())
+    expected = torch.autograd.grad(loss(tuple(rnn.parameters()), x), list(rnn.parameters()))
+    _assert_close(torch.func.grad(loss)(weights, x), expected, 1e-13, "grad")
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 1))(weights, x[:, :, None])
+    for k in range(3):
+        one = torch.autograd.grad(loss(tuple(rnn.parameters()), x[:, k:k + 1]), list(rnn.parameters()))
+        _assert_close([g[k] for g in per_sample], one, 1e-13, "per-sample")
+    jacobian = torch.func.jacrev(lambda v: rnn(v)[0][-1].sum(0))(x)
+    xr = x.clone().requires_grad_()
+    last = rnn(xr)[0][-1].sum(0)
+    rows = torch.stack([torch.autograd.grad(last[i], xr, retain_graph=True)[0] for i in range(4)])
+    assert (jacobian - rows).abs().max() <= 1e-13
+    with pytest.raises(NotImplementedError, match="jvp"):
+        torch.func.jacfwd(lambda v: rnn(v)[0].sum())(x)
+
+
 @pytest.mark.parametrize("spec", ["rnn:bs3:dt=0.2:rtol=1e-6:atol=1e-6", "USER_FIELD"])
 @pytest.mark.parametrize("grad", ["backprop", "checkpoint"])
 def test_the_per_token_path_is_twice_differentiable(spec, grad):
@@ -210,6 +238,42 @@ def test_the_per_token_path_is_twice_differentiable(spec, grad):
     assert torch.autograd.gradgradcheck(run, (x, *rnn.parameters()))
 
 
+def test_first_order_torch_func_through_an_implicit_cell_is_exact_and_forward_mode_is_refused():
+    """torch.func builds a graph even for first derivatives: that passes (jacrev equals finite
+    differences); forward mode would miss (I − ∂F/∂K)⁻¹ and is refused, with or without grad mode."""
+    torch.manual_seed(17)
+    rnn = odernn.ODERNN("gru-ode:gauss-2", 3, 4)
+    x, h0, v = torch.randn(4, 2, 3), torch.randn(1, 2, 4), torch.randn(1, 2, 4)
+    jacobian = torch.func.jacrev(lambda h: rnn(x, h)[1])(h0)
+    eps = 1e-6
+    finite = (rnn(x, h0 + eps * v)[1] - rnn(x, h0 - eps * v)[1]) / (2 * eps)
+    assert ((jacobian.reshape(8, 8) @ v.reshape(8)).reshape(1, 2, 4) - finite).abs().max() <= 1e-8
+    with pytest.raises(odernn.ImplicitSolveError, match="forward-mode"):
+        torch.func.jacfwd(lambda h: rnn(x, h)[1])(h0)
+    with pytest.raises(odernn.ImplicitSolveError, match="forward-mode"), torch.no_grad():
+        with torch.autograd.forward_ad.dual_level():
+            rnn(x, torch.autograd.forward_ad.make_dual(h0, v))
+
+
+@pytest.mark.parametrize("spec", ["gru-ode:gauss-2", "rnn:bs3:dt=0.5:rtol=1e-6:atol=1e-6", "gru-ode:rk4"])
+@pytest.mark.parametrize("grad", ["backprop", "checkpoint", "adjoint"])
+def test_a_backward_differentiates_what_its_forward_ran(spec, grad):
+    """Settings and weights changed between the forward and the backward (the next batch's
+    functional_call, a cell's steps) do not leak into the gradient of the earlier call."""
+    if grad == "adjoint" and "gauss" in spec:
+        return  # the adjoint's backward solver runs explicit tableaux only (tested elsewhere)
+    torch.manual_seed(18)
+    rnn = odernn.ODERNN(spec, 3, 4, grad=grad)
+    x = torch.randn(4, 2, 3, requires_grad=True)
+    names = [name for name, _ in rnn.named_parameters()]
+    weights = {name: p.detach() * 1.5 for name, p in rnn.named_parameters()}
+    expected = torch.autograd.grad(torch.func.functional_call(rnn, weights, (x,))[1].sum(), x)[0]
+    _, h = torch.func.functional_call(rnn, weights, (x,))
+    torch.func.functional_call(rnn, {name: w * 0 for name, w in weights.items()}, (x,))  # another call in between
+    rnn.cells[0].steps = 3
+    assert torch.equal(torch.autograd.grad(h.sum(), x)[0], expected) and len(names) > 0
+
+
 @pytest.mark.parametrize("spec, grad, message", [
     ("gru-ode:gauss-2", "backprop", "second derivatives through an implicit tableau"),
     ("lstm:backward-euler", "checkpoint", "second derivatives through an implicit tableau"),
@@ -226,7 +290,8 @@ def test_paths_without_second_derivatives_refuse_a_graph_with_one_message(spec, 
     assert first.abs().max() > 0
     out, _ = rnn(x)
     with pytest.raises(RuntimeError, match=message):
-        torch.autograd.grad(out.square().sum(), x, create_graph=True)
+        (g,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)  # the adjoint refuses here,
+        torch.autograd.grad(g.square().sum(), x)  # an implicit step when its gradient is differentiated
 
 
 # --- exact recovery of the torch.nn sequence modules -------------------------------------------
@@ -457,11 +522,34 @@ def test_the_gradient_modes_agree():
     (lambda r: r(torch.randn(4, 2, 3), dt=torch.ones(2, 4)), r"dt must be a float or a tensor of shape \(4, 2\)"),
     (lambda r: r(torch.randn(4, 2, 3), dt=-1.0), "dt must be a finite number greater than zero"),
     (lambda r: r(torch.randn(4, 2, 3), lengths=[4, 5]), "lengths must be 2 integers in 1..4"),
+    (lambda r: r(torch.randn(4, 2, 3), lengths=torch.tensor([[4, 3]])), r"got shape \(1, 2\)"),
+    (lambda r: r(torch.randn(4, 2, 3), lengths=torch.tensor([True, True])), "dtype torch.bool"),
+    (lambda r: r(torch.randn(4, 2, 3), lengths=[4.0, 3.0]), "dtype torch.float"),
+    (lambda r: r(torch.randn(4, 2, 3), lengths="43"), "got str"),
+    (lambda r: r(torch.randn(4, 2, 3), dt=-torch.ones(4, 2)), "finite numbers greater than zero"),
+    (lambda r: r(torch.randn(4, 2, 3), dt=torch.full((4, 2), float("nan"))), "finite numbers greater than zero"),
+    (lambda r: r(torch.randn(4, 2, 3), dt="0.5"), "got str"),
     (lambda r: r(torch.randn(0, 2, 3)), "sequence length to be larger than 0"),
 ])
 def test_bad_input_is_one_clear_error(call, message):
     with pytest.raises(odernn.InputError, match=message):
         call(odernn.ODERNN("gru-ode:rk4", 3, 6))
+
+
+def test_lengths_may_be_any_sequence_of_integers():
+    rnn = odernn.ODERNN("gru-ode:rk4", 3, 4)
+    x = torch.randn(5, 3, 3)
+    expected = rnn(x, lengths=torch.tensor([5, 3, 2]))[0]
+    for lengths in ([5, 3, 2], (5, 3, 2), np.array([5, 3, 2]), torch.tensor([5, 3, 2], dtype=torch.int32)):
+        assert torch.equal(rnn(x, lengths=lengths)[0], expected)
+
+
+@pytest.mark.parametrize("spec", ["rnn:bs3:rtol=1e-4:atol=1e-4", "gru-ode:rk4:GRAD=adjoint"])
+def test_a_gap_tensor_where_one_dt_is_shared_is_an_input_error(spec):
+    spec, _, grad = spec.partition(":GRAD=")
+    rnn = odernn.ODERNN(spec, 3, 4, grad=grad or "backprop")
+    with pytest.raises(odernn.InputError, match="dt"):
+        rnn(torch.randn(4, 2, 3), dt=torch.ones(4, 2))
 
 
 def test_bad_constructor_arguments():

@@ -301,6 +301,60 @@ def test_pickle_and_deepcopy_give_an_equal_independent_module(kind, impl):
         assert not torch.equal(twin(x)[0], layer(x)[0])
 
 
+def test_a_call_leaves_nothing_behind_and_copies_stay_possible(kind, impl):
+    """What a call was given (functional_call's tensors, a hypernetwork's output) is kept alive no
+    longer than until the next call (nn.GRU keeps it in its flat weights that long), and deepcopy
+    and pickle work after such calls."""
+    import gc
+    import weakref
+    layer = make(kind, impl, 3, 4)
+    x = torch.randn(5, 2, 3)
+    weights = {name: p.detach() * 2 for name, p in layer.named_parameters()}
+    refs = [weakref.ref(w) for w in weights.values()]
+    torch.func.functional_call(layer, weights, (x,))
+    del weights
+    layer(x)
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+    names = [name for name, _ in layer.named_parameters()]
+    torch.func.grad(lambda p: torch.func.functional_call(layer, dict(zip(names, p)), (x,))[0].sum())(
+        tuple(layer.parameters()))
+    assert_same(copy.deepcopy(layer)(x)[0], layer(x)[0], 0)
+    assert_same(pickle.loads(pickle.dumps(layer))(x)[0], layer(x)[0], 0)
+
+
+def test_threads_may_share_a_layer(kind, impl):
+    """Several threads running one module at once (inference servers, data-parallel threads) get
+    each its own result, as with nn.GRU: no call changes anything another call reads."""
+    import sys
+    import threading
+    layer = make(kind, impl, 4, 4).eval()
+    xs = [torch.randn(3, 2, 4) for _ in range(6)]
+    with torch.no_grad():
+        expected = [layer(x)[0] for x in xs]
+    failures = []
+
+    def work(k):
+        for _ in range(60):
+            with torch.no_grad():
+                try:
+                    if not torch.equal(layer(xs[k])[0], expected[k]):
+                        failures.append("values")
+                except Exception as err:  # noqa: BLE001 — any error is a failure to report
+                    failures.append(repr(err))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not failures, failures[:3]
+
+
 # --- attributes a model changes after construction --------------------------------------------------
 
 def test_batch_first_set_after_construction_is_honoured(kind, equal):
