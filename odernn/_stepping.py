@@ -15,6 +15,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from ._linalg import lu_factor, solve
+
 Blocks = tuple[torch.Tensor, ...]
 Field = Callable[[Blocks], Blocks]
 
@@ -249,7 +251,7 @@ class ImplicitScheme:
         with torch.no_grad():
             J0 = field_jacobians(field, context, yf, sizes)  # (B, D, D) at y
             M = eye - kron(J0[:, None].expand(B, s, D, D))
-            lu = torch.linalg.lu_factor(M)
+            lu = lu_factor(M)
             K = torch.cat(field(context, y), dim=-1)[:, None, :].expand(B, s, D).clone()
             evaluations, error = 1, float("inf")
             for _ in range(self.max_iterations):
@@ -281,7 +283,7 @@ class ImplicitScheme:
                     with parameters_bound(field, named):
                         Js = field_jacobians(field, stage_context, Y, sizes).reshape(B, s, D, D).detach()
                     system = (eye - kron(Js)).transpose(-1, -2)
-                    solved = torch.linalg.solve(system, grad.reshape(B, s * D, 1)).reshape(B, s, D)
+                    solved = solve(system, grad.reshape(B, s * D, 1)).reshape(B, s, D)
                     # a backward that builds a graph gets it, marked: differentiating it again raises
                     return _FirstOrder.apply(solved, "backward", self.name) if torch.is_grad_enabled() else solved
 

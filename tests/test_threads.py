@@ -1,0 +1,100 @@
+"""The same results on any number of PyTorch threads.
+
+The suite pins one thread per pytest worker (conftest); users run with one per core. These tests
+run their work in a child process with several threads — where PyTorch's batched LU on a CPU is
+wrong or hangs past about 150 rows (``odernn._linalg``) — under a time limit, so that a hang is
+a failure, not a stuck suite.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+IMPLICIT = """
+import json, torch, odernn
+torch.set_default_dtype(torch.float64)
+report = {}
+for spec, H in (("gru-ode:alexander2", 128), ("gru-ode:radau-iia-3", 96), ("lstm:backward-euler", 192)):
+    runs = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        rnn = odernn.ODERNN(spec, 4, H)
+        x = torch.randn(2, 3, 4, requires_grad=True)
+        out, _ = rnn(x)
+        runs.append([out.detach(), *torch.autograd.grad(out.square().sum(), [x, *rnn.parameters()])])
+    rows = rnn.cells[0].n * rnn.cells[0].t * H
+    report[spec] = [rows, max((a - b).abs().max().item() for a, b in zip(*runs))]
+print(json.dumps(report))
+"""
+
+FACTORS = """
+import json, torch
+from odernn._linalg import lu_factor, solve
+torch.set_default_dtype(torch.float64)
+report = {}
+for n in (64, 150, 152, 256, 384):
+    torch.manual_seed(n)
+    A = torch.randn(5, n, n) + n ** 0.5 * torch.eye(n)
+    b = torch.randn(5, n, 2)
+    torch.set_num_threads(1)
+    reference = torch.linalg.lu_factor(A), torch.linalg.solve(A, b)
+    torch.set_num_threads(3)
+    (LU, pivots), x = lu_factor(A), solve(A, b)
+    report[n] = [bool(torch.equal(pivots, reference[0][1])), (LU - reference[0][0]).abs().max().item(),
+                 (x - reference[1]).abs().max().item(), torch.get_num_threads()]
+print(json.dumps(report))
+"""
+
+
+LAYERS = """
+import json, torch, odernn
+from torch import nn
+torch.set_default_dtype(torch.float64)
+report = {}
+for name in ("gru-ode:rk4", "lstm:midpoint", "nn.GRU fused", "rnn:dopri5:rtol=1e-8:atol=1e-8"):
+    runs = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        rnn = odernn.from_torch(nn.GRU(16, 256, 2)) if name == "nn.GRU fused" else odernn.ODERNN(name, 16, 256)
+        x = torch.randn(8, 32, 16, requires_grad=True)
+        out, _ = rnn(x)
+        runs.append([out.detach(), *torch.autograd.grad(out.square().sum(), [x, *rnn.parameters()])])
+    report[name] = max(((a - b).abs().max() / (1 + b.abs().max())).item() for a, b in zip(*runs))
+print(json.dumps(report))
+"""
+
+
+def _child(code: str) -> dict:
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail("hung with several threads (PyTorch's batched LU: see odernn/_linalg.py)")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_implicit_cells_give_the_same_results_on_one_and_two_threads():
+    """Stage systems of 256–384 rows: outputs and every gradient equal to 1e-9 (they crashed or hung
+    with two threads before)."""
+    report = _child(IMPLICIT)
+    for spec, (rows, difference) in report.items():
+        assert 256 <= rows <= 384, spec
+        assert difference <= 1e-9, f"{spec}: {difference:.2e}"
+
+
+def test_the_factorisation_helper_equals_the_one_threaded_routine_on_both_sides_of_the_boundary():
+    report = _child(FACTORS)
+    for n, (same_pivots, factors, solution, threads) in report.items():
+        assert same_pivots and factors <= 1e-9 and solution <= 1e-9, n
+        assert threads == 3, "the helper must give the thread setting back"
+
+
+def test_layers_give_the_same_results_on_one_and_two_threads():
+    """The engine, the per-token path and PyTorch's kernel at B·H = 32·256, where the products and
+    elementwise kernels split across threads: equal to round-off."""
+    for name, difference in _child(LAYERS).items():
+        assert difference <= 1e-12, f"{name}: {difference:.2e}"
