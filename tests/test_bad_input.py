@@ -203,7 +203,18 @@ CHECKPOINT_CASES = [
     ("code-carrying", lambda p, good: _evil_checkpoint(p), "not a readable checkpoint"),
     ("another format", lambda p, good: _list_checkpoint(p), "not an odernn text-model checkpoint"),
     ("missing", lambda p, good: None, "no checkpoint"),
+    ("NaN weights", lambda p, good: _rewritten(p, good, lambda d: d["model"][next(iter(d["model"]))].fill_(float("nan"))),
+     "holds non-finite weights"),
+    ("negative step", lambda p, good: _rewritten(p, good, lambda d: d["position"].update(step=-1)),
+     "invalid training position"),
 ]
+
+
+def _rewritten(path, good, change):
+    """The good checkpoint with ``change`` made to its loaded contents, written to ``path`` as is."""
+    data = torch.load(good, weights_only=True)
+    change(data)
+    torch.save(data, path)
 
 
 @pytest.mark.parametrize("what, make, message", CHECKPOINT_CASES, ids=[c[0] for c in CHECKPOINT_CASES])

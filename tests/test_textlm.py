@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from textlm.checkpoint import CheckpointError, load_checkpoint
+from textlm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from textlm.data import CorpusError, Vocabulary, load_corpus
 from textlm.evaluate import evaluate_loss, sample
 import odernn
@@ -285,6 +285,47 @@ def test_nan_loss_is_undone_and_the_learning_rate_halved(tmp_path, precision):
     with pytest.raises(TrainingError, match="non-finite loss"):
         stopper.run()
     assert load_checkpoint(tmp_path / "s" / "run")["position"]["step"] == 2
+
+
+def test_a_step_to_non_finite_parameters_is_undone_and_never_saved(tmp_path):
+    """A finite loss and gradient can still step the weights to inf (a huge rate, an optimiser's
+    overflow): the step is undone and the rate halved like a NaN loss, and no checkpoint ever
+    holds the non-finite weights."""
+    trainer = Trainer(config(tmp_path, max_nan_recoveries=3, dropout=0.0, checkpoint_every=1))
+    step = trainer.optimizer.step
+    calls = {"n": 0}
+
+    def overflowing(*args, **kwargs):  # from the 3rd update on, every update overflows
+        calls["n"] += 1
+        step(*args, **kwargs)
+        if calls["n"] >= 3:
+            with torch.no_grad():
+                next(trainer.model.parameters()).view(-1)[0] = float("inf")
+    trainer.optimizer.step = overflowing
+    with pytest.raises(TrainingError, match="non-finite parameters after the step"):
+        trainer.run()
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    saved = load_checkpoint(tmp_path / "run")  # the load itself refuses non-finite weights
+    assert saved["position"]["step"] == 2 and saved["position"]["nan_recoveries"] == 4
+    events = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [e["what"] for e in events if e.get("event") == "nan"] == ["parameters after the step"] * 4
+
+
+def test_checkpoints_with_non_finite_weights_or_negative_counts_are_refused(tmp_path):
+    trainer = Trainer(config(tmp_path, max_tokens=4 * 16 * 2))
+    trainer.run()
+    good = load_checkpoint(tmp_path / "run")
+    poisoned = dict(good, model={k: (v * float("nan") if k.endswith("weight_hh_l0") else v)
+                                 for k, v in good["model"].items()})
+    torch.save(poisoned, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="non-finite weights .*weight_hh_l0"):
+        load_checkpoint(tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="non-finite"):
+        save_checkpoint(poisoned, tmp_path / "never.pt")
+    assert not (tmp_path / "never.pt").exists()
+    torch.save(dict(good, position=dict(good["position"], step=-3)), tmp_path / "negative.pt")
+    with pytest.raises(CheckpointError, match="invalid training position"):
+        load_checkpoint(tmp_path / "negative.pt")
 
 
 def test_solver_failures_name_the_token_and_give_stability_advice(tmp_path, monkeypatch):

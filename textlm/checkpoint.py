@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint", "FORMAT"]
+__all__ = ["CheckpointError", "load_checkpoint", "non_finite", "save_checkpoint", "FORMAT"]
 
 FORMAT = "odernn-textlm/1"
 
@@ -25,7 +25,13 @@ class CheckpointError(Exception):
 
 
 def save_checkpoint(data: dict, path: str | os.PathLike) -> Path:
+    """``data`` written to ``path`` atomically; weights holding a NaN or an infinity are refused
+    (the file already there, the last good state, stays)."""
     path = Path(path)
+    bad = non_finite(data.get("model", {}))
+    if bad:
+        raise CheckpointError(f"not saving {path}: non-finite weights in {', '.join(bad[:3])}"
+                              f"{' …' if len(bad) > 3 else ''} (the previous checkpoint is kept)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -55,4 +61,22 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an odernn text-model checkpoint (format "
                               f"{data.get('format') if isinstance(data, dict) else type(data).__name__!r})")
+    model = data.get("model")
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise CheckpointError(f"{path} holds no model weights (its 'model' entry is not a dict of tensors)")
+    bad = non_finite(model)
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights (NaN or inf in {', '.join(bad[:3])}"
+                              f"{' …' if len(bad) > 3 else ''}): refused; train again from an earlier checkpoint")
+    position = data.get("position", {})
+    counts = {k: v for k, v in position.items() if k in ("step", "epoch", "column", "tokens", "nan_recoveries")} \
+        if isinstance(position, dict) else None
+    if counts is None or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values()):
+        raise CheckpointError(f"{path} has an invalid training position {position!r}: its counts must be integers ≥ 0")
     return data
+
+
+def non_finite(weights: dict) -> list[str]:
+    """The names of the floating-point tensors in ``weights`` that hold a NaN or an infinity."""
+    return [name for name, value in weights.items()
+            if value.is_floating_point() and not bool(torch.isfinite(value).all())]

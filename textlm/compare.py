@@ -181,7 +181,7 @@ def _measure(config: CompareConfig, run: Path) -> dict:
 
     from .checkpoint import load_checkpoint
     from .data import Vocabulary, load_corpus
-    from .evaluate import evaluate_loss, generation_metrics
+    from .evaluate import evaluate_loss, generation_metrics, perplexity
     from .model import LanguageModel
     from .runtime import Runtime
     data = load_checkpoint(run)
@@ -194,7 +194,7 @@ def _measure(config: CompareConfig, run: Path) -> dict:
         metrics = generation_metrics(model, vocab, corpus.valid, prompts=config.prompts)
     margins = [stability.check(cell, inputs=x).margin
                for _, cell, x in model.ode_layer_inputs(_probe_tokens(model))]
-    return {"test_ppl": math.exp(test_loss), "bleu": metrics.bleu, "rouge_l": metrics.rouge_l,
+    return {"test_ppl": perplexity(test_loss), "bleu": metrics.bleu, "rouge_l": metrics.rouge_l,
             "combined": metrics.combined, "margin": min(margins) if margins else None}
 
 
@@ -206,6 +206,7 @@ def _probe_tokens(model):
 
 
 def run_one(config: CompareConfig, cell: str, seed: int, hidden: int, show: bool = False, progress=None) -> dict:
+    from .evaluate import perplexity
     run = Path(config.out) / "runs" / _slug(cell) / f"seed{seed}"
     done = run / "compare.json"
     if done.is_file():
@@ -215,7 +216,7 @@ def run_one(config: CompareConfig, cell: str, seed: int, hidden: int, show: bool
         progress(f"{cell} seed {seed}: trained; measuring test perplexity, BLEU and ROUGE-L on {config.prompts} prompts")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     row = {"cell": cell, "seed": seed, "hidden": hidden, **result, "spikes": _spikes(records),
-           "valid_ppl": math.exp(result["valid_loss"]), "s_per_epoch": result["elapsed"] / result["epochs"],
+           "valid_ppl": perplexity(result["valid_loss"]), "s_per_epoch": result["elapsed"] / result["epochs"],
            **_measure(config, run)}
     tmp = run / ".compare.json.tmp"
     tmp.write_text(json.dumps(row, indent=1))

@@ -26,8 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from .data import batchify
+from .model import ModelError
 
-__all__ = ["GenerationMetrics", "evaluate_loss", "generation_metrics", "sample"]
+__all__ = ["GenerationMetrics", "evaluate_loss", "generation_metrics", "perplexity", "sample"]
+
+
+def perplexity(loss: float) -> float:
+    """``exp(loss)`` of a mean loss in nats, ``inf`` where that overflows (a diverged model)."""
+    return math.exp(loss) if loss < 709.0 else float("inf")
 
 
 @torch.no_grad()
@@ -79,6 +85,9 @@ def sample(model, prompt_ids: list[int], length: int, temperature: float = 1.0, 
     out = []
     for _ in range(length):
         last = logits[0, -1].double().cpu()  # drawn on the CPU: the same seed gives the same text on any device
+        if not bool(torch.isfinite(last).all()):
+            raise ModelError("the model's outputs are not finite (NaN or inf): it has diverged; sample from an "
+                             "earlier checkpoint, or train again with a lower --lr")
         if greedy:
             token = int(last.argmax())
         else:

@@ -399,6 +399,29 @@ class Trainer:
                 inputs = (after if isinstance(after, torch.Tensor) else after[0]).detach()
         return total
 
+    def _finite_parameters(self) -> bool:
+        return bool(torch.stack([torch.isfinite(q).all() for q in self.model.parameters()]).all())
+
+    def _recover(self, snapshot, state_in, lr: float, what: str) -> None:
+        """A non-finite loss, gradient or updated parameters: undo the last update (the snapshot
+        before it), halve the rate and skip the batch — or stop, with the last good state saved."""
+        c, p = self.config, self.position
+        p.nan_recoveries += 1
+        self._log({"step": p.step, "event": "nan", "what": what, "lr": lr})
+        if snapshot is not None:
+            self.model.load_state_dict(snapshot[0])
+            self.optimizer.load_state_dict(snapshot[1])
+        if c.on_nan == "stop" or p.nan_recoveries > c.max_nan_recoveries or not self._finite_parameters():
+            if self._finite_parameters():
+                self.save()
+            raise TrainingError(
+                f"step {p.step}: non-finite {what} ({p.nan_recoveries} recoveries so far); stopped with --on-nan "
+                f"{c.on_nan}. Last good state saved to {self.checkpoint_path}; lower --lr, raise --clip, or check "
+                "the cell with 'odernn stability check'")
+        p.lr_scale *= 0.5
+        self.state = detach_state(state_in) if state_in is not None else None
+        p.column += c.bptt  # skip the batch that produced it
+
     def evaluate(self, split: str = "valid", tokens: int | None = None, progress: bool = False) -> float:
         data = self.corpus.split(split)
         label = f"final {split} loss over {min(tokens or len(data), len(data)):,} tokens" if progress else None
@@ -456,26 +479,15 @@ class Trainer:
                     raise self._solver_failure(err, x) from None
                 norm = nn.utils.clip_grad_norm_(self.model.parameters(), c.clip if c.clip > 0 else float("inf"))
                 if not (torch.isfinite(loss) and torch.isfinite(norm)):
-                    p.nan_recoveries += 1
-                    what = "loss" if not torch.isfinite(loss) else "gradient norm"
-                    self._log({"step": p.step, "event": "nan", "what": what, "lr": lr})
-                    if c.on_nan == "stop" or p.nan_recoveries > c.max_nan_recoveries:
-                        self.save()
-                        raise TrainingError(
-                            f"step {p.step}: non-finite {what} ({p.nan_recoveries} recoveries so far); stopped "
-                            f"with --on-nan {c.on_nan}. Last good state saved to {self.checkpoint_path}; lower "
-                            "--lr, raise --clip, or check the cell with 'odernn stability check'")
-                    if snapshot is not None:  # undo the update that led here
-                        self.model.load_state_dict(snapshot[0])
-                        self.optimizer.load_state_dict(snapshot[1])
-                    p.lr_scale *= 0.5
-                    self.state = detach_state(state_in) if state_in is not None else None
-                    p.column += c.bptt  # skip the batch that produced it
+                    self._recover(snapshot, state_in, lr, "loss" if not torch.isfinite(loss) else "gradient norm")
                     continue
                 snapshot = (_clone(self.model.state_dict()), _clone(self.optimizer.state_dict()))
                 updating = True
                 self.optimizer.step()
                 updating = False
+                if not self._finite_parameters():  # a finite gradient can still step to inf (a huge rate)
+                    self._recover(snapshot, state_in, lr, "parameters after the step")
+                    continue
                 self.state = detach_state(state)
                 p.step += 1
                 p.column += c.bptt

@@ -214,7 +214,8 @@ def _train(args, trainer) -> int:
 
     import torch
 
-    from textlm.evaluate import sample
+    from textlm.evaluate import perplexity, sample
+    from textlm.model import ModelError
     from textlm.train import TrainingError, TrainingInterrupted
     model = trainer.model
     c = trainer.config
@@ -238,15 +239,19 @@ def _train(args, trainer) -> int:
         return 0
     level = trainer.corpus.level
     valid = result["valid_loss"]
-    line = f"validation loss {valid:.4f} nats/token, perplexity {math.exp(valid):.2f}"
+    line = f"validation loss {valid:.4f} nats/token, perplexity {perplexity(valid):.2f}"
     if level == "char":
         line += f", {valid / math.log(2):.4f} bits/char"
     print(line + f" after {result['tokens']:,} tokens in {result['elapsed']:.1f} s")
     vocab = trainer.corpus.vocab
     prompt = vocab.encode("\n" if level == "char" else "<eos>", strict=False) or [0]
-    with trainer.runtime.autocast():
-        generated = sample(model, prompt, args.sample_length, temperature=0.8,
-                           generator=torch.Generator().manual_seed(c.seed))
+    try:
+        with trainer.runtime.autocast():
+            generated = sample(model, prompt, args.sample_length, temperature=0.8,
+                               generator=torch.Generator().manual_seed(c.seed))
+    except ModelError as err:
+        print(f"odernn: no sample: {err}", file=sys.stderr)
+        return 1
     print("sample:\n" + vocab.decode(generated))
     print(f"checkpoint {trainer.checkpoint_path}; metrics {trainer.out / 'metrics.jsonl'}"
           + (f"; curves {curves}" if curves else ""), file=sys.stderr)
@@ -300,7 +305,7 @@ def cmd_evaluate(args) -> int:
     import math
 
     from textlm.data import load_corpus
-    from textlm.evaluate import evaluate_loss, generation_metrics
+    from textlm.evaluate import evaluate_loss, generation_metrics, perplexity
     model, vocab, data, runtime = _load_model(args.checkpoint, args.device, args.precision)
     config = data["config"]
     corpus = load_corpus(config.get("corpus"), config.get("text"), config.get("level"),
@@ -314,7 +319,7 @@ def cmd_evaluate(args) -> int:
         metrics = generation_metrics(model, vocab, split, prompts=args.prompts, temperature=args.temperature,
                                      seed=args.seed, progress="generating for BLEU/ROUGE" if show else None)
     result = {"split": args.split, "tokens": len(split), "device": str(runtime.device),
-              "precision": runtime.precision, "loss": loss, "perplexity": math.exp(loss),
+              "precision": runtime.precision, "loss": loss, "perplexity": perplexity(loss),
               "bleu": metrics.bleu, "rouge_l": metrics.rouge_l, "distinct_1": metrics.distinct_1,
               "distinct_2": metrics.distinct_2, "self_bleu": metrics.self_bleu, "combined": metrics.combined}
     if vocab.level == "char":
