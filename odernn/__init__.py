@@ -19,12 +19,12 @@ from ._published import CoRNNField, LEMField, LipschitzField, UnICORNNField, URN
 from ._interop import TokenODE, torchdiffeq_method
 from ._checks import InputError
 from ._layer import GRAD_MODES, ODERNN, from_torch
-from ._spec import CellSpecError, cell, constraints, field_table, fields, parse_spec
+from ._spec import CellSpecError, cell, constraints, field_table, fields, parse_spec, tableau_file
 from ._stepping import (AdaptiveScheme, ExplicitScheme, ImplicitScheme, ImplicitSolveError, StepSizeUnderflow,
                         reference_step)
 
 __all__ = [
     "GRAD_MODES", "InputError", "ODERNN", "AdjointMethod", "adjoint", "AdaptiveScheme", "AntisymmetricField", "CellSpecError", "StepSizeUnderflow", "ImplicitScheme", "ImplicitSolveError", "CoRNNField", "HigherOrderField", "LEMField", "LipschitzField", "UnICORNNField", "URNNField", "modrelu", "ExplicitScheme", "GRUODEField", "LSTMField",
-    "ModuleField", "ODECell", "TanhRNNField", "VectorField", "cell", "constraints", "field_table", "fields", "from_torch", "parse_spec",
+    "ModuleField", "ODECell", "TanhRNNField", "VectorField", "cell", "constraints", "field_table", "fields", "from_torch", "parse_spec", "tableau_file",
     "reference_step", "TokenODE", "torchdiffeq_method",
 ]

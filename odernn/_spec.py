@@ -19,7 +19,7 @@ from ._cell import ODECell
 from ._fields import AntisymmetricField, GRUODEField, HigherOrderField, LSTMField, TanhRNNField
 from ._published import CoRNNField, LEMField, LipschitzField, UnICORNNField, URNNField
 
-__all__ = ["cell", "parse_spec", "fields", "field_table", "constraints", "CellSpecError"]
+__all__ = ["cell", "parse_spec", "tableau_file", "fields", "field_table", "constraints", "CellSpecError"]
 
 
 class CellSpecError(ValueError):
@@ -157,13 +157,22 @@ def parse_spec(spec: str) -> dict:
     return out
 
 
+def tableau_file(spec: str) -> str | None:
+    """The tableau file a spec names (its TABLEAU part when that is a ``.toml``/``.json`` path or
+    an existing file), or ``None`` when it names a catalogue method or no tableau."""
+    part = parse_spec(spec).get("tableau")
+    return part if part is not None and _is_file(part) else None
+
+
+def _is_file(part: str) -> bool:
+    path = Path(part)
+    return path.suffix.lower() in (".toml", ".json") or path.exists()
+
+
 def _tableau(value) -> butcher.ButcherTableau:
     if isinstance(value, butcher.ButcherTableau):
         return value
-    path = Path(str(value))
-    if path.suffix.lower() in (".toml", ".json") or path.exists():
-        return butcher.load(path)
-    return butcher.get(str(value))
+    return butcher.load(Path(str(value))) if _is_file(str(value)) else butcher.get(str(value))
 
 
 def cell(spec: str, input_size: int, hidden_size: int, *, device=None, dtype=None, **overrides) -> ODECell:

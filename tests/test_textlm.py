@@ -15,7 +15,7 @@ from textlm.data import CorpusError, Vocabulary, load_corpus
 from textlm.evaluate import evaluate_loss, sample
 import odernn
 from odernn import AdjointMethod
-from textlm.model import LanguageModel
+from textlm.model import LanguageModel, ModelError
 from textlm.train import TrainConfig, Trainer, TrainingError, TrainingInterrupted
 
 from test_cli import run
@@ -326,6 +326,37 @@ def test_checkpoints_with_non_finite_weights_or_negative_counts_are_refused(tmp_
     torch.save(dict(good, position=dict(good["position"], step=-3)), tmp_path / "negative.pt")
     with pytest.raises(CheckpointError, match="invalid training position"):
         load_checkpoint(tmp_path / "negative.pt")
+
+
+def test_a_model_trained_on_a_tableau_file_keeps_its_method(tmp_path, monkeypatch):
+    """The checkpoint stores the tableau (exact entries and a digest): moving, editing or deleting
+    the file changes nothing; a checkpoint from before that finds a relative path beside itself."""
+    import shutil
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.toml").write_text('A = [["0", "0"], ["2/3", "0"]]\nb = ["1/4", "3/4"]\n')
+    Trainer(config(tmp_path, cell="gru-ode:mine.toml", max_tokens=4 * 16 * 2)).run()
+    idx = torch.tensor([[1, 2, 3, 4]])
+
+    def outputs(folder):
+        return LanguageModel.from_checkpoint(load_checkpoint(folder))(idx)[0]
+    expected = outputs(tmp_path / "run")
+    assert LanguageModel.from_checkpoint(load_checkpoint(tmp_path / "run")).layers[0].cells[0].tableau.name == "mine"
+    (tmp_path / "mine.toml").write_text('A = [["0", "0"], ["1", "0"]]\nb = ["1/2", "1/2"]\n')  # edited
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    (tmp_path / "mine.toml").unlink()
+    assert torch.equal(outputs(tmp_path / "moved"), expected)
+    saved = load_checkpoint(tmp_path / "moved")
+    corrupt = dict(saved, model_config=dict(saved["model_config"], tableaux={
+        "mine.toml": dict(saved["model_config"]["tableaux"]["mine.toml"], sha256="0" * 64)}))
+    with pytest.raises(ModelError, match="does not match its digest"):
+        LanguageModel.from_checkpoint(corrupt)
+    # a checkpoint written before the tableaux were stored: the relative path, beside the checkpoint
+    old = dict(saved, model_config={k: v for k, v in saved["model_config"].items() if k != "tableaux"})
+    with pytest.raises(ModelError, match="mine.toml"):
+        LanguageModel.from_checkpoint(old)
+    (tmp_path / "moved" / "mine.toml").write_text('A = [["0", "0"], ["2/3", "0"]]\nb = ["1/4", "3/4"]\n')
+    monkeypatch.chdir(tmp_path / "moved" / "..")
+    assert torch.equal(LanguageModel.from_checkpoint(old)(idx)[0], expected)
 
 
 def test_solver_failures_name_the_token_and_give_stability_advice(tmp_path, monkeypatch):

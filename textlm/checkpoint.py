@@ -73,6 +73,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         if isinstance(position, dict) else None
     if counts is None or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values()):
         raise CheckpointError(f"{path} has an invalid training position {position!r}: its counts must be integers ≥ 0")
+    data["loaded_from"] = str(path)  # not saved: where relative paths of older checkpoints are resolved
     return data
 
 

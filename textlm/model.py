@@ -16,7 +16,11 @@ Gradient modes of the ODE layers (``grad=``, see ``odernn.ODERNN``):
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import re
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +39,40 @@ class ModelError(ValueError):
     """A model option that cannot work (the message says why)."""
 
 
+def _digest(entries: dict) -> str:
+    return hashlib.sha256(json.dumps(entries, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _tableaux(specs: list[str], given: dict, base: Path | None) -> dict:
+    """``{file named in a spec: (stored entry, tableau)}``: the entry ``{"tableau": exact entries,
+    "sha256": their digest}`` from ``given`` (a checkpoint's, checked against its digest), else read
+    from the file once (a relative path found in ``base`` first, for checkpoints from before the
+    tableaux were stored)."""
+    out = {}
+    for spec in specs:
+        part = odernn.tableau_file(spec) if spec.lower() not in TORCH_CELLS else None
+        if part is None or part in out:
+            continue
+        entry = given.get(part)
+        if entry is None:
+            path = Path(part)
+            if base is not None and not path.is_absolute() and (base / path).is_file():
+                path = base / path
+            try:
+                entries = butcher.load(path).to_dict()
+            except butcher.TableauError as err:
+                raise ModelError(f"the tableau file {part}: {err}") from None
+            entry = {"tableau": entries, "sha256": _digest(entries)}
+        elif not isinstance(entry, dict) or entry.get("sha256") != _digest(entry.get("tableau")):
+            raise ModelError(f"the stored tableau of {part} does not match its digest: the checkpoint is corrupt")
+        try:
+            tableau = butcher.ButcherTableau.from_dict(entry["tableau"], source=f"{part} (stored with the model)")
+        except butcher.TableauError as err:
+            raise ModelError(f"the stored tableau of {part}: {err}") from None
+        out[part] = (entry, tableau)
+    return out
+
+
 def detach_state(state):
     if state is None:
         return None
@@ -48,15 +86,17 @@ class RecurrentStack(nn.Module):
     with ``state`` in ``nn.GRU``'s layout ``(layers, B, H)`` (a tuple for two-block cells)."""
 
     def __init__(self, spec: str, input_size: int, hidden_size: int, layers: int, dropout: float, grad: str,
-                 adjoint: odernn.AdjointMethod, speed: dict):
+                 adjoint: odernn.AdjointMethod, speed: dict, tableau: butcher.ButcherTableau | None = None):
         super().__init__()
         self.spec = spec
         dropout = dropout if layers > 1 else 0.0  # between the stack's layers: one layer has none to drop
         if spec.lower() in TORCH_CELLS:
             self.rnn = TORCH_CELLS[spec.lower()](input_size, hidden_size, layers, dropout=dropout)
             return
+        # a spec that names a tableau file runs the method the model stored, never the file again
+        cells = spec if tableau is None else functools.partial(odernn.cell, spec, tableau=tableau)
         try:
-            self.rnn = odernn.ODERNN(spec, input_size, hidden_size, layers, dropout=dropout, grad=grad, adjoint=adjoint,
+            self.rnn = odernn.ODERNN(cells, input_size, hidden_size, layers, dropout=dropout, grad=grad, adjoint=adjoint,
                                      **speed)
         except odernn.CellSpecError as err:
             raise ModelError(str(err)) from None
@@ -98,7 +138,8 @@ class LanguageModel(nn.Module):
     def __init__(self, vocab_size: int, cell: str | list[str] = "gru-ode:euler", layers: int = 1,
                  hidden: int = 256, embed: int | None = None, dropout: float = 0.0, tie_weights: bool = False,
                  grad: str = "backprop", adjoint: odernn.AdjointMethod | None = None,
-                 compile_elementwise: bool = False, cuda_graphs: bool = False):
+                 compile_elementwise: bool = False, cuda_graphs: bool = False, tableaux: dict | None = None,
+                 base: str | Path | None = None):
         super().__init__()
         if grad not in GRAD_MODES:
             raise ModelError(f"unknown gradient mode {grad!r}; modes: {', '.join(GRAD_MODES)}")
@@ -112,18 +153,24 @@ class LanguageModel(nn.Module):
         embed = embed or hidden
         if tie_weights and embed != hidden:
             raise ModelError(f"weight tying needs --embed equal to --hidden ({embed} ≠ {hidden})")
+        # the methods of the specs that name tableau files, stored whole (exact entries and their
+        # digest): a checkpoint carries its methods, and moving or editing a file changes nothing
+        stored = _tableaux(specs, tableaux or {}, Path(base) if base is not None else None)
         self.config = {"vocab_size": vocab_size, "cell": specs, "layers": layers, "hidden": hidden, "embed": embed,
-                       "dropout": dropout, "tie_weights": tie_weights, "grad": grad}
+                       "dropout": dropout, "tie_weights": tie_weights, "grad": grad,
+                       "tableaux": {part: entry for part, (entry, _) in stored.items()}}
         self.embedding = nn.Embedding(vocab_size, embed)
         self.layers = nn.ModuleList()  # one RecurrentStack per run of equal specs
         first = 0
         for last in range(1, len(specs) + 1):
             if last == len(specs) or specs[last].lower() != specs[first].lower():
                 width = embed if first == 0 else hidden
+                part = odernn.tableau_file(specs[first]) if specs[first].lower() not in TORCH_CELLS else None
                 self.layers.append(RecurrentStack(specs[first], width, hidden, last - first, dropout, grad,
                                                   adjoint or odernn.AdjointMethod(),
                                                   {"compile_elementwise": compile_elementwise,
-                                                   "cuda_graphs": cuda_graphs}))
+                                                   "cuda_graphs": cuda_graphs},
+                                                  stored[part][1] if part is not None else None))
                 first = last
         self._register_load_state_dict_pre_hook(self._upgrade_state_dict)
         self.drop = nn.Dropout(dropout)
@@ -201,10 +248,14 @@ class LanguageModel(nn.Module):
     @classmethod
     def from_checkpoint(cls, data: dict, device: str | torch.device = "cpu") -> "LanguageModel":
         """The model of a loaded checkpoint (``textlm.load_checkpoint``), in eval mode, in the dtype
-        of its weights, on ``device`` (whichever device it was trained on)."""
+        of its weights, on ``device`` (whichever device it was trained on). Its tableaux are the
+        ones it stored; a checkpoint from before they were stored names files, found relative to
+        the checkpoint's folder first."""
         cfg = data["model_config"]
+        source = data.get("loaded_from")
         model = cls(cfg["vocab_size"], cfg["cell"], cfg["layers"], cfg["hidden"], cfg["embed"], cfg["dropout"],
-                    cfg["tie_weights"])
+                    cfg["tie_weights"], tableaux=cfg.get("tableaux"),
+                    base=Path(source).parent if source is not None else None)
         model = model.to(device, next(iter(data["model"].values())).dtype)
         model.load_state_dict(data["model"])
         return model.eval()

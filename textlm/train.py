@@ -247,7 +247,8 @@ class Trainer:
             config.tie_weights, config.grad,
             odernn.AdjointMethod(config.adjoint_method, config.adjoint_steps, config.adjoint_rtol,
                                  config.adjoint_atol), config.compile_elementwise,
-            config.cuda_graphs).to(self.device, self.runtime.dtype)
+            config.cuda_graphs, tableaux=saved["model_config"].get("tableaux") if saved is not None else None,
+            base=self.out if saved is not None else None).to(self.device, self.runtime.dtype)
         self.optimizer = self._optimizer()
         if config.jac_reg > 0 and None in self.model.layer_cells():
             raise ValueError(f"--jac-reg penalises ODE cells; {config.cell} has PyTorch layers")
