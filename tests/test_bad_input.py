@@ -299,6 +299,22 @@ def _wait_for_checkpoints(out: Path, count: int = 2, timeout: float = 60):
     raise AssertionError("the run never checkpointed")
 
 
+def test_resume_refuses_options_that_contradict_the_run(tmp_path, trained):
+    """--hidden and --cell on --resume were silently ignored: now one line naming each conflict,
+    exit 2; options equal to the run's, and the budget, may be given."""
+    import shutil
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    code, _, err = run("train", "--out", str(out), "--resume", "--hidden", "16", "--cell", "gru-ode:rk4",
+                       "--no-progress")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--hidden 16 (the run has 8)" in err and "--cell gru-ode:rk4 (the run has gru-ode:euler)" in err
+    code, stdout, err = run("train", "--out", str(out), "--resume", "--hidden", "8", "--cell", "gru-ode:euler",
+                            "--max-tokens", "512", "--no-progress", "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["tokens"] == 512
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)])
 def test_a_signal_during_training_leaves_a_checkpoint_that_resumes(tmp_path, sig, code):
     """With a checkpoint every step, the signal also lands during checkpoint writes."""

@@ -36,6 +36,28 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def _record_given(parser: argparse.ArgumentParser) -> None:
+    """Every option of every command records its name in ``args.given`` when the command line gives
+    it (a default looks the same as a given value otherwise): what ``train --resume`` compares."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _record_given(child)
+        elif action.option_strings and not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            action.__class__ = _recording(type(action))
+
+
+def _recording(kind: type) -> type:
+    class Recording(kind):
+        def __call__(self, parser, namespace, values, option_string=None):
+            if getattr(namespace, "given", None) is None:
+                namespace.given = set()
+            namespace.given.add(self.dest)
+            super().__call__(parser, namespace, values, option_string)
+    Recording.__name__ = kind.__name__
+    return Recording
+
+
 def _show_defaults(parser: argparse.ArgumentParser) -> None:
     """Every option whose default means something says it in ``--help`` (argparse's
     ``ArgumentDefaultsHelpFormatter`` would skip options without a help text and repeat the
@@ -73,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     for group in _GROUPS:
         group.register(sub, _Formatter)
     _show_defaults(parser)
+    _record_given(parser)
     return parser
 
 

@@ -87,7 +87,11 @@ def _options(p, defaults) -> None:
                      help="on a NaN/Inf loss or gradient: undo the last step and halve the LR, or stop")
     run = p.add_argument_group("run")
     run.add_argument("--out", default=defaults.out, help=f"output folder (default {defaults.out})")
-    run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from OUT/checkpoint.pt, as the run was trained: options that contradict it "
+                          "are refused; the budget (--max-tokens, --epochs, --max-seconds), --eval-every, "
+                          "--eval-tokens, --checkpoint-every, --log-every, --probe-every, --data-root, --device, "
+                          "--compile-elementwise, --cuda-graphs, --no-progress, --sample-length and --json may change")
     run.add_argument("--eval-every", type=int, default=defaults.eval_every, help="validate every N steps")
     run.add_argument("--eval-tokens", type=int, help="validation tokens per evaluation (default all)")
     run.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
@@ -197,8 +201,34 @@ def _plot_curves(out: Path, config=None) -> Path | None:
     return target
 
 
+# what --resume lets change: the budget, the cadence of evaluation, logging and checkpoints, where the
+# run and the data are, how it runs (device, threads, progress, compiled math), and the printout
+RESUMABLE = ("max_tokens", "epochs", "max_seconds", "eval_every", "eval_tokens", "checkpoint_every", "log_every",
+             "probe_every", "out", "data_root", "device", "compile_elementwise", "cuda_graphs", "no_progress",
+             "sample_length", "json", "resume")
+
+
+def _resume_conflicts(args) -> None:
+    """With --resume, every option given that the run fixes must equal the run's own: one line naming
+    each that does not (they were silently ignored before)."""
+    from textlm.checkpoint import load_checkpoint
+    from textlm.train import TrainConfig
+    saved = TrainConfig.from_dict(load_checkpoint(Path(args.out) / "checkpoint.pt")["config"])
+    conflicts = []
+    for name in sorted(getattr(args, "given", set()) - set(RESUMABLE)):
+        if hasattr(saved, name) and getattr(args, name) != getattr(saved, name):
+            flag = "--" + name.replace("_", "-")
+            conflicts.append(f"{flag} {getattr(args, name)} (the run has {getattr(saved, name)})")
+    if conflicts:
+        raise CLIError(f"--resume continues the run in {args.out} as it was trained; these options contradict it: "
+                       f"{'; '.join(conflicts)}. Leave them out, or start a new run with another --out "
+                       f"(on resume only {', '.join('--' + n.replace('_', '-') for n in RESUMABLE[:-1])} may change)")
+
+
 def cmd_train(args) -> int:
     from textlm.train import RunLock, Trainer
+    if args.resume:
+        _resume_conflicts(args)
     config = _config(args)
     try:
         trainer = Trainer(config, resume=args.resume, max_tokens=args.max_tokens, device=args.device,
