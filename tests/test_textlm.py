@@ -328,6 +328,21 @@ def test_checkpoints_with_non_finite_weights_or_negative_counts_are_refused(tmp_
         load_checkpoint(tmp_path / "negative.pt")
 
 
+def test_max_seconds_bounds_training_and_the_final_validation(tmp_path):
+    """An implicit cell whose full validation takes longer than the budget: training stops early
+    enough, the validation is cut where the budget ends and says so; the whole run stays within
+    the budget and one validation chunk."""
+    import time
+    trainer = Trainer(config(tmp_path, cell="gru-ode:gauss-2", hidden=48, train_tokens=None, max_tokens=10 ** 7,
+                             max_seconds=4.0, eval_tokens=None))
+    start = time.perf_counter()
+    result = trainer.run()
+    assert time.perf_counter() - start <= 4.0 + 2.0
+    whole = len(trainer.corpus.valid) - 1
+    assert result["valid_tokens"] < whole and "--max-seconds 4 budget ended" in result["valid_cut"]
+    assert result["step"] >= 1 and math.isfinite(result["valid_loss"])
+
+
 def test_a_model_trained_on_a_tableau_file_keeps_its_method(tmp_path, monkeypatch):
     """The checkpoint stores the tableau (exact entries and a digest): moving, editing or deleting
     the file changes nothing; a checkpoint from before that finds a relative path beside itself."""

@@ -17,9 +17,9 @@ the continuations are scored with:
 
 from __future__ import annotations
 
-import sys
-
 import math
+import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .data import batchify
 from .model import ModelError
 
-__all__ = ["GenerationMetrics", "evaluate_loss", "generation_metrics", "perplexity", "sample"]
+__all__ = ["GenerationMetrics", "evaluate_loss", "evaluate_within", "generation_metrics", "perplexity", "sample"]
 
 
 def perplexity(loss: float) -> float:
@@ -36,12 +36,20 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 709.0 else float("inf")
 
 
-@torch.no_grad()
 def evaluate_loss(model, data: torch.Tensor, batch_size: int = 10, bptt: int = 128,
                   tokens: int | None = None, progress: str | None = None) -> float:
     """Mean cross-entropy (nats per token) over ``data`` (``(N,)`` ids; the first ``tokens`` if
     given), with the hidden state carried across chunks, in eval mode (no dropout), on the model's
     device (the data moves there once; the sum stays there until the end)."""
+    return evaluate_within(model, data, batch_size, bptt, tokens, progress)[0]
+
+
+@torch.no_grad()
+def evaluate_within(model, data: torch.Tensor, batch_size: int = 10, bptt: int = 128, tokens: int | None = None,
+                    progress: str | None = None, deadline: float | None = None) -> tuple[float, int, int]:
+    """:func:`evaluate_loss` that stops after the chunk that passes ``deadline`` (a
+    ``time.perf_counter()`` value; at least one chunk runs): ``(loss, tokens evaluated, tokens in
+    all)``."""
     was_training = model.training
     model.eval()
     if tokens is not None:
@@ -60,8 +68,12 @@ def evaluate_loss(model, data: torch.Tensor, batch_size: int = 10, bptt: int = 1
         _, loss, state = model(x, y, state)
         total = total + loss.double() * y.numel()
         count += y.numel()
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
+    if progress:
+        chunks.close()
     model.train(was_training)
-    return float(total) / max(count, 1)
+    return float(total) / max(count, 1), count, rows.shape[0] * (rows.shape[1] - 1)
 
 
 def _device(model) -> torch.device:
@@ -70,9 +82,10 @@ def _device(model) -> torch.device:
 
 @torch.no_grad()
 def sample(model, prompt_ids: list[int], length: int, temperature: float = 1.0, top_k: int | None = None,
-           greedy: bool = False, generator: torch.Generator | None = None) -> list[int]:
+           greedy: bool = False, generator: torch.Generator | None = None, deadline: float | None = None) -> list[int]:
     """Continue ``prompt_ids`` by ``length`` tokens: ``multinomial(softmax(logits / T))``, over the
-    ``top_k`` most likely tokens if given, or the argmax with ``greedy``."""
+    ``top_k`` most likely tokens if given, or the argmax with ``greedy``; fewer where ``deadline``
+    (a ``time.perf_counter()`` value) passes first."""
     if not prompt_ids:
         raise ValueError("the prompt is empty")
     if temperature <= 0 and not greedy:
@@ -97,6 +110,8 @@ def sample(model, prompt_ids: list[int], length: int, temperature: float = 1.0, 
                 last = last.masked_fill(last < threshold, -math.inf)
             token = int(torch.multinomial(F.softmax(last, dim=-1), 1, generator=generator))
         out.append(token)
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
         logits, _, state = model(torch.tensor([[token]], device=device), state=state)
     model.train(was_training)
     return out

@@ -26,7 +26,7 @@ import odernn
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Corpus, Vocabulary, batchify, load_corpus
-from .evaluate import evaluate_loss
+from .evaluate import evaluate_within
 from .model import LanguageModel, detach_state
 from .runtime import PRECISIONS, Runtime
 
@@ -271,6 +271,7 @@ class Trainer:
         else:
             self.total_steps = math.ceil(config.max_tokens / (config.batch_size * config.bptt))
         self.position = _Position()
+        self.deadline = None  # with --max-seconds: the time.perf_counter() at which the run's budget ends
         self.state = None
         self.probes = {}  # layer index -> stability.Probe, made at the first probe
         if saved is not None:
@@ -400,6 +401,16 @@ class Trainer:
                 inputs = (after if isinstance(after, torch.Tensor) else after[0]).detach()
         return total
 
+    def _final_reserve(self, step_seconds: float | None) -> float:
+        """Seconds to keep for the final validation: a forward pass costs about a third of a training
+        step of the same tokens; at most a quarter of the budget (it is cut short beyond that)."""
+        if step_seconds is None:
+            return 0.0
+        c = self.config
+        valid = len(self.corpus.split("valid"))
+        estimate = step_seconds / 3 * valid / (c.batch_size * c.bptt) * self.world
+        return min(estimate, 0.25 * c.max_seconds)
+
     def _finite_parameters(self) -> bool:
         return bool(torch.stack([torch.isfinite(q).all() for q in self.model.parameters()]).all())
 
@@ -424,10 +435,14 @@ class Trainer:
         p.column += c.bptt  # skip the batch that produced it
 
     def evaluate(self, split: str = "valid", tokens: int | None = None, progress: bool = False) -> float:
+        return self._evaluate(split, tokens, progress)[0]
+
+    def _evaluate(self, split: str = "valid", tokens: int | None = None, progress: bool = False,
+                  deadline: float | None = None) -> tuple[float, int, int]:
         data = self.corpus.split(split)
         label = f"final {split} loss over {min(tokens or len(data), len(data)):,} tokens" if progress else None
         with self.runtime.autocast():
-            return evaluate_loss(self.model, data, tokens=tokens, progress=label)
+            return evaluate_within(self.model, data, tokens=tokens, progress=label, deadline=deadline)
 
     def run(self) -> dict:
         """Train to the budget; SIGTERM, like Ctrl-C, saves the state and raises
@@ -452,6 +467,11 @@ class Trainer:
             bar = tqdm(total=self.total_steps, initial=p.step, unit="step", dynamic_ncols=True,
                        desc=f"{c.cell} {c.grad}")
         started = time.perf_counter() - p.elapsed
+        # --max-seconds bounds the whole command: training stops early enough for the final
+        # validation (estimated from the step time) to fit, and that validation and the sample stop
+        # at the budget's end, saying so
+        self.deadline = None if c.max_seconds is None else started + c.max_seconds
+        step_seconds = None
         snapshot = None
         updating = False  # between the snapshot and the end of optimizer.step: undo on Ctrl-C
         rng = self.runtime.rng_state()
@@ -459,8 +479,9 @@ class Trainer:
         record = {}
         try:
             while p.step < self.total_steps:
-                if c.max_seconds is not None and time.perf_counter() - started >= c.max_seconds:
+                if self.deadline is not None and time.perf_counter() + self._final_reserve(step_seconds) >= self.deadline:
                     break
+                step_started = time.perf_counter()
                 rng = self.runtime.rng_state()  # an interrupted step is redone from here on --resume
                 x, y = self._batch()
                 lr = self.learning_rate(p.step)
@@ -514,6 +535,8 @@ class Trainer:
                     self.model.train()
                 if bar is not None:
                     bar.update(1)
+                step_seconds = time.perf_counter() - step_started if step_seconds is None else \
+                    0.8 * step_seconds + 0.2 * (time.perf_counter() - step_started)
                 p.elapsed = time.perf_counter() - started
                 if p.step % c.checkpoint_every == 0:
                     self.save()
@@ -542,9 +565,13 @@ class Trainer:
                   "nfe_per_token": sum(cell.nfe for cell in cells) if cells else None,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
         if self.rank == 0:
-            result["valid_loss"] = self.evaluate(progress=c.progress)
+            result["valid_loss"], result["valid_tokens"], whole = self._evaluate(progress=c.progress,
+                                                                                 deadline=self.deadline)
+            if result["valid_tokens"] < whole:
+                result["valid_cut"] = (f"the final validation covered {result['valid_tokens']:,} of {whole:,} tokens: "
+                                       f"the --max-seconds {c.max_seconds:g} budget ended")
             self._log({"step": p.step, "tokens": p.tokens, "valid_loss": result["valid_loss"], "elapsed": p.elapsed,
-                       "final": True})
+                       "final": True, "valid_tokens": result["valid_tokens"]})
             self.model.train()
             tmp = self.out / ".result.json.tmp"
             tmp.write_text(json.dumps(result, indent=1))

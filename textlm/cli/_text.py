@@ -81,7 +81,10 @@ def _options(p, defaults) -> None:
     budget.add_argument("--max-tokens", type=int, help=f"training-token budget (default {defaults.max_tokens:,}; "
                                                        "with --resume: extend the run's budget to this)")
     budget.add_argument("--epochs", type=int, help="budget in passes over the training streams instead")
-    opt.add_argument("--max-seconds", type=float, help="wall-clock budget (the schedule still follows --max-tokens)")
+    opt.add_argument("--max-seconds", type=float,
+                     help="wall-clock budget of the training, the final validation and the sample (summed over "
+                          "resumes): training stops in time for the validation, which, like the sample, is cut "
+                          "short with a message where the budget ends (the schedule still follows --max-tokens)")
     opt.add_argument("--seed", type=int, default=defaults.seed)
     opt.add_argument("--on-nan", choices=("halve", "stop"), default=defaults.on_nan,
                      help="on a NaN/Inf loss or gradient: undo the last step and halve the LR, or stop")
@@ -269,6 +272,8 @@ def _train(args, trainer) -> int:
         return 0
     level = trainer.corpus.level
     valid = result["valid_loss"]
+    if "valid_cut" in result:
+        print(f"odernn: {result['valid_cut']}", file=sys.stderr)
     line = f"validation loss {valid:.4f} nats/token, perplexity {perplexity(valid):.2f}"
     if level == "char":
         line += f", {valid / math.log(2):.4f} bits/char"
@@ -278,10 +283,13 @@ def _train(args, trainer) -> int:
     try:
         with trainer.runtime.autocast():
             generated = sample(model, prompt, args.sample_length, temperature=0.8,
-                               generator=torch.Generator().manual_seed(c.seed))
+                               generator=torch.Generator().manual_seed(c.seed), deadline=trainer.deadline)
     except ModelError as err:
         print(f"odernn: no sample: {err}", file=sys.stderr)
         return 1
+    if len(generated) < args.sample_length:
+        print(f"odernn: the sample stops at {len(generated)} of {args.sample_length} tokens: the --max-seconds "
+              f"{c.max_seconds:g} budget ended", file=sys.stderr)
     print("sample:\n" + vocab.decode(generated))
     print(f"checkpoint {trainer.checkpoint_path}; metrics {trainer.out / 'metrics.jsonl'}"
           + (f"; curves {curves}" if curves else ""), file=sys.stderr)
