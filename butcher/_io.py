@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import tomllib
 from pathlib import Path
 
-from ._parse import TableauError
+from ._parse import MAX_DIGITS, TableauError
 from ._tableau import ButcherTableau
 
-__all__ = ["load", "dumps_toml"]
+__all__ = ["load", "dumps_toml", "names_a_file"]
 
 _MAX_BYTES = 1 << 20
+
+
+def names_a_file(text: str) -> bool:
+    """Whether ``text`` names a tableau file rather than a catalogue method: a ``.toml``/``.json``
+    name, a path with a separator, or anything that exists there (a symbolic link included)."""
+    return Path(text).suffix.lower() in (".toml", ".json") or os.sep in text or os.path.lexists(text)
 
 
 def load(path, exact: bool = True) -> ButcherTableau:
@@ -25,6 +33,11 @@ def load(path, exact: bool = True) -> ButcherTableau:
     Every problem raises :class:`TableauError` with the file name and the offending entry.
     """
     path = Path(path)
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise TableauError(f"{path}: a loop of symbolic links, not a tableau file") from None
     if path.is_dir():
         raise TableauError(f"{path}: is a directory, not a tableau file")
     if path.exists() and not path.is_file():
@@ -38,20 +51,55 @@ def load(path, exact: bool = True) -> ButcherTableau:
     except (OSError, UnicodeDecodeError) as err:
         raise TableauError(f"{path}: cannot read: {err}") from None
     suffix = path.suffix.lower()
+    if suffix not in (".toml", ".json"):
+        raise TableauError(f"{path}: unknown file type {suffix!r} (use .toml or .json)")
+    _check_structure(text, path)
     try:
-        if suffix == ".toml":
-            data = tomllib.loads(text)
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise TableauError(f"{path}: unknown file type {suffix!r} (use .toml or .json)")
+        data = tomllib.loads(text) if suffix == ".toml" else json.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise TableauError(f"{path}: invalid TOML: {err}") from None
     except json.JSONDecodeError as err:
         raise TableauError(f"{path}: invalid JSON: {err}") from None
+    except (ValueError, RecursionError) as err:  # what the scan above cannot foresee: one line all the same
+        raise TableauError(f"{path}: cannot read: {str(err)[:200]}") from None
     if isinstance(data, dict) and "name" not in data:  # a file's tableau is named after the file
         data = {**data, "name": path.stem}
     return ButcherTableau.from_dict(data, source=str(path), exact=exact)
+
+
+_MAX_NESTING = 16  # arrays and tables inside one another (a tableau needs 3)
+
+
+def _check_structure(text: str, path) -> None:
+    """Refuse, before parsing, what would make the TOML or JSON parser recurse without end or
+    convert a number without end: arrays nested past ``_MAX_NESTING``, and numbers longer than the
+    parser's own digit budget (``MAX_DIGITS``)."""
+    depth, quote, run, escaped, comment = 0, None, 0, False, False
+    for char in text:
+        if comment:
+            comment = char != "\n"
+            continue
+        if quote is not None:
+            if escaped:
+                escaped = False
+            elif char == "\\" and quote == '"':
+                escaped = True
+            elif char == quote:
+                quote = None
+            continue
+        if char == "#":  # a TOML comment (JSON has none)
+            comment = True
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+            if depth > _MAX_NESTING:
+                raise TableauError(f"{path}: arrays or tables nested more than {_MAX_NESTING} deep; not a tableau")
+        elif char in "]}":
+            depth -= 1
+        run = run + 1 if char.isdigit() else 0
+        if run > MAX_DIGITS:
+            raise TableauError(f"{path}: a number with more than {MAX_DIGITS} digits")
 
 
 def _toml_value(value) -> str:

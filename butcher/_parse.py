@@ -59,7 +59,8 @@ _TOKEN = re.compile(
     r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
     r"|(?P<string>\"[^\"]*\"|'[^']*')"
     r"|(?P<op>\*\*|[-+*/^(),=])"
-    r")"
+    r")",
+    re.ASCII,  # ASCII digits only: "٣", "３" and "𝟑" are not read as 3
 )
 _FUNCTIONS = ("sqrt", "sin", "cos", "tan", "root", "CRootOf")
 _NOT_FINITE = {"nan", "inf", "infinity", "oo", "zoo"}

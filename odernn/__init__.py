@@ -12,6 +12,7 @@ field over an interval Δ. ``n`` is the tableau's number of stages, ``t`` the nu
 torch.Size([2, 5])
 """
 
+from . import limits
 from ._adjoint import AdjointMethod, adjoint
 from ._cell import ODECell
 from ._fields import AntisymmetricField, GRUODEField, HigherOrderField, LSTMField, ModuleField, TanhRNNField, VectorField
@@ -24,7 +25,7 @@ from ._stepping import (AdaptiveScheme, ExplicitScheme, ImplicitScheme, Implicit
                         reference_step)
 
 __all__ = [
-    "GRAD_MODES", "InputError", "ODERNN", "AdjointMethod", "adjoint", "AdaptiveScheme", "AntisymmetricField", "CellSpecError", "StepSizeUnderflow", "ImplicitScheme", "ImplicitSolveError", "CoRNNField", "HigherOrderField", "LEMField", "LipschitzField", "UnICORNNField", "URNNField", "modrelu", "ExplicitScheme", "GRUODEField", "LSTMField",
+    "GRAD_MODES", "InputError", "ODERNN", "limits", "AdjointMethod", "adjoint", "AdaptiveScheme", "AntisymmetricField", "CellSpecError", "StepSizeUnderflow", "ImplicitScheme", "ImplicitSolveError", "CoRNNField", "HigherOrderField", "LEMField", "LipschitzField", "UnICORNNField", "URNNField", "modrelu", "ExplicitScheme", "GRUODEField", "LSTMField",
     "ModuleField", "ODECell", "TanhRNNField", "VectorField", "cell", "constraints", "field_table", "fields", "from_torch", "parse_spec", "tableau_file",
     "reference_step", "TokenODE", "torchdiffeq_method",
 ]

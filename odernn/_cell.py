@@ -12,6 +12,7 @@ from torch.nn.utils import parametrize
 
 import butcher
 
+from . import limits
 from ._checks import InputError, Settings, check_count, check_positive
 from ._fields import GRUODEField, LSTMField, TanhRNNField, VectorField
 from ._stepping import AdaptiveScheme, ExplicitScheme, ImplicitScheme, field_jacobians
@@ -187,6 +188,9 @@ class ODECell(Settings, nn.Module):
             state = self.field.initial_state(x.shape[0], x.dtype, x.device)
         blocks = self.field.to_blocks(state)
         Y = torch.cat(blocks, dim=-1)
+        # the batched vector–Jacobian products hold several D × D blocks per state at once
+        limits.check_memory(f"the Jacobians of {Y.shape[0]} states of size {Y.shape[-1]}",
+                            8 * Y.shape[0] * Y.shape[-1] ** 2, Y.element_size())
         return field_jacobians(self.field, self.field.project(x), Y, [b.shape[-1] for b in blocks])
 
     @property

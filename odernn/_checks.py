@@ -15,9 +15,10 @@ when it runs.
 
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
+
+from . import limits
 
 __all__ = ["InputError", "Settings", "check_bool", "check_size", "check_count", "check_dropout", "check_positive",
            "check_proj_size"]
@@ -37,21 +38,13 @@ def check_bool(name: str, value) -> bool:
 
 
 def check_size(name: str, value) -> int:
-    """``input_size``, ``hidden_size``: a positive ``int``."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be greater than zero, got {value}")
-    return value
+    """``input_size``, ``hidden_size``: a width (``odernn.limits.WIDTH``)."""
+    return limits.WIDTH.check(name, value)
 
 
-def check_count(name: str, value, minimum: int = 1) -> int:
-    """``num_layers``, ``steps``: an ``int`` of at least ``minimum``."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be {'greater than zero' if minimum == 1 else f'at least {minimum}'}, got {value}")
-    return value
+def check_count(name: str, value) -> int:
+    """``num_layers`` (``limits.LAYERS``), ``steps`` (``limits.STEPS``)."""
+    return (limits.STEPS if name == "steps" else limits.LAYERS).check(name, value)
 
 
 def check_dropout(value, num_layers: int | None = None) -> float:
@@ -67,12 +60,8 @@ def check_dropout(value, num_layers: int | None = None) -> float:
 
 
 def check_positive(name: str, value) -> float:
-    """``dt``: a finite number > 0."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"{name} should be a number, got: {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number greater than zero, got {value!r}")
-    return float(value)
+    """``dt``: the interval of a token (``limits.DT``)."""
+    return limits.DT.check(name, value)
 
 
 class Settings:
@@ -111,10 +100,7 @@ class Settings:
 
 def check_proj_size(value, hidden_size: int) -> int:
     """``nn.LSTM``'s ``proj_size``: 0 (no projection) or a positive ``int`` below ``hidden_size``."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"proj_size should be of type int, got: {type(value).__name__}")
-    if value < 0:
-        raise ValueError("proj_size should be a positive integer or zero to disable projections")
+    limits.PROJECTION.check("proj_size", value)
     if value >= hidden_size:
         raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={value}, hidden_size={hidden_size}")
     return value

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from . import limits
 from ._adjoint import AdjointMethod
 from ._cell import ODECell, cell_from_torch
 from ._checks import InputError, Settings, check_bool, check_count, check_dropout, check_proj_size, check_size
@@ -124,13 +125,16 @@ class ODERNN(Settings, nn.Module):
         check_count("num_layers", num_layers)
         check_bool("bidirectional", bidirectional)
         check_proj_size(proj_size, hidden_size)
+        directions = 2 if bidirectional else 1
+        limits.check_memory(f"{num_layers} layer(s) of hidden_size={hidden_size}",  # four gates at most
+                            num_layers * directions * 4 * hidden_size * (max(input_size, hidden_size * directions)
+                                                                         + hidden_size))
         if proj_size and callable(spec):
             raise ValueError("proj_size with a cell factory: give the projection to the factory's lstm field")
         self.spec, self.input_size, self.hidden_size = spec, input_size, hidden_size
         self.num_layers, self.bias, self.batch_first = num_layers, bias, batch_first
         self.dropout, self.bidirectional, self.proj_size = dropout, bidirectional, proj_size
         self.grad, self.adjoint = grad, adjoint or AdjointMethod()
-        directions = 2 if bidirectional else 1
         options = {**({} if bias else {"bias": False}), **({"proj_size": proj_size} if proj_size else {})}
         # One cell per layer and direction. The cells are not submodules: their parameters are
         # registered here under torch's names, and bound back into the cells before each use.

@@ -15,6 +15,7 @@ import torch
 
 import butcher
 
+from . import limits
 from ._cell import ODECell
 from ._fields import AntisymmetricField, GRUODEField, HigherOrderField, LSTMField, TanhRNNField
 from ._published import CoRNNField, LEMField, LipschitzField, UnICORNNField, URNNField
@@ -38,19 +39,19 @@ class _FieldKind:
 
 
 _FIELDS = {
-    "rnn": _FieldKind(TanhRNNField, 1.0, False, {"bias": bool, "gamma": float},
+    "rnn": _FieldKind(TanhRNNField, 1.0, False, {"bias": bool, "gamma": limits.COEFFICIENT},
                       "leaky tanh-RNN, tanh(W h + V x + b) − γh", "Elman (1990); torch.nn.RNNCell",
                       "rnn:euler is torch.nn.RNNCell (tests/test_cells.py)"),
     "gru-ode": _FieldKind(GRUODEField, 1.0, False, {"bias": bool}, "GRU-ODE, (1 − z) ⊙ (n − h)",
                           "De Brouwer et al. (2019); Cho et al. (2014)",
                           "gru-ode:euler is torch.nn.GRUCell (tests/test_cells.py)"),
-    "lstm": _FieldKind(LSTMField, 1.0, True, {"bias": bool, "proj_size": int}, "LSTM on (c, h): dc = (f − 1)c + i g, dh = o tanh(c) − h",
+    "lstm": _FieldKind(LSTMField, 1.0, True, {"bias": bool, "proj_size": limits.PROJECTION}, "LSTM on (c, h): dc = (f − 1)c + i g, dh = o tanh(c) − h",
                        "Hochreiter & Schmidhuber (1997); torch.nn.LSTMCell",
                        "lstm:euler (partitioned) is torch.nn.LSTMCell (tests/test_cells.py)"),
-    "antisymmetric": _FieldKind(AntisymmetricField, 0.01, False, {"gamma": float, "bias": bool},
+    "antisymmetric": _FieldKind(AntisymmetricField, 0.01, False, {"gamma": limits.COEFFICIENT, "bias": bool},
                                 "AntisymmetricRNN, tanh((W − Wᵀ − γI)h + V x + b)", "Chang et al. (ICLR 2019)",
                                 "antisymmetric:euler:eps=ε is the published cell (tests/test_cells.py)"),
-    "cornn": _FieldKind(CoRNNField, 0.042, True, {"gamma": float, "epsilon": float, "bias": bool},
+    "cornn": _FieldKind(CoRNNField, 0.042, True, {"gamma": limits.COEFFICIENT, "epsilon": limits.COEFFICIENT, "bias": bool},
                         "coRNN, the rnn field at order 2: y″ = tanh(W y + 𝒲 y′ + V x + b) − γy − εy′",
                         "Rusch & Mishra (ICLR 2021)",
                         "cornn:euler (partitioned) is the published eq. (3) (tests/test_literature_cells.py)"),
@@ -58,14 +59,14 @@ _FIELDS = {
                        "orthogonal RNN, modReLU(W h + V x) − h, W = exp(skew) or Cayley",
                        "Arjovsky et al. (2016); Lezcano-Casado & Martínez-Rubio (ICML 2019)",
                        "urnn:euler is expRNN (tests/test_literature_cells.py)"),
-    "lipschitz": _FieldKind(LipschitzField, 0.01, False, {"beta": float, "gamma": float, "init_std": float, "bias": bool},
+    "lipschitz": _FieldKind(LipschitzField, 0.01, False, {"beta": limits.COEFFICIENT, "gamma": limits.COEFFICIENT, "init_std": limits.COEFFICIENT, "bias": bool},
                             "Lipschitz RNN, A h + tanh(W h + U x + b), A, W = β·skew + (1 − β)·sym − γI",
                             "Erichson et al. (ICLR 2021)",
                             "lipschitz:euler:dt=ε is the published cell (tests/test_literature_cells.py)"),
     "lem": _FieldKind(LEMField, 1.0, True, {"bias": bool},
                       "LEM, two gated time scales on (y, z)", "Rusch, Mishra, Erichson & Mahoney (ICLR 2022)",
                       "lem:euler (partitioned) is the published cell (tests/test_literature_cells.py)"),
-    "unicornn": _FieldKind(UnICORNNField, 0.19, True, {"alpha": float, "bias": bool},
+    "unicornn": _FieldKind(UnICORNNField, 0.19, True, {"alpha": limits.COEFFICIENT, "bias": bool},
                            "UnICORNN, independent undamped oscillators with learned time scales",
                            "Rusch & Mishra (ICML 2021)",
                            "unicornn:euler (partitioned) is the published cell (tests/test_literature_cells.py)"),
@@ -74,8 +75,10 @@ _ALIASES = {"gruode": "gru-ode", "tanh-rnn": "rnn", "asrnn": "antisymmetric"}
 # names a user may mean as PyTorch's own layers: said, not silently read as a field
 _NOT_FIELDS = {"gru": "the GRU's vector field is gru-ode (gru-ode:euler equals nn.GRUCell)",
                "lstm-ode": "the LSTM's field is lstm", "rnn-ode": "the tanh-RNN's field is rnn"}
-_CELL_OPTIONS = {"steps": int, "dt": float, "eps": float, "partitioned": bool, "tol": float, "rtol": float,
-                 "atol": float, "constraint": str, "order": int, "damping": str}
+_CELL_OPTIONS = {"steps": limits.STEPS, "dt": limits.DT, "eps": limits.DT, "partitioned": bool, "tol": limits.TOLERANCE,
+                 "rtol": limits.TOLERANCE, "atol": limits.TOLERANCE, "constraint": str, "order": limits.ORDER,
+                 "damping": str}
+_MAX_SPEC = 1_000  # characters
 CONSTRAINT_GROUP = "odernn.constraints"  # entry-point group of the parameterisations (``stability`` registers its own)
 
 
@@ -112,36 +115,50 @@ def _constrain(cell: ODECell, name: str) -> None:
         raise CellSpecError(str(err)) from None
 
 
-def _convert(key: str, text, kind: type):
-    if not isinstance(text, str):
-        return text
+def _convert(key: str, value, kind):
+    """A spec option's text (or a keyword argument's value) read and checked as ``kind``: a kind of
+    ``odernn.limits``, ``bool`` or ``str``."""
     try:
         if kind is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return text.lower() in ("true", "1", "yes")
-        return kind(text)
-    except ValueError:
-        raise CellSpecError(f"option {key}={text!r} is not a valid {kind.__name__}") from None
+            if isinstance(value, bool):
+                return value
+            if not isinstance(value, str) or value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"{key} must be true or false, got {_shown(value)}")
+            return value.lower() in ("true", "1", "yes")
+        if kind is str:
+            if not isinstance(value, str):
+                raise TypeError(f"{key} must be a name, got {type(value).__name__}")
+            return value
+        return kind.parse(key, value) if isinstance(value, str) else kind.check(key, value)
+    except (TypeError, ValueError) as err:
+        raise CellSpecError(f"option {err}") from None
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "…"
 
 
 def _damping(value):
-    """``critical``, one number, or numbers separated by commas (one per derivative order)."""
+    """``critical``, one number ≥ 0, or numbers ≥ 0 separated by commas (one per derivative order)."""
     if not isinstance(value, str):
         return value
     if value.strip().lower() == "critical":
         return "critical"
     try:
-        numbers = [float(part) for part in value.split(",")]
-    except ValueError:
-        raise CellSpecError(f"damping={value!r}: a number, numbers separated by commas, or 'critical'") from None
+        numbers = [_convert("damping", part, limits.COEFFICIENT) for part in value.split(",")]
+    except CellSpecError as err:
+        raise CellSpecError(f"damping={value!r}: a number ≥ 0, numbers separated by commas, or 'critical' ({err})") \
+            from None
     return numbers[0] if len(numbers) == 1 else numbers
 
 
 def parse_spec(spec: str) -> dict:
     """``"gru-ode:rk4:steps=2"`` → ``{"field": "gru-ode", "tableau": "rk4", "steps": "2"}``."""
     if not isinstance(spec, str) or not spec.strip():
-        raise CellSpecError(f"a cell spec is a string such as 'gru-ode:rk4:steps=2', got {spec!r}")
+        raise CellSpecError(f"a cell spec is a string such as 'gru-ode:rk4:steps=2', got {_shown(spec)}")
+    if len(spec) > _MAX_SPEC:
+        raise CellSpecError(f"a cell spec of {len(spec):,} characters, {_shown(spec)}: at most {_MAX_SPEC:,}")
     parts = [p.strip() for p in spec.split(":")]
     if not all(parts):
         raise CellSpecError(f"{spec!r}: an empty part between ':' (a spec is FIELD[:TABLEAU][:key=value…])")
@@ -149,7 +166,10 @@ def parse_spec(spec: str) -> dict:
     for part in parts[1:]:
         if "=" in part:
             key, _, value = part.partition("=")
-            out[key.strip().lower()] = value.strip()
+            key = key.strip().lower()
+            if key in out:
+                raise CellSpecError(f"{spec!r}: {key} given twice")
+            out[key] = value.strip()
         elif "tableau" in out:
             raise CellSpecError(f"{spec!r}: two tableaux given ({out['tableau']!r} and {part!r})")
         elif part:
@@ -161,18 +181,13 @@ def tableau_file(spec: str) -> str | None:
     """The tableau file a spec names (its TABLEAU part when that is a ``.toml``/``.json`` path or
     an existing file), or ``None`` when it names a catalogue method or no tableau."""
     part = parse_spec(spec).get("tableau")
-    return part if part is not None and _is_file(part) else None
-
-
-def _is_file(part: str) -> bool:
-    path = Path(part)
-    return path.suffix.lower() in (".toml", ".json") or path.exists()
+    return part if part is not None and butcher.names_a_file(part) else None
 
 
 def _tableau(value) -> butcher.ButcherTableau:
     if isinstance(value, butcher.ButcherTableau):
         return value
-    return butcher.load(Path(str(value))) if _is_file(str(value)) else butcher.get(str(value))
+    return butcher.load(Path(str(value))) if butcher.names_a_file(str(value)) else butcher.get(str(value))
 
 
 def cell(spec: str, input_size: int, hidden_size: int, *, device=None, dtype=None, **overrides) -> ODECell:
@@ -221,10 +236,16 @@ def _cell(spec: str, input_size: int, hidden_size: int, overrides: dict) -> ODEC
         raise CellSpecError(f"{tableau.name or 'the tableau'} is parametric in "
                             f"{sorted(map(str, tableau.symbols))}: give concrete values")
     order = cell_options.pop("order", 1)
-    if order < 1:
-        raise CellSpecError(f"order={order}: the derivative order is a positive integer")
     if "damping" in cell_options and order == 1:
         raise CellSpecError("damping= damps the derivatives h′ … h⁽ᵗ⁻¹⁾ of an order ≥ 2 field: give order= too")
+    try:
+        limits.WIDTH.check("input_size", input_size)
+        limits.WIDTH.check("hidden_size", hidden_size)
+        # every field holds at most four gates of input and recurrent weights per derivative order
+        limits.check_memory(f"a {name} cell of input_size={input_size}, hidden_size={hidden_size}",
+                            4 * hidden_size * (input_size + hidden_size * order))
+    except (TypeError, ValueError) as err:
+        raise CellSpecError(str(err)) from None
     try:
         field = kind.factory(input_size, hidden_size, **field_options)
         if order > 1:

@@ -193,8 +193,8 @@ def test_spec_forms_are_equivalent(tmp_path):
     ("gru-odd", "unknown cell field 'gru-odd'; fields: rnn, gru-ode, lstm"),
     ("gru-ode:rk5", "unknown method 'rk5'"),
     ("gru-ode:rk4:stepz=2", "unknown option"),
-    ("gru-ode:rk4:steps=two", "not a valid int"),
-    ("gru-ode:rk4:steps=0", "steps must be greater than zero"),
+    ("gru-ode:rk4:steps=two", "steps must be a number written in ASCII digits"),
+    ("gru-ode:rk4:steps=0", "steps must be an integer in 1 … 1,000"),
     ("gru-ode:rk4:euler", "two tableaux"),
     ("", "a cell spec is a string"),
 ])

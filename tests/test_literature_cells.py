@@ -284,7 +284,7 @@ def test_parameters_grow_linearly_in_the_order(field):
     ("rnn:damping=0.1", "give order= too"),
     ("rnn:order=3:damping=1,2,3", "2 numbers"),
     ("rnn:order=3:damping=soft", "critical"),
-    ("rnn:order=0", "positive integer"),
+    ("rnn:order=0", "order must be an integer in 1 … 16"),
     ("urnn:map=householder", "map must be"),
 ])
 def test_bad_order_specs_say_why(spec, message):

@@ -462,7 +462,7 @@ def test_train_generate_evaluate_from_the_command_line(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--corpus", "tinyshakespeare", "--cell", "gru-odd"], "unknown cell field"),
-    (["train", "--corpus", "tinyshakespeare", "--lr", "-1"], "--lr must be positive"),
+    (["train", "--corpus", "tinyshakespeare", "--lr", "-1"], "--lr: must be a finite number in (0, 1e+06]"),
     (["train", "--corpus", "nope"], "unknown corpus"),
     (["train"], "--corpus NAME or --text PATH"),
     (["train", "--corpus", "ptb", "--data-root", "/nonexistent"], "not found"),

@@ -67,6 +67,16 @@ class CompareConfig:
     cuda_graphs: bool = False
     out: str = "runs/compare"
 
+    def __post_init__(self):
+        from .limits import check_fields
+        problems = check_fields(self)  # every number within its kind's limits (textlm.limits)
+        if not self.cells or not self.seeds:
+            problems.append("give at least one cell and one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            problems.append(f"--seeds {' '.join(map(str, self.seeds))}: a seed given twice")
+        if problems:
+            raise ValueError("; ".join(problems))
+
 
 def parameter_count(cell: str, vocab_size: int, hidden: int, layers: int, embed: int | None = None) -> int:
     from .model import LanguageModel

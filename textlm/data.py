@@ -11,6 +11,7 @@ tokens. Character level keeps every character, newlines included.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections import Counter
@@ -144,10 +145,23 @@ class Corpus:
                 f"{len(self.train):,} / {len(self.valid):,} / {len(self.test):,})")
 
 
+MAX_CORPUS_BYTES = 64 << 20  # a corpus's tokens are held in memory as Python objects: about 30× the bytes
+
+
 def _read(path: Path, sha256: str | None, corpus: str, source: str, root: Path) -> str:
-    if not path.is_file():
+    try:
+        size = os.stat(path).st_size
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise CorpusError(f"corpus {corpus!r}: {path} is a loop of symbolic links") from None
+        size = None
+    if size is None or not path.is_file():
         raise CorpusError(f"corpus {corpus!r}: {path} not found (data root {root}, from --data-root, "
                           f"$ODERNN_DATA or ~/.cache/odernn). Obtain it from {source} and place it there.")
+    if size > MAX_CORPUS_BYTES:
+        raise CorpusError(f"corpus {corpus!r}: {path} has {size / 2 ** 20:,.0f} MiB, more than the "
+                          f"{MAX_CORPUS_BYTES >> 20} MiB a corpus may have (its tokens are held in memory); "
+                          "train on a part of it")
     data = path.read_bytes()
     if sha256 is not None:
         digest = hashlib.sha256(data).hexdigest()

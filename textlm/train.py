@@ -27,6 +27,7 @@ import odernn
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Corpus, Vocabulary, batchify, load_corpus
 from .evaluate import evaluate_within
+from .limits import check_fields
 from .model import LanguageModel, detach_state
 from .runtime import PRECISIONS, Runtime
 
@@ -144,28 +145,15 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        problems = []
-        for name in ("layers", "hidden", "batch_size", "bptt", "max_tokens", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                problems.append(f"--{name.replace('_', '-')} must be positive")
-        if self.epochs is not None and self.epochs < 1:
-            problems.append("--epochs must be positive")
-        if self.lr <= 0:
-            problems.append("--lr must be positive")
+        problems = check_fields(self)  # every number within its kind's limits (textlm.limits)
         if self.optimizer not in ("adamw", "sgd"):
             problems.append(f"--optimizer must be adamw or sgd, not {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant", "step"):
             problems.append(f"--schedule must be cosine, constant or step, not {self.schedule!r}")
-        if self.decay_after < 0 or not 0 < self.decay <= 1:
-            problems.append("--decay-after must be ≥ 0 and --decay in (0, 1]")
         if self.on_nan not in ("halve", "stop"):
             problems.append(f"--on-nan must be halve or stop, not {self.on_nan!r}")
         if self.precision not in PRECISIONS:
             problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        if self.clip < 0:
-            problems.append("--clip must be ≥ 0 (0: no clipping)")
-        if not self.jac_reg >= 0:
-            problems.append("--jac-reg must be ≥ 0 (0: off)")
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -11,6 +11,8 @@ import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
+from odernn import limits
+
 from . import _cell, _compare, _stability, _tableau, _text
 from ._errors import USER_ERRORS
 
@@ -38,7 +40,8 @@ def _version() -> str:
 
 def _record_given(parser: argparse.ArgumentParser) -> None:
     """Every option of every command records its name in ``args.given`` when the command line gives
-    it (a default looks the same as a given value otherwise): what ``train --resume`` compares."""
+    it (a default looks the same as a given value otherwise: what ``train --resume`` compares), and
+    refuses to be given twice (``--lr 1 --lr 2`` kept the last, silently)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
@@ -52,6 +55,8 @@ def _recording(kind: type) -> type:
         def __call__(self, parser, namespace, values, option_string=None):
             if getattr(namespace, "given", None) is None:
                 namespace.given = set()
+            if self.dest in namespace.given and not isinstance(self, (argparse._AppendAction, argparse._CountAction)):
+                parser.error(f"{option_string} given twice (an option takes one value)")
             namespace.given.add(self.dest)
             super().__call__(parser, namespace, values, option_string)
     Recording.__name__ = kind.__name__
@@ -87,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'odernn COMMAND --help' for the options of each command.",
     )
     parser.add_argument("--version", action="version", version=f"odernn {_version()}")
-    parser.add_argument("--threads", type=int, metavar="N",
+    parser.add_argument("--threads", type=limits.THREADS.argument("--threads"), metavar="N",
                         help="PyTorch's intra-op threads on the CPU (default: PyTorch's choice, one per core). "
                              "On a machine busy with other work, 1 avoids oversubscription: on 2 loaded cores "
                              "a small model trained 1.8× faster with 1 thread than with 2")
@@ -103,8 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.threads is not None:
-        if args.threads < 1:
-            parser.error("--threads must be a positive integer")
         import torch
         torch.set_num_threads(args.threads)
     try:

@@ -7,6 +7,7 @@ import json
 import torch
 
 import odernn
+from textlm.limits import argument
 
 from ._errors import CLIError
 
@@ -32,8 +33,8 @@ def register(sub, formatter) -> None:
                         epilog="examples:\n  odernn cell show gru-ode:rk4:steps=2\n  odernn cell show lstm --json\n"
                                "  odernn cell show gru-ode:gauss-2 --hidden-size 64")
     p.add_argument("spec", help="FIELD[:TABLEAU][:key=value...]")
-    p.add_argument("--input-size", type=int, default=32, help="input width (default 32)")
-    p.add_argument("--hidden-size", type=int, default=128, help="hidden width (default 128)")
+    p.add_argument("--input-size", type=argument("input_size"), default=32, help="input width (default 32)")
+    p.add_argument("--hidden-size", type=argument("hidden_size"), default=128, help="hidden width (default 128)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=cmd_show)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from textlm.limits import argument
+
 from ._errors import CLIError
 from ._progress import busy
 
@@ -34,31 +36,31 @@ def register(sub, formatter) -> None:
     p.add_argument("--level", choices=("char", "word"))
     p.add_argument("--data-root", metavar="DIR")
     p.add_argument("--cells", nargs="+", default=list(DEFAULT_CELLS), metavar="SPEC")
-    p.add_argument("--seeds", nargs="+", type=int, default=d.seeds)
-    p.add_argument("--params", type=int, help="parameter budget: each cell gets the width closest to it")
-    p.add_argument("--hidden", type=int, default=d.hidden, help="width of every cell when no --params")
-    p.add_argument("--layers", type=int, default=d.layers)
-    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--seeds", nargs="+", type=argument("seeds"), default=d.seeds)
+    p.add_argument("--params", type=argument("params"), help="parameter budget: each cell gets the width closest to it")
+    p.add_argument("--hidden", type=argument("hidden"), default=d.hidden, help="width of every cell when no --params")
+    p.add_argument("--layers", type=argument("layers"), default=d.layers)
+    p.add_argument("--dropout", type=argument("dropout"), default=d.dropout)
     p.add_argument("--grad", choices=("backprop", "checkpoint", "adjoint"), default=d.grad)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--bptt", type=int, default=d.bptt)
+    p.add_argument("--batch-size", type=argument("batch_size"), default=d.batch_size)
+    p.add_argument("--bptt", type=argument("bptt"), default=d.bptt)
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default=d.optimizer)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clipping (0: none)")
+    p.add_argument("--lr", type=argument("lr"), default=d.lr)
+    p.add_argument("--momentum", type=argument("momentum"), default=d.momentum, help="SGD momentum")
+    p.add_argument("--weight-decay", type=argument("weight_decay"), default=d.weight_decay)
+    p.add_argument("--clip", type=argument("clip"), default=d.clip, help="gradient-norm clipping (0: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar per run (a line per finished run stays)")
     p.add_argument("--schedule", choices=("cosine", "constant", "step"), default=d.schedule,
                    help="as in 'odernn train'")
-    p.add_argument("--decay-after", type=int, default=d.decay_after, metavar="K")
-    p.add_argument("--decay", type=float, default=d.decay)
+    p.add_argument("--decay-after", type=argument("decay_after"), default=d.decay_after, metavar="K")
+    p.add_argument("--decay", type=argument("decay"), default=d.decay)
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--max-tokens", type=int, default=d.max_tokens, help="token budget of every run")
-    budget.add_argument("--epochs", type=int, help="budget of every run in epochs instead")
-    p.add_argument("--max-seconds", type=float, help="wall-clock budget of every run")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="validation every N steps (the curves)")
-    p.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help="validation tokens per evaluation")
-    p.add_argument("--prompts", type=int, default=d.prompts, help="validation prompts for BLEU/ROUGE")
+    budget.add_argument("--max-tokens", type=argument("max_tokens"), default=d.max_tokens, help="token budget of every run")
+    budget.add_argument("--epochs", type=argument("epochs"), help="budget of every run in epochs instead")
+    p.add_argument("--max-seconds", type=argument("max_seconds"), help="wall-clock budget of every run")
+    p.add_argument("--eval-every", type=argument("eval_every"), default=d.eval_every, help="validation every N steps (the curves)")
+    p.add_argument("--eval-tokens", type=argument("eval_tokens"), default=d.eval_tokens, help="validation tokens per evaluation")
+    p.add_argument("--prompts", type=argument("prompts"), default=d.prompts, help="validation prompts for BLEU/ROUGE")
     p.add_argument("--device", default=d.device, help="auto (default), cpu, cuda or cuda:N, for every run")
     p.add_argument("--precision", choices=("float32", "bf16", "float64"), default=d.precision)
     p.add_argument("--compile-elementwise", action="store_true", help="as in 'odernn train'")
@@ -71,18 +73,19 @@ def cmd_compare(args) -> int:
     from textlm.compare import CompareConfig, CompareError, compare, plots
     if args.corpus is None and args.text is None:
         args.corpus = "tinyshakespeare"
-    if not args.seeds or not args.cells:
-        raise CLIError("give at least one cell and one seed")
-    config = CompareConfig(corpus=args.corpus, text=args.text, level=args.level, data_root=args.data_root,
-                           cells=args.cells, seeds=args.seeds, params=args.params, hidden=args.hidden,
-                           layers=args.layers, dropout=args.dropout, grad=args.grad, batch_size=args.batch_size,
-                           bptt=args.bptt, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-                           weight_decay=args.weight_decay, clip=args.clip, schedule=args.schedule,
-                           decay_after=args.decay_after, decay=args.decay, max_tokens=args.max_tokens,
-                           epochs=args.epochs, max_seconds=args.max_seconds, eval_every=args.eval_every,
-                           eval_tokens=args.eval_tokens, prompts=args.prompts, device=args.device,
-                           precision=args.precision, compile_elementwise=args.compile_elementwise,
-                           cuda_graphs=args.cuda_graphs, out=args.out)
+    try:
+        config = CompareConfig(corpus=args.corpus, text=args.text, level=args.level, data_root=args.data_root,
+                               cells=args.cells, seeds=args.seeds, params=args.params, hidden=args.hidden,
+                               layers=args.layers, dropout=args.dropout, grad=args.grad, batch_size=args.batch_size,
+                               bptt=args.bptt, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+                               weight_decay=args.weight_decay, clip=args.clip, schedule=args.schedule,
+                               decay_after=args.decay_after, decay=args.decay, max_tokens=args.max_tokens,
+                               epochs=args.epochs, max_seconds=args.max_seconds, eval_every=args.eval_every,
+                               eval_tokens=args.eval_tokens, prompts=args.prompts, device=args.device,
+                               precision=args.precision, compile_elementwise=args.compile_elementwise,
+                               cuda_graphs=args.cuda_graphs, out=args.out)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     from textlm.runtime import Runtime
     Runtime.of(config.device, config.precision)  # no CUDA: one line now, not one per run
     import odernn

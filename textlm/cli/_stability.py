@@ -7,6 +7,7 @@ from pathlib import Path
 
 import odernn
 import stability
+from textlm.limits import argument
 
 from ._errors import CLIError
 from ._progress import busy
@@ -36,11 +37,11 @@ def register(sub, formatter) -> None:
                        help="a cell spec, e.g. gru-ode:rk4:steps=2 (weights: the default initialisation), or a "
                             "trained model's checkpoint (file or run folder): every ODE layer is checked at its "
                             "trained weights, driven by the embeddings of random tokens")
-        p.add_argument("--input-size", type=int, default=32)
-        p.add_argument("--hidden-size", type=int, default=128)
-        p.add_argument("--dt", type=float, help="judge at this interval instead of the spec's")
-        p.add_argument("--samples", type=int, default=16, help="states sampled along a random-input trajectory")
-        p.add_argument("--seed", type=int, default=0, help="seed of the weights and of the sampled inputs")
+        p.add_argument("--input-size", type=argument("input_size"), default=32)
+        p.add_argument("--hidden-size", type=argument("hidden_size"), default=128)
+        p.add_argument("--dt", type=argument("dt"), help="judge at this interval instead of the spec's")
+        p.add_argument("--samples", type=argument("samples"), default=16, help="states sampled along a random-input trajectory")
+        p.add_argument("--seed", type=argument("seed"), default=0, help="seed of the weights and of the sampled inputs")
         p.add_argument("--device", default="cpu",
                        help="where the Jacobians are formed: cpu (default), cuda, cuda:N or auto; the verdict is "
                             "computed in float64 on the CPU either way")
@@ -87,16 +88,29 @@ def _reports(args):
     if args.dt is not None and not args.dt > 0:
         raise CLIError("--dt must be positive")
     if _is_checkpoint(args.spec):
+        cells = _checkpoint_cells(args)
+        for label, cell, _ in cells:
+            _affordable(label, cell, args.samples)
         return [(label, cell, stability.check(cell, inputs=x, dt=args.dt, samples=args.samples, seed=args.seed))
-                for label, cell, x in _checkpoint_cells(args)]
+                for label, cell, x in cells]
     from textlm.runtime import resolve_device
     device = resolve_device(args.device)
-    torch.manual_seed(args.seed)
-    try:
+    try:  # judged affordable on the meta device (no memory) before the weights are drawn
+        _affordable(args.spec, odernn.cell(args.spec, args.input_size, args.hidden_size, device="meta"), args.samples)
+        torch.manual_seed(args.seed)
         cell = odernn.cell(args.spec, args.input_size, args.hidden_size).to(device)
     except odernn.CellSpecError as err:
         raise CLIError(str(err)) from None
     return [(args.spec, cell, stability.check(cell, dt=args.dt, samples=args.samples, seed=args.seed))]
+
+
+def _affordable(label: str, cell, samples: int) -> None:
+    """The dense eigenvalue work of a check, refused before it starts when past the limit."""
+    size = cell.t * cell.hidden_size
+    if samples * size ** 3 > odernn.limits.EIGEN_WORK:
+        raise CLIError(f"{label}: judging {samples} states of size {size} takes {samples} dense eigenproblems of "
+                       f"{size}×{size} (about {samples * size ** 3:.1e} × a few ns), past the limit of "
+                       f"{odernn.limits.EIGEN_WORK:.0e}: lower --samples or --hidden-size")
 
 
 def cmd_check(args) -> int:

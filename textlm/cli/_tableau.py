@@ -12,6 +12,7 @@ from pathlib import Path
 import sympy as sp
 
 import butcher
+from odernn import limits
 
 from ._errors import CLIError
 from ._progress import busy
@@ -40,14 +41,9 @@ def deadline(seconds: float | None, what: str):
                       "arithmetic too large); run it with --float for the numerical analysis") from None
 
 
-def _is_file(spec: str) -> bool:
-    path = Path(spec)
-    return path.suffix.lower() in (".toml", ".json") or path.exists()
-
-
 def resolve(spec: str) -> butcher.ButcherTableau:
     """A catalogue name or a path to a tableau file."""
-    return butcher.load(spec) if _is_file(spec) else butcher.get(spec)
+    return butcher.load(spec) if butcher.names_a_file(spec) else butcher.get(spec)
 
 
 def _exact_then_numerical(spec: str, tol: float | None, analyse):
@@ -72,7 +68,7 @@ def _exact_then_numerical(spec: str, tol: float | None, analyse):
 def _deadline_for(spec: str) -> float | None:
     """Files get the deadline; the catalogue's methods are known to finish (Radau IIA-5's field,
     of degree 24, takes about 5 s to build)."""
-    return DEADLINE if _is_file(spec) else None
+    return DEADLINE if butcher.names_a_file(spec) else None
 
 
 def register(sub, formatter) -> None:
@@ -103,7 +99,7 @@ def register(sub, formatter) -> None:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the properties as JSON")
     fmt.add_argument("--toml", action="store_true", help="print the tableau as an editable TOML file")
-    p.add_argument("--float", nargs="?", type=float, const=1e-10, metavar="TOL",
+    p.add_argument("--float", nargs="?", type=limits.TOLERANCE.argument("--float"), const=1e-10, metavar="TOL",
                    help="also print the coefficients as floats, and " + _FLOAT_HELP[5:])
     p.set_defaults(handler=cmd_show)
 
@@ -126,7 +122,7 @@ def register(sub, formatter) -> None:
                                '  b = ["1/(6*(1 - 2*g)^2)", "1 - 1/(3*(1 - 2*g)^2)", "1/(6*(1 - 2*g)^2)"]')
     p.add_argument("file", help="the .toml or .json tableau file")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
-    p.add_argument("--float", nargs="?", type=float, const=1e-10, metavar="TOL", help=_FLOAT_HELP)
+    p.add_argument("--float", nargs="?", type=limits.TOLERANCE.argument("--float"), const=1e-10, metavar="TOL", help=_FLOAT_HELP)
     p.set_defaults(handler=cmd_check)
 
     p = tsub.add_parser("plot", help="draw stability regions to a PNG", formatter_class=formatter,
@@ -138,8 +134,10 @@ def register(sub, formatter) -> None:
     p.add_argument("-o", "--output", required=True, help="output image (PNG, or any matplotlib format)")
     p.add_argument("--point", action="append", default=[], metavar="Z",
                    help="a complex point to overlay, e.g. -1.5+0.5j (repeatable)")
-    p.add_argument("--xlim", nargs=2, type=float, metavar=("MIN", "MAX"), help="real-axis range")
-    p.add_argument("--ylim", nargs=2, type=float, metavar=("MIN", "MAX"), help="imaginary-axis range")
+    p.add_argument("--xlim", nargs=2, type=limits.AXIS.argument("--xlim"), metavar=("MIN", "MAX"),
+                   help="real-axis range (MIN < MAX)")
+    p.add_argument("--ylim", nargs=2, type=limits.AXIS.argument("--ylim"), metavar=("MIN", "MAX"),
+                   help="imaginary-axis range (MIN < MAX)")
     p.set_defaults(handler=cmd_plot)
 
 
@@ -389,10 +387,17 @@ def _check(args, tab: butcher.ButcherTableau, numerical: str | None, caught: lis
 
 
 def _complex(text: str) -> complex:
-    try:
-        return complex(text.replace(" ", "").replace("i", "j"))
-    except ValueError:
-        raise CLIError(f"--point {text!r} is not a complex number (write e.g. -1.5+0.5j)") from None
+    """A finite complex number in ASCII (``-1.5+0.5j``; ``i`` is read as ``j``), within the plot
+    limits (``odernn.limits.AXIS``)."""
+    z = None
+    if text.isascii() and len(text) <= 80:
+        with contextlib.suppress(ValueError):
+            z = complex(text.replace(" ", "").replace("i", "j"))
+    if z is None or not (math.isfinite(z.real) and math.isfinite(z.imag)) \
+            or max(abs(z.real), abs(z.imag)) > limits.AXIS.high:
+        raise CLIError(f"--point {text[:80]!r} is not a finite complex number within ±{limits.AXIS.high:g} "
+                       "(write e.g. -1.5+0.5j)")
+    return z
 
 
 def cmd_plot(args) -> int:
@@ -401,6 +406,9 @@ def cmd_plot(args) -> int:
 
 
 def _plot(args) -> int:
+    for name, window in (("--xlim", args.xlim), ("--ylim", args.ylim)):
+        if window is not None and not window[0] < window[1]:
+            raise CLIError(f"{name} MIN MAX needs MIN < MAX, got {window[0]:g} {window[1]:g}")
     tableaux = []
     for spec in args.tableaux:
         with deadline(_deadline_for(spec), spec):

@@ -8,6 +8,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from textlm.limits import argument
+
 from ._errors import CLIError
 
 _TRAIN_EXAMPLE = """examples:
@@ -31,13 +33,13 @@ def _options(p, defaults) -> None:
     source.add_argument("--text", metavar="PATH", help="any UTF-8 text file, split 90/5/5")
     data.add_argument("--level", choices=("char", "word"), help="tokens of --text (default char)")
     data.add_argument("--data-root", metavar="DIR", help="where corpora live (else $ODERNN_DATA, else ~/.cache/odernn)")
-    data.add_argument("--train-tokens", type=int, help="use only the first N training tokens")
+    data.add_argument("--train-tokens", type=argument("train_tokens"), help="use only the first N training tokens")
     model = p.add_argument_group("model")
     model.add_argument("--cell", default=defaults.cell, help=f"cell spec of every layer (default {defaults.cell})")
-    model.add_argument("--layers", type=int, default=defaults.layers)
-    model.add_argument("--hidden", type=int, default=defaults.hidden)
-    model.add_argument("--embed", type=int, help="embedding width (default: --hidden)")
-    model.add_argument("--dropout", type=float, default=defaults.dropout)
+    model.add_argument("--layers", type=argument("layers"), default=defaults.layers)
+    model.add_argument("--hidden", type=argument("hidden"), default=defaults.hidden)
+    model.add_argument("--embed", type=argument("embed"), help="embedding width (default: --hidden)")
+    model.add_argument("--dropout", type=argument("dropout"), default=defaults.dropout)
     model.add_argument("--tie-weights", action="store_true", help="share the embedding and decoder weights")
     hardware = p.add_argument_group("device and precision")
     hardware.add_argument("--device", help="auto (default: CUDA if there is one, else the CPU), cpu, cuda or "
@@ -54,38 +56,38 @@ def _options(p, defaults) -> None:
                       help="backprop through the steps; checkpoint (recompute per token, exact); adjoint "
                            "(continuous adjoint, memory independent of the steps)")
     grad.add_argument("--adjoint-method", help="tableau of the backward solve (default: the forward one)")
-    grad.add_argument("--adjoint-steps", type=int, help="steps of the backward solve per token (default: the cell's)")
-    grad.add_argument("--adjoint-rtol", type=float, help="adaptive backward solve at this tolerance (with an "
+    grad.add_argument("--adjoint-steps", type=argument("adjoint_steps"), help="steps of the backward solve per token (default: the cell's)")
+    grad.add_argument("--adjoint-rtol", type=argument("adjoint_rtol"), help="adaptive backward solve at this tolerance (with an "
                                                          "embedded pair as --adjoint-method: dopri5, bs3, tsit5, …)")
-    grad.add_argument("--adjoint-atol", type=float)
+    grad.add_argument("--adjoint-atol", type=argument("adjoint_atol"))
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--batch-size", type=int, default=defaults.batch_size, help="parallel token streams")
-    opt.add_argument("--bptt", type=int, default=defaults.bptt, help="truncated-BPTT length")
-    opt.add_argument("--lr", type=float, default=defaults.lr)
+    opt.add_argument("--batch-size", type=argument("batch_size"), default=defaults.batch_size, help="parallel token streams")
+    opt.add_argument("--bptt", type=argument("bptt"), default=defaults.bptt, help="truncated-BPTT length")
+    opt.add_argument("--lr", type=argument("lr"), default=defaults.lr)
     opt.add_argument("--optimizer", choices=("adamw", "sgd"), default=defaults.optimizer)
-    opt.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    opt.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum")
+    opt.add_argument("--weight-decay", type=argument("weight_decay"), default=defaults.weight_decay)
+    opt.add_argument("--momentum", type=argument("momentum"), default=defaults.momentum, help="SGD momentum")
     opt.add_argument("--schedule", choices=("cosine", "constant", "step"), default=defaults.schedule,
                      help="cosine decay to a tenth over the run, constant, or step: × --decay at every "
                           "epoch after the first --decay-after (Zaremba et al. 2014)")
-    opt.add_argument("--decay-after", type=int, default=defaults.decay_after, metavar="K",
+    opt.add_argument("--decay-after", type=argument("decay_after"), default=defaults.decay_after, metavar="K",
                      help=f"epochs at the full rate with --schedule step (default {defaults.decay_after})")
-    opt.add_argument("--decay", type=float, default=defaults.decay,
+    opt.add_argument("--decay", type=argument("decay"), default=defaults.decay,
                      help=f"factor per later epoch with --schedule step (default {defaults.decay})")
-    opt.add_argument("--warmup", type=int, default=defaults.warmup, help="warm-up steps")
-    opt.add_argument("--clip", type=float, default=defaults.clip, help="gradient-norm clipping (0: none)")
-    opt.add_argument("--jac-reg", type=float, default=defaults.jac_reg, metavar="λ",
+    opt.add_argument("--warmup", type=argument("warmup"), default=defaults.warmup, help="warm-up steps")
+    opt.add_argument("--clip", type=argument("clip"), default=defaults.clip, help="gradient-norm clipping (0: none)")
+    opt.add_argument("--jac-reg", type=argument("jac_reg"), default=defaults.jac_reg, metavar="λ",
                      help="add λ·(‖vᵀ ∂y⁺/∂y‖ − 1)², a random unit v, at each batch's starting states: pulls each "
                           "ODE cell's step amplification towards 1 (stability.jacobian_penalty; 0: off)")
     budget = opt.add_mutually_exclusive_group()
-    budget.add_argument("--max-tokens", type=int, help=f"training-token budget (default {defaults.max_tokens:,}; "
+    budget.add_argument("--max-tokens", type=argument("max_tokens"), help=f"training-token budget (default {defaults.max_tokens:,}; "
                                                        "with --resume: extend the run's budget to this)")
-    budget.add_argument("--epochs", type=int, help="budget in passes over the training streams instead")
-    opt.add_argument("--max-seconds", type=float,
+    budget.add_argument("--epochs", type=argument("epochs"), help="budget in passes over the training streams instead")
+    opt.add_argument("--max-seconds", type=argument("max_seconds"),
                      help="wall-clock budget of the training, the final validation and the sample (summed over "
                           "resumes): training stops in time for the validation, which, like the sample, is cut "
                           "short with a message where the budget ends (the schedule still follows --max-tokens)")
-    opt.add_argument("--seed", type=int, default=defaults.seed)
+    opt.add_argument("--seed", type=argument("seed"), default=defaults.seed)
     opt.add_argument("--on-nan", choices=("halve", "stop"), default=defaults.on_nan,
                      help="on a NaN/Inf loss or gradient: undo the last step and halve the LR, or stop")
     run = p.add_argument_group("run")
@@ -95,14 +97,14 @@ def _options(p, defaults) -> None:
                           "are refused; the budget (--max-tokens, --epochs, --max-seconds), --eval-every, "
                           "--eval-tokens, --checkpoint-every, --log-every, --probe-every, --data-root, --device, "
                           "--compile-elementwise, --cuda-graphs, --no-progress, --sample-length and --json may change")
-    run.add_argument("--eval-every", type=int, default=defaults.eval_every, help="validate every N steps")
-    run.add_argument("--eval-tokens", type=int, help="validation tokens per evaluation (default all)")
-    run.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
-    run.add_argument("--log-every", type=int, default=defaults.log_every)
-    run.add_argument("--probe-every", type=int, default=defaults.probe_every,
+    run.add_argument("--eval-every", type=argument("eval_every"), default=defaults.eval_every, help="validate every N steps")
+    run.add_argument("--eval-tokens", type=argument("eval_tokens"), help="validation tokens per evaluation (default all)")
+    run.add_argument("--checkpoint-every", type=argument("checkpoint_every"), default=defaults.checkpoint_every)
+    run.add_argument("--log-every", type=argument("log_every"), default=defaults.log_every)
+    run.add_argument("--probe-every", type=argument("probe_every"), default=defaults.probe_every,
                      help="stability probe of the ODE cells every N steps (0: off)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run.add_argument("--sample-length", type=int, default=200, help="length of the sample printed at the end")
+    run.add_argument("--sample-length", type=argument("sample_length"), default=200, help="length of the sample printed at the end")
     run.add_argument("--json", action="store_true", help="print the final result as JSON (no sample)")
 
 
@@ -130,11 +132,11 @@ def register(sub, formatter) -> None:
                        epilog="example:\n  odernn generate runs/rk4 --prompt 'ROMEO:' --length 300 --temperature 0.8")
     p.add_argument("checkpoint", help="a checkpoint file or its run folder")
     p.add_argument("--prompt", default="\n", help="text to continue (default a newline)")
-    p.add_argument("--length", type=int, default=300)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int)
+    p.add_argument("--length", type=argument("length"), default=300)
+    p.add_argument("--temperature", type=argument("temperature"), default=1.0)
+    p.add_argument("--top-k", type=argument("top_k"))
     p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=argument("seed"), default=0)
     _device_option(p)
     _precision_option(p, None)
     p.set_defaults(handler=cmd_generate)
@@ -145,9 +147,9 @@ def register(sub, formatter) -> None:
     p.add_argument("checkpoint", help="a checkpoint file or its run folder")
     p.add_argument("--split", choices=("valid", "test"), default="valid")
     p.add_argument("--data-root", metavar="DIR")
-    p.add_argument("--prompts", type=int, default=20, help="test prompts for BLEU/ROUGE")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompts", type=argument("prompts"), default=20, help="test prompts for BLEU/ROUGE")
+    p.add_argument("--temperature", type=argument("temperature"), default=0.8)
+    p.add_argument("--seed", type=argument("seed"), default=0)
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (they go to stderr)")
     _device_option(p)

@@ -1,0 +1,199 @@
+"""The limits of every number the toolkit takes from a user, in one table.
+
+Command-line options, cell-spec keys (``gru-ode:rk4:steps=2``) and constructor arguments all read
+their numbers through the kinds below, so a new option cannot skip the check. Each kind has:
+
+- ``parse(name, text)`` for text (the command line, a spec): ASCII digits only (``float('٣')`` and
+  ``int('３')`` would read Arabic-Indic and fullwidth digits as 3), at most 40 characters, then
+- ``check(name, value)`` for values (the Python API): the right type (``True`` is not a number),
+  finite, and within the kind's range; ``TypeError`` or ``ValueError`` naming ``name``.
+
+``TABLE`` lists the kinds with what each bounds; the README's limits table is written from it and
+the tests run from it.
+
+>>> from odernn import limits
+>>> limits.STEPS.parse("steps", "4")
+4
+>>> limits.DT.check("dt", float("inf"))
+Traceback (most recent call last):
+...
+ValueError: dt must be a finite number in (0, 1e+06], got inf
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import re
+from dataclasses import dataclass
+
+__all__ = ["Integer", "Real", "TABLE", "check_memory", "memory_budget"]
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_MAX_CHARS = 40
+
+
+def _text(name: str, text) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be given as text, got {type(text).__name__}")
+    text = text.strip()
+    shown = text if len(text) <= _MAX_CHARS else text[:_MAX_CHARS] + "…"
+    if len(text) > _MAX_CHARS or not text.isascii() or not _NUMBER.fullmatch(text):
+        raise ValueError(f"{name} must be a number written in ASCII digits (at most {_MAX_CHARS} characters), "
+                         f"got {shown!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class Integer:
+    """Whole numbers in ``low … high``."""
+
+    low: int
+    high: int
+
+    def describe(self) -> str:
+        return f"an integer in {self.low:,} … {self.high:,}"
+
+    def check(self, name: str, value) -> int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+        if not self.low <= value <= self.high:
+            raise ValueError(f"{name} must be {self.describe()}, got {value}")
+        return int(value)
+
+    def parse(self, name: str, text) -> int:
+        text = _text(name, text)
+        if not re.fullmatch(r"[+-]?\d+", text):
+            raise ValueError(f"{name} must be {self.describe()}, got {text!r}")
+        return self.check(name, int(text))
+
+    def argument(self, name: str):
+        """``type=`` for argparse: the message names the option."""
+        return _argument(self, name)
+
+
+@dataclass(frozen=True)
+class Real:
+    """Finite numbers in a range; ``low_open``/``high_open`` exclude an end."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def describe(self) -> str:
+        return (f"a finite number in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                f"{')' if self.high_open else ']'}")
+
+    def check(self, name: str, value) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+        value = float(value)
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        if not (math.isfinite(value) and above and below):
+            raise ValueError(f"{name} must be {self.describe()}, got {value!r}")
+        return value
+
+    def parse(self, name: str, text) -> float:
+        return self.check(name, float(_text(name, text)))
+
+    def argument(self, name: str):
+        return _argument(self, name)
+
+
+def _argument(kind, name: str):
+    import argparse
+
+    def parse(text):
+        try:
+            return kind.parse(name, text)
+        except (TypeError, ValueError) as err:  # argparse names the option: "argument --lr: must be …"
+            raise argparse.ArgumentTypeError(str(err).removeprefix(f"{name} ")) from None
+    parse.__name__ = type(kind).__name__.lower()  # argparse names the type in some messages
+    return parse
+
+
+# --- the table ------------------------------------------------------------------------------------
+WIDTH = Integer(1, 65_536)            # input, hidden and embedding widths (memory is estimated too)
+LAYERS = Integer(1, 64)
+STEPS = Integer(1, 1_000)             # Runge–Kutta steps per token
+ORDER = Integer(1, 16)                # derivative order t
+BATCH = Integer(1, 65_536)
+BPTT = Integer(1, 65_536)
+TOKENS = Integer(1, 10 ** 12)
+EPOCHS = Integer(1, 1_000_000)
+CADENCE = Integer(0, 10 ** 9)         # every N steps, 0: off
+PERIOD = Integer(1, 10 ** 9)          # every N steps
+SEED = Integer(0, 2 ** 63 - 1)
+SAMPLES = Integer(1, 4_096)           # states a stability check samples
+LENGTH = Integer(1, 100_000)          # generated tokens
+PROMPTS = Integer(0, 10_000)
+TOP_K = Integer(1, 10_000_000)
+THREADS = Integer(1, 1_024)
+RECOVERIES = Integer(0, 1_000)
+PROJECTION = Integer(0, 65_535)       # proj_size (below hidden_size)
+DT = Real(0.0, 1e6, low_open=True)    # the interval of a token
+TOLERANCE = Real(0.0, 1.0, low_open=True, high_open=True)
+RATE = Real(0.0, 1e6, low_open=True)  # learning rate
+PROBABILITY = Real(0.0, 1.0, high_open=True)  # dropout of the language model; momentum
+FRACTION = Real(0.0, 1.0)             # min_lr_ratio
+DECAY = Real(0.0, 1.0, low_open=True)
+WEIGHT = Real(0.0, 1e6)               # weight decay, clipping, the Jacobian penalty's λ
+TEMPERATURE = Real(0.0, 1_000.0, low_open=True)
+SECONDS = Real(0.0, 1e7, low_open=True)
+COEFFICIENT = Real(-1e6, 1e6)         # a field's own constants: γ, ε, α, β, init_std
+AXIS = Real(-1e6, 1e6)                # plot windows
+EIGEN_WORK = 5 * 10 ** 9              # samples × D³ of a stability check's eigenvalues (about 10 s here)
+
+TABLE = {  # kind: (what it bounds, where)
+    "WIDTH": (WIDTH, "widths: --hidden, --embed, --input-size, --hidden-size; ODERNN/odernn.cell input_size, "
+                     "hidden_size; the parameters' memory is estimated before anything is allocated"),
+    "LAYERS": (LAYERS, "--layers; ODERNN num_layers"),
+    "STEPS": (STEPS, "Runge–Kutta steps per token: spec steps=, --adjoint-steps"),
+    "ORDER": (ORDER, "derivative order: spec order="),
+    "PROJECTION": (PROJECTION, "spec proj_size=, ODERNN proj_size (and below hidden_size)"),
+    "BATCH": (BATCH, "--batch-size"),
+    "BPTT": (BPTT, "--bptt"),
+    "TOKENS": (TOKENS, "--max-tokens, --train-tokens, --eval-tokens, compare --params"),
+    "EPOCHS": (EPOCHS, "--epochs"),
+    "CADENCE": (CADENCE, "--eval-every, --probe-every, --warmup, --decay-after (0: off)"),
+    "PERIOD": (PERIOD, "--checkpoint-every, --log-every"),
+    "SEED": (SEED, "--seed, compare --seeds"),
+    "SAMPLES": (SAMPLES, "stability --samples"),
+    "LENGTH": (LENGTH, "generate --length, train --sample-length"),
+    "PROMPTS": (PROMPTS, "evaluate/compare --prompts"),
+    "TOP_K": (TOP_K, "generate --top-k"),
+    "THREADS": (THREADS, "--threads"),
+    "RECOVERIES": (RECOVERIES, "train max_nan_recoveries"),
+    "DT": (DT, "the interval of a token: spec dt=/eps=, stability --dt, ODERNN dt"),
+    "TOLERANCE": (TOLERANCE, "spec tol=, rtol=, atol=; --adjoint-rtol, --adjoint-atol; tableau --float TOL"),
+    "RATE": (RATE, "--lr"),
+    "PROBABILITY": (PROBABILITY, "--dropout, --momentum"),
+    "FRACTION": (FRACTION, "train min_lr_ratio"),
+    "DECAY": (DECAY, "--decay"),
+    "WEIGHT": (WEIGHT, "--weight-decay, --clip, --jac-reg"),
+    "TEMPERATURE": (TEMPERATURE, "generate/evaluate --temperature"),
+    "SECONDS": (SECONDS, "--max-seconds"),
+    "COEFFICIENT": (COEFFICIENT, "a field's constants: spec gamma=, epsilon=, alpha=, beta=, init_std=, damping="),
+    "AXIS": (AXIS, "tableau plot --xlim, --ylim"),
+    "EIGEN_WORK": (EIGEN_WORK, "stability check/plot: --samples × (blocks × hidden size)³, the dense eigenvalue "
+                               "work, at most this"),
+}
+
+
+def memory_budget() -> int:
+    """Bytes a single allocation may plan on: half of this machine's physical memory."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: no estimate
+        return 1 << 62
+
+
+def check_memory(what: str, count: int, bytes_each: int = 8) -> None:
+    """Refuse ``count`` numbers of ``bytes_each`` that would not fit, before anything is allocated."""
+    need, budget = count * bytes_each, memory_budget()
+    if need > budget:
+        raise ValueError(f"{what} would need {need / 2 ** 30:,.1f} GiB, more than the {budget / 2 ** 30:,.1f} GiB "
+                         "(half this machine's memory) one allocation may take; choose smaller sizes")

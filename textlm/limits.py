@@ -1,0 +1,64 @@
+"""The kind (``odernn.limits``) of every number the language model's options take, by option name.
+
+The command line reads each option with ``type=argument(name)``, and ``TrainConfig`` and
+``CompareConfig`` check each field with ``check(name, value)``: one definition per option, so a
+number from either road meets the same limits, and a new option without an entry here fails the
+test that walks the command line.
+"""
+
+from __future__ import annotations
+
+from odernn import limits as L
+
+__all__ = ["KINDS", "argument", "check", "check_fields"]
+
+PARAMETERS = L.Integer(1, 10 ** 10)  # compare --params
+
+KINDS = {
+    # model and data
+    "hidden": L.WIDTH, "embed": L.WIDTH, "input_size": L.WIDTH, "hidden_size": L.WIDTH, "layers": L.LAYERS,
+    "dropout": L.PROBABILITY, "train_tokens": L.TOKENS, "params": PARAMETERS,
+    # gradients
+    "adjoint_steps": L.STEPS, "adjoint_rtol": L.TOLERANCE, "adjoint_atol": L.TOLERANCE,
+    # optimisation
+    "batch_size": L.BATCH, "bptt": L.BPTT, "lr": L.RATE, "weight_decay": L.WEIGHT, "momentum": L.PROBABILITY,
+    "warmup": L.CADENCE, "min_lr_ratio": L.FRACTION, "decay_after": L.CADENCE, "decay": L.DECAY, "clip": L.WEIGHT,
+    "jac_reg": L.WEIGHT, "max_tokens": L.TOKENS, "epochs": L.EPOCHS, "max_seconds": L.SECONDS, "seed": L.SEED,
+    "seeds": L.SEED, "max_nan_recoveries": L.RECOVERIES,
+    # bookkeeping
+    "eval_every": L.CADENCE, "eval_tokens": L.TOKENS, "checkpoint_every": L.PERIOD, "log_every": L.PERIOD,
+    "probe_every": L.CADENCE, "sample_length": L.LENGTH,
+    # generation, evaluation, stability
+    "length": L.LENGTH, "temperature": L.TEMPERATURE, "top_k": L.TOP_K, "prompts": L.PROMPTS, "dt": L.DT,
+    "samples": L.SAMPLES, "threads": L.THREADS,
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def argument(name: str):
+    """``type=`` for the option ``name`` (its dest): the message names ``--name``."""
+    return KINDS[name].argument(_flag(name))
+
+
+def check(name: str, value):
+    """``value`` of the option ``name`` checked (``None`` passes: not given)."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [KINDS[name].check(_flag(name), v) for v in value]
+    return KINDS[name].check(_flag(name), value)
+
+
+def check_fields(config) -> list[str]:
+    """The problems of a config dataclass's fields that have a kind here, one line each."""
+    problems = []
+    for name in vars(config):
+        if name in KINDS:
+            try:
+                check(name, getattr(config, name))
+            except (TypeError, ValueError) as err:
+                problems.append(str(err))
+    return problems
