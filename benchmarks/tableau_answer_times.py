@@ -1,7 +1,9 @@
-"""How long `odernn tableau check / show / plot` take to answer on hostile and large tableau files:
-the exponent bomb, a dense 6-stage tableau in a number field of degree 32, and catalogue methods
-written out with `show --toml`. Wall clock of the whole command (Python's start-up included), the
-median of a few runs, against the issue's goal: an answer within 10 s.
+"""How long the commands that read a tableau file take to answer on hostile and large files —
+`odernn tableau check / show / plot`, and `cell show` and `stability check` of a cell spec that
+names the file: the exponent bomb, a dense 6-stage tableau in a number field of degree 32, a dense
+64-stage tableau of decimals, and catalogue methods written out with `show --toml`. Wall clock of
+the whole command (Python's start-up included), the median of a few runs, against the goal: an
+answer (a result, or one line and exit 2) within 10 s.
 
     python benchmarks/tableau_answer_times.py [--runs 3] [--json out.json]
 """
@@ -32,6 +34,16 @@ def dense(stages: int = 6) -> str:
     return f"A = [{rows}]\nb = [{', '.join(json.dumps(x) for x in b)}]\n"
 
 
+def decimals(stages: int = 64) -> str:
+    """A full 64-stage tableau of 15-digit decimals (deterministic), rows of A summing below 1."""
+    import random
+    rng = random.Random(0)
+    A = [[f"{rng.random() / stages:.15f}" for _ in range(stages)] for _ in range(stages)]
+    b = [f"{1 / stages:.15f}"] * stages
+    rows = ", ".join("[" + ", ".join(json.dumps(x) for x in row) + "]" for row in A)
+    return f"A = [{rows}]\nb = [{', '.join(json.dumps(x) for x in b)}]\n"
+
+
 def odernn(*args) -> list[str]:
     return [sys.executable, "-m", "textlm.cli", *args]
 
@@ -52,7 +64,7 @@ def main() -> int:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="tableau-times-"))
-    files = {"bomb": BOMB, "dense6": dense()}
+    files = {"bomb": BOMB, "dense6": dense(), "dense64": decimals()}
     for name in ("gauss-5", "tsit5", "radau-iia-4"):
         files[name] = subprocess.run(odernn("tableau", "show", name, "--toml"), capture_output=True,
                                      text=True, check=True).stdout
@@ -63,10 +75,14 @@ def main() -> int:
         path = str(folder / f"{name}.toml")
         cases += [(f"check {name}", odernn("tableau", "check", path)),
                   (f"show {name}", odernn("tableau", "show", path))]
-    for name in ("bomb", "dense6"):
+    for name in ("bomb", "dense6", "dense64"):
         path = str(folder / f"{name}.toml")
         cases += [(f"check {name} --float", odernn("tableau", "check", path, "--float")),
                   (f"show {name} --float", odernn("tableau", "show", path, "--float"))]
+    for name in ("bomb", "dense6", "dense64", "radau-iia-4"):
+        spec = f"gru-ode:{folder / f'{name}.toml'}"
+        cases += [(f"cell show gru-ode:{name}", odernn("cell", "show", spec, "--hidden-size", "16")),
+                  (f"stability check gru-ode:{name}", odernn("stability", "check", spec, "--hidden-size", "16"))]
     cases.append(("plot dense6", odernn("tableau", "plot", str(folder / "dense6.toml"), "-o", str(folder / "r.png"))))
     rows = []
     print(f"{'command':<32} {'median s':>9} {'exit':>5}  {'within 10 s':>11}  first line")

@@ -204,9 +204,33 @@ def cell(spec: str, input_size: int, hidden_size: int, *, device=None, dtype=Non
     parameters, as ``torch.nn``'s factory keywords do (they are drawn on ``device``, in the default
     dtype, then converted).
     """
-    with torch.device(device) if device is not None else contextlib.nullcontext():
-        made = _cell(spec, input_size, hidden_size, overrides)
+    user = _user_tableau(spec, overrides)
+    with _deadline(user) if user else contextlib.nullcontext():
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            made = _cell(spec, input_size, hidden_size, overrides)
     return made if dtype is None else made.to(dtype=dtype)
+
+
+def _user_tableau(spec, overrides: dict) -> str | None:
+    """The name of a tableau that is the user's own (a file, or one read from a file or a
+    checkpoint), whose exact arithmetic runs under the deadline; ``None`` for the catalogue's
+    methods, which are known to finish."""
+    given = overrides.get("tableau")
+    if isinstance(given, butcher.ButcherTableau):
+        return None if given.source is None else given.source
+    part = given if given is not None else (parse_spec(spec).get("tableau") if isinstance(spec, str) else None)
+    return str(part) if part is not None and butcher.names_a_file(str(part)) else None
+
+
+@contextlib.contextmanager
+def _deadline(what: str):
+    try:
+        with butcher.time_limit(butcher.DEADLINE):
+            yield
+    except butcher.TimeLimitExceeded:
+        raise CellSpecError(f"{what}: the exact arithmetic on its entries did not finish within {butcher.DEADLINE:g} s "
+                            "(numbers of high algebraic degree); write its entries as decimals, or simplify them") \
+            from None
 
 
 def _cell(spec: str, input_size: int, hidden_size: int, overrides: dict) -> ODECell:

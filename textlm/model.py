@@ -66,9 +66,13 @@ def _tableaux(specs: list[str], given: dict, base: Path | None) -> dict:
         elif not isinstance(entry, dict) or entry.get("sha256") != _digest(entry.get("tableau")):
             raise ModelError(f"the stored tableau of {part} does not match its digest: the checkpoint is corrupt")
         try:
-            tableau = butcher.ButcherTableau.from_dict(entry["tableau"], source=f"{part} (stored with the model)")
+            with butcher.time_limit(butcher.DEADLINE):
+                tableau = butcher.ButcherTableau.from_dict(entry["tableau"], source=f"{part} (stored with the model)")
         except butcher.TableauError as err:
             raise ModelError(f"the stored tableau of {part}: {err}") from None
+        except butcher.TimeLimitExceeded:
+            raise ModelError(f"the stored tableau of {part}: its exact entries did not parse within "
+                             f"{butcher.DEADLINE:g} s") from None
         out[part] = (entry, tableau)
     return out
 

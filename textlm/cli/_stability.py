@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import butcher
 import odernn
 import stability
 from textlm.limits import argument
@@ -91,6 +92,7 @@ def _reports(args):
         cells = _checkpoint_cells(args)
         for label, cell, _ in cells:
             _affordable(label, cell, args.samples)
+            _prepared(label, cell)
         return [(label, cell, stability.check(cell, inputs=x, dt=args.dt, samples=args.samples, seed=args.seed))
                 for label, cell, x in cells]
     from textlm.runtime import resolve_device
@@ -101,7 +103,23 @@ def _reports(args):
         cell = odernn.cell(args.spec, args.input_size, args.hidden_size).to(device)
     except odernn.CellSpecError as err:
         raise CLIError(str(err)) from None
+    if odernn.tableau_file(args.spec):
+        _prepared(args.spec, cell)
     return [(args.spec, cell, stability.check(cell, dt=args.dt, samples=args.samples, seed=args.seed))]
+
+
+def _prepared(label: str, cell) -> None:
+    """The exact stability analysis of a user's tableau (a file, a checkpoint's) done first, within
+    the deadline: everything after it is numerical."""
+    import numpy as np
+    try:
+        with butcher.time_limit(butcher.DEADLINE):
+            cell.tableau.amplification(np.zeros(1))
+            cell.tableau.imaginary_stability_interval()
+    except butcher.TimeLimitExceeded:
+        raise CLIError(f"{label}: the exact stability analysis of its tableau did not finish within "
+                       f"{butcher.DEADLINE:g} s (numbers of high algebraic degree); write its entries as decimals") \
+            from None
 
 
 def _affordable(label: str, cell, samples: int) -> None:

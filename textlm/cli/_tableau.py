@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ._errors import CLIError
 from ._progress import busy
 
 _TABLEAU_HELP = "a catalogue name (see 'odernn tableau list') or a .toml/.json tableau file"
-DEADLINE = 5.0  # seconds of exact analysis on one user's file: with start-up (~2.5 s), an answer within 10 s
+DEADLINE = butcher.DEADLINE  # seconds of exact analysis on one user's file: with start-up (~2.5 s), within 10 s
 _FLOAT_HELP = ("also analyse the tableau numerically: the order conditions in 50-digit arithmetic, a residual "
                "|γ(t)Φ(t) − 1| ≤ TOL (default 1e-10) counting as satisfied — what decimals copied from a paper "
                "approximate; a tableau too large for the exact analysis is then analysed from its entries "
@@ -50,8 +51,11 @@ def _exact_then_numerical(spec: str, tol: float | None, analyse):
     """``analyse(tab, None)`` on the exact tableau, within the deadline for files. With ``--float``
     (``tol``), a file past the exact analysis's budgets or its deadline gets
     ``analyse(rounded, reason)`` instead: its entries rounded to 50 digits, analysed to ``tol``."""
+    limit = _deadline_for(spec)
+    exact = limit / 2 if limit and tol is not None else limit  # with --float, both fit in one deadline
+    start = time.monotonic()
     try:
-        with deadline(_deadline_for(spec), spec):
+        with deadline(exact, spec):
             return analyse(resolve(spec), None)
     except butcher.BudgetError:
         if tol is None:
@@ -60,9 +64,13 @@ def _exact_then_numerical(spec: str, tol: float | None, analyse):
     except TooSlow:
         if tol is None:
             raise
-        reason = f"the exact one did not finish within {DEADLINE:g} s"
-    with deadline(_deadline_for(spec), spec):
-        return analyse(butcher.load(spec, exact=False), reason)
+        reason = f"the exact one did not finish within {exact:g} s"
+    try:
+        with butcher.time_limit(None if limit is None else max(limit - (time.monotonic() - start), 0.5)):
+            return analyse(butcher.load(spec, exact=False), reason)
+    except butcher.TimeLimitExceeded:
+        raise CLIError(f"{spec}: even the numerical analysis did not finish within {limit:g} s: the tableau has "
+                       "too many stages or conditions to analyse here") from None
 
 
 def _deadline_for(spec: str) -> float | None:
