@@ -217,7 +217,8 @@ def _user_tableau(spec, overrides: dict) -> str | None:
     methods, which are known to finish."""
     given = overrides.get("tableau")
     if isinstance(given, butcher.ButcherTableau):
-        return None if given.source is None else given.source
+        catalogue = given.name in butcher.names() and given == butcher.get(given.name)
+        return None if catalogue else f"the tableau {given.name or '(unnamed)'}"
     part = given if given is not None else (parse_spec(spec).get("tableau") if isinstance(spec, str) else None)
     return str(part) if part is not None and butcher.names_a_file(str(part)) else None
 
