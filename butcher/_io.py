@@ -11,9 +11,9 @@ from pathlib import Path
 from ._parse import MAX_DIGITS, TableauError
 from ._tableau import ButcherTableau
 
-__all__ = ["load", "dumps_toml", "names_a_file"]
+__all__ = ["MAX_FILE_BYTES", "MAX_NESTING", "load", "dumps_toml", "names_a_file"]
 
-_MAX_BYTES = 1 << 20
+MAX_FILE_BYTES = 1 << 20
 
 
 def names_a_file(text: str) -> bool:
@@ -44,8 +44,8 @@ def load(path, exact: bool = True) -> ButcherTableau:
         raise TableauError(f"{path}: not a regular file (a device or a pipe); give a .toml or .json file")
     if not path.is_file():
         raise TableauError(f"{path}: no such file")
-    if path.stat().st_size > _MAX_BYTES:
-        raise TableauError(f"{path}: file larger than {_MAX_BYTES} bytes; not a tableau")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise TableauError(f"{path}: file larger than {MAX_FILE_BYTES} bytes; not a tableau")
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the text
     except (OSError, UnicodeDecodeError) as err:
@@ -67,12 +67,12 @@ def load(path, exact: bool = True) -> ButcherTableau:
     return ButcherTableau.from_dict(data, source=str(path), exact=exact)
 
 
-_MAX_NESTING = 16  # arrays and tables inside one another (a tableau needs 3)
+MAX_NESTING = 16  # arrays and tables inside one another (a tableau needs 3)
 
 
 def _check_structure(text: str, path) -> None:
     """Refuse, before parsing, what would make the TOML or JSON parser recurse without end or
-    convert a number without end: arrays nested past ``_MAX_NESTING``, and numbers longer than the
+    convert a number without end: arrays nested past ``MAX_NESTING``, and numbers longer than the
     parser's own digit budget (``MAX_DIGITS``)."""
     depth, quote, run, escaped, comment = 0, None, 0, False, False
     for char in text:
@@ -93,8 +93,8 @@ def _check_structure(text: str, path) -> None:
             quote = char
         elif char in "[{":
             depth += 1
-            if depth > _MAX_NESTING:
-                raise TableauError(f"{path}: arrays or tables nested more than {_MAX_NESTING} deep; not a tableau")
+            if depth > MAX_NESTING:
+                raise TableauError(f"{path}: arrays or tables nested more than {MAX_NESTING} deep; not a tableau")
         elif char in "]}":
             depth -= 1
         run = run + 1 if char.isdigit() else 0

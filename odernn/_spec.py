@@ -78,7 +78,7 @@ _NOT_FIELDS = {"gru": "the GRU's vector field is gru-ode (gru-ode:euler equals n
 _CELL_OPTIONS = {"steps": limits.STEPS, "dt": limits.DT, "eps": limits.DT, "partitioned": bool, "tol": limits.TOLERANCE,
                  "rtol": limits.TOLERANCE, "atol": limits.TOLERANCE, "constraint": str, "order": limits.ORDER,
                  "damping": str}
-_MAX_SPEC = 1_000  # characters
+_MAX_SPEC = limits.SPEC_CHARACTERS
 CONSTRAINT_GROUP = "odernn.constraints"  # entry-point group of the parameterisations (``stability`` registers its own)
 
 

@@ -8,8 +8,9 @@ their numbers through the kinds below, so a new option cannot skip the check. Ea
 - ``check(name, value)`` for values (the Python API): the right type (``True`` is not a number),
   finite, and within the kind's range; ``TypeError`` or ``ValueError`` naming ``name``.
 
-``TABLE`` lists the kinds with what each bounds; the README's limits table is written from it and
-the tests run from it.
+``TABLE`` lists the kinds, and the other limits (sizes of files and specs, the deadline, memory),
+with what each bounds; the README's limits table is :func:`markdown`'s output and the tests run
+from it.
 
 >>> from odernn import limits
 >>> limits.STEPS.parse("steps", "4")
@@ -28,7 +29,9 @@ import os
 import re
 from dataclasses import dataclass
 
-__all__ = ["Integer", "Real", "TABLE", "check_memory", "memory_budget"]
+import butcher
+
+__all__ = ["Integer", "Real", "TABLE", "check_memory", "markdown", "memory_budget"]
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _MAX_CHARS = 40
@@ -112,7 +115,17 @@ def _argument(kind, name: str):
         except (TypeError, ValueError) as err:  # argparse names the option: "argument --lr: must be …"
             raise argparse.ArgumentTypeError(str(err).removeprefix(f"{name} ")) from None
     parse.__name__ = type(kind).__name__.lower()  # argparse names the type in some messages
+    parse.kind = kind  # what the tests read back: every numeric option has a kind
     return parse
+
+
+def markdown() -> str:
+    """The README's limits table: every kind, what it accepts, where it applies."""
+    rows = ["| kind | accepted | where |", "|---|---|---|"]
+    for name, (kind, where) in TABLE.items():
+        accepted = kind.describe() if isinstance(kind, (Integer, Real)) else kind
+        rows.append(f"| `{name}` | {accepted} | {where} |")
+    return "\n".join(rows)
 
 
 # --- the table ------------------------------------------------------------------------------------
@@ -145,7 +158,10 @@ TEMPERATURE = Real(0.0, 1_000.0, low_open=True)
 SECONDS = Real(0.0, 1e7, low_open=True)
 COEFFICIENT = Real(-1e6, 1e6)         # a field's own constants: γ, ε, α, β, init_std
 AXIS = Real(-1e6, 1e6)                # plot windows
+PARAMETERS = Integer(1, 10 ** 10)     # a parameter budget
 EIGEN_WORK = 5 * 10 ** 9              # samples × D³ of a stability check's eigenvalues (about 10 s here)
+SPEC_CHARACTERS = 1_000               # a cell spec
+CORPUS_BYTES = 64 << 20               # a corpus file: its tokens are held in memory, about 30× the bytes
 
 TABLE = {  # kind: (what it bounds, where)
     "WIDTH": (WIDTH, "widths: --hidden, --embed, --input-size, --hidden-size; ODERNN/odernn.cell input_size, "
@@ -156,7 +172,8 @@ TABLE = {  # kind: (what it bounds, where)
     "PROJECTION": (PROJECTION, "spec proj_size=, ODERNN proj_size (and below hidden_size)"),
     "BATCH": (BATCH, "--batch-size"),
     "BPTT": (BPTT, "--bptt"),
-    "TOKENS": (TOKENS, "--max-tokens, --train-tokens, --eval-tokens, compare --params"),
+    "TOKENS": (TOKENS, "--max-tokens, --train-tokens, --eval-tokens"),
+    "PARAMETERS": (PARAMETERS, "compare --params (a parameter budget)"),
     "EPOCHS": (EPOCHS, "--epochs"),
     "CADENCE": (CADENCE, "--eval-every, --probe-every, --warmup, --decay-after (0: off)"),
     "PERIOD": (PERIOD, "--checkpoint-every, --log-every"),
@@ -178,8 +195,20 @@ TABLE = {  # kind: (what it bounds, where)
     "SECONDS": (SECONDS, "--max-seconds"),
     "COEFFICIENT": (COEFFICIENT, "a field's constants: spec gamma=, epsilon=, alpha=, beta=, init_std=, damping="),
     "AXIS": (AXIS, "tableau plot --xlim, --ylim"),
-    "EIGEN_WORK": (EIGEN_WORK, "stability check/plot: --samples × (blocks × hidden size)³, the dense eigenvalue "
-                               "work, at most this"),
+    "EIGEN_WORK": (f"at most {EIGEN_WORK:.0e}", "stability check/plot: --samples × (blocks × hidden size)³, "
+                                               "the dense eigenvalue work (about 10 s here)"),
+    "MEMORY": ("at most half the physical memory", "one allocation the sizes imply (parameters, Jacobians), "
+                                                   "estimated before anything is allocated"),
+    "NUMBER_TEXT": (f"ASCII digits, at most {_MAX_CHARS} characters", "every number written on the command line or "
+                                                                      "in a spec (not ٣, ３ or 𝟑)"),
+    "SPEC_CHARACTERS": (f"at most {SPEC_CHARACTERS:,} characters", "a cell spec; each key once"),
+    "OPTION_ONCE": ("each option once", "the command line (`--lr 1 --lr 2` is refused) and a spec"),
+    "TABLEAU_FILE": (f"at most {butcher.MAX_FILE_BYTES >> 20} MiB, nesting ≤ {butcher.MAX_NESTING}, numbers ≤ "
+                     f"{butcher.MAX_DIGITS:,} digits, algebraic degree ≤ {butcher.MAX_DEGREE}",
+                     "a .toml/.json tableau file (refused before it is parsed)"),
+    "DEADLINE": (f"{butcher.DEADLINE:g} s", "exact arithmetic on a user's tableau (a file's, a checkpoint's): tableau commands, cell "
+                        "specs, ODERNN, the stability commands, compare, loading a checkpoint"),
+    "CORPUS_BYTES": (f"at most {CORPUS_BYTES >> 20} MiB", "a corpus file (--text, and the named corpora)"),
 }
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from odernn import limits
+
 __all__ = ["CORPORA", "Corpus", "CorpusError", "Vocabulary", "batchify", "data_root", "load_corpus"]
 
 EOS, UNK = "<eos>", "<unk>"
@@ -145,7 +147,7 @@ class Corpus:
                 f"{len(self.train):,} / {len(self.valid):,} / {len(self.test):,})")
 
 
-MAX_CORPUS_BYTES = 64 << 20  # a corpus's tokens are held in memory as Python objects: about 30× the bytes
+MAX_CORPUS_BYTES = limits.CORPUS_BYTES  # a corpus's tokens are held in memory as Python objects
 
 
 def _read(path: Path, sha256: str | None, corpus: str, source: str, root: Path) -> str:

@@ -12,12 +12,10 @@ from odernn import limits as L
 
 __all__ = ["KINDS", "argument", "check", "check_fields"]
 
-PARAMETERS = L.Integer(1, 10 ** 10)  # compare --params
-
 KINDS = {
     # model and data
     "hidden": L.WIDTH, "embed": L.WIDTH, "input_size": L.WIDTH, "hidden_size": L.WIDTH, "layers": L.LAYERS,
-    "dropout": L.PROBABILITY, "train_tokens": L.TOKENS, "params": PARAMETERS,
+    "dropout": L.PROBABILITY, "train_tokens": L.TOKENS, "params": L.PARAMETERS,
     # gradients
     "adjoint_steps": L.STEPS, "adjoint_rtol": L.TOLERANCE, "adjoint_atol": L.TOLERANCE,
     # optimisation
