@@ -128,6 +128,10 @@ class ODECell(Settings, nn.Module):
             raise InputError(f"{name}: input x must have shape (B, input_size={self.input_size}) or "
                              f"(input_size,), got {shape}" + ("; a sequence (T, B, input_size) goes to odernn.ODERNN"
                                                               if isinstance(x, torch.Tensor) and x.dim() == 3 else ""))
+        dtype = next(iter(self.field.parameters()), x).dtype
+        if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+            raise InputError(f"{name}: input dtype ({x.dtype}) does not match weight dtype ({dtype}); convert it: "
+                             f"x.to({dtype})" + (f", or the cell: cell.to({x.dtype})" if x.is_floating_point() else ""))
         unbatched = x.dim() == 1
         if unbatched:
             x = x[None]
@@ -146,6 +150,8 @@ class ODECell(Settings, nn.Module):
                 raise InputError(f"{name}: the state must be {self.field.blocks} tensor(s) of shape {shapes} "
                                  f"for x of shape {tuple(x.shape[1:]) if unbatched else tuple(x.shape)}, got "
                                  f"{self.field.from_blocks(tuple(got)) if len(got) == self.field.blocks else got}")
+            if any(b.dtype != dtype for b in blocks) and not torch.is_autocast_enabled(x.device.type):
+                raise InputError(f"{name}: state dtype ({blocks[0].dtype}) does not match weight dtype ({dtype})")
             if unbatched:
                 blocks = tuple(b[None] for b in blocks)
         context = self.field.project(x)  # once per token, shared by every stage

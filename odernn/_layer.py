@@ -364,7 +364,8 @@ class ODERNN(Settings, nn.Module):
                              f"got {data.shape[-1]}")
         if dtype is not None and data.dtype != dtype and not torch.is_autocast_enabled(data.device.type):
             raise InputError(f"{name}: input dtype ({data.dtype}) does not match weight dtype ({dtype}). Convert "
-                             f"input: input.to({dtype}), or convert model: model.to({data.dtype})")
+                             f"input: input.to({dtype})" + (f", or convert model: model.to({data.dtype})"
+                                                             if data.is_floating_point() else ""))
         if T == 0:
             raise InputError(f"{name}: expected sequence length to be larger than 0, got input of shape "
                              f"{tuple(data.shape)}")

@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `odernn tableau list | head`
         return 0
-    except USER_ERRORS as err:
-        print(f"odernn: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:  # one line, whatever the message (torch's load_state_dict errors have several)
+        print(f"odernn: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 
