@@ -201,3 +201,24 @@ def test_cell_show_prints_a_constraints_cap_and_tableau_list_the_references():
     import butcher
     code, out, _ = run("tableau", "list")
     assert code == 0 and butcher.entry("dopri5").reference in out
+
+
+def test_the_default_thread_count_leaves_busy_cores_alone(monkeypatch):
+    """One thread per core that the load average leaves free, at least 1, at most PyTorch's choice."""
+    import os
+
+    import torch
+
+    from textlm.cli import default_threads
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+        for load, expected in ((0.1, 4), (1.2, 3), (2.6, 1), (3.9, 1), (12.0, 1)):
+            monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+            assert default_threads() == expected, load
+        torch.set_num_threads(2)  # never more than PyTorch's own choice
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+        assert default_threads() == 2
+    finally:
+        torch.set_num_threads(before)

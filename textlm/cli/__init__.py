@@ -31,6 +31,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def default_threads() -> int:
+    """PyTorch's threads when ``--threads`` is not given: one per core that other work leaves free
+    (the cores less the 1-minute load average, at least 1, at most PyTorch's own choice). PyTorch's
+    default, one per core, oversubscribes a busy machine: its workers spin waiting for each other
+    (benchmarks/threads_under_load.py measured the README's command 3× slower under load with it)."""
+    import os
+
+    import torch
+    best = torch.get_num_threads()
+    try:
+        busy = os.getloadavg()[0]
+    except (OSError, AttributeError):  # no load average on this system: PyTorch's choice
+        return best
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(best, round(cores - busy)))
+
+
 def _version() -> str:
     try:
         return version("odernn")
@@ -93,9 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"odernn {_version()}")
     parser.add_argument("--threads", type=limits.THREADS.argument("--threads"), metavar="N",
-                        help="PyTorch's intra-op threads on the CPU (default: PyTorch's choice, one per core). "
-                             "On a machine busy with other work, 1 avoids oversubscription: on 2 loaded cores "
-                             "a small model trained 1.8× faster with 1 thread than with 2")
+                        help="PyTorch's intra-op threads on the CPU (default: one per core that other work leaves "
+                             "free, from the load average: on a busy machine PyTorch's one per core oversubscribes "
+                             "it, and the README's command ran 3× slower)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in _GROUPS:
         group.register(sub, _Formatter)
@@ -107,9 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        import torch
-        torch.set_num_threads(args.threads)
+    import torch
+    torch.set_num_threads(args.threads if args.threads is not None else default_threads())
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
