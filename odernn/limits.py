@@ -23,15 +23,17 @@ ValueError: dt must be a finite number in (0, 1e+06], got inf
 
 from __future__ import annotations
 
+import errno
 import math
 import numbers
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 import butcher
 
-__all__ = ["Integer", "Real", "TABLE", "check_memory", "markdown", "memory_budget"]
+__all__ = ["Integer", "Location", "Real", "TABLE", "check_memory", "markdown", "memory_budget"]
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _MAX_CHARS = 40
@@ -106,6 +108,57 @@ class Real:
         return _argument(self, name)
 
 
+@dataclass(frozen=True)
+class Location:
+    """A path on this machine, checked before it is opened. ``role``: ``"file"`` (an existing regular
+    file), ``"folder"`` (a folder, or where one can be made: not a file), ``"file or folder"`` (a
+    checkpoint or its run folder) or ``"output"`` (a file to write: not a folder, in a folder that
+    exists)."""
+
+    role: str
+
+    def describe(self) -> str:
+        return {"file": "an existing regular file", "folder": "a folder (made if missing), not a file",
+                "file or folder": "an existing file or folder",
+                "output": "a file to write, in a folder that exists"}[self.role]
+
+    def check(self, name: str, value) -> str:
+        if not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"{name} must be a path, got {type(value).__name__}")
+        text = os.fspath(value)
+        if not text or len(text) > 4096 or "\x00" in text:
+            raise ValueError(f"{name} must be a path of 1 to 4096 characters without NUL bytes")
+        path = os.path.expanduser(text)
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ValueError(f"{name} {text}: a loop of symbolic links") from None
+            mode = None
+        is_file, is_folder = mode is not None and stat.S_ISREG(mode), mode is not None and stat.S_ISDIR(mode)
+        if self.role == "file" and not is_file:
+            why = ("no such file" if mode is None else "is a directory, not a file" if is_folder
+                   else "not a regular file (a device or a pipe)")
+            raise ValueError(f"{name} {text}: {why}")
+        if self.role == "folder" and mode is not None and not is_folder:
+            raise ValueError(f"{name} {text}: is a file, not a directory")
+        if self.role == "file or folder" and not (is_file or is_folder):
+            raise ValueError(f"{name} {text}: no such file or folder")
+        if self.role == "output":
+            folder = os.path.dirname(os.path.abspath(path))
+            if is_folder:
+                raise ValueError(f"{name} {text}: is a directory; give a file name")
+            if not os.path.isdir(folder):
+                raise ValueError(f"{name} {text}: its folder {folder} does not exist")
+        return text
+
+    def parse(self, name: str, text) -> str:
+        return self.check(name, text)
+
+    def argument(self, name: str):
+        return _argument(self, name)
+
+
 def _argument(kind, name: str):
     import argparse
 
@@ -158,6 +211,10 @@ TEMPERATURE = Real(0.0, 1_000.0, low_open=True)
 SECONDS = Real(0.0, 1e7, low_open=True)
 COEFFICIENT = Real(-1e6, 1e6)         # a field's own constants: γ, ε, α, β, init_std
 AXIS = Real(-1e6, 1e6)                # plot windows
+FILE = Location("file")
+FOLDER = Location("folder")
+FILE_OR_FOLDER = Location("file or folder")
+OUTPUT = Location("output")
 PARAMETERS = Integer(1, 10 ** 10)     # a parameter budget
 EIGEN_WORK = 5 * 10 ** 9              # samples × D³ of a stability check's eigenvalues (about 10 s here)
 SPEC_CHARACTERS = 1_000               # a cell spec
@@ -209,6 +266,9 @@ TABLE = {  # kind: (what it bounds, where)
     "DEADLINE": (f"{butcher.DEADLINE:g} s", "exact arithmetic on a user's tableau (a file's, a checkpoint's): tableau commands, cell "
                         "specs, ODERNN, the stability commands, compare, loading a checkpoint"),
     "CORPUS_BYTES": (f"at most {CORPUS_BYTES >> 20} MiB", "a corpus file (--text, and the named corpora)"),
+    "PATHS": ("1 to 4096 characters, no NUL, no loop of links; an existing file, a folder (not a file), an "
+              "existing file or folder, or a file to write in an existing folder",
+              "--text; --data-root, --out; a checkpoint; -o/--output; tableau check FILE"),
 }
 
 

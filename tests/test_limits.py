@@ -37,17 +37,20 @@ def numeric_options():
             if isinstance(action, argparse._SubParsersAction):
                 for name, child in action.choices.items():
                     walk(child, [*words, name])
-            elif action.option_strings and action.type is not None:
-                out.append((words, action.option_strings[-1], action))
+            elif action.type is not None:  # options, and typed positional arguments (named by their dest)
+                out.append((words, action.option_strings[-1] if action.option_strings else action.dest, action))
     walk(build_parser(), [])
     return out
 
 
-OPTIONS = numeric_options()
+EVERY_TYPED = numeric_options()
+OPTIONS = [o for o in EVERY_TYPED if isinstance(getattr(o[2].type, "kind", None), (limits.Integer, limits.Real))]
+PATHS = [o for o in EVERY_TYPED if isinstance(getattr(o[2].type, "kind", None), limits.Location)]
 # the positional arguments and required options each command needs to reach its option parsing
-CONTEXT = {("tableau", "show"): ["rk4"], ("tableau", "check"): ["x.toml"], ("tableau", "plot"): ["rk4", "-o", "x.png"],
+HERE = str(Path(__file__).resolve())  # an existing file; its folder an existing folder
+CONTEXT = {("tableau", "show"): ["rk4"], ("tableau", "check"): [HERE], ("tableau", "plot"): ["rk4", "-o", "x.png"],
            ("cell", "show"): ["gru-ode"], ("stability", "check"): ["gru-ode"], ("stability", "plot"): ["gru-ode", "-o", "x.png"],
-           ("generate",): ["run"], ("evaluate",): ["run"]}
+           ("generate",): [str(Path(HERE).parent)], ("evaluate",): [str(Path(HERE).parent)]}
 
 
 def test_the_readme_holds_the_limits_table():
@@ -55,10 +58,11 @@ def test_the_readme_holds_the_limits_table():
     assert limits.markdown() in readme
 
 
-def test_every_numeric_option_reads_through_a_kind():
-    """A new option without a kind (``type=int``) fails here: no number skips the layer."""
-    assert len(OPTIONS) > 50
-    missing = [f"{' '.join(words)} {option}" for words, option, action in OPTIONS if not hasattr(action.type, "kind")]
+def test_every_typed_option_reads_through_a_kind():
+    """A new option without a kind (``type=int``) fails here: no number or path skips the layer."""
+    assert len(OPTIONS) > 50 and len(PATHS) >= 10
+    missing = [f"{' '.join(words)} {option}" for words, option, action in EVERY_TYPED
+               if not hasattr(action.type, "kind")]
     assert not missing, missing
 
 
@@ -97,6 +101,34 @@ def test_an_invalid_value_of_any_option_is_one_line_and_exit_2(words, option, ac
     code, err = _cli([*words, *CONTEXT.get(tuple(words), []), *given])
     assert code == 2 and err.count("\n") == 1 and option in err, (value, err)
     assert time.perf_counter() - start < 10
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory):
+    root = tmp_path_factory.mktemp("places")
+    (root / "file.txt").write_text("x")
+    (root / "folder").mkdir()
+    os.symlink(root / "loop2", root / "loop1")
+    os.symlink(root / "loop1", root / "loop2")
+    return root
+
+
+@pytest.mark.parametrize("words, option, action", PATHS, ids=[f"{' '.join(w)} {o}" for w, o, _ in PATHS])
+@pytest.mark.parametrize("case", ["loop", "nul", "long", "wrong"])
+def test_a_bad_path_is_one_line_and_exit_2(places, words, option, action, case):
+    role = action.type.kind.role
+    wrong = {"file": places / "folder", "folder": places / "file.txt", "file or folder": places / "missing",
+             "output": places / "folder"}[role]
+    value = {"loop": str(places / "loop1"), "nul": "a\x00b", "long": "x" * 5000, "wrong": str(wrong)}[case]
+    if case == "loop" and role in ("folder", "output"):
+        value = str(places / "loop1" / "x") if role == "output" else value
+    context = list(CONTEXT.get(tuple(words), []))
+    if option.startswith("-"):
+        argv = [*words, *context, f"{option}={value}"]
+    else:  # the positional argument is the first of the context
+        argv = [*words, value, *context[1:]]
+    code, err = _cli(argv)
+    assert code == 2 and err.count("\n") == 1, (value, err)
 
 
 @pytest.mark.parametrize("words, option, action", [o for o in OPTIONS if o[2].nargs is None][:40],
@@ -146,7 +178,8 @@ def test_odernn_refuses_bad_constructor_arguments_by_name(argument, value):
         odernn.ODERNN(spec, **arguments)
 
 
-@pytest.mark.parametrize("name", sorted(n for n in vars(TrainConfig()) if n in __import__("textlm.limits").limits.KINDS))
+@pytest.mark.parametrize("name", sorted(n for n, kind in __import__("textlm.limits").limits.KINDS.items()
+                                        if n in vars(TrainConfig()) and isinstance(kind, (limits.Integer, limits.Real))))
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -1e30, "3", 10 ** 30], ids=repr)
 def test_train_config_refuses_bad_numbers_by_name(name, value):
     with pytest.raises((ValueError, TypeError), match=f"--{name.replace('_', '-')}"):

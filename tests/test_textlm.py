@@ -466,7 +466,7 @@ def test_train_generate_evaluate_from_the_command_line(tmp_path):
     (["train", "--corpus", "nope"], "unknown corpus"),
     (["train"], "--corpus NAME or --text PATH"),
     (["train", "--corpus", "ptb", "--data-root", "/nonexistent"], "not found"),
-    (["generate", "/nonexistent/ckpt.pt"], "no checkpoint"),
+    (["generate", "/nonexistent/ckpt.pt"], "no such file or folder"),
     (["train", "--grad", "sideways"], "invalid choice"),  # argparse's own errors are one line too
 ])
 def test_bad_input_gives_one_line_and_exit_2(args, message):

@@ -29,11 +29,17 @@ KINDS = {
     # generation, evaluation, stability
     "length": L.LENGTH, "temperature": L.TEMPERATURE, "top_k": L.TOP_K, "prompts": L.PROMPTS, "dt": L.DT,
     "samples": L.SAMPLES, "threads": L.THREADS,
+    # paths, checked before they are opened
+    "text": L.FILE, "data_root": L.FOLDER, "out": L.FOLDER, "checkpoint": L.FILE_OR_FOLDER, "output": L.OUTPUT,
+    "file": L.FILE,
 }
 
 
+_POSITIONAL = {"checkpoint", "file"}
+
+
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return name if name in _POSITIONAL else "--" + name.replace("_", "-")
 
 
 def argument(name: str):

@@ -32,9 +32,9 @@ def register(sub, formatter) -> None:
                                    "(each run in its own process), then measure and tabulate them.")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--corpus", default=None, help="tinyshakespeare (default), ptb or wikitext-2")
-    source.add_argument("--text", metavar="PATH")
+    source.add_argument("--text", metavar="PATH", type=argument("text"))
     p.add_argument("--level", choices=("char", "word"))
-    p.add_argument("--data-root", metavar="DIR")
+    p.add_argument("--data-root", metavar="DIR", type=argument("data_root"))
     p.add_argument("--cells", nargs="+", default=list(DEFAULT_CELLS), metavar="SPEC")
     p.add_argument("--seeds", nargs="+", type=argument("seeds"), default=d.seeds)
     p.add_argument("--params", type=argument("params"), help="parameter budget: each cell gets the width closest to it")
@@ -65,7 +65,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--precision", choices=("float32", "bf16", "float64"), default=d.precision)
     p.add_argument("--compile-elementwise", action="store_true", help="as in 'odernn train'")
     p.add_argument("--cuda-graphs", action="store_true", help="as in 'odernn train'")
-    p.add_argument("--out", default=d.out)
+    p.add_argument("--out", default=d.out, type=argument("out"))
     p.set_defaults(handler=cmd_compare)
 
 

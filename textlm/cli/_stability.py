@@ -49,7 +49,7 @@ def register(sub, formatter) -> None:
         if name == "check":
             p.add_argument("--json", action="store_true", help="print the report as JSON")
         else:
-            p.add_argument("-o", "--output", required=True, help="output image (PNG)")
+            p.add_argument("-o", "--output", required=True, type=argument("output"), help="output image (PNG)")
         p.set_defaults(handler=handler)
 
 

@@ -128,7 +128,7 @@ def register(sub, formatter) -> None:
                                '  constants = { g = "1/2 + sqrt(3)*cos(pi/18)/3" }\n'
                                '  A = [["g", "0", "0"], ["1/2 - g", "g", "0"], ["2*g", "1 - 4*g", "g"]]\n'
                                '  b = ["1/(6*(1 - 2*g)^2)", "1 - 1/(3*(1 - 2*g)^2)", "1/(6*(1 - 2*g)^2)"]')
-    p.add_argument("file", help="the .toml or .json tableau file")
+    p.add_argument("file", type=limits.FILE.argument("file"), help="the .toml or .json tableau file")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     p.add_argument("--float", nargs="?", type=limits.TOLERANCE.argument("--float"), const=1e-10, metavar="TOL", help=_FLOAT_HELP)
     p.set_defaults(handler=cmd_check)
@@ -139,7 +139,8 @@ def register(sub, formatter) -> None:
                         epilog="example:\n  odernn tableau plot euler rk4 dopri5 -o regions.png --point=-1+2j --point=-2.5\n"
                                "(write --point=VALUE: a value starting with '-' would read as an option)")
     p.add_argument("tableaux", nargs="+", metavar="TABLEAU", help=_TABLEAU_HELP)
-    p.add_argument("-o", "--output", required=True, help="output image (PNG, or any matplotlib format)")
+    p.add_argument("-o", "--output", required=True, type=limits.OUTPUT.argument("--output"),
+                   help="output image (PNG, or any matplotlib format)")
     p.add_argument("--point", action="append", default=[], metavar="Z",
                    help="a complex point to overlay, e.g. -1.5+0.5j (repeatable)")
     p.add_argument("--xlim", nargs=2, type=limits.AXIS.argument("--xlim"), metavar=("MIN", "MAX"),

@@ -30,9 +30,9 @@ def _options(p, defaults) -> None:
     data = p.add_argument_group("data")
     source = data.add_mutually_exclusive_group()
     source.add_argument("--corpus", help="tinyshakespeare (char), ptb or wikitext-2 (word)")
-    source.add_argument("--text", metavar="PATH", help="any UTF-8 text file, split 90/5/5")
+    source.add_argument("--text", metavar="PATH", type=argument("text"), help="any UTF-8 text file, split 90/5/5")
     data.add_argument("--level", choices=("char", "word"), help="tokens of --text (default char)")
-    data.add_argument("--data-root", metavar="DIR", help="where corpora live (else $ODERNN_DATA, else ~/.cache/odernn)")
+    data.add_argument("--data-root", metavar="DIR", type=argument("data_root"), help="where corpora live (else $ODERNN_DATA, else ~/.cache/odernn)")
     data.add_argument("--train-tokens", type=argument("train_tokens"), help="use only the first N training tokens")
     model = p.add_argument_group("model")
     model.add_argument("--cell", default=defaults.cell, help=f"cell spec of every layer (default {defaults.cell})")
@@ -91,7 +91,7 @@ def _options(p, defaults) -> None:
     opt.add_argument("--on-nan", choices=("halve", "stop"), default=defaults.on_nan,
                      help="on a NaN/Inf loss or gradient: undo the last step and halve the LR, or stop")
     run = p.add_argument_group("run")
-    run.add_argument("--out", default=defaults.out, help=f"output folder (default {defaults.out})")
+    run.add_argument("--out", default=defaults.out, type=argument("out"), help=f"output folder (default {defaults.out})")
     run.add_argument("--resume", action="store_true",
                      help="continue from OUT/checkpoint.pt, as the run was trained: options that contradict it "
                           "are refused; the budget (--max-tokens, --epochs, --max-seconds), --eval-every, "
@@ -130,7 +130,7 @@ def register(sub, formatter) -> None:
 
     p = sub.add_parser("generate", help="sample text from a checkpoint", formatter_class=formatter,
                        epilog="example:\n  odernn generate runs/rk4 --prompt 'ROMEO:' --length 300 --temperature 0.8")
-    p.add_argument("checkpoint", help="a checkpoint file or its run folder")
+    p.add_argument("checkpoint", type=argument("checkpoint"), help="a checkpoint file or its run folder")
     p.add_argument("--prompt", default="\n", help="text to continue (default a newline)")
     p.add_argument("--length", type=argument("length"), default=300)
     p.add_argument("--temperature", type=argument("temperature"), default=1.0)
@@ -144,9 +144,9 @@ def register(sub, formatter) -> None:
     p = sub.add_parser("evaluate", help="perplexity, BLEU, ROUGE-L and the combined score of a checkpoint",
                        formatter_class=formatter,
                        epilog="example:\n  odernn evaluate runs/rk4 --split test --json")
-    p.add_argument("checkpoint", help="a checkpoint file or its run folder")
+    p.add_argument("checkpoint", type=argument("checkpoint"), help="a checkpoint file or its run folder")
     p.add_argument("--split", choices=("valid", "test"), default="valid")
-    p.add_argument("--data-root", metavar="DIR")
+    p.add_argument("--data-root", metavar="DIR", type=argument("data_root"))
     p.add_argument("--prompts", type=argument("prompts"), default=20, help="test prompts for BLEU/ROUGE")
     p.add_argument("--temperature", type=argument("temperature"), default=0.8)
     p.add_argument("--seed", type=argument("seed"), default=0)
