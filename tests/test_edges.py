@@ -8,10 +8,11 @@ import time
 
 import pytest
 import torch
+from test_limits import _cli
 
 import butcher
 import odernn
-from test_limits import _cli
+
 
 def dense6(offset: int = 0) -> str:
     """A full 6-stage tableau over six square roots; ``offset`` makes another one (nothing cached)."""
@@ -103,8 +104,9 @@ def test_odernn_and_a_checkpoint_meet_the_deadline_too(files, monkeypatch):
 
 
 def test_float_says_when_even_the_numerical_analysis_cannot_finish(files, monkeypatch):
-    from textlm.cli import _tableau
     import random
+
+    from textlm.cli import _tableau
     rng = random.Random(0)
     rows = [[f"{rng.random() / 64:.15f}" for _ in range(64)] for _ in range(64)]
     (files / "dense64.json").write_text(json.dumps({"A": rows, "b": [f"{1 / 64:.15f}"] * 64}))
