@@ -254,20 +254,22 @@ def test_compiled_math_keeps_no_field_alive():
     assert field() is None
 
 
-def test_compiled_math_falls_back_to_eager_at_the_recompile_limit(monkeypatch):
+def test_compiled_math_falls_back_to_eager_at_the_recompile_limit():
     import torch._dynamo
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
-    torch._dynamo.reset()
-    torch.manual_seed(6)
-    single = odernn.ODERNN("gru-ode:euler", 3, 4, fused=False, compile_elementwise=True)
-    double = odernn.ODERNN("gru-ode:euler", 3, 4, fused=False, compile_elementwise=True).double()
-    eager = odernn.ODERNN("gru-ode:euler", 3, 4, fused=False).double()
-    eager.load_state_dict(double.state_dict())
-    x = torch.randn(4, 2, 3)
-    single(x)
-    with pytest.warns(RuntimeWarning, match="recompile limit"):
-        out = double(x.double())[0]  # float64 after float32: a second variant, past the limit of one
-    assert torch.equal(out, eager(x.double())[0])
+    # torch's own patch: pytest's monkeypatch (9.2) deletes a config module's attribute on undo,
+    # which hides it from Dynamo for the rest of the process
+    with torch._dynamo.config.patch(recompile_limit=1):
+        torch._dynamo.reset()
+        torch.manual_seed(6)
+        single = odernn.ODERNN("gru-ode:euler", 3, 4, fused=False, compile_elementwise=True)
+        double = odernn.ODERNN("gru-ode:euler", 3, 4, fused=False, compile_elementwise=True).double()
+        eager = odernn.ODERNN("gru-ode:euler", 3, 4, fused=False).double()
+        eager.load_state_dict(double.state_dict())
+        x = torch.randn(4, 2, 3)
+        single(x)
+        with pytest.warns(RuntimeWarning, match="recompile limit"):
+            out = double(x.double())[0]  # float64 after float32: a second variant, past the limit of one
+        assert torch.equal(out, eager(x.double())[0])
     torch._dynamo.reset()
 
 

@@ -9,8 +9,11 @@ interrupted write never leaves a half-written checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -35,15 +38,41 @@ def save_checkpoint(data: dict, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with _signals_held(), os.fdopen(fd, "wb") as handle:
             torch.save({"format": FORMAT, **data}, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM held back while a checkpoint is written, then handled as they would have
+    been: an interrupt inside ``torch.save`` left its zip writer half-done, and the writer's error on
+    clean-up (not the interrupt) escaped the trainer's handler. Python runs a signal's handler at
+    the next bytecode wherever it is, so the handlers themselves are swapped for the write."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    previous = {number: signal.signal(number, lambda signum, frame: pending.append(signum))
+                for number in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(number) is not None}  # None: set outside Python, left alone
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(pending):
+            handler = previous[number]
+            if callable(handler):  # Python's own (KeyboardInterrupt) or the trainer's
+                handler(number, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), number)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
