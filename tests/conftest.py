@@ -33,3 +33,13 @@ if "ODERNN_DATA" not in os.environ and _SHARED.is_dir():
 # would oversubscribe a 2-core machine
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _threads_kept():
+    """A test that changes PyTorch's thread count (``odernn --threads``, a thread test) leaves the
+    worker as it found it: the rest of the worker's tests run with the count they were written for."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

@@ -167,14 +167,14 @@ def test_unknown_methods_get_only_close_suggestions():
     assert code == 2 and "did you mean gauss-2" in err and err.count("gauss-2,") <= 1
 
 
-def test_threads_option():
+def test_threads_option(monkeypatch):
+    """--threads is in effect while the command runs, and ``main`` puts the caller's count back."""
     import torch
-    before = torch.get_num_threads()
-    try:
-        code, out, _ = run("--threads", "1", "tableau", "show", "euler")
-        assert code == 0 and torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    before, calls = torch.get_num_threads(), []
+    set_num_threads = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), set_num_threads(n)))
+    code, out, _ = run("--threads", "3", "tableau", "show", "euler")
+    assert code == 0 and calls == [3, before] and torch.get_num_threads() == before
     code, _, err = run("--threads", "0", "tableau", "show", "euler")
     assert code == 2 and "--threads: must be an integer in 1" in err
 

@@ -4,7 +4,6 @@ other and finite differences, resumption, data parallelism, and the command line
 import json
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -404,21 +403,24 @@ def test_corrupt_checkpoints_are_refused(tmp_path):
         load_checkpoint(path)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, world, port, cfg, target):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _ddp_worker(rank, world, rendezvous, cfg, target, clock_rate=1.0):
+    """One rank of a data-parallel run; ``clock_rate`` != 1 makes this rank's clock run fast, so its
+    --max-seconds budget ends before the other ranks'."""
+    import datetime
+    import importlib
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
+    if clock_rate != 1:
+        module = importlib.import_module("textlm.train")  # the package's ``train`` is the function
+        real = module.time.perf_counter
+        module.time = type("FastClock", (), {"perf_counter": staticmethod(lambda: clock_rate * real())})
     import torch.distributed as dist
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file rendezvous: no port to race other processes for; a timeout instead of torch's 30 minutes
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
     trainer = Trainer(cfg)
-    trainer.run()
-    if rank == 0:
-        torch.save(weights(trainer), target)
+    result = trainer.run()
+    torch.save({"weights": weights(trainer), "step": result["step"]}, f"{target}.{rank}")
     dist.destroy_process_group()
 
 
@@ -427,11 +429,25 @@ def test_two_process_data_parallel_training_equals_one_process(tmp_path):
     single = Trainer(cfg)
     single.run()
     target = str(tmp_path / "ddp.pt")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), config(tmp_path / "ddp", dropout=0.0, max_tokens=4 * 16 * 4,
-                                                        cell="gru-ode:euler"), target), nprocs=2)
-    parallel = torch.load(target, weights_only=True)
+    mp.spawn(_ddp_worker, args=(2, tmp_path / "rendezvous", config(tmp_path / "ddp", dropout=0.0, max_tokens=4 * 16 * 4,
+                                                                   cell="gru-ode:euler"), target), nprocs=2)
+    parallel = torch.load(f"{target}.0", weights_only=True)["weights"]
     reference = weights(single)
     assert all(torch.allclose(reference[k], parallel[k], rtol=0, atol=1e-12) for k in reference)
+
+
+def test_data_parallel_ranks_stop_together_at_the_time_budget(tmp_path):
+    """Rank 1's clock runs 3× fast, so its --max-seconds budget ends first: every rank stops at the
+    same step (a rank stopping alone left the others in the all-reduce for ever)."""
+    cfg = config(tmp_path / "ddp", dropout=0.0, max_tokens=4 * 16 * 100_000, cell="gru-ode:euler", max_seconds=3)
+    target = str(tmp_path / "ddp.pt")
+    mp.spawn(_ddp_worker_fast_rank_1, args=(2, tmp_path / "rendezvous", cfg, target), nprocs=2)
+    steps = [torch.load(f"{target}.{rank}", weights_only=True)["step"] for rank in (0, 1)]
+    assert steps[0] == steps[1] > 0
+
+
+def _ddp_worker_fast_rank_1(rank, world, rendezvous, cfg, target):
+    _ddp_worker(rank, world, rendezvous, cfg, target, clock_rate=3.0 if rank == 1 else 1.0)
 
 
 # --- command line -------------------------------------------------------------------------------

@@ -349,9 +349,10 @@ def test_threads_may_share_a_layer(kind, impl):
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join()
+            thread.join(timeout=120)
     finally:
         sys.setswitchinterval(interval)
+    assert not any(thread.is_alive() for thread in threads), "a thread never finished (a deadlock)"
     assert not failures, failures[:3]
 
 

@@ -399,6 +399,18 @@ class Trainer:
         estimate = step_seconds / 3 * valid / (c.batch_size * c.bptt) * self.world
         return min(estimate, 0.25 * c.max_seconds)
 
+    def _out_of_time(self, step_seconds: float | None) -> bool:
+        """Whether the budget leaves no room for another step and the final validation. Under data
+        parallelism every rank stops at the same step (one that stopped alone would leave the others
+        waiting in the gradient all-reduce for ever): the ranks agree, and any rank out of time stops all."""
+        late = time.perf_counter() + self._final_reserve(step_seconds) >= self.deadline
+        if self.world == 1:
+            return late
+        import torch.distributed as dist
+        flag = torch.tensor([float(late)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
     def _finite_parameters(self) -> bool:
         return bool(torch.stack([torch.isfinite(q).all() for q in self.model.parameters()]).all())
 
@@ -467,7 +479,7 @@ class Trainer:
         record = {}
         try:
             while p.step < self.total_steps:
-                if self.deadline is not None and time.perf_counter() + self._final_reserve(step_seconds) >= self.deadline:
+                if self.deadline is not None and self._out_of_time(step_seconds):
                     break
                 step_started = time.perf_counter()
                 rng = self.runtime.rng_state()  # an interrupted step is redone from here on --resume

@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     import torch
+    before = torch.get_num_threads()  # put back on return: ``main`` is also called from Python
     torch.set_num_threads(args.threads if args.threads is not None else default_threads())
     try:
         return int(args.handler(args) or 0)
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:  # one line, whatever the message (torch's load_state_dict errors have several)
         print(f"odernn: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(before)
 
 
 if __name__ == "__main__":  # pragma: no cover
