@@ -8,13 +8,13 @@ names.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
-__all__ = ["sigmoid_backward", "tanh_backward", "or_zeros", "add_or_none", "uniform_", "gate_parameters",
-           "AddsContext", "ReversedState", "TanhActivation", "TorchLayout"]
+__all__ = ["AddsContext", "ReversedState", "TanhActivation", "TorchLayout", "add_or_none", "gate_parameters", "or_zeros",
+           "sigmoid_backward", "tanh_backward", "uniform_"]
 
 # fused elementwise derivatives: grad ⊙ σ(1 − σ) and grad ⊙ (1 − tanh²) from the outputs, one kernel each
 sigmoid_backward = torch.ops.aten.sigmoid_backward
