@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from functools import lru_cache, partial
 
 import torch
@@ -13,14 +12,12 @@ from torch.nn.utils import parametrize
 import butcher
 
 from . import limits
-from ._checks import InputError, Settings, check_count, check_positive
+from ._checks import InputError, Settings, check_count, check_interval, check_positive
+from ._engine import in_engine
 from ._fields import GRUODEField, LSTMField, TanhRNNField, VectorField
 from ._stepping import AdaptiveScheme, ExplicitScheme, ImplicitScheme, field_jacobians
 
 __all__ = ["ODECell", "cell_from_torch"]
-
-
-_TORCH_NAMES = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"}  # a torch.nn cell's parameters
 
 
 @lru_cache(maxsize=1)
@@ -65,7 +62,7 @@ class ODECell(Settings, nn.Module):
             if self.partitioned:
                 raise ValueError("partitioned stepping needs an explicit tableau")
             self.scheme = ImplicitScheme(tableau, tol=tol)
-        self.nfe = 0
+        self._record_nfe(0)
         self.constraint = None  # the name of a parameterisation applied to the field's weights
         self._is_euler = tableau.A == _euler().A and tableau.b == _euler().b  # derived once: the tableau is fixed
         self._freeze()
@@ -99,13 +96,17 @@ class ODECell(Settings, nn.Module):
         per_step = self.scheme.evaluations * (self.t if self.partitioned else 1)
         return self.steps * per_step
 
+    def _record_nfe(self, evaluations: int | None = None) -> None:
+        """``nfe``, the field evaluations per token of the last call: ``evaluations``, or by default
+        :attr:`nfe_per_token` (explicit tableaux, whichever path ran them)."""
+        self.nfe = self.nfe_per_token if evaluations is None else evaluations
+
     def _step_size(self, dt, batch: int, like: torch.Tensor):
         if dt is None:
             return self.dt / self.steps
-        if isinstance(dt, (int, float)):
-            if not (math.isfinite(dt) and dt > 0):
-                raise InputError(f"dt must be a finite number greater than zero, got {dt!r}")
-            return float(dt) / self.steps
+        number = check_interval(dt)
+        if number is not None:
+            return number / self.steps
         dt = torch.as_tensor(dt, dtype=like.dtype, device=like.device).reshape(-1, 1)
         if dt.shape[0] != batch:
             raise InputError(f"dt has {dt.shape[0]} entries for a batch of {batch}")
@@ -169,7 +170,7 @@ class ODECell(Settings, nn.Module):
             if isinstance(h, torch.Tensor):
                 raise InputError("adaptive cells share their steps across the batch: give dt as a number")
             y = self.scheme.integrate(lambda blocks: self.field(context, blocks), y, h * steps, h)
-            self.nfe = self.scheme.evaluations
+            self._record_nfe(self.scheme.evaluations)
             return y
         implicit = isinstance(self.scheme, ImplicitScheme)
         evaluations = 0
@@ -184,7 +185,7 @@ class ODECell(Settings, nn.Module):
                     y = y[:k] + self.scheme.step(block_field, y[k:k + 1], h) + y[k + 1:]
             else:
                 y = self.scheme.step(lambda blocks: self.field(context, blocks), y, h)
-        self.nfe = evaluations if implicit else steps * self.nfe_per_token // self.steps
+        self._record_nfe(evaluations if implicit else steps * self.nfe_per_token // self.steps)
         return y
 
     def jacobian(self, x: torch.Tensor, state=None) -> torch.Tensor:
@@ -216,7 +217,6 @@ class ODECell(Settings, nn.Module):
     def runs_in_engine(self) -> bool:
         """Whether ``odernn.ODERNN`` runs sequences of this cell in its engine (an explicit tableau
         on a field with the recurrent structure) rather than token by token under autograd."""
-        from ._engine import in_engine
         return in_engine(self)
 
     @property
@@ -236,11 +236,7 @@ class ODECell(Settings, nn.Module):
     def torch_equivalent(self) -> type | None:
         """The ``torch.nn`` cell class this cell equals, or ``None``: where :attr:`torch_sequence`
         is one, and the field has only a torch cell's parameters (no cell has the LSTM's projection)."""
-        kind = self.torch_sequence
-        if kind is None or any(value is not None for name, value in self.field._parameters.items()
-                               if name not in _TORCH_NAMES):
-            return None
-        return {nn.RNN: nn.RNNCell, nn.GRU: nn.GRUCell, nn.LSTM: nn.LSTMCell}[kind]
+        return None if self.torch_sequence is None else self.field.torch_cell
 
     def to_torch(self) -> nn.Module:
         """The equivalent ``torch.nn`` cell with the same weights, where one exists (see
@@ -250,22 +246,19 @@ class ODECell(Settings, nn.Module):
             raise ValueError(f"no torch.nn cell equals {self.describe()}: that needs forward Euler, dt=1, "
                              "steps=1 on the rnn, gru-ode or (partitioned) lstm field, without a projection "
                              "or a constraint")
-        module = kind(f.input_size, f.hidden_size, bias=f.bias_ih is not None)
-        module = module.to(dtype=f.weight_hh.dtype, device=f.weight_hh.device)
+        parameters = {name: getattr(f, name) for name in f.torch_parameter_names()}
+        module = kind(f.input_size, f.hidden_size, bias="bias_ih" in parameters)
+        module = module.to(dtype=parameters["weight_hh"].dtype, device=parameters["weight_hh"].device)
         with torch.no_grad():
             for name, parameter in module.named_parameters():
-                parameter.copy_(getattr(f, name))
+                parameter.copy_(parameters[name])
         return module
 
     @property
     def field_name(self) -> str:
-        """The field's class name (without the ``Parametrized`` a constraint puts in front); a
-        field raised to order t names its base: ``TanhRNNField at order 3``."""
-        def name(module):
-            return type(module).__name__.removeprefix("Parametrized")
-        if name(self.field) == "HigherOrderField":
-            return f"{name(self.field.base)} at order {self.field.order}"
-        return name(self.field)
+        """The field's name (``VectorField.field_name``): its class's, without the ``Parametrized``
+        a constraint puts in front; a field raised to order t names its base: ``TanhRNNField at order 3``."""
+        return self.field.field_name
 
     def describe(self) -> str:
         return (f"{self.field_name} with {self.tableau.name or 'a user tableau'}, dt={self.dt}, "
@@ -280,16 +273,15 @@ class ODECell(Settings, nn.Module):
 def cell_from_torch(module: nn.Module) -> ODECell:
     """The generated cell equal to an ``nn.RNNCell`` (tanh), ``nn.GRUCell`` or ``nn.LSTMCell``,
     with a copy of its weights: forward Euler, Δ = 1, on the matching field."""
-    kinds = {nn.RNNCell: (TanhRNNField, False), nn.GRUCell: (GRUODEField, False), nn.LSTMCell: (LSTMField, True)}
+    kinds = {nn.RNNCell: TanhRNNField, nn.GRUCell: GRUODEField, nn.LSTMCell: LSTMField}
     if type(module) not in kinds:
         raise TypeError("from_torch takes nn.RNNCell, nn.GRUCell, nn.LSTMCell, nn.RNN, nn.GRU or nn.LSTM, got "
                         f"{type(module).__name__}")
     if isinstance(module, nn.RNNCell) and module.nonlinearity != "tanh":
         raise ValueError("only the tanh nn.RNNCell is a forward-Euler step of the tanh-RNN field")
-    field_type, partitioned = kinds[type(module)]
-    field = field_type(module.input_size, module.hidden_size, bias=module.bias)
+    field = kinds[type(module)](module.input_size, module.hidden_size, bias=module.bias)
     field = field.to(dtype=module.weight_hh.dtype, device=module.weight_hh.device)
     with torch.no_grad():
-        for name, parameter in module.named_parameters():
-            getattr(field, name).copy_(parameter)
-    return ODECell(field, "euler", dt=1.0, steps=1, partitioned=partitioned)
+        for name in field.torch_parameter_names():  # the field's parameters that are the cell's, by torch's names
+            getattr(field, name).copy_(getattr(module, name))
+    return ODECell(field, "euler", dt=1.0, steps=1, partitioned=field.blocks > 1)

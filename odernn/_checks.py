@@ -15,13 +15,14 @@ when it runs.
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 
 from . import limits
 
 __all__ = ["InputError", "Settings", "check_bool", "check_size", "check_count", "check_dropout", "check_positive",
-           "check_proj_size"]
+           "check_proj_size", "check_interval"]
 
 
 class InputError(ValueError, RuntimeError):
@@ -62,6 +63,17 @@ def check_dropout(value, num_layers: int | None = None) -> float:
 def check_positive(name: str, value) -> float:
     """``dt``: the interval of a token (``limits.DT``)."""
     return limits.DT.check(name, value)
+
+
+def check_interval(dt, who: str = "") -> float | None:
+    """A call's ``dt`` given as a number: as a float, finite and greater than zero, else
+    :class:`InputError` (its message starting with ``who``); ``None`` where ``dt`` is not a number
+    (a tensor of gaps, whose shape only the caller knows)."""
+    if not isinstance(dt, numbers.Real) or isinstance(dt, bool):
+        return None
+    if not (math.isfinite(dt) and dt > 0):
+        raise InputError(f"{who}dt must be a finite number greater than zero, got {dt!r}")
+    return float(dt)
 
 
 class Settings:

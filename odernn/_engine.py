@@ -39,32 +39,11 @@ from dataclasses import dataclass, field as dataclass_field
 
 import torch
 
+from ._adjoint import adjoint_token
 from ._checks import InputError
-from ._stepping import parameters_bound
+from ._stepping import ExplicitScheme, combine, linear_combination, parameters_bound
 
 __all__ = ["TokenProgram", "in_engine", "run_sequence"]
-
-
-def _combine(y, h, terms):
-    """``y + h Σ a K`` for one block; ``h`` a float or a ``(B, 1)`` tensor; ``terms`` non-empty."""
-    if len(terms) == 1 and not isinstance(h, torch.Tensor):
-        a, K = terms[0]
-        return torch.add(y, K, alpha=h * a)
-    acc = _lincomb(terms)
-    return torch.addcmul(y, h, acc) if isinstance(h, torch.Tensor) else torch.add(y, acc, alpha=h)
-
-
-def _lincomb(terms):
-    """``Σ a x`` over the terms whose ``x`` is not ``None``; ``None`` when there are none."""
-    out = None
-    for a, x in terms:
-        if x is None or a == 0.0:
-            continue
-        if out is None:
-            out = x if a == 1.0 else x * a
-        else:
-            out = torch.add(out, x, alpha=a)
-    return out
 
 
 @dataclass
@@ -189,7 +168,7 @@ class TokenProgram:
             return y
         out = list(y)
         for slot, k in enumerate(group):
-            out[k] = _combine(y[k], h, [(a, K[j][slot]) for j, a in terms])
+            out[k] = combine(y[k], h, [(a, K[j][slot]) for j, a in terms])
         return tuple(out)
 
     def _find(self, activations, Y):
@@ -217,7 +196,7 @@ class TokenProgram:
                 kappa = []
                 for slot, k in enumerate(group):
                     terms = [(scale * b_i, lam_plus[k])] + [(scale * a, mu[j][k] if mu[j] else None) for j, a in row]
-                    kappa.append(_lincomb(terms))
+                    kappa.append(linear_combination(terms))
                 if e.K is not None:  # ∂L/∂h = Σ_i ⟨κ_i / h, K_i⟩ (K is kept only where h is a tensor, unscaled here)
                     for kap, K in zip(kappa, e.K):
                         if kap is not None:
@@ -458,8 +437,6 @@ class _TokenCheckpoint(torch.autograd.Function):
 def _token_loop(cell, C, y, h, mask, grad: str, adjoint_method):
     """The per-token path, differentiated by autograd (or the continuous adjoint): fields without
     the recurrent structure, implicit and adaptive tableaux, and the ``adjoint`` gradient mode."""
-    from ._adjoint import adjoint_token
-
     training = torch.is_grad_enabled()
     outputs, output_block = [], cell.field.output_block
     named = list(cell.field.named_parameters())
@@ -482,7 +459,6 @@ def _token_loop(cell, C, y, h, mask, grad: str, adjoint_method):
 def _structure(cell):
     """``(W, b)`` where sequences of this cell run in the engine (an explicit fixed-step tableau on a
     field with the recurrent structure), else ``None`` (token by token under autograd)."""
-    from ._stepping import ExplicitScheme
     return cell.field.recurrent() if isinstance(cell.scheme, ExplicitScheme) and cell.field.elementwise else None
 
 
@@ -516,7 +492,7 @@ def run_sequence(cell, x, y0: tuple, dt, mask=None, grad: str = "backprop", adjo
         with torch.autocast(x.device.type, enabled=False):
             return _token_loop(cell, field.project(x.to(state_dtype)), y0, h, mask, grad, adjoint_method)
     C = field.project(x)  # (T, B, G): every token's input projection in one product
-    cell.nfe = cell.nfe_per_token
+    cell._record_nfe()
     W, b = structure
     if torch.is_autocast_enabled(x.device.type) and W.dtype == torch.float32:
         W = W.to(torch.get_autocast_dtype(x.device.type))  # once per sequence (autocast's cache is off in graphs)

@@ -42,16 +42,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._field_toolkit import (AddsContext, ReversedState, TanhActivation, TorchLayout, add_or_none, gate_parameters,
+                             or_zeros, sigmoid_backward, tanh_backward, uniform_)
+
 __all__ = ["VectorField", "TanhRNNField", "GRUODEField", "LSTMField", "AntisymmetricField", "HigherOrderField",
            "ModuleField"]
 
-# fused elementwise derivatives: grad ⊙ σ(1 − σ) and grad ⊙ (1 − tanh²) from the outputs, one kernel each
-_sigmoid_backward = torch.ops.aten.sigmoid_backward
-_tanh_backward = torch.ops.aten.tanh_backward
-
-
-def _or_zeros(grad, like):
-    return torch.zeros_like(like) if grad is None else grad
+# the torch.nn cell of each torch.nn sequence module, and the parameters such a cell has
+_TORCH_CELLS = {nn.RNN: nn.RNNCell, nn.GRU: nn.GRUCell, nn.LSTM: nn.LSTMCell}
+_TORCH_CELL_PARAMETERS = frozenset({"weight_ih", "weight_hh", "bias_ih", "bias_hh"})
 
 
 class VectorField(nn.Module):
@@ -79,9 +78,30 @@ class VectorField(nn.Module):
         """The width of the block a layer outputs."""
         return self.block_sizes[self.output_block]
 
+    # -- what the field is: asked by the cells and layers, which never read its attributes --------
     # the torch.nn sequence module (nn.RNN, nn.GRU, nn.LSTM) whose layers' update one forward-Euler
     # step of this field (Δ = 1, partitioned over several blocks) equals, with the same parameters
     torch_step: type | None = None
+
+    @property
+    def torch_cell(self) -> type | None:
+        """The ``torch.nn`` cell (``nn.RNNCell``, ``nn.GRUCell``, ``nn.LSTMCell``) that one
+        forward-Euler step of this field equals with the same parameters: the cell of
+        :attr:`torch_step`'s layers, where the field has no parameter such a cell lacks (no cell
+        has ``nn.LSTM``'s projection)."""
+        extra = {name for name, value in self._parameters.items() if value is not None} - _TORCH_CELL_PARAMETERS
+        return None if extra else _TORCH_CELLS.get(self.torch_step)
+
+    def torch_parameter_names(self) -> tuple[str, ...]:
+        """The names of the field's parameters that are :attr:`torch_step`'s, which are torch's
+        names too, in the order torch's kernels take them (``weight_ih``, ``weight_hh``, ``bias_ih``,
+        ``bias_hh``, then ``nn.LSTM``'s ``weight_hr``); empty where :attr:`torch_step` is ``None``."""
+        return ()
+
+    @property
+    def field_name(self) -> str:
+        """The field's class name, without the ``Parametrized`` a constraint puts in front."""
+        return type(self).__name__.removeprefix("Parametrized")
 
     def project(self, x: torch.Tensor):
         return x
@@ -166,45 +186,7 @@ class VectorField(nn.Module):
         return f"input_size={self.input_size}, hidden_size={self.hidden_size}"
 
 
-def _uniform_(module: nn.Module, hidden_size: int) -> None:
-    """PyTorch's recurrent-cell initialisation: U(−1/√H, 1/√H) for every parameter."""
-    bound = 1.0 / math.sqrt(hidden_size)
-    for p in module.parameters():
-        nn.init.uniform_(p, -bound, bound)
-
-
-class _AddsContext:
-    """Activations that read ``context + y_in Wᵀ + b`` only: the sum is one fused product."""
-
-    def preactivation(self, context, y_in, W, b):
-        out = torch.addmm(context, y_in, W.T) if context.dim() == 2 and y_in.dim() == 2 else context + y_in @ W.T
-        return out if b is None else out + b
-
-
-class _ReversedState:
-    """The user-facing state lists the blocks in reverse order: the output block first, as
-    ``nn.LSTMCell``'s ``(h, c)``, coRNN's ``(y, z)`` and the order-t field's ``(h, h′, …)``, while
-    partitioned stepping advances them from the other end."""
-
-    def to_blocks(self, state):
-        return tuple(reversed(tuple(state)))
-
-    def from_blocks(self, blocks):
-        return tuple(reversed(tuple(blocks)))
-
-
-class _TanhActivation(_AddsContext):
-    """``act = tanh(context + y_in Wᵀ)``, shared by the tanh-RNN, antisymmetric and coRNN fields."""
-
-    def activate(self, context, pre):
-        return (torch.tanh(pre),)
-
-    def activate_vjp(self, act, grad_act):
-        grad = _tanh_backward(grad_act[0], act[0])
-        return grad, grad
-
-
-class TanhRNNField(_TanhActivation, VectorField):
+class TanhRNNField(TorchLayout, TanhActivation, VectorField):
     """Leaky tanh-RNN: ``f(h) = tanh(W_ih x + b_ih + W_hh h + b_hh) − γ h`` (``γ = 1`` by default).
 
     Forward Euler with ``Δ = 1`` and ``γ = 1`` gives ``torch.nn.RNNCell`` (tanh) exactly.
@@ -213,11 +195,7 @@ class TanhRNNField(_TanhActivation, VectorField):
     def __init__(self, input_size, hidden_size, bias: bool = True, gamma: float = 1.0):
         super().__init__(input_size, hidden_size)
         self.gamma = float(gamma)
-        self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size))
-        self.bias_ih = nn.Parameter(torch.empty(hidden_size)) if bias else None
-        self.bias_hh = nn.Parameter(torch.empty(hidden_size)) if bias else None
-        _uniform_(self, hidden_size)
+        gate_parameters(self, 1, bias)
 
     @property
     def torch_step(self):
@@ -244,7 +222,7 @@ class TanhRNNField(_TanhActivation, VectorField):
         return super().extra_repr() + ("" if self.gamma == 1.0 else f", gamma={self.gamma}")
 
 
-class GRUODEField(VectorField):
+class GRUODEField(TorchLayout, VectorField):
     """GRU-ODE (De Brouwer et al. 2019) with the reset gate, in ``torch.nn.GRUCell``'s layout:
     ``f(h) = (1 − z) ⊙ (n − h)`` with ``r, z = σ(W_i x + b_i + W_h h + b_h)`` and
     ``n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))``.
@@ -256,11 +234,7 @@ class GRUODEField(VectorField):
 
     def __init__(self, input_size, hidden_size, bias: bool = True):
         super().__init__(input_size, hidden_size)
-        self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(3 * hidden_size, hidden_size))
-        self.bias_ih = nn.Parameter(torch.empty(3 * hidden_size)) if bias else None
-        self.bias_hh = nn.Parameter(torch.empty(3 * hidden_size)) if bias else None
-        _uniform_(self, hidden_size)
+        gate_parameters(self, 3, bias)
 
     def project(self, x):
         return F.linear(x, self.weight_ih, self.bias_ih)  # (…, 3H): input parts of r, z, n
@@ -288,10 +262,10 @@ class GRUODEField(VectorField):
     def activate_vjp(self, act, grad_act):
         r, z, n, hn = act
         grad_r, grad_z, grad_n, grad_hn = grad_act
-        pre_n = _tanh_backward(_or_zeros(grad_n, n), n)  # ∂/∂(W_in x + b_in + r ⊙ hn)
+        pre_n = tanh_backward(or_zeros(grad_n, n), n)  # ∂/∂(W_in x + b_in + r ⊙ hn)
         grad_r = pre_n * hn if grad_r is None else torch.addcmul(grad_r, pre_n, hn)
-        pre_r = _sigmoid_backward(grad_r, r)
-        pre_z = _sigmoid_backward(_or_zeros(grad_z, z), z)
+        pre_r = sigmoid_backward(grad_r, r)
+        pre_z = sigmoid_backward(or_zeros(grad_z, z), z)
         pre_hn = pre_n * r if grad_hn is None else torch.addcmul(grad_hn, pre_n, r)
         return torch.cat((pre_r, pre_z, pre_n), dim=-1), torch.cat((pre_r, pre_z, pre_hn), dim=-1)
 
@@ -299,7 +273,7 @@ class GRUODEField(VectorField):
         return dict(zip(("W_hr", "W_hz", "W_hn"), self.weight_hh.chunk(3, dim=0)))
 
 
-class LSTMField(_ReversedState, _AddsContext, VectorField):
+class LSTMField(TorchLayout, ReversedState, AddsContext, VectorField):
     """The LSTM field on the blocks ``(c, h)``, in ``torch.nn.LSTMCell``'s layout (gates i, f, g, o):
     ``dc = (f − 1) ⊙ c + i ⊙ g`` and ``dh = o ⊙ tanh(c) − h``.
 
@@ -323,13 +297,10 @@ class LSTMField(_ReversedState, _AddsContext, VectorField):
         if not isinstance(proj_size, int) or not 0 <= proj_size < hidden_size:
             raise ValueError(f"proj_size must be an integer in [0, hidden_size={hidden_size}), got {proj_size!r}")
         self.proj_size = proj_size
-        width = proj_size or hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, width))
-        self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size)) if bias else None
-        self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size)) if bias else None
+        gate_parameters(self, 4, bias, {"weight_hh": (4 * hidden_size, proj_size or hidden_size)})
         self.weight_hr = nn.Parameter(torch.empty(proj_size, hidden_size)) if proj_size else None
-        _uniform_(self, hidden_size)
+        if proj_size:  # drawn after the gates', as nn.LSTM draws it
+            uniform_((self.weight_hr,), hidden_size)
 
     def __setstate__(self, state):
         state.setdefault("proj_size", 0)  # pickled before the projection existed
@@ -339,6 +310,9 @@ class LSTMField(_ReversedState, _AddsContext, VectorField):
     @property
     def block_sizes(self):
         return (self.hidden_size, self.proj_size or self.hidden_size)
+
+    def torch_parameter_names(self):
+        return super().torch_parameter_names() + (("weight_hr",) if self.proj_size else ())
 
     @property
     def elementwise(self):
@@ -378,15 +352,15 @@ class LSTMField(_ReversedState, _AddsContext, VectorField):
                 tanh_c = torch.tanh(c)
                 grad_h, gk = -gk, (gk if self.weight_hr is None else gk @ self.weight_hr)  # ∂/∂(o ⊙ tanh c)
                 grad_o = gk * tanh_c
-                through = _tanh_backward(gk * o, tanh_c)
+                through = tanh_backward(gk * o, tanh_c)
                 grad_c = through if grad_c is None else grad_c + through
         return (grad_c, grad_h), (grad_i, grad_f, grad_g, grad_o)
 
     def activate_vjp(self, act, grad_act):
         i, f, g, o = act
-        grad_i, grad_f, grad_g, grad_o = (_or_zeros(d, a) for d, a in zip(grad_act, act))
-        grad = torch.cat((_sigmoid_backward(grad_i, i), _sigmoid_backward(grad_f, f), _tanh_backward(grad_g, g),
-                          _sigmoid_backward(grad_o, o)), dim=-1)
+        grad_i, grad_f, grad_g, grad_o = (or_zeros(d, a) for d, a in zip(grad_act, act))
+        grad = torch.cat((sigmoid_backward(grad_i, i), sigmoid_backward(grad_f, f), tanh_backward(grad_g, g),
+                          sigmoid_backward(grad_o, o)), dim=-1)
         return grad, grad
 
     def recurrent_matrices(self):
@@ -400,7 +374,7 @@ class LSTMField(_ReversedState, _AddsContext, VectorField):
         return super().extra_repr() + (f", proj_size={self.proj_size}" if self.proj_size else "")
 
 
-class AntisymmetricField(_TanhActivation, VectorField):
+class AntisymmetricField(TanhActivation, VectorField):
     """AntisymmetricRNN (Chang et al. 2019): ``f(h) = tanh((W − Wᵀ − γI) h + V x + b)``.
 
     The Jacobian at ``h`` is ``diag(tanh′)(W − Wᵀ − γI)``: eigenvalues near the imaginary axis,
@@ -439,11 +413,7 @@ class AntisymmetricField(_TanhActivation, VectorField):
         return super().extra_repr() + f", gamma={self.gamma}"
 
 
-def _add(total, term):
-    return term if total is None else total if term is None else total + term
-
-
-class HigherOrderField(_ReversedState, VectorField):
+class HigherOrderField(ReversedState, VectorField):
     """A one-block field ``f`` raised to derivative order ``t``:
     ``h⁽ᵗ⁾ = f(h, x; W₀h + W₁h′ + … + W_{t−1}h⁽ᵗ⁻¹⁾) − ε₁h′ − … − ε_{t−1}h⁽ᵗ⁻¹⁾``.
 
@@ -487,6 +457,10 @@ class HigherOrderField(_ReversedState, VectorField):
         self.order_weights = nn.ParameterList(
             nn.Parameter(torch.empty(rows, self.hidden_size).uniform_(-bound, bound)) for _ in range(order - 1))
 
+    @property
+    def field_name(self):
+        return f"{self.base.field_name} at order {self.order}"
+
     def project(self, x):
         return self.base.project(x)
 
@@ -521,13 +495,13 @@ class HigherOrderField(_ReversedState, VectorField):
         grad_blocks, grad_act = [None] * self.order, None
         for k, g in zip(which, grads):
             if k:
-                grad_blocks[k - 1] = _add(grad_blocks[k - 1], g)
+                grad_blocks[k - 1] = add_or_none(grad_blocks[k - 1], g)
                 continue
             (grad_h,), grad_act = self.base.derivative_vjp(act, blocks[-1:], (g,), (0,))
-            grad_blocks[-1] = _add(grad_blocks[-1], grad_h)
+            grad_blocks[-1] = add_or_none(grad_blocks[-1], grad_h)
             for j, damping in enumerate(reversed(self.damping)):
                 if damping:
-                    grad_blocks[j] = _add(grad_blocks[j], g * -damping)
+                    grad_blocks[j] = add_or_none(grad_blocks[j], g * -damping)
         return tuple(grad_blocks), grad_act
 
     def recurrent_matrices(self):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
 import warnings
 from functools import partial
 
@@ -17,7 +15,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import limits
 from ._adjoint import AdjointMethod
 from ._cell import ODECell, cell_from_torch
-from ._checks import InputError, Settings, check_bool, check_count, check_dropout, check_proj_size, check_size
+from ._checks import (InputError, Settings, check_bool, check_count, check_dropout, check_interval, check_proj_size,
+                      check_size)
 from ._engine import run_sequence
 from ._graphs import SequenceGraphs
 from ._spec import cell as make_cell
@@ -195,8 +194,9 @@ class ODERNN(Settings, nn.Module):
     def cells(self) -> list[ODECell]:
         """The cell of each layer and direction (index ``layer · directions + direction``), holding
         this module's parameters as they are now (a parametrised one evaluated): for stability
-        checks, ``to_torch``, single steps."""
-        self._bind()
+        checks, ``to_torch``, single steps. Reading it binds them into the cells, as a call does
+        (:meth:`_bind_cells`)."""
+        self._bind_cells(self._weights())
         return self._cells
 
     def _weights(self) -> dict[str, torch.Tensor]:
@@ -204,20 +204,17 @@ class ODERNN(Settings, nn.Module):
         ``load_state_dict(assign=True)``, ``functional_call``, and evaluated where parametrised."""
         return {name: getattr(self, name) for pairs in self._names for _, name in pairs}
 
-    def _bind(self) -> dict[str, torch.Tensor]:
-        """The module's tensors (:meth:`_weights`, each read once) put into the cells' fields."""
-        weights = self._weights()
-        self._put(weights)
-        return weights
+    def _registered(self) -> dict[str, torch.Tensor | None]:
+        """Every parameter and buffer by its flat name as registered: nothing a call computed or was
+        given (a parametrisation's value, a ``functional_call``'s tensors); ``None`` for a
+        parametrised name."""
+        return {name: self._parameters.get(name, self._buffers.get(name)) for pairs in self._names
+                for _, name in pairs}
 
-    def _release(self) -> None:
-        """The cells' fields back to this module's registered tensors: nothing a call computed or
-        was given (a parametrisation's value, a ``functional_call``'s tensors) is copied or pickled
-        with them. A parametrised name holds ``None`` until the next call binds it."""
-        self._put({name: self._parameters.get(name, self._buffers.get(name)) for pairs in self._names
-                   for _, name in pairs})
-
-    def _put(self, tensors: dict) -> None:
+    def _bind_cells(self, tensors: dict) -> None:
+        """The one step that puts tensors into the cells' fields, by flat name: a call's
+        (:meth:`_weights`, until the next call, as ``nn.GRU``'s flat weights do), or the registered
+        ones (:meth:`_registered`) before a copy or a pickle."""
         for made, pairs in zip(self._cells, self._names):
             for path, name in pairs:
                 owner, _, leaf = path.rpartition(".")
@@ -225,13 +222,22 @@ class ODERNN(Settings, nn.Module):
                 (module._buffers if leaf in module._buffers else module._parameters)[leaf] = tensors[name]
 
     def __getstate__(self):
-        self._release()  # a copy or a pickle holds the registered tensors, never a call's
+        self._bind_cells(self._registered())  # a copy or a pickle holds the registered tensors, never a call's
         return super().__getstate__()
 
     @property
     def _has_bias(self) -> bool:
-        """Whether the layers have biases, as torch's kernel takes it (a factory's cells decide)."""
-        return any(name.startswith("bias_ih") for name in self._weight_names[0])
+        """Whether the layers have biases, as torch's kernel takes it (the fields say)."""
+        return "bias_ih" in self._cells[0].field.torch_parameter_names()
+
+    def _torch_weight_names(self) -> list[str]:
+        """The flat names of the parameters torch's kernel takes, in its order: layer by layer and
+        direction by direction, each as its field names its torch parameters."""
+        names = []
+        for made, pairs in zip(self._cells, self._names):
+            flat = dict(pairs)
+            names += [flat[path] for path in made.field.torch_parameter_names()]
+        return names
 
     @property
     def all_weights(self) -> list[list[torch.Tensor]]:
@@ -277,7 +283,7 @@ class ODERNN(Settings, nn.Module):
         kind = self.torch_equivalent if self.fused and dt is None and lengths is None else None
         if kind is not None and self.grad == "backprop" and not autocast:
             return self._fused(kind, weights, input, initial, unbatched)
-        self._put(weights)  # the cells hold this call's tensors (until the next call, as nn.GRU's flat weights do)
+        self._bind_cells(weights)  # the engine and the token path read the cells (the fused kernel does not)
         return self._run(input, initial, T, B, unbatched, dt, lengths)
 
     def _run(self, input, initial, T, B, unbatched, dt, lengths):
@@ -315,8 +321,8 @@ class ODERNN(Settings, nn.Module):
         it, with this module's tensors and settings as they are now (nothing shared is changed: any
         number of threads may call it at once)."""
         for cell in self._cells:
-            cell.nfe = cell.nfe_per_token  # forward Euler: one evaluation per token, fused or not
-        flat = [weights[name] for names in self._weight_names for name in names]
+            cell._record_nfe()  # forward Euler: one evaluation per token, fused or not
+        flat = [weights[name] for name in self._torch_weight_names()]
         state = self._cells[0].field.from_blocks(initial) if len(initial) > 1 else initial[0]  # (h, c) for nn.LSTM
         options = (self._has_bias, self.num_layers, self.dropout, self.training, self.bidirectional)
         kernel = {nn.RNN: torch.rnn_tanh, nn.GRU: torch.gru, nn.LSTM: torch.lstm}[kind]
@@ -380,10 +386,9 @@ class ODERNN(Settings, nn.Module):
         """``dt`` as ``None`` (each cell's own Δ), a float, or a time-major ``(T, B)`` tensor."""
         if dt is None:
             return None
-        if isinstance(dt, numbers.Real) and not isinstance(dt, bool):
-            if not (math.isfinite(dt) and dt > 0):
-                raise InputError(f"ODERNN: dt must be a finite number greater than zero, got {dt!r}")
-            return float(dt)
+        number = check_interval(dt, "ODERNN: ")
+        if number is not None:
+            return number
         expected = (T,) if unbatched else ((B, T) if self.batch_first else (T, B))
         what = (f"ODERNN: dt must be a float or a tensor of shape {expected} (one gap per token"
                 f"{'' if unbatched else ' and sequence'}) of finite numbers greater than zero")
@@ -451,8 +456,9 @@ class ODERNN(Settings, nn.Module):
         """What each layer reads ``(T, B, ·)`` when the stack runs ``input`` ``(T, B, E)`` from the
         zero state without dropout: ``input`` for the first, the previous layer's output for the
         others (the inputs a stability check drives each layer's cells with)."""
-        cells, x = self.cells, input
-        initial = self._initial_state(None, x.shape[1], x, False, cells[0].field, next(self.parameters()).dtype)
+        self._bind_cells(self._weights())
+        x = input
+        initial = self._initial_state(None, x.shape[1], x, False, self._cells[0].field, next(self.parameters()).dtype)
         out = []
         for layer in range(self.num_layers):
             out.append(x)

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._fields import (HigherOrderField, TanhRNNField, VectorField, _add, _AddsContext, _or_zeros, _ReversedState,
-                      _sigmoid_backward, _tanh_backward, _uniform_)
+from ._field_toolkit import (AddsContext, ReversedState, add_or_none, gate_parameters, or_zeros, sigmoid_backward,
+                             tanh_backward)
+from ._fields import HigherOrderField, TanhRNNField, VectorField
 
 __all__ = ["CoRNNField", "URNNField", "LipschitzField", "LEMField", "UnICORNNField", "modrelu"]
 
@@ -32,6 +33,8 @@ class CoRNNField(HigherOrderField):
     def __init__(self, input_size, hidden_size, gamma: float = 2.7, epsilon: float = 4.7, bias: bool = True):
         super().__init__(TanhRNNField(input_size, hidden_size, bias=bias, gamma=gamma), 2, damping=epsilon)
         self._register_load_state_dict_pre_hook(self._upgrade_state_dict)
+
+    field_name = VectorField.field_name  # a published field of its own, not the order-2 rnn field's name
 
     @property
     def gamma(self) -> float:
@@ -131,7 +134,7 @@ class URNNField(VectorField):
         return (-grads[0],), (grads[0],) + (None,) * (len(act) - 1)
 
     def activate_vjp(self, act, grad_act):
-        grad = _or_zeros(grad_act[0], act[0])
+        grad = or_zeros(grad_act[0], act[0])
         if self.bias is None:
             return grad, grad
         slope = act[1]
@@ -190,8 +193,8 @@ class LipschitzField(VectorField):
         return (None,), (grads[0], grads[0])
 
     def activate_vjp(self, act, grad_act):
-        grad_linear, grad_tanh = (_or_zeros(g, a) for g, a in zip(grad_act, act))
-        inner = _tanh_backward(grad_tanh, act[1])
+        grad_linear, grad_tanh = (or_zeros(g, a) for g, a in zip(grad_act, act))
+        inner = tanh_backward(grad_tanh, act[1])
         return inner, torch.cat((grad_linear, inner), dim=-1)
 
     def recurrent_matrices(self):
@@ -201,7 +204,7 @@ class LipschitzField(VectorField):
         return super().extra_repr() + f", beta={self.beta}, gamma={self.gamma}"
 
 
-class LEMField(_ReversedState, _AddsContext, VectorField):
+class LEMField(ReversedState, AddsContext, VectorField):
     """Long Expressive Memory (Rusch et al. 2022) on the blocks ``(z, y)``:
     ``z′ = σ(Δ_z) ⊙ (tanh(W_z y + V_z x + b_z) − z)`` and ``y′ = σ(Δ_y) ⊙ (tanh(W_y z + V_y x + b_y) − y)``
     with the time-step gates ``Δ_• = W_• y + V_• x + b_•`` (sigmoid σ) reading ``y`` only.
@@ -220,12 +223,7 @@ class LEMField(_ReversedState, _AddsContext, VectorField):
     def __init__(self, input_size, hidden_size, bias: bool = True):
         super().__init__(input_size, hidden_size)
         H = hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(4 * H, input_size))
-        self.weight_hh_y = nn.Parameter(torch.empty(3 * H, H))
-        self.weight_hh_z = nn.Parameter(torch.empty(H, H))
-        self.bias_ih = nn.Parameter(torch.empty(4 * H)) if bias else None
-        self.bias_hh = nn.Parameter(torch.empty(4 * H)) if bias else None
-        _uniform_(self, hidden_size)
+        gate_parameters(self, 4, bias, {"weight_hh_y": (3 * H, H), "weight_hh_z": (H, H)})
 
     def project(self, x):
         return F.linear(x, self.weight_ih, self.bias_ih)
@@ -257,9 +255,9 @@ class LEMField(_ReversedState, _AddsContext, VectorField):
         return tuple(grad_blocks), tuple(grad_act)
 
     def activate_vjp(self, act, grad_act):
-        grads = [_or_zeros(g, a) for g, a in zip(grad_act, act)]
-        grad = torch.cat([_sigmoid_backward(g, a) for g, a in zip(grads[:2], act[:2])]
-                         + [_tanh_backward(g, a) for g, a in zip(grads[2:], act[2:])], dim=-1)
+        grads = [or_zeros(g, a) for g, a in zip(grad_act, act)]
+        grad = torch.cat([sigmoid_backward(g, a) for g, a in zip(grads[:2], act[:2])]
+                         + [tanh_backward(g, a) for g, a in zip(grads[2:], act[2:])], dim=-1)
         return grad, grad
 
     def recurrent_matrices(self):
@@ -267,7 +265,7 @@ class LEMField(_ReversedState, _AddsContext, VectorField):
         return {"W_Δy": W_dy, "W_Δz": W_dz, "W_z (y → z)": W_cz, "W_y (z → y)": self.weight_hh_z}
 
 
-class UnICORNNField(_ReversedState, VectorField):
+class UnICORNNField(ReversedState, VectorField):
     """UnICORNN (Rusch & Mishra 2021), undamped independent oscillators on the blocks ``(z, y)``:
     ``y′ = σ(c) ⊙ z``, ``z′ = −σ(c) ⊙ (tanh(w ⊙ y + V x + b) + α y)`` with a diagonal recurrent
     weight ``w`` and a learned time scale ``σ(c)`` per unit (sigmoid σ).
@@ -317,17 +315,17 @@ class UnICORNNField(_ReversedState, VectorField):
         for k, g in zip(which, grads):
             if k == 0:
                 grad_force = -g * rate
-                grad_rate = _add(grad_rate, -g * torch.add(force, y, alpha=self.alpha))
-                grad_blocks[1] = _add(grad_blocks[1], grad_force * self.alpha)
+                grad_rate = add_or_none(grad_rate, -g * torch.add(force, y, alpha=self.alpha))
+                grad_blocks[1] = add_or_none(grad_blocks[1], grad_force * self.alpha)
             else:
-                grad_rate = _add(grad_rate, g * z)
-                grad_blocks[0] = _add(grad_blocks[0], g * rate)
+                grad_rate = add_or_none(grad_rate, g * z)
+                grad_blocks[0] = add_or_none(grad_blocks[0], g * rate)
         return tuple(grad_blocks), (grad_force, grad_rate)
 
     def activate_vjp(self, act, grad_act):
         force, rate = act
-        grad_drive = _tanh_backward(_or_zeros(grad_act[0], force), force)
-        grad_c = _sigmoid_backward(_or_zeros(grad_act[1], rate), rate)
+        grad_drive = tanh_backward(or_zeros(grad_act[0], force), force)
+        grad_c = sigmoid_backward(or_zeros(grad_act[1], rate), rate)
         return torch.cat((grad_drive, grad_c), dim=-1), grad_drive
 
     def recurrent_matrices(self):

@@ -21,23 +21,35 @@ Blocks = tuple[torch.Tensor, ...]
 Field = Callable[[Blocks], Blocks]
 
 
-def _combine(y: Blocks, h, terms: Sequence[tuple[float, Blocks]]) -> Blocks:
-    """``y + h Σ a K`` blockwise; ``h`` is a float or a ``(B, 1)`` tensor. Fused ``add(alpha=…)``
-    and ``addcmul`` keep it to one kernel per term (this runs once per stage)."""
+def linear_combination(terms):
+    """``Σ a x`` over the terms whose ``x`` is not ``None`` and ``a`` not zero; ``None`` when there are none."""
+    out = None
+    for a, x in terms:
+        if x is None or a == 0.0:
+            continue
+        if out is None:
+            out = x if a == 1.0 else x * a
+        else:
+            out = torch.add(out, x, alpha=a)
+    return out
+
+
+def combine(y: torch.Tensor, h, terms: Sequence[tuple[float, torch.Tensor]]) -> torch.Tensor:
+    """``y + h Σ a K`` for one block, the stage combination of every stepper; ``h`` is a float or a
+    ``(B, 1)`` tensor, ``terms`` the ``(a, K)``, not all zero. Fused ``add(alpha=…)`` and ``addcmul``
+    keep it to one kernel per term (this runs once per stage)."""
+    if len(terms) == 1 and not isinstance(h, torch.Tensor):
+        a, K = terms[0]
+        return torch.add(y, K, alpha=h * a)
+    acc = linear_combination(terms)
+    return torch.addcmul(y, h, acc) if isinstance(h, torch.Tensor) else torch.add(y, acc, alpha=h)
+
+
+def _combine_blocks(y: Blocks, h, terms: Sequence[tuple[float, Blocks]]) -> Blocks:
+    """:func:`combine` on each block of ``y``; ``y`` itself when there are no terms."""
     if not terms:
         return y
-    out = []
-    for index, y_block in enumerate(y):
-        if len(terms) == 1 and not isinstance(h, torch.Tensor):
-            a, K = terms[0]
-            out.append(torch.add(y_block, K[index], alpha=h * a))
-            continue
-        a, K = terms[0]
-        acc = K[index] if a == 1.0 else K[index] * a
-        for a, K in terms[1:]:
-            acc = torch.add(acc, K[index], alpha=a)
-        out.append(torch.addcmul(y_block, h, acc) if isinstance(h, torch.Tensor) else torch.add(y_block, acc, alpha=h))
-    return tuple(out)
+    return tuple(combine(block, h, [(a, K[index]) for a, K in terms]) for index, block in enumerate(y))
 
 
 def reference_step(A, b, f: Field, y: Blocks, h) -> Blocks:
@@ -68,18 +80,18 @@ class ExplicitScheme:
     def _stages(self, f: Field, y: Blocks, h) -> dict:
         K: dict[int, Blocks] = {}
         for i, row in self.program:
-            K[i] = f(_combine(y, h, [(a, K[j]) for j, a in row]))
+            K[i] = f(_combine_blocks(y, h, [(a, K[j]) for j, a in row]))
         return K
 
     def step(self, f: Field, y: Blocks, h) -> Blocks:
         K = self._stages(f, y, h)
-        return _combine(y, h, [(w, K[i]) for i, w in self.weights])
+        return _combine_blocks(y, h, [(w, K[i]) for i, w in self.weights])
 
     def step_with_error(self, f: Field, y: Blocks, h) -> tuple[Blocks, Blocks]:
         """``(y⁺, y⁺ − ŷ⁺)``: the step and the embedded local-error estimate."""
         K = self._stages(f, y, h)
         zero = tuple(torch.zeros_like(block) for block in y)
-        return _combine(y, h, [(w, K[i]) for i, w in self.weights]), _combine(zero, h, [(w, K[i]) for i, w in self.error_weights])
+        return _combine_blocks(y, h, [(w, K[i]) for i, w in self.weights]), _combine_blocks(zero, h, [(w, K[i]) for i, w in self.error_weights])
 
 
 class StepSizeUnderflow(RuntimeError):
