@@ -220,8 +220,8 @@ def test_a_model_config_goes_through_a_checkpoint_unchanged(tmp_path, monkeypatc
     with ``weights_only``), reads back equal, and the model it builds computes the same logits."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine.toml").write_text('A = [["0", "0"], ["2/3", "0"]]\nb = ["1/4", "3/4"]\n')
-    config = ModelConfig(13, ["gru-ode:mine.toml", "torch-lstm", "lstm:rk4"], layers=3, hidden=6, dropout=0.1,
-                         tie_weights=True, grad="checkpoint", adjoint_steps=3)
+    config = ModelConfig(["gru-ode:mine.toml", "torch-lstm", "lstm:rk4"], layers=3, hidden=6, dropout=0.1,
+                         tie_weights=True, grad="checkpoint", adjoint_steps=3, vocab_size=13)
     assert config.embed == 6 and list(config.tableaux) == ["mine.toml"]
     torch.manual_seed(0)
     model = LanguageModel(config).double().eval()
@@ -235,8 +235,8 @@ def test_a_model_config_goes_through_a_checkpoint_unchanged(tmp_path, monkeypatc
     assert torch.equal(again(idx)[0], model(idx)[0])
     # the keyword form is the same model; a config and fields beside it is refused
     short = LanguageModel(13, ["gru-ode:rk4", "torch-lstm"], layers=2, hidden=6, adjoint=AdjointMethod("rk4", steps=2))
-    assert short.config == ModelConfig(13, ["gru-ode:rk4", "torch-lstm"], layers=2, hidden=6, adjoint_method="rk4",
-                                       adjoint_steps=2)
+    assert short.config == ModelConfig(["gru-ode:rk4", "torch-lstm"], 2, 6, adjoint_method="rk4", adjoint_steps=2,
+                                       vocab_size=13)
     with pytest.raises(TypeError, match="ModelConfig alone"):
         LanguageModel(config, hidden=4)
 
@@ -261,7 +261,7 @@ def test_a_checkpoint_in_the_previous_format_loads(tmp_path, tableaux):
     stored on), the adjoint settings only in the run's ``config``: such a checkpoint loads, with the
     run's adjoint method (without it, an implicit cell under the adjoint has no backward tableau)."""
     torch.manual_seed(0)
-    model = LanguageModel(ModelConfig(9, **GAUSS, adjoint_method="rk4")).double().eval()
+    model = LanguageModel(ModelConfig(**GAUSS, adjoint_method="rk4", vocab_size=9)).double().eval()
     stored = {"vocab_size": 9, **GAUSS, **({"tableaux": {}} if tableaux else {})}
     run_config = asdict(TrainConfig(**dict(GAUSS, cell="gru-ode:gauss-2"), adjoint_method="rk4"))
     path = tmp_path / "checkpoint.pt"

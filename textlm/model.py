@@ -30,7 +30,7 @@ from torch import nn
 import butcher
 import odernn
 
-__all__ = ["LanguageModel", "ModelConfig", "GRAD_MODES", "TORCH_CELLS", "ModelError"]
+__all__ = ["LanguageModel", "ModelConfig", "ModelOptions", "GRAD_MODES", "TORCH_CELLS", "ModelError"]
 
 GRAD_MODES = odernn.GRAD_MODES
 TORCH_CELLS = {"torch-rnn": nn.RNN, "torch-lstm": nn.LSTM, "torch-gru": nn.GRU}
@@ -84,19 +84,12 @@ def _parse_tableau(part: str, entry: dict) -> butcher.ButcherTableau:
 
 
 @dataclass
-class ModelConfig:
-    """What the model is, nanoGPT's ``GPTConfig``: ``LanguageModel(config)`` builds it, every
-    checkpoint stores ``asdict(config)``, and ``ModelConfig(**stored)`` builds it again. Checked
-    here, once: the numbers against their kinds (``textlm.limits``), the rest against each other.
+class ModelOptions:
+    """The options of the model that a run chooses (``TrainConfig`` has them as its own fields):
+    ``cell``, one spec for every layer or one per layer; ``embed``, ``None`` for ``hidden``;
+    ``grad`` and ``adjoint_*``, how gradients pass the solver (``odernn.ODERNN``'s ``grad`` and
+    ``odernn.AdjointMethod``)."""
 
-    ``cell``: one spec for every layer, or one per layer (stored as the list); ``embed``: ``None``
-    is ``hidden`` (stored resolved); ``grad`` and ``adjoint_*``: how gradients pass the solver
-    (``odernn.ODERNN``'s ``grad`` and ``odernn.AdjointMethod``); ``tableaux``: the methods of the
-    specs that name tableau files, stored whole (exact entries and their digest), filled from the
-    files when not given, so a checkpoint carries its methods and moving or editing a file changes
-    nothing. ``base``: where relative tableau files are looked for first (not stored)."""
-
-    vocab_size: int
     cell: str | list[str] = "gru-ode:euler"
     layers: int = 1
     hidden: int = 256
@@ -108,8 +101,23 @@ class ModelConfig:
     adjoint_steps: int | None = None
     adjoint_rtol: float | None = None
     adjoint_atol: float | None = None
-    tableaux: dict = field(default_factory=dict)
-    base: InitVar[str | Path | None] = None
+
+
+@dataclass
+class ModelConfig(ModelOptions):
+    """What the model is, nanoGPT's ``GPTConfig``: ``LanguageModel(config)`` builds it, every
+    checkpoint stores ``asdict(config)``, and ``ModelConfig(**stored)`` builds it again. Checked
+    here, once: the numbers against their kinds (``textlm.limits``), the rest against each other.
+
+    The :class:`ModelOptions`, stored normalised (``cell`` as the list, ``embed`` resolved), and
+    what the data and files give: ``vocab_size``, and ``tableaux``, the methods of the specs that
+    name tableau files, stored whole (exact entries and their digest), filled from the files when
+    not given, so a checkpoint carries its methods and moving or editing a file changes nothing.
+    ``base``: where relative tableau files are looked for first (not stored)."""
+
+    vocab_size: int = field(kw_only=True)
+    tableaux: dict = field(default_factory=dict, kw_only=True)
+    base: InitVar[str | Path | None] = field(default=None, kw_only=True)
 
     def __post_init__(self, base):
         from .limits import check_fields
@@ -231,7 +239,7 @@ class LanguageModel(nn.Module):
             if adjoint is not None:
                 options.update(adjoint_method=adjoint.tableau, adjoint_steps=adjoint.steps, adjoint_rtol=adjoint.rtol,
                                adjoint_atol=adjoint.atol)
-            config = ModelConfig(config, *args, **options)
+            config = ModelConfig(*args, vocab_size=config, **options)
         elif args or options or adjoint is not None:
             raise TypeError("LanguageModel(config) takes a ModelConfig alone (and compile_elementwise, cuda_graphs)")
         self.config = config

@@ -28,7 +28,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Corpus, Vocabulary, batchify, load_corpus
 from .evaluate import evaluate_within
 from .limits import check_fields
-from .model import LanguageModel, ModelConfig
+from .model import LanguageModel, ModelConfig, ModelOptions
 from .runtime import PRECISIONS, Runtime
 
 __all__ = ["RunInUse", "RunLock", "TrainConfig", "Trainer", "TrainingError", "TrainingInterrupted", "train"]
@@ -92,25 +92,18 @@ def _terminate(signum, frame):
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelOptions):
+    """A run: the model's options (:class:`textlm.model.ModelOptions`' fields, inherited; with the
+    vocabulary they give :meth:`model_config`), the data, the device, the optimisation, the budget
+    and the bookkeeping. The command line builds it once; checkpoints store ``asdict`` of it."""
+
     # data
     corpus: str | None = None
     text: str | None = None
     level: str | None = None
     data_root: str | None = None
     train_tokens: int | None = None  # use only the first N training tokens (quick runs, tests)
-    # model: the fields of ModelConfig (same names), which model_config() gives
-    cell: str = "gru-ode:euler"
-    layers: int = 1
-    hidden: int = 256
-    embed: int | None = None
-    dropout: float = 0.0
-    tie_weights: bool = False
-    grad: str = "backprop"
-    adjoint_method: str | None = None
-    adjoint_steps: int | None = None
-    adjoint_rtol: float | None = None
-    adjoint_atol: float | None = None
+    # device and precision
     precision: str = "float32"  # float32, bf16 (autocast, float32 master weights) or float64
     device: str = "auto"  # auto, cpu, cuda, cuda:N; a run records the device it resolved to
     compile_elementwise: bool = False  # ODE layers: fuse the elementwise math with torch.compile
@@ -169,8 +162,7 @@ class TrainConfig:
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         """The model this run trains: its fields of :class:`ModelConfig`, for ``vocab_size`` tokens."""
-        return ModelConfig(vocab_size, **{f.name: getattr(self, f.name) for f in fields(ModelConfig)
-                                          if hasattr(self, f.name)})
+        return ModelConfig(vocab_size=vocab_size, **{f.name: getattr(self, f.name) for f in fields(ModelOptions)})
 
 
 def _run_folder(out: str) -> Path:
