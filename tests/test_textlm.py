@@ -242,7 +242,8 @@ def test_a_model_config_goes_through_a_checkpoint_unchanged(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"hidden": 0}, "--hidden must be an integer"), ({"dropout": 1.0}, "--dropout"), ({"vocab_size": 0}, "--vocab-size"),
+    ({"hidden": 0}, "--hidden must be an integer"), ({"dropout": 1.0}, "--dropout"),
+    ({"vocab_size": 0}, "--vocab-size"),
     ({"grad": "magic"}, "unknown gradient mode 'magic'"), ({"layers": 2, "cell": ["rnn:euler"]}, "2 layers need 2"),
     ({"embed": 3, "tie_weights": True}, "weight tying needs --embed equal to --hidden"),
 ])

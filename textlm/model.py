@@ -154,7 +154,8 @@ class ModelConfig(ModelOptions):
         run = data.get("config") or {}
         unknown = set(stored) - {f.name for f in fields(cls)}
         if unknown:
-            raise ModelError(f"the checkpoint's model has options this version does not know: {', '.join(sorted(unknown))}")
+            raise ModelError("the checkpoint's model has options this version does not know: "
+                             f"{', '.join(sorted(unknown))}")
         earlier = {f.name: run[f.name] for f in fields(cls) if f.name not in stored and f.name in run}
         source = data.get("loaded_from")
         try:
@@ -232,16 +233,18 @@ class LanguageModel(nn.Module):
     ``adjoint_*`` fields). ``compile_elementwise`` and ``cuda_graphs`` are how the ODE layers run on
     a GPU (passed to every ``odernn.ODERNN``), not what the model is: the config does not hold them."""
 
-    def __init__(self, config: ModelConfig | int, *args, adjoint: odernn.AdjointMethod | None = None,
+    def __init__(self, config: ModelConfig | int | None = None, /, *args, adjoint: odernn.AdjointMethod | None = None,
                  compile_elementwise: bool = False, cuda_graphs: bool = False, **options):
         super().__init__()
-        if not isinstance(config, ModelConfig):
+        if isinstance(config, ModelConfig):
+            if args or options or adjoint is not None:
+                raise TypeError("LanguageModel(config) takes a ModelConfig alone (and compile_elementwise, "
+                                "cuda_graphs)")
+        else:  # the short form: config is the vocabulary size, or vocab_size is among the options
             if adjoint is not None:
                 options.update(adjoint_method=adjoint.tableau, adjoint_steps=adjoint.steps, adjoint_rtol=adjoint.rtol,
                                adjoint_atol=adjoint.atol)
-            config = ModelConfig(*args, vocab_size=config, **options)
-        elif args or options or adjoint is not None:
-            raise TypeError("LanguageModel(config) takes a ModelConfig alone (and compile_elementwise, cuda_graphs)")
+            config = ModelConfig(*args, **({} if config is None else {"vocab_size": config}), **options)
         self.config = config
         specs, methods = config.cell, {part: _parse_tableau(part, entry) for part, entry in config.tableaux.items()}
         speed = {"compile_elementwise": compile_elementwise, "cuda_graphs": cuda_graphs}

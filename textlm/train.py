@@ -603,12 +603,13 @@ class Trainer:
 
     def _final_validation(self, result: dict) -> None:
         c, p = self.config, self.position
-        result["valid_loss"], result["valid_tokens"], whole = self._evaluate(progress=c.progress, deadline=self.deadline)
-        if result["valid_tokens"] < whole:
-            result["valid_cut"] = (f"the final validation covered {result['valid_tokens']:,} of {whole:,} tokens: "
+        loss, tokens, whole = self._evaluate(progress=c.progress, deadline=self.deadline)
+        result["valid_loss"], result["valid_tokens"] = loss, tokens
+        if tokens < whole:
+            result["valid_cut"] = (f"the final validation covered {tokens:,} of {whole:,} tokens: "
                                    f"the --max-seconds {c.max_seconds:g} budget ended")
-        self._log({"step": p.step, "tokens": p.tokens, "valid_loss": result["valid_loss"], "elapsed": p.elapsed,
-                   "final": True, "valid_tokens": result["valid_tokens"]})
+        self._log({"step": p.step, "tokens": p.tokens, "valid_loss": loss, "elapsed": p.elapsed, "final": True,
+                   "valid_tokens": tokens})
         self.model.train()
         tmp = self.out / ".result.json.tmp"
         tmp.write_text(json.dumps(result, indent=1))
