@@ -129,8 +129,8 @@ class ModelConfig(ModelOptions):
         if problems:
             raise ModelError("; ".join(problems))
         self.cell = [self.cell] * self.layers if isinstance(self.cell, str) else list(self.cell)
-        if len(self.cell) != self.layers:
-            raise ModelError(f"{self.layers} layers need {self.layers} cell specs, got {len(self.cell)}")
+        if len(self.cell) != self.layers or not all(isinstance(spec, str) for spec in self.cell):
+            raise ModelError(f"{self.layers} layers need {self.layers} cell specs, got {self.cell!r}")
         self.embed = self.embed or self.hidden
         if self.tie_weights and self.embed != self.hidden:
             raise ModelError(f"weight tying needs --embed equal to --hidden ({self.embed} ≠ {self.hidden})")

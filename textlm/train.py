@@ -161,7 +161,7 @@ class TrainConfig(ModelOptions):
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def model_config(self, vocab_size: int) -> ModelConfig:
-        """The model this run trains: its fields of :class:`ModelConfig`, for ``vocab_size`` tokens."""
+        """The model this run trains: its :class:`ModelOptions` for a vocabulary of ``vocab_size`` tokens."""
         return ModelConfig(vocab_size=vocab_size, **{f.name: getattr(self, f.name) for f in fields(ModelOptions)})
 
 
