@@ -4,8 +4,10 @@ other and finite differences, resumption, data parallelism, and the command line
 import json
 import math
 import os
+from dataclasses import asdict
 
 import pytest
+import sympy
 import torch
 import torch.multiprocessing as mp
 
@@ -14,7 +16,7 @@ from textlm.data import CorpusError, Vocabulary, load_corpus
 from textlm.evaluate import evaluate_loss, sample
 import odernn
 from odernn import AdjointMethod
-from textlm.model import LanguageModel, ModelError
+from textlm.model import LanguageModel, ModelConfig, ModelError
 from textlm.train import TrainConfig, Trainer, TrainingError, TrainingInterrupted
 
 from test_cli import run
@@ -211,6 +213,74 @@ def test_sampling():
     assert sample(model, [1, 2], 12, temperature=1e-4, generator=torch.Generator().manual_seed(4)) == greedy
 
 
+# --- the model's configuration -----------------------------------------------------------------
+
+def test_a_model_config_goes_through_a_checkpoint_unchanged(tmp_path, monkeypatch):
+    """config → model → checkpoint → model: the stored config is plain data (the checkpoint loads
+    with ``weights_only``), reads back equal, and the model it builds computes the same logits."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.toml").write_text('A = [["0", "0"], ["2/3", "0"]]\nb = ["1/4", "3/4"]\n')
+    config = ModelConfig(["gru-ode:mine.toml", "torch-lstm", "lstm:rk4"], layers=3, hidden=6, dropout=0.1,
+                         tie_weights=True, grad="checkpoint", adjoint_steps=3, vocab_size=13)
+    assert config.embed == 6 and list(config.tableaux) == ["mine.toml"]
+    torch.manual_seed(0)
+    model = LanguageModel(config).double().eval()
+    save_checkpoint({"model": model.state_dict(), "model_config": asdict(model.config)}, tmp_path / "c.pt")
+    (tmp_path / "mine.toml").unlink()  # the checkpoint carries the method
+    data = load_checkpoint(tmp_path / "c.pt")
+    assert ModelConfig(**data["model_config"]) == config
+    again = LanguageModel.from_checkpoint(data)
+    assert again.config == config and again.layers[0].cells[0].tableau.b[0] == sympy.Rational(1, 4)
+    idx = torch.randint(0, 13, (2, 5), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(again(idx)[0], model(idx)[0])
+    # the keyword form is the same model; a config and fields beside it is refused
+    short = LanguageModel(13, ["gru-ode:rk4", "torch-lstm"], layers=2, hidden=6, adjoint=AdjointMethod("rk4", steps=2))
+    assert short.config == ModelConfig(["gru-ode:rk4", "torch-lstm"], 2, 6, adjoint_method="rk4", adjoint_steps=2,
+                                       vocab_size=13)
+    with pytest.raises(TypeError, match="ModelConfig alone"):
+        LanguageModel(config, hidden=4)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"hidden": 0}, "--hidden must be an integer"), ({"dropout": 1.0}, "--dropout"),
+    ({"vocab_size": 0}, "--vocab-size"),
+    ({"grad": "magic"}, "unknown gradient mode 'magic'"), ({"layers": 2, "cell": ["rnn:euler"]}, "2 layers need 2"),
+    ({"embed": 3, "tie_weights": True}, "weight tying needs --embed equal to --hidden"),
+])
+def test_a_model_config_is_checked_once_where_it_is_made(options, message):
+    with pytest.raises(ModelError, match=message):
+        ModelConfig(**{"vocab_size": 5, "hidden": 4, **options})
+
+
+GAUSS = {"cell": ["gru-ode:gauss-2", "gru-ode:gauss-2"], "layers": 2, "hidden": 5, "embed": 4, "dropout": 0.0,
+         "tie_weights": False, "grad": "adjoint"}
+
+
+@pytest.mark.parametrize("tableaux", [True, False], ids=["b74299e", "before-tableaux"])
+def test_a_checkpoint_in_the_previous_format_loads(tmp_path, tableaux):
+    """b74299e stored ``model_config`` as a dict of the keys below (``tableaux`` from when they were
+    stored on), the adjoint settings only in the run's ``config``: such a checkpoint loads, with the
+    run's adjoint method (without it, an implicit cell under the adjoint has no backward tableau)."""
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(**GAUSS, adjoint_method="rk4", vocab_size=9)).double().eval()
+    stored = {"vocab_size": 9, **GAUSS, **({"tableaux": {}} if tableaux else {})}
+    run_config = asdict(TrainConfig(**dict(GAUSS, cell="gru-ode:gauss-2"), adjoint_method="rk4"))
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": "odernn-textlm/1", "model": model.state_dict(), "model_config": stored,
+                "config": run_config}, path)
+    loaded = LanguageModel.from_checkpoint(load_checkpoint(path))
+    assert loaded.config == model.config and loaded.config.adjoint_method == "rk4"
+    idx = torch.randint(0, 9, (2, 4), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(loaded(idx)[0], model(idx)[0])
+    torch.save({"format": "odernn-textlm/1", "model": model.state_dict(), "model_config": stored}, path)
+    with pytest.raises(ModelError, match="implicit"):
+        LanguageModel.from_checkpoint(load_checkpoint(path))
+    torch.save({"format": "odernn-textlm/1", "model": model.state_dict(),
+                "model_config": dict(stored, heads=4)}, path)  # a checkpoint from a later version
+    with pytest.raises(ModelError, match="does not know: heads"):
+        LanguageModel.from_checkpoint(load_checkpoint(path))
+
+
 # --- trainer ------------------------------------------------------------------------------------
 
 def config(tmp_path, **overrides):
@@ -228,6 +298,22 @@ def weights(trainer):
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def interrupt_in_fifth_update(trainer):
+    """Ctrl-C in the middle of the trainer's 5th update: it saves the state of step 4."""
+    original_step = trainer.optimizer.step
+    calls = {"n": 0}
+
+    def step_then_interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            original_step(*args, **kwargs)
+            raise KeyboardInterrupt
+        return original_step(*args, **kwargs)
+    trainer.optimizer.step = step_then_interrupt
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        trainer.run()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("precision", ["float64", "bf16"])
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, device, precision):
@@ -236,19 +322,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, device
     settings = {"device": device, "precision": precision}
     straight = Trainer(config(tmp_path / "a", **settings))
     straight.run()
-    interrupted = Trainer(config(tmp_path / "b", **settings))
-    original_step = interrupted.optimizer.step
-    calls = {"n": 0}
-
-    def step_then_interrupt(*args, **kwargs):  # Ctrl-C in the middle of the 5th update
-        calls["n"] += 1
-        if calls["n"] == 5:
-            original_step(*args, **kwargs)
-            raise KeyboardInterrupt
-        return original_step(*args, **kwargs)
-    interrupted.optimizer.step = step_then_interrupt
-    with pytest.raises(TrainingInterrupted, match="--resume"):
-        interrupted.run()
+    interrupt_in_fifth_update(Trainer(config(tmp_path / "b", **settings)))
     assert load_checkpoint(tmp_path / "b" / "run")["position"]["step"] == 4
     resumed = Trainer(config(tmp_path / "b", **settings), resume=True)
     assert resumed.config.device == str(straight.device) and resumed.config.precision == precision
@@ -257,6 +331,25 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, device
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(v.dtype == (torch.float64 if precision == "float64" else torch.float32) for v in a.values()
                if v.is_floating_point())  # bf16 keeps float32 master weights
+
+
+def test_a_run_checkpointed_in_the_previous_format_resumes_bit_identically(tmp_path):
+    """A checkpoint whose ``model_config`` has b74299e's keys only (no adjoint settings) resumes to
+    the weights of a run that was never interrupted."""
+    settings = {"grad": "adjoint", "adjoint_method": "rk4", "adjoint_steps": 2}
+    straight = Trainer(config(tmp_path / "a", **settings))
+    straight.run()
+    interrupt_in_fifth_update(Trainer(config(tmp_path / "b", **settings)))
+    path = tmp_path / "b" / "run" / "checkpoint.pt"
+    saved = torch.load(path, weights_only=True)
+    saved["model_config"] = {k: saved["model_config"][k] for k in ("vocab_size", "cell", "layers", "hidden", "embed",
+                                                                     "dropout", "tie_weights", "grad", "tableaux")}
+    torch.save(saved, path)
+    resumed = Trainer(config(tmp_path / "b", **settings), resume=True)
+    assert resumed.model.config == straight.model.config
+    resumed.run()
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("precision", ["float64", "bf16"])

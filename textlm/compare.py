@@ -212,7 +212,7 @@ def _probe_tokens(model):
     """The fixed random token sequence (16 tokens) along which a trained model's cells are checked."""
     import torch
     device = next(model.parameters()).device
-    return torch.randint(0, model.config["vocab_size"], (1, 16), generator=torch.Generator().manual_seed(0)).to(device)
+    return torch.randint(0, model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0)).to(device)
 
 
 def run_one(config: CompareConfig, cell: str, seed: int, hidden: int, show: bool = False, progress=None) -> dict:

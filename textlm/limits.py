@@ -1,7 +1,7 @@
 """The kind (``odernn.limits``) of every number the language model's options take, by option name.
 
-The command line reads each option with ``type=argument(name)``, and ``TrainConfig`` and
-``CompareConfig`` check each field with ``check(name, value)``: one definition per option, so a
+The command line reads each option with ``type=argument(name)``, and ``TrainConfig``,
+``ModelConfig`` and ``CompareConfig`` check each field with ``check(name, value)``: one definition per option, so a
 number from either road meets the same limits, and a new option without an entry here fails the
 test that walks the command line.
 """
@@ -16,6 +16,7 @@ KINDS = {
     # model and data
     "hidden": L.WIDTH, "embed": L.WIDTH, "input_size": L.WIDTH, "hidden_size": L.WIDTH, "layers": L.LAYERS,
     "dropout": L.PROBABILITY, "train_tokens": L.TOKENS, "params": L.PARAMETERS,
+    "vocab_size": L.TOKENS,  # the language model's (a corpus has at most as many token types as tokens)
     # gradients
     "adjoint_steps": L.STEPS, "adjoint_rtol": L.TOLERANCE, "adjoint_atol": L.TOLERANCE,
     # optimisation

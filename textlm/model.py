@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import re
+from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from torch import nn
 import butcher
 import odernn
 
-__all__ = ["LanguageModel", "GRAD_MODES", "TORCH_CELLS", "ModelError"]
+__all__ = ["LanguageModel", "ModelConfig", "ModelOptions", "GRAD_MODES", "TORCH_CELLS", "ModelError"]
 
 GRAD_MODES = odernn.GRAD_MODES
 TORCH_CELLS = {"torch-rnn": nn.RNN, "torch-lstm": nn.LSTM, "torch-gru": nn.GRU}
@@ -43,16 +44,17 @@ def _digest(entries: dict) -> str:
     return hashlib.sha256(json.dumps(entries, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def _tableaux(specs: list[str], given: dict, base: Path | None) -> dict:
-    """``{file named in a spec: (stored entry, tableau)}``: the entry ``{"tableau": exact entries,
-    "sha256": their digest}`` from ``given`` (a checkpoint's, checked against its digest), else read
-    from the file once (a relative path found in ``base`` first, for checkpoints from before the
-    tableaux were stored)."""
+def _tableau_file(spec: str) -> str | None:
+    """The tableau file a spec names, ``None`` for a catalogue method or a PyTorch baseline."""
+    return odernn.tableau_file(spec) if spec.lower() not in TORCH_CELLS else None
+
+
+def _stored_tableaux(specs: list[str], given: dict, base: Path | None) -> dict:
+    """``{file named in a spec: {"tableau": exact entries, "sha256": their digest}}``: the entry from
+    ``given`` (a checkpoint's, checked against its digest), else read from the file once (a relative
+    path found in ``base`` first, for checkpoints from before the tableaux were stored)."""
     out = {}
-    for spec in specs:
-        part = odernn.tableau_file(spec) if spec.lower() not in TORCH_CELLS else None
-        if part is None or part in out:
-            continue
+    for part in dict.fromkeys(filter(None, map(_tableau_file, specs))):
         entry = given.get(part)
         if entry is None:
             path = Path(part)
@@ -65,24 +67,114 @@ def _tableaux(specs: list[str], given: dict, base: Path | None) -> dict:
             entry = {"tableau": entries, "sha256": _digest(entries)}
         elif not isinstance(entry, dict) or entry.get("sha256") != _digest(entry.get("tableau")):
             raise ModelError(f"the stored tableau of {part} does not match its digest: the checkpoint is corrupt")
-        try:
-            with butcher.time_limit(butcher.DEADLINE):
-                tableau = butcher.ButcherTableau.from_dict(entry["tableau"], source=f"{part} (stored with the model)")
-        except butcher.TableauError as err:
-            raise ModelError(f"the stored tableau of {part}: {err}") from None
-        except butcher.TimeLimitExceeded:
-            raise ModelError(f"the stored tableau of {part}: its exact entries did not parse within "
-                             f"{butcher.DEADLINE:g} s") from None
-        out[part] = (entry, tableau)
+        out[part] = entry
     return out
 
 
-def detach_state(state):
+def _parse_tableau(part: str, entry: dict) -> butcher.ButcherTableau:
+    """The method of a stored entry (its exact entries parsed within ``butcher.DEADLINE``)."""
+    try:
+        with butcher.time_limit(butcher.DEADLINE):
+            return butcher.ButcherTableau.from_dict(entry["tableau"], source=f"{part} (stored with the model)")
+    except butcher.TableauError as err:
+        raise ModelError(f"the stored tableau of {part}: {err}") from None
+    except butcher.TimeLimitExceeded:
+        raise ModelError(f"the stored tableau of {part}: its exact entries did not parse within "
+                         f"{butcher.DEADLINE:g} s") from None
+
+
+@dataclass
+class ModelOptions:
+    """The options of the model that a run chooses (``TrainConfig`` has them as its own fields):
+    ``cell``, one spec for every layer or one per layer; ``embed``, ``None`` for ``hidden``;
+    ``grad`` and ``adjoint_*``, how gradients pass the solver (``odernn.ODERNN``'s ``grad`` and
+    ``odernn.AdjointMethod``)."""
+
+    cell: str | list[str] = "gru-ode:euler"
+    layers: int = 1
+    hidden: int = 256
+    embed: int | None = None
+    dropout: float = 0.0
+    tie_weights: bool = False
+    grad: str = "backprop"
+    adjoint_method: str | None = None
+    adjoint_steps: int | None = None
+    adjoint_rtol: float | None = None
+    adjoint_atol: float | None = None
+
+
+@dataclass
+class ModelConfig(ModelOptions):
+    """What the model is, nanoGPT's ``GPTConfig``: ``LanguageModel(config)`` builds it, every
+    checkpoint stores ``asdict(config)``, and ``ModelConfig(**stored)`` builds it again. Checked
+    here, once: the numbers against their kinds (``textlm.limits``), the rest against each other.
+
+    The :class:`ModelOptions`, stored normalised (``cell`` as the list, ``embed`` resolved), and
+    what the data and files give: ``vocab_size``, and ``tableaux``, the methods of the specs that
+    name tableau files, stored whole (exact entries and their digest), filled from the files when
+    not given, so a checkpoint carries its methods and moving or editing a file changes nothing.
+    ``base``: where relative tableau files are looked for first (not stored)."""
+
+    vocab_size: int = field(kw_only=True)
+    tableaux: dict = field(default_factory=dict, kw_only=True)
+    base: InitVar[str | Path | None] = field(default=None, kw_only=True)
+
+    def __post_init__(self, base):
+        from .limits import check_fields
+        problems = check_fields(self)  # every number within its kind's limits
+        if self.grad not in GRAD_MODES:
+            problems.append(f"unknown gradient mode {self.grad!r}; modes: {', '.join(GRAD_MODES)}")
+        if self.adjoint_method is not None and not isinstance(self.adjoint_method, str):
+            problems.append(f"the adjoint method is named by a string, not {type(self.adjoint_method).__name__}")
+        if problems:
+            raise ModelError("; ".join(problems))
+        self.cell = [self.cell] * self.layers if isinstance(self.cell, str) else list(self.cell)
+        if len(self.cell) != self.layers or not all(isinstance(spec, str) for spec in self.cell):
+            raise ModelError(f"{self.layers} layers need {self.layers} cell specs, got {self.cell!r}")
+        self.embed = self.embed or self.hidden
+        if self.tie_weights and self.embed != self.hidden:
+            raise ModelError(f"weight tying needs --embed equal to --hidden ({self.embed} ≠ {self.hidden})")
+        self.tableaux = _stored_tableaux(self.cell, self.tableaux or {}, Path(base) if base is not None else None)
+
+    def __getitem__(self, name: str):
+        """``config[name]``, as when a model's config was a dict."""
+        return getattr(self, name)
+
+    @property
+    def adjoint(self) -> odernn.AdjointMethod:
+        return odernn.AdjointMethod(self.adjoint_method, self.adjoint_steps, self.adjoint_rtol, self.adjoint_atol)
+
+    @classmethod
+    def from_checkpoint(cls, data: dict) -> "ModelConfig":
+        """The config a loaded checkpoint (``textlm.load_checkpoint``) stored. A field that older
+        checkpoints did not store (the adjoint settings) is the run's own (its ``config``), and
+        tableau files named by checkpoints from before the tableaux were stored are looked for
+        beside the checkpoint first."""
+        stored = data["model_config"]
+        run = data.get("config") or {}
+        unknown = set(stored) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ModelError("the checkpoint's model has options this version does not know: "
+                             f"{', '.join(sorted(unknown))}")
+        earlier = {f.name: run[f.name] for f in fields(cls) if f.name not in stored and f.name in run}
+        source = data.get("loaded_from")
+        try:
+            return cls(**earlier, **stored, base=Path(source).parent if source is not None else None)
+        except TypeError as err:  # a field missing
+            raise ModelError(f"the checkpoint's model config is incomplete: {err}") from None
+
+
+def _detach(state):
     if state is None:
         return None
     if isinstance(state, torch.Tensor):
         return state.detach()
-    return type(state)(detach_state(s) for s in state)
+    return type(state)(_detach(s) for s in state)
+
+
+def _first_block(output) -> torch.Tensor:
+    """A layer's output from what its cell returns (the first block of a two-block state)."""
+    return output if isinstance(output, torch.Tensor) else output[0]
 
 
 class RecurrentStack(nn.Module):
@@ -134,55 +226,44 @@ class RecurrentStack(nn.Module):
 class LanguageModel(nn.Module):
     """``forward(idx, targets=None, state=None) -> (logits, loss, state)`` with ``idx`` ``(B, T)``
     token ids; ``loss`` is the mean cross-entropy in nats (``None`` without targets); ``state`` is
-    one entry per layer, to carry across batches (detach it between them).
+    one entry per stack of equal layers, to carry across batches (:meth:`detach_state` between them).
 
-    ``compile_elementwise`` and ``cuda_graphs`` are passed to every ``odernn.ODERNN`` (how the ODE
-    layers run on a GPU; the model and its results are the same)."""
+    ``LanguageModel(ModelConfig(...))``; ``LanguageModel(vocab_size, cell, layers=…, …)`` is short
+    for it (:class:`ModelConfig`'s fields, and ``adjoint``: an ``odernn.AdjointMethod`` for the
+    ``adjoint_*`` fields). ``compile_elementwise`` and ``cuda_graphs`` are how the ODE layers run on
+    a GPU (passed to every ``odernn.ODERNN``), not what the model is: the config does not hold them."""
 
-    def __init__(self, vocab_size: int, cell: str | list[str] = "gru-ode:euler", layers: int = 1,
-                 hidden: int = 256, embed: int | None = None, dropout: float = 0.0, tie_weights: bool = False,
-                 grad: str = "backprop", adjoint: odernn.AdjointMethod | None = None,
-                 compile_elementwise: bool = False, cuda_graphs: bool = False, tableaux: dict | None = None,
-                 base: str | Path | None = None):
+    def __init__(self, config: ModelConfig | int | None = None, /, *args, adjoint: odernn.AdjointMethod | None = None,
+                 compile_elementwise: bool = False, cuda_graphs: bool = False, **options):
         super().__init__()
-        if grad not in GRAD_MODES:
-            raise ModelError(f"unknown gradient mode {grad!r}; modes: {', '.join(GRAD_MODES)}")
-        specs = [cell] * layers if isinstance(cell, str) else list(cell)
-        if layers < 1 or len(specs) != layers:
-            raise ModelError(f"{layers} layers need {layers} cell specs, got {len(specs)}")
-        if vocab_size < 1 or hidden < 1 or (embed is not None and embed < 1):
-            raise ModelError("vocabulary, hidden and embedding sizes must be positive")
-        if not 0.0 <= dropout < 1.0:
-            raise ModelError(f"dropout must be in [0, 1), got {dropout}")
-        embed = embed or hidden
-        if tie_weights and embed != hidden:
-            raise ModelError(f"weight tying needs --embed equal to --hidden ({embed} ≠ {hidden})")
-        # the methods of the specs that name tableau files, stored whole (exact entries and their
-        # digest): a checkpoint carries its methods, and moving or editing a file changes nothing
-        stored = _tableaux(specs, tableaux or {}, Path(base) if base is not None else None)
-        self.config = {"vocab_size": vocab_size, "cell": specs, "layers": layers, "hidden": hidden, "embed": embed,
-                       "dropout": dropout, "tie_weights": tie_weights, "grad": grad,
-                       "tableaux": {part: entry for part, (entry, _) in stored.items()}}
-        self.embedding = nn.Embedding(vocab_size, embed)
+        if isinstance(config, ModelConfig):
+            if args or options or adjoint is not None:
+                raise TypeError("LanguageModel(config) takes a ModelConfig alone (and compile_elementwise, "
+                                "cuda_graphs)")
+        else:  # the short form: config is the vocabulary size, or vocab_size is among the options
+            if adjoint is not None:
+                options.update(adjoint_method=adjoint.tableau, adjoint_steps=adjoint.steps, adjoint_rtol=adjoint.rtol,
+                               adjoint_atol=adjoint.atol)
+            config = ModelConfig(*args, **({} if config is None else {"vocab_size": config}), **options)
+        self.config = config
+        specs, methods = config.cell, {part: _parse_tableau(part, entry) for part, entry in config.tableaux.items()}
+        speed = {"compile_elementwise": compile_elementwise, "cuda_graphs": cuda_graphs}
+        self.embedding = nn.Embedding(config.vocab_size, config.embed)
         self.layers = nn.ModuleList()  # one RecurrentStack per run of equal specs
         first = 0
         for last in range(1, len(specs) + 1):
             if last == len(specs) or specs[last].lower() != specs[first].lower():
-                width = embed if first == 0 else hidden
-                part = odernn.tableau_file(specs[first]) if specs[first].lower() not in TORCH_CELLS else None
-                self.layers.append(RecurrentStack(specs[first], width, hidden, last - first, dropout, grad,
-                                                  adjoint or odernn.AdjointMethod(),
-                                                  {"compile_elementwise": compile_elementwise,
-                                                   "cuda_graphs": cuda_graphs},
-                                                  stored[part][1] if part is not None else None))
+                self.layers.append(RecurrentStack(specs[first], config.embed if first == 0 else config.hidden,
+                                                  config.hidden, last - first, config.dropout, config.grad,
+                                                  config.adjoint, speed, methods.get(_tableau_file(specs[first]))))
                 first = last
         self._register_load_state_dict_pre_hook(self._upgrade_state_dict)
-        self.drop = nn.Dropout(dropout)
-        self.decoder = nn.Linear(hidden, vocab_size)
+        self.drop = nn.Dropout(config.dropout)
+        self.decoder = nn.Linear(config.hidden, config.vocab_size)
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)
-        if tie_weights:
+        if config.tie_weights:
             self.decoder.weight = self.embedding.weight
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, state=None):
@@ -251,18 +332,23 @@ class LanguageModel(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, data: dict, device: str | torch.device = "cpu") -> "LanguageModel":
-        """The model of a loaded checkpoint (``textlm.load_checkpoint``), in eval mode, in the dtype
-        of its weights, on ``device`` (whichever device it was trained on). Its tableaux are the
-        ones it stored; a checkpoint from before they were stored names files, found relative to
-        the checkpoint's folder first."""
-        cfg = data["model_config"]
-        source = data.get("loaded_from")
-        model = cls(cfg["vocab_size"], cfg["cell"], cfg["layers"], cfg["hidden"], cfg["embed"], cfg["dropout"],
-                    cfg["tie_weights"], tableaux=cfg.get("tableaux"),
-                    base=Path(source).parent if source is not None else None)
+        """The model of a loaded checkpoint (``textlm.load_checkpoint``), built from the config it
+        stored (:meth:`ModelConfig.from_checkpoint`), in eval mode, in the dtype of its weights, on
+        ``device`` (whichever device it was trained on)."""
+        model = cls(ModelConfig.from_checkpoint(data))
         model = model.to(device, next(iter(data["model"].values())).dtype)
         model.load_state_dict(data["model"])
         return model.eval()
+
+    @staticmethod
+    def detach_state(state):
+        """The carried state cut from the graph that made it (between truncated-BPTT batches)."""
+        return _detach(state)
+
+    def restore_state(self, state):
+        """A saved carried state (one entry per layer or per stack, on any device) as this model
+        carries it: one entry per stack, on the model's device."""
+        return None if state is None else self.per_stack_state(_to(state, self.embedding.weight.device))
 
     @torch.no_grad()
     def ode_layer_inputs(self, idx: torch.Tensor) -> list[tuple[int, object, torch.Tensor]]:
@@ -286,5 +372,56 @@ class LanguageModel(nn.Module):
     def ode_cells(self) -> list:
         return [cell for cell in self.layer_cells() if cell is not None]
 
+    def implicit(self) -> bool:
+        """Whether an ODE layer's tableau is implicit (its stage equations give first derivatives only)."""
+        return any(isinstance(cell.scheme, odernn.ImplicitScheme) for cell in self.ode_cells())
+
+    def nfe_per_token(self) -> int | None:
+        """Field evaluations per token summed over the ODE layers (the last call's, for adaptive and
+        implicit cells); ``None`` without ODE layers."""
+        cells = self.ode_cells()
+        return sum(cell.nfe for cell in cells) if cells else None
+
+    def _layer_points(self, tokens: torch.Tensor, state, advance):
+        """``(layer index, cell, input, state)`` of every layer at one token (``cell`` ``None`` for
+        a PyTorch layer), with ``state`` the carried state (``None``: zero): the first layer's input
+        is the embedding of ``tokens`` ``(B,)``, a deeper layer's the output at that token of the one
+        below, ``advance(cell, input, state)``."""
+        cells = self.layer_cells()
+        states = self.per_layer_state(state) if state is not None else [None] * len(cells)
+        inputs = self.embedding(tokens).detach()
+        for i, (cell, layer_state) in enumerate(zip(cells, states)):
+            yield i, cell, inputs, layer_state
+            inputs = _first_block(advance(cell, inputs, layer_state)).detach()
+
+    def probe_points(self, tokens: torch.Tensor, state) -> list:
+        """``(layer index, cell, input, state)`` of every ODE layer at the last token of a batch,
+        ``tokens`` ``(B,)``, whose outputs are the carried ``state``: what ``stability.Probe`` checks."""
+        return [point for point in self._layer_points(tokens, state, lambda cell, x, s: s) if point[1] is not None]
+
+    def jacobian_penalty(self, tokens: torch.Tensor, state) -> torch.Tensor:
+        """``stability.jacobian_penalty`` of every ODE layer at the carried ``state`` (a state on the
+        trajectory) with its input at the next token, ``tokens`` ``(B,)``, summed over the layers, in
+        full precision (its double backward). Every layer must be an ODE layer."""
+        import stability
+
+        def advance(cell, inputs, layer_state):
+            with torch.no_grad():
+                return cell(inputs.to(next(cell.parameters()).dtype), layer_state)
+        total = 0.0
+        with torch.autocast(tokens.device.type, enabled=False):
+            for _, cell, inputs, layer_state in self._layer_points(tokens, state, advance):
+                inputs = inputs.to(next(cell.parameters()).dtype)
+                total = total + stability.jacobian_penalty(cell, inputs, _detach(layer_state))
+        return total
+
     def describe(self) -> str:
         return " → ".join(stack.describe() for stack in self.layers)
+
+
+def _to(tree, device):
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_to(v, device) for v in tree)
+    return tree

@@ -16,7 +16,7 @@ import resource
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Corpus, Vocabulary, batchify, load_corpus
 from .evaluate import evaluate_within
 from .limits import check_fields
-from .model import LanguageModel, detach_state
+from .model import LanguageModel, ModelConfig, ModelOptions
 from .runtime import PRECISIONS, Runtime
 
 __all__ = ["RunInUse", "RunLock", "TrainConfig", "Trainer", "TrainingError", "TrainingInterrupted", "train"]
@@ -92,25 +92,18 @@ def _terminate(signum, frame):
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelOptions):
+    """A run: the model's options (:class:`textlm.model.ModelOptions`' fields, inherited; with the
+    vocabulary they give :meth:`model_config`), the data, the device, the optimisation, the budget
+    and the bookkeeping. The command line builds it once; checkpoints store ``asdict`` of it."""
+
     # data
     corpus: str | None = None
     text: str | None = None
     level: str | None = None
     data_root: str | None = None
     train_tokens: int | None = None  # use only the first N training tokens (quick runs, tests)
-    # model
-    cell: str = "gru-ode:euler"
-    layers: int = 1
-    hidden: int = 256
-    embed: int | None = None
-    dropout: float = 0.0
-    tie_weights: bool = False
-    grad: str = "backprop"
-    adjoint_method: str | None = None
-    adjoint_steps: int | None = None
-    adjoint_rtol: float | None = None
-    adjoint_atol: float | None = None
+    # device and precision
     precision: str = "float32"  # float32, bf16 (autocast, float32 master weights) or float64
     device: str = "auto"  # auto, cpu, cuda, cuda:N; a run records the device it resolved to
     compile_elementwise: bool = False  # ODE layers: fuse the elementwise math with torch.compile
@@ -167,6 +160,40 @@ class TrainConfig:
             data["device"] = "cpu"
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        """The model this run trains: its :class:`ModelOptions` for a vocabulary of ``vocab_size`` tokens."""
+        return ModelConfig(vocab_size=vocab_size, **{f.name: getattr(self, f.name) for f in fields(ModelOptions)})
+
+
+def _run_folder(out: str) -> Path:
+    """``--out`` as a folder that exists (made if need be)."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot write to --out {folder}: {err.strerror}") from None
+    return folder
+
+
+def _resumed(saved: dict, given: TrainConfig, out: Path, max_tokens: int | None, epochs: int | None,
+             device: str | None, world: int) -> TrainConfig:
+    """The configuration of a run resumed from ``saved``: the run's own, with its budget extended to
+    ``max_tokens`` or ``epochs``, on ``device``, writing to ``out`` with the progress bar as ``given``."""
+    config = TrainConfig.from_dict(saved["config"])
+    if max_tokens is not None:
+        config.max_tokens = max(max_tokens, config.max_tokens)
+        config.epochs = None
+    if epochs is not None:
+        config.epochs = max(epochs, config.epochs or 0)
+    config.out, config.progress = str(out), given.progress
+    if device is not None:
+        config.device = device
+    elif world > 1 and config.device.startswith("cuda"):
+        config.device = "cuda"  # rank 0 recorded its own GPU; each process takes its own
+    return config
+
 
 def _clone(tree):
     if isinstance(tree, torch.Tensor):
@@ -176,6 +203,20 @@ def _clone(tree):
     if isinstance(tree, (list, tuple)):
         return type(tree)(_clone(v) for v in tree)
     return copy.deepcopy(tree)
+
+
+@dataclass
+class _Loop:
+    """What one call of :meth:`Trainer.run` keeps between its steps (a resume starts it afresh)."""
+
+    started: float  # time.perf_counter() at which the run's elapsed time was 0
+    rng: object = None  # the RNG state before the current step: an interrupted step is redone from it
+    snapshot: tuple | None = None  # (model, optimizer) state dicts before the last update
+    updating: bool = False  # between the snapshot and the end of optimizer.step: undo on Ctrl-C
+    step_seconds: float | None = None  # a moving average
+    window_tokens: int = 0  # tokens since the last log record
+    window_start: float = 0.0
+    record: dict = field(default_factory=dict)  # the last log record
 
 
 @dataclass
@@ -199,29 +240,12 @@ class Trainer:
                  max_tokens: int | None = None, device: str | None = None, epochs: int | None = None):
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
-        self.out = Path(config.out)
-        if self.out.exists() and not self.out.is_dir():
-            raise ValueError(f"--out {self.out} is a file, not a folder")
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ValueError(f"cannot write to --out {self.out}: {err.strerror}") from None
+        self.out = _run_folder(config.out)
         self.checkpoint_path = self.out / "checkpoint.pt"
         saved = None
         if resume:
             saved = load_checkpoint(self.checkpoint_path)
-            progress = config.progress
-            config = TrainConfig.from_dict(saved["config"])
-            if max_tokens is not None:
-                config.max_tokens = max(max_tokens, config.max_tokens)
-                config.epochs = None
-            if epochs is not None:
-                config.epochs = max(epochs, config.epochs or 0)
-            config.out, config.progress = str(self.out), progress
-            if device is not None:
-                config.device = device
-            elif self.world > 1 and config.device.startswith("cuda"):
-                config.device = "cuda"  # rank 0 recorded its own GPU; each process takes its own
+            config = _resumed(saved, config, self.out, max_tokens, epochs, device, self.world)
         self.runtime = Runtime.of(config.device, config.precision)
         self.device = self.runtime.device
         config.device = str(self.device)
@@ -230,51 +254,64 @@ class Trainer:
         if saved is not None and Vocabulary.from_dict(saved["vocab"]).tokens != self.corpus.vocab.tokens:
             raise CheckpointError("the corpus's vocabulary differs from the checkpoint's: resume with the same data")
         torch.manual_seed(config.seed)
-        self.model = LanguageModel(
-            len(self.corpus.vocab), config.cell, config.layers, config.hidden, config.embed, config.dropout,
-            config.tie_weights, config.grad,
-            odernn.AdjointMethod(config.adjoint_method, config.adjoint_steps, config.adjoint_rtol,
-                                 config.adjoint_atol), config.compile_elementwise,
-            config.cuda_graphs, tableaux=saved["model_config"].get("tableaux") if saved is not None else None,
-            base=self.out if saved is not None else None).to(self.device, self.runtime.dtype)
+        # a resumed run trains the model its checkpoint stored (the same: the run's config made it)
+        model_config = ModelConfig.from_checkpoint(saved) if saved is not None else \
+            config.model_config(len(self.corpus.vocab))
+        self.model = LanguageModel(model_config, compile_elementwise=config.compile_elementwise,
+                                   cuda_graphs=config.cuda_graphs).to(self.device, self.runtime.dtype)
         self.optimizer = self._optimizer()
-        if config.jac_reg > 0 and None in self.model.layer_cells():
-            raise ValueError(f"--jac-reg penalises ODE cells; {config.cell} has PyTorch layers")
-        if config.jac_reg > 0 and any(isinstance(cell.scheme, odernn.ImplicitScheme) for cell in self.model.layer_cells()):
-            raise ValueError(f"--jac-reg is trained through second derivatives, and {config.cell} is implicit: its "
-                             "stage equations give first derivatives only (use an explicit tableau)")
-        if config.batch_size % self.world:
-            raise ValueError(f"--batch-size {config.batch_size} is not divisible by {self.world} processes")
-        train = self.corpus.train if config.train_tokens is None else self.corpus.train[: config.train_tokens]
-        rows = batchify(train, config.batch_size)
-        share = config.batch_size // self.world
-        self.data = rows[self.rank * share:(self.rank + 1) * share].to(self.device)  # once: batches are views
-        self.steps_per_epoch = (rows.shape[1] - 1) // config.bptt
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"--bptt {config.bptt} is longer than each of the {config.batch_size} training streams "
-                             f"({rows.shape[1]} tokens)")
-        if config.epochs is not None:
-            self.total_steps = config.epochs * self.steps_per_epoch
-            config.max_tokens = self.total_steps * config.batch_size * config.bptt
-        else:
-            self.total_steps = math.ceil(config.max_tokens / (config.batch_size * config.bptt))
+        self._check_jacobian_penalty()
+        self._streams()
         self.position = _Position()
         self.deadline = None  # with --max-seconds: the time.perf_counter() at which the run's budget ends
         self.state = None
         self.probes = {}  # layer index -> stability.Probe, made at the first probe
         if saved is not None:
             self._restore(saved)
-        self.module = self.model
+        self.module = self._parallel()
+
+    # -- setup -------------------------------------------------------------------------------------
+    def _check_jacobian_penalty(self) -> None:
+        c = self.config
+        if c.jac_reg > 0 and None in self.model.layer_cells():
+            raise ValueError(f"--jac-reg penalises ODE cells; {c.cell} has PyTorch layers")
+        if c.jac_reg > 0 and self.model.implicit():
+            raise ValueError(f"--jac-reg is trained through second derivatives, and {c.cell} is implicit: its "
+                             "stage equations give first derivatives only (use an explicit tableau)")
+
+    def _streams(self) -> None:
+        """This rank's share of the training streams (on the device: batches are views of it), the
+        steps per epoch and the run's total steps."""
+        c = self.config
+        if c.batch_size % self.world:
+            raise ValueError(f"--batch-size {c.batch_size} is not divisible by {self.world} processes")
+        train = self.corpus.train if c.train_tokens is None else self.corpus.train[: c.train_tokens]
+        rows = batchify(train, c.batch_size)
+        share = c.batch_size // self.world
+        self.data = rows[self.rank * share:(self.rank + 1) * share].to(self.device)
+        self.steps_per_epoch = (rows.shape[1] - 1) // c.bptt
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"--bptt {c.bptt} is longer than each of the {c.batch_size} training streams "
+                             f"({rows.shape[1]} tokens)")
+        if c.epochs is not None:
+            self.total_steps = c.epochs * self.steps_per_epoch
+            c.max_tokens = self.total_steps * c.batch_size * c.bptt
+        else:
+            self.total_steps = math.ceil(c.max_tokens / (c.batch_size * c.bptt))
+
+    def _parallel(self) -> nn.Module:
+        """What a step runs: the model, or under ``torchrun`` (``WORLD_SIZE`` > 1) the model wrapped
+        in ``DistributedDataParallel``."""
         cuda = self.device.type == "cuda"
         if cuda:  # CUDA graphs capture on the current device's streams
             torch.cuda.set_device(self.device)
-        if self.world > 1:
-            import torch.distributed as dist
-            if not dist.is_initialized():  # launched by torchrun: its environment names the rendezvous
-                dist.init_process_group("nccl" if cuda else "gloo")
-            self.module = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if cuda else None)
+        if self.world == 1:
+            return self.model
+        import torch.distributed as dist
+        if not dist.is_initialized():  # launched by torchrun: its environment names the rendezvous
+            dist.init_process_group("nccl" if cuda else "gloo")
+        return nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if cuda else None)
 
-    # -- setup -------------------------------------------------------------------------------------
     def _optimizer(self):
         c = self.config
         if c.optimizer == "sgd":
@@ -296,7 +333,7 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------------
     def _payload(self) -> dict:
         return {"config": asdict(self.config), "model": self.model.state_dict(),
-                "model_config": self.model.config, "optimizer": self.optimizer.state_dict(),
+                "model_config": asdict(self.model.config), "optimizer": self.optimizer.state_dict(),
                 "position": asdict(self.position), "rng": self.runtime.rng_state(), "state": self.state,
                 "vocab": self.corpus.vocab.to_dict(), "corpus": self.corpus.name}
 
@@ -311,8 +348,7 @@ class Trainer:
             self.optimizer.load_state_dict(saved["optimizer"])
             self.position = _Position(**saved["position"])
             self.runtime.set_rng_state(saved["rng"])
-            state = saved["state"]
-            self.state = None if state is None else self.model.per_stack_state(_to(state, self.device))
+            self.state = self.model.restore_state(saved["state"])
         except (KeyError, TypeError, RuntimeError, ValueError) as err:
             raise CheckpointError(f"{self.checkpoint_path} does not match this model: {str(err)[:300]}") from None
 
@@ -359,35 +395,11 @@ class Trainer:
 
     def _probe(self, x) -> None:
         import stability
-        cells = self.model.layer_cells()
-        if not self.probes:
-            self.probes = {i: stability.Probe(cell, every=1, warn=True) for i, cell in enumerate(cells) if cell}
-        inputs = self.model.embedding(x[:, -1]).detach()
-        for i, state in enumerate(self.model.per_layer_state(self.state)):
-            if i in self.probes:
-                result = self.probes[i](self.position.step, inputs, state)
-                self._log({"step": self.position.step, "event": "probe", "cell": cells[i].describe(),
-                           "margin": result.margin})
-            inputs = (state if isinstance(state, torch.Tensor) else state[0]).detach()
-
-    def _jacobian_penalty(self, x, state_in):
-        """``stability.jacobian_penalty`` of every ODE layer at the batch's starting state (the
-        state carried from the previous batch: a state on the trajectory) with its input at the
-        first token; the inputs of deeper layers are the outputs of the layers below at that token.
-        Summed over the layers (PyTorch layers have no penalty)."""
-        import stability
-        cells = self.model.layer_cells()
-        states = self.model.per_layer_state(state_in) if state_in is not None else [None] * len(cells)
-        inputs = self.model.embedding(x[:, 0]).detach()
-        total = 0.0
-        with torch.autocast(x.device.type, enabled=False):  # the penalty's double backward in full precision
-            for cell, state in zip(cells, states):
-                inputs = inputs.to(next(cell.parameters()).dtype)
-                total = total + stability.jacobian_penalty(cell, inputs, detach_state(state))
-                with torch.no_grad():
-                    after = cell(inputs, state)
-                inputs = (after if isinstance(after, torch.Tensor) else after[0]).detach()
-        return total
+        for i, cell, inputs, state in self.model.probe_points(x[:, -1], self.state):
+            if i not in self.probes:
+                self.probes[i] = stability.Probe(cell, every=1, warn=True)
+            result = self.probes[i](self.position.step, inputs, state)
+            self._log({"step": self.position.step, "event": "probe", "cell": cell.describe(), "margin": result.margin})
 
     def _final_reserve(self, step_seconds: float | None) -> float:
         """Seconds to keep for the final validation: a forward pass costs about a third of a training
@@ -431,7 +443,7 @@ class Trainer:
                 f"{c.on_nan}. Last good state saved to {self.checkpoint_path}; lower --lr, raise --clip, or check "
                 "the cell with 'odernn stability check'")
         p.lr_scale *= 0.5
-        self.state = detach_state(state_in) if state_in is not None else None
+        self.state = self.model.detach_state(state_in)
         p.column += c.bptt  # skip the batch that produced it
 
     def evaluate(self, split: str = "valid", tokens: int | None = None, progress: bool = False) -> float:
@@ -466,125 +478,142 @@ class Trainer:
             from tqdm import tqdm
             bar = tqdm(total=self.total_steps, initial=p.step, unit="step", dynamic_ncols=True,
                        desc=f"{c.cell} {c.grad}")
-        started = time.perf_counter() - p.elapsed
+        loop = _Loop(started=time.perf_counter() - p.elapsed, rng=self.runtime.rng_state())
+        loop.window_start = time.perf_counter()
         # --max-seconds bounds the whole command: training stops early enough for the final
         # validation (estimated from the step time) to fit, and that validation and the sample stop
         # at the budget's end, saying so
-        self.deadline = None if c.max_seconds is None else started + c.max_seconds
-        step_seconds = None
-        snapshot = None
-        updating = False  # between the snapshot and the end of optimizer.step: undo on Ctrl-C
-        rng = self.runtime.rng_state()
-        window_tokens, window_start = 0, time.perf_counter()
-        record = {}
+        self.deadline = None if c.max_seconds is None else loop.started + c.max_seconds
         try:
             while p.step < self.total_steps:
-                if self.deadline is not None and self._out_of_time(step_seconds):
+                if self.deadline is not None and self._out_of_time(loop.step_seconds):
                     break
-                step_started = time.perf_counter()
-                rng = self.runtime.rng_state()  # an interrupted step is redone from here on --resume
-                x, y = self._batch()
-                lr = self.learning_rate(p.step)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                state_in = self.state
-                try:
-                    with self.runtime.autocast():
-                        _, loss, state = self.module(x, y, detach_state(state_in))
-                    objective = loss
-                    if c.jac_reg > 0:
-                        penalty = self._jacobian_penalty(x, state_in)
-                        objective = loss + c.jac_reg * penalty
-                    self.optimizer.zero_grad(set_to_none=True)
-                    objective.backward()
-                except (odernn.StepSizeUnderflow, odernn.ImplicitSolveError) as err:
-                    raise self._solver_failure(err, x) from None
-                norm = nn.utils.clip_grad_norm_(self.model.parameters(), c.clip if c.clip > 0 else float("inf"))
-                if not (torch.isfinite(loss) and torch.isfinite(norm)):
-                    self._recover(snapshot, state_in, lr, "loss" if not torch.isfinite(loss) else "gradient norm")
-                    continue
-                snapshot = (_clone(self.model.state_dict()), _clone(self.optimizer.state_dict()))
-                updating = True
-                self.optimizer.step()
-                updating = False
-                if not self._finite_parameters():  # a finite gradient can still step to inf (a huge rate)
-                    self._recover(snapshot, state_in, lr, "parameters after the step")
-                    continue
-                self.state = detach_state(state)
-                p.step += 1
-                p.column += c.bptt
-                p.tokens += c.batch_size * c.bptt
-                window_tokens += c.batch_size * c.bptt
-                if c.probe_every and p.step % c.probe_every == 0 and self.model.ode_cells():
-                    self._probe(x)
-                if p.step % c.log_every == 0 or p.step == self.total_steps:
-                    now = time.perf_counter()
-                    speed = window_tokens / max(now - window_start, 1e-9)
-                    window_tokens, window_start = 0, now
-                    record = {"step": p.step, "tokens": p.tokens, "epoch": p.epoch, "train_loss": loss.item(),
-                              "lr": lr, "tokens_per_s": speed, "elapsed": now - started}
-                    if c.jac_reg > 0:
-                        record["jac_penalty"] = penalty.item()
-                    self._log(record)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")
-                if c.eval_every and p.step % c.eval_every == 0 and p.step < self.total_steps and self.rank == 0:
-                    valid = self.evaluate(tokens=c.eval_tokens)
-                    self._log({"step": p.step, "tokens": p.tokens, "valid_loss": valid,
-                               "elapsed": time.perf_counter() - started})
-                    self.model.train()
-                if bar is not None:
-                    bar.update(1)
-                step_seconds = time.perf_counter() - step_started if step_seconds is None else \
-                    0.8 * step_seconds + 0.2 * (time.perf_counter() - step_started)
-                p.elapsed = time.perf_counter() - started
-                if p.step % c.checkpoint_every == 0:
-                    self.save()
+                self._step(loop, bar)
         except KeyboardInterrupt as interrupt:
-            p.elapsed = time.perf_counter() - started
-            if updating:  # the step was not finished: save the state before it
-                self.model.load_state_dict(snapshot[0])
-                self.optimizer.load_state_dict(snapshot[1])
-            self.runtime.set_rng_state(rng)
-            self.save()
-            raise TrainingInterrupted(f"interrupted at step {p.step}/{self.total_steps}; checkpoint saved to "
-                                      f"{self.checkpoint_path}; continue with --resume",
-                                      143 if isinstance(interrupt, _Terminated) else 130) from None
+            raise self._interrupted(loop, interrupt) from None
         finally:
             if bar is not None:
                 bar.close()
-        p.elapsed = time.perf_counter() - started
+        return self._finish(loop)
+
+    def _step(self, loop: _Loop, bar) -> None:
+        """One batch: gradients, the update (undone with the rate halved, or stopping, where
+        anything is not finite), then :meth:`_after_step`."""
+        started = time.perf_counter()
+        loop.rng = self.runtime.rng_state()  # an interrupted step is redone from here on --resume
+        x, y = self._batch()
+        lr = self.learning_rate(self.position.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        state_in = self.state
+        loss, penalty, state, norm = self._gradients(x, y, state_in)
+        if not (torch.isfinite(loss) and torch.isfinite(norm)):
+            self._recover(loop.snapshot, state_in, lr, "loss" if not torch.isfinite(loss) else "gradient norm")
+            return
+        loop.snapshot = (_clone(self.model.state_dict()), _clone(self.optimizer.state_dict()))
+        loop.updating = True
+        self.optimizer.step()
+        loop.updating = False
+        if not self._finite_parameters():  # a finite gradient can still step to inf (a huge rate)
+            self._recover(loop.snapshot, state_in, lr, "parameters after the step")
+            return
+        self.state = self.model.detach_state(state)
+        self._after_step(loop, bar, x, loss, penalty, lr)
+        loop.step_seconds = time.perf_counter() - started if loop.step_seconds is None else \
+            0.8 * loop.step_seconds + 0.2 * (time.perf_counter() - started)
+        self.position.elapsed = time.perf_counter() - loop.started
+        if self.position.step % self.config.checkpoint_every == 0:
+            self.save()
+
+    def _gradients(self, x, y, state_in):
+        """Forward, backward and clipping of one batch from the carried state ``state_in``:
+        ``(loss, Jacobian penalty or None, state after the batch, gradient norm before clipping)``."""
+        c = self.config
+        penalty = None
+        try:
+            with self.runtime.autocast():
+                _, loss, state = self.module(x, y, self.model.detach_state(state_in))
+            objective = loss
+            if c.jac_reg > 0:  # at the batch's starting states, with the inputs at its first token
+                penalty = self.model.jacobian_penalty(x[:, 0], state_in)
+                objective = loss + c.jac_reg * penalty
+            self.optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+        except (odernn.StepSizeUnderflow, odernn.ImplicitSolveError) as err:
+            raise self._solver_failure(err, x) from None
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), c.clip if c.clip > 0 else float("inf"))
+        return loss, penalty, state, norm
+
+    def _after_step(self, loop: _Loop, bar, x, loss, penalty, lr: float) -> None:
+        """The position advanced; the probe, the log record and the periodic validation when due."""
+        c, p = self.config, self.position
+        p.step += 1
+        p.column += c.bptt
+        p.tokens += c.batch_size * c.bptt
+        loop.window_tokens += c.batch_size * c.bptt
+        if c.probe_every and p.step % c.probe_every == 0 and self.model.ode_cells():
+            self._probe(x)
+        if p.step % c.log_every == 0 or p.step == self.total_steps:
+            now = time.perf_counter()
+            speed = loop.window_tokens / max(now - loop.window_start, 1e-9)
+            loop.window_tokens, loop.window_start = 0, now
+            loop.record = {"step": p.step, "tokens": p.tokens, "epoch": p.epoch, "train_loss": loss.item(),
+                           "lr": lr, "tokens_per_s": speed, "elapsed": now - loop.started}
+            if penalty is not None:
+                loop.record["jac_penalty"] = penalty.item()
+            self._log(loop.record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")
+        if c.eval_every and p.step % c.eval_every == 0 and p.step < self.total_steps and self.rank == 0:
+            valid = self.evaluate(tokens=c.eval_tokens)
+            self._log({"step": p.step, "tokens": p.tokens, "valid_loss": valid,
+                       "elapsed": time.perf_counter() - loop.started})
+            self.model.train()
+        if bar is not None:
+            bar.update(1)
+
+    def _interrupted(self, loop: _Loop, interrupt: KeyboardInterrupt) -> TrainingInterrupted:
+        """Ctrl-C or SIGTERM: the state before the step it interrupted saved, to be redone on --resume."""
+        p = self.position
+        p.elapsed = time.perf_counter() - loop.started
+        if loop.updating:  # the step was not finished: save the state before it
+            self.model.load_state_dict(loop.snapshot[0])
+            self.optimizer.load_state_dict(loop.snapshot[1])
+        self.runtime.set_rng_state(loop.rng)
         self.save()
-        cells = self.model.ode_cells()
+        return TrainingInterrupted(f"interrupted at step {p.step}/{self.total_steps}; checkpoint saved to "
+                                   f"{self.checkpoint_path}; continue with --resume",
+                                   143 if isinstance(interrupt, _Terminated) else 130)
+
+    def _finish(self, loop: _Loop) -> dict:
+        """The final save, the result and (rank 0) the final validation, written to OUT/result.json."""
+        c, p = self.config, self.position
+        p.elapsed = time.perf_counter() - loop.started
+        self.save()
         result = {"step": p.step, "tokens": p.tokens, "epochs": p.tokens / (self.steps_per_epoch * c.batch_size * c.bptt),
-                  "device": str(self.device), "precision": c.precision, "train_loss": record.get("train_loss"),
+                  "device": str(self.device), "precision": c.precision, "train_loss": loop.record.get("train_loss"),
                   "nan_recoveries": p.nan_recoveries, "elapsed": p.elapsed,
                   "tokens_per_s": p.tokens / max(p.elapsed, 1e-9),
                   "parameters": sum(q.numel() for q in self.model.parameters()),
-                  # field evaluations per token summed over the ODE layers (last call for adaptive/implicit)
-                  "nfe_per_token": sum(cell.nfe for cell in cells) if cells else None,
+                  "nfe_per_token": self.model.nfe_per_token(),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
         if self.rank == 0:
-            result["valid_loss"], result["valid_tokens"], whole = self._evaluate(progress=c.progress,
-                                                                                 deadline=self.deadline)
-            if result["valid_tokens"] < whole:
-                result["valid_cut"] = (f"the final validation covered {result['valid_tokens']:,} of {whole:,} tokens: "
-                                       f"the --max-seconds {c.max_seconds:g} budget ended")
-            self._log({"step": p.step, "tokens": p.tokens, "valid_loss": result["valid_loss"], "elapsed": p.elapsed,
-                       "final": True, "valid_tokens": result["valid_tokens"]})
-            self.model.train()
-            tmp = self.out / ".result.json.tmp"
-            tmp.write_text(json.dumps(result, indent=1))
-            tmp.replace(self.out / "result.json")
+            self._final_validation(result)
         return result
 
-
-def _to(tree, device):
-    if isinstance(tree, torch.Tensor):
-        return tree.to(device)
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_to(v, device) for v in tree)
-    return tree
+    def _final_validation(self, result: dict) -> None:
+        c, p = self.config, self.position
+        loss, tokens, whole = self._evaluate(progress=c.progress, deadline=self.deadline)
+        result["valid_loss"], result["valid_tokens"] = loss, tokens
+        if tokens < whole:
+            result["valid_cut"] = (f"the final validation covered {tokens:,} of {whole:,} tokens: "
+                                   f"the --max-seconds {c.max_seconds:g} budget ended")
+        self._log({"step": p.step, "tokens": p.tokens, "valid_loss": loss, "elapsed": p.elapsed, "final": True,
+                   "valid_tokens": tokens})
+        self.model.train()
+        tmp = self.out / ".result.json.tmp"
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(self.out / "result.json")
 
 
 def train(config: TrainConfig, resume: bool = False) -> tuple[Trainer, dict]:
