@@ -33,7 +33,7 @@ trains ``runs/quick``; its walkthrough then checks and samples that model). By f
 - ``text`` directly after a ``bash`` block (only blank lines between) is the output of that block's
   last command: every line shown, but a line ``…``, must occur in what it printed (stdout and
   stderr);
-- ``text`` elsewhere, and ``json``: not run. A fence without a language fails.
+- ``text`` elsewhere, and ``json``: not run. A fence in any other language, or none, fails.
 
 Commands written inline in prose are not run: what a reader is meant to type stands in a block.
 """
@@ -54,17 +54,19 @@ from test_cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-RUNNABLE = {"bash", "python", "toml"}
-SHOWN = {"text", "json"}
+LANGUAGES = {"bash", "python", "toml", "text", "json"}  # a block in any other is neither run nor known to be output
 
-# option -> the value the suite uses: the same command, at a budget of seconds
-SHRINK = {"--max-tokens": "2048", "--epochs": None, "--hidden": "16", "--hidden-size": "16", "--embed": "16",
-          "--length": "50", "--prompts": "2", "--eval-tokens": "512", "--max-seconds": "2", "--device": "cpu",
-          "--compile-elementwise": None, "--cuda-graphs": None}
-# --epochs N becomes --max-tokens 2048 (an epoch of a corpus is a million tokens). Every train gets
-# --max-seconds 2, which cuts its final validation over the whole split short, and every evaluate
-# --prompts 2 (its default, 20 generated continuations, takes longest). The CPU has no CUDA graphs,
-# and compiling the elementwise math for it takes a minute: those two flags are dropped
+# option -> the words the suite puts in its place: the same command, at a budget of seconds
+SHRINK = {"--max-tokens": ["--max-tokens", "2048"], "--epochs": ["--max-tokens", "2048"],  # an epoch: ~1M tokens
+          "--hidden": ["--hidden", "16"], "--hidden-size": ["--hidden-size", "16"], "--embed": ["--embed", "16"],
+          "--length": ["--length", "50"], "--prompts": ["--prompts", "2"], "--eval-tokens": ["--eval-tokens", "512"],
+          "--max-seconds": ["--max-seconds", "2"], "--device": ["--device", "cpu"],
+          "--compile-elementwise": [], "--cuda-graphs": []}
+FLAGS = {"--compile-elementwise", "--cuda-graphs"}  # options without a value
+# Every train gets --max-seconds 2, which cuts its final validation over the whole split short, and
+# every evaluate --prompts 2 (its default, 20 generated continuations, takes longest). The CPU has no
+# CUDA graphs, and compiling the elementwise math for it takes a minute: those two flags are dropped.
+DEFAULTS = {"train": "--max-seconds", "evaluate": "--prompts"}
 WORD_CORPORA = {"ptb", "wikitext-2"}
 
 
@@ -101,22 +103,15 @@ def commands(text: str):
 def shrink(argv: list[str]) -> list[str]:
     out, words = [], iter(argv)
     for word in words:
-        option, eq, value = word.partition("=")
+        option, eq, _ = word.partition("=")
         if option not in SHRINK:
             out.append(word)
             continue
-        if SHRINK[option] is None:  # a flag dropped, or --epochs N
-            if option == "--epochs" and not eq:
-                next(words)
-            if option == "--epochs":
-                out += ["--max-tokens", SHRINK["--max-tokens"]]
-            continue
-        if not eq:
-            next(words)
-        out += [option, SHRINK[option]]
-    budget = {"train": "--max-seconds", "evaluate": "--prompts"}.get(out[0])  # their defaults take longest
-    if budget and budget not in out:
-        out += [budget, SHRINK[budget]]
+        if option not in FLAGS and not eq:
+            next(words)  # the documented value
+        out += SHRINK[option]
+    if argv[0] in DEFAULTS and DEFAULTS[argv[0]] not in out:
+        out += SHRINK[DEFAULTS[argv[0]]]
     return out
 
 
@@ -231,7 +226,7 @@ def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     runner, lines, previous = Page(page, monkeypatch), page.read_text().splitlines(), (None, 0)
     for language, line, text, end in blocks(page):
-        assert language, f"{runner.where(line)}: a fence needs a language (bash, python, toml, text, ...)"
+        assert language in LANGUAGES, f"{runner.where(line)}: fence language {language!r}: use one of {sorted(LANGUAGES)}"
         after_bash = previous[0] == "bash" and not "".join(lines[previous[1]:line - 1]).strip()
         if language == "bash":
             runner.bash(text, line)
