@@ -251,13 +251,23 @@ PENDING = {"docs/examples.md", "examples/own_tableau.py", "examples/odernn_in_yo
            "examples/irregular_sampling.py"}
 
 
+def anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    titles = re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-") for title in titles}
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_every_relative_link_resolves(page):
+    """Files and the headings named after ``#``, as GitHub renders them."""
     broken = []
-    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", page.read_text()):
         if "://" in target or target.startswith("mailto:"):
             continue
-        path = (page.parent / target).resolve()
-        if not path.exists() and str(path.relative_to(ROOT)) not in PENDING:
-            broken.append(target)
-    assert not broken, f"{page.name}: links to missing files {broken}"
+        path = (page.parent / target).resolve() if target else page
+        if not path.exists():
+            if str(path.relative_to(ROOT)) not in PENDING:
+                broken.append(target)
+        elif anchor and path.suffix == ".md" and anchor not in anchors(path):
+            broken.append(f"{target}#{anchor}")
+    assert not broken, f"{page.name}: links to missing files or headings {broken}"
