@@ -9,7 +9,7 @@ their numbers through the kinds below, so a new option cannot skip the check. Ea
   finite, and within the kind's range; ``TypeError`` or ``ValueError`` naming ``name``.
 
 ``TABLE`` lists the kinds, and the other limits (sizes of files and specs, the deadline, memory),
-with what each bounds; the README's limits table is :func:`markdown`'s output and the tests run
+with what each bounds; the limits table of docs/limits.md is :func:`markdown`'s output and the tests run
 from it.
 
 >>> from odernn import limits
@@ -173,7 +173,7 @@ def _argument(kind, name: str):
 
 
 def markdown() -> str:
-    """The README's limits table: every kind, what it accepts, where it applies."""
+    """The limits table of docs/limits.md: every kind, what it accepts, where it applies."""
     rows = ["| kind | accepted | where |", "|---|---|---|"]
     for name, (kind, where) in TABLE.items():
         accepted = kind.describe() if isinstance(kind, (Integer, Real)) else kind

@@ -6,7 +6,7 @@ the equal spec, which runs PyTorch's kernel), ``engine`` (``fused=False``: the s
 and ``rk4`` (a spec with another tableau, where the behaviour does not depend on the values).
 Where the values must agree, the ``ODERNN`` is compared with the ``torch.nn`` module holding the
 same weights, in float64. The deliberate differences are tested at the end and listed in the
-README ("Where ODERNN differs from nn.GRU").
+docs/odernn.md ("Where ODERNN differs from nn.GRU").
 """
 
 import copy
@@ -569,7 +569,7 @@ def test_a_cells_interval_changed_after_construction_is_honoured_on_every_path()
         fused.cells[0].tableau = "rk4"
 
 
-# --- deliberate differences (README: "Where ODERNN differs from nn.GRU") -----------------------------
+# --- deliberate differences (docs/odernn.md: "Where ODERNN differs from nn.GRU") -----------------------------
 
 @pytest.mark.parametrize("attribute, value", [("num_layers", 3), ("hidden_size", 5), ("input_size", 2),
                                               ("bidirectional", True), ("bias", False), ("proj_size", 2)])
