@@ -75,7 +75,7 @@ def tableau_properties(tab: butcher.ButcherTableau) -> dict:
 
 def show_properties(path: Path, properties: dict) -> None:
     print(f"## The tableau {path}\n")
-    print(path.read_text().strip(), "\n")
+    print(path.read_text().strip() + "\n")
     print("| property | value |\n|---|---|")
     for key, value in properties.items():
         shown = value.as_expr() if isinstance(value, sp.Poly) else value
@@ -91,16 +91,17 @@ def verdict(report: stability.StabilityReport) -> str:
 
 def train_one(spec: str, args, out: Path) -> dict:
     """Train one language model with ``spec`` and return its row of the table."""
-    made = odernn.cell(spec, input_size=args.hidden, hidden_size=args.hidden)
     config = textlm.TrainConfig(corpus=None if args.text else args.corpus, text=args.text, data_root=args.data_root,
                                 cell=spec, hidden=args.hidden, batch_size=args.batch_size, bptt=args.bptt,
                                 lr=args.lr, max_tokens=args.max_tokens, seed=args.seed, device="cpu",
                                 out=str(out / spec.replace("/", "_").replace(":", "_")), progress=False)
-    trainer, result = textlm.train(config)
-    trained = trainer.model.ode_cells()[0]
-    return {"cell": spec, "order": made.tableau.order(), "NFE/token": made.nfe_per_token,
-            "parameters": result["parameters"], "before training": verdict(stability.check(made)),
-            "after training": verdict(stability.check(trained)), "valid loss": f"{result['valid_loss']:.4f}",
+    trainer = textlm.Trainer(config)
+    (cell,) = trainer.model.ode_cells()
+    before = stability.check(cell)  # at the initial weights of this run
+    result = trainer.run()
+    return {"cell": spec, "order": cell.tableau.order(), "NFE/token": cell.nfe_per_token,
+            "parameters": result["parameters"], "before training": verdict(before),
+            "after training": verdict(stability.check(cell)), "valid loss": f"{result['valid_loss']:.4f}",
             "perplexity": f"{math.exp(result['valid_loss']):.3f}", "tokens/s": f"{result['tokens_per_s']:,.0f}"}
 
 
