@@ -50,7 +50,7 @@ class ExampleError(Exception):
 
 def design(c2: sp.Expr, c3: sp.Expr) -> butcher.ButcherTableau:
     """The explicit 3-stage method of order 3 with nodes ``c2``, ``c3``, solved from the order
-    conditions (Butcher's family: it exists when ``c2 ≠ c3``, ``c2 ≠ 0`` and ``c2 ≠ 2/3``)."""
+    conditions (Butcher's family: unique when ``c2 ≠ c3``, ``c2 ≠ 0``, ``c3 ≠ 0`` and ``c2 ≠ 2/3``)."""
     a32, b1, b2, b3 = sp.symbols("a32 b1 b2 b3")
     with warnings.catch_warnings():  # b sums to 1 only for some values of the symbols: that is the point
         warnings.simplefilter("ignore", butcher.TableauWarning)
@@ -59,7 +59,7 @@ def design(c2: sp.Expr, c3: sp.Expr) -> butcher.ButcherTableau:
     if len(solutions) != 1 or len(solutions[0]) != 4:
         raise ExampleError(f"c2 = {c2}, c3 = {c3}: the order-3 conditions have "
                            f"{'no solution' if not solutions else 'no unique solution'} "
-                           "(take c2 ≠ c3, c2 ≠ 0, c2 ≠ 2/3)")
+                           "(take c2 ≠ c3, c2 ≠ 0, c3 ≠ 0, c2 ≠ 2/3)")
     method = family.subs(solutions[0])
     return butcher.ButcherTableau(method.A, method.b, name=f"my-rk3 (c2={c2}, c3={c3})")
 
@@ -133,10 +133,18 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def node(text: str, option: str) -> sp.Expr:
+    """An exact number typed on the command line (``butcher``'s restricted grammar, never ``eval``)."""
+    value = butcher.parse_number(text, option)
+    if value.free_symbols or not value.is_real:
+        raise ExampleError(f"{option}: {text!r} is not a real number")
+    return value
+
+
 def run(args, out: Path) -> list[dict]:
     if args.tableau is None:
         path = out / "my-rk3.toml"
-        tab = design(butcher.parse_number(args.c2, "--c2"), butcher.parse_number(args.c3, "--c3"))
+        tab = design(*(node(text, option) for text, option in ((args.c2, "--c2"), (args.c3, "--c3"))))
         path.write_text(butcher.dumps_toml(tab))
     else:
         path = args.tableau
