@@ -1,8 +1,14 @@
 """Seconds-long smoke runs of the example and the study scripts (their full runs are in docs/results.md)."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import sympy
+
+import butcher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,3 +148,90 @@ def test_nodepy_methods_typed_as_printed_load_with_their_order():
     assert result["pairs_with_exact_bhat"] == result["embedded_orders_agree"] == 1  # DP5's bhat, typed too
     assert {row["method"]: row["butcher_order"] for row in result["rows"]} == {
         "RK44": 4, "DP5": 5, "SDIRK23": 3, "GL2": 4}
+
+
+def example(name: str):
+    """``examples/NAME.py`` as a module, to run its ``main(argv)`` in this process (no second start-up of
+    PyTorch and SymPy, which takes seconds)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name, options", [("own_tableau", ["--tableau", "--compare", "--data-root"]),
+                                           ("odernn_in_your_model", ["--spec", "--steps", "--seeds"]),
+                                           ("irregular_sampling", ["--quick", "--spec", "--seeds", "--ablation"])])
+def test_example_help_explains_the_script_and_its_options(name, options, capsys):
+    module = example(name)
+    with pytest.raises(SystemExit) as exit:
+        module.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit.value.code == 0
+    assert module.__doc__.split("\n\n")[0].split()[0] in out and all(option in out for option in options)
+    assert f"python examples/{name}.py" in module.__doc__  # the command to run it
+
+
+def test_own_tableau_designs_an_order_3_method_and_trains_its_cell(tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("the cat sat on the mat. a cat and a hat. " * 400)
+    vocabulary = len(set(text.read_text()))
+    trained = example("own_tableau").main([
+        "--text", str(text), "--hidden", "16", "--max-tokens", "6000", "--batch-size", "8", "--bptt", "16",
+        "--lr", "0.02", "--compare", "gru-ode:euler", "--out", str(tmp_path / "out")])
+    properties = rows(capsys.readouterr().out)
+    # Butcher's family with c2 = 1/3, c3 = 1, solved by hand: a32 = c3(c3 − c2)/(c2(2 − 3c2)) = 2,
+    # b3 = (2 − 3c2)/(6c3(c3 − c2)) = 1/4, b2 = (3c3 − 2)/(6c2(c3 − c2)) = 3/4, b1 = 0
+    tab = butcher.load(tmp_path / "out" / "my-rk3.toml")
+    assert tab.A == butcher.ButcherTableau([[0, 0, 0], ["1/3", 0, 0], [-1, 2, 0]], [0, "3/4", "1/4"]).A
+    assert list(tab.b) == [0, sympy.Rational(3, 4), sympy.Rational(1, 4)]
+    assert properties["order"] == ["3"] and properties["stages"] == ["3"]
+    assert properties["R(z)"] == ["z**3/6 + z**2/2 + z + 1"]  # every 3-stage explicit method of order 3
+    assert properties["imaginary stability interval"][0].startswith("Interval(-sqrt(3), sqrt(3))")
+    own, gru = trained
+    assert own["cell"] == f"gru-ode:{tmp_path / 'out' / 'my-rk3.toml'}" and own["order"] == 3 and own["NFE/token"] == 3
+    assert own["parameters"] == gru["parameters"]  # the same field, another tableau
+    for row in trained:  # trained below the uniform guess, ln V nats
+        assert float(row["valid loss"]) < math.log(vocabulary) - 0.5, row
+        assert row["before training"].startswith("stable")
+
+
+def test_own_tableau_takes_a_users_file_and_refuses_nodes_without_a_method(tmp_path, capsys):
+    mine = tmp_path / "ralston.json"
+    mine.write_text('{"name": "mine", "A": [["0", "0"], ["2/3", "0"]], "b": ["1/4", "3/4"]}')
+    text = tmp_path / "notes.txt"
+    text.write_text("abcabd" * 300)
+    module = example("own_tableau")
+    (row,) = module.main(["--tableau", str(mine), "--compare", "--text", str(text), "--hidden", "8",
+                          "--max-tokens", "256", "--batch-size", "8", "--bptt", "16", "--out", str(tmp_path / "out")])
+    properties = rows(capsys.readouterr().out)
+    assert properties["order"] == ["2"] and properties["R(z)"] == ["z**2/2 + z + 1"]
+    assert row["order"] == 2 and row["NFE/token"] == 2
+    with pytest.raises(SystemExit) as exit:
+        module.main(["--c2", "2/3", "--out", str(tmp_path / "out")])  # b3 = (2 − 3c2)/… = 0: no order-3 method
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1 and "no solution" in err
+
+
+def test_odernn_in_your_model_from_torch_equals_nn_gru(capsys):
+    hidden = 8
+    equal, results = example("odernn_in_your_model").main([
+        "--hidden", str(hidden), "--steps", "20", "--equal-steps", "5", "--seeds", "1", "--test-size", "200",
+        "--batch-size", "16", "--min-length", "3", "--max-length", "8"])
+    assert len(equal) == 6 and all(difference < 1e-6 for difference in equal.values()), equal
+    table = rows(capsys.readouterr().out)
+    assert table["nn.GRU"] == table["odernn.from_torch(nn.GRU)"][:4] + table["nn.GRU"][4:]  # all but the time
+    # nn.GRU's parameters, 3H(E + H) + 6H, and the head's H·2 + 2, for every model
+    assert {run[0]["parameters"] for run in results.values()} == {3 * hidden * (2 + hidden) + 6 * hidden + 2 * hidden + 2}
+
+
+def test_irregular_sampling_quick_training_lowers_the_error(capsys):
+    results = example("irregular_sampling").main(["--quick"])
+    table = rows(capsys.readouterr().out)
+    trained = {name: runs for name, runs in results.items() if "untrained" in runs[0]}
+    assert len(trained) == 3 and len(table) == 5
+    for name, runs in trained.items():
+        assert len(runs) == 2 and all(run["mse"] < run["untrained"] for run in runs), (name, runs)
+    assert table["nn.GRU, gap as input"][-1] == "–"  # no stability check for nn.GRU
+    assert all(table[name][-1].split()[0] in ("stable", "unstable", "expanding") for name in trained if "ODERNN" in name)
