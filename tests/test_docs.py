@@ -246,11 +246,6 @@ def test_the_readme_reads_in_ten_minutes():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 300
 
 
-# files that the examples helper's branch of issue 22 adds; remove each as it lands
-PENDING = {"docs/examples.md", "examples/own_tableau.py", "examples/odernn_in_your_model.py",
-           "examples/irregular_sampling.py"}
-
-
 def anchors(page: Path) -> set[str]:
     """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as hyphens."""
     titles = re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S), re.M)
@@ -266,8 +261,7 @@ def test_every_relative_link_resolves(page):
             continue
         path = (page.parent / target).resolve() if target else page
         if not path.exists():
-            if str(path.relative_to(ROOT)) not in PENDING:
-                broken.append(target)
+            broken.append(target)
         elif anchor and path.suffix == ".md" and anchor not in anchors(path):
             broken.append(f"{target}#{anchor}")
     assert not broken, f"{page.name}: links to missing files or headings {broken}"
