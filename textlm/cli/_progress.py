@@ -42,7 +42,7 @@ class Steps:
     """A tqdm bar on stderr over the named steps of a command: one per catalogue method, or the
     phases of one analysis ("order conditions", "stability function", …), each step named as it
     starts. Steps take from milliseconds to tens of seconds, so the bar shows the step and the
-    elapsed time (ticking every half second), not a rate. Nothing within ``delay`` seconds, nothing
+    elapsed time (ticking every half second), not a rate. Nothing within ``DELAY`` seconds, nothing
     when stderr is not a terminal (a log, a pipe, a test's captured stderr) or ``enabled`` is false
     (``--no-progress``); the bar clears itself when the steps end, before the command prints.
 
@@ -51,7 +51,9 @@ class Steps:
     ...         pass
     """
 
-    def __init__(self, total: int, label: str, *, enabled: bool = True, delay: float = 1.0):
+    DELAY = 1.0  # seconds without a bar: a command that ends sooner prints only its result
+
+    def __init__(self, total: int, label: str, *, enabled: bool = True):
         self.total, self.label, self.done, self.current = total, label, 0, ""
         self._file = sys.stderr  # as it is now: a test may swap sys.stderr back before the ticker runs
         self._bar = None
@@ -60,7 +62,9 @@ class Steps:
         self._thread = None
         self._started = time.time()  # tqdm's clock
         if enabled and self._file.isatty():
-            self._thread = threading.Thread(target=self._tick, args=(delay,), daemon=True)
+            if self.DELAY <= 0:
+                self._show()
+            self._thread = threading.Thread(target=self._tick, daemon=True)
             self._thread.start()
 
     @contextlib.contextmanager
@@ -85,15 +89,19 @@ class Steps:
     def _description(self) -> str:
         return f"{self.label}: {self.current}" if self.current else self.label
 
-    def _tick(self, delay: float) -> None:
-        if self._stop.wait(delay):
-            return
+    def _show(self) -> None:
         from tqdm import tqdm
         with self._lock:
             self._bar = tqdm(total=self.total, desc=self._description(), file=self._file, dynamic_ncols=True,
                              leave=False, bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}]")
             self._bar.start_t = self._started  # the clock counts from the command's start, not the bar's
             self._draw()
+
+    def _tick(self) -> None:
+        if self._bar is None:
+            if self._stop.wait(self.DELAY):
+                return
+            self._show()
         while not self._stop.wait(0.5):
             with self._lock:
                 self._bar.refresh()
