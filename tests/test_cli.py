@@ -144,6 +144,8 @@ class _Terminal(io.StringIO):
     (("tableau", "list", "--verify"), ("deriving the orders: euler", "deriving the orders: rk4", "2/2")),
     (("tableau", "plot", "rk4", "euler", "-o", "{tmp}/r.png"), ("plotting: building rk4", "plotting: building euler",
                                                               "drawing the regions", "writing r.png", "4/4")),
+    (("cell", "show", "gru-ode:radau-iia-2"), ("building gru-ode:radau-iia-2: the tableau and the cell",
+                                              "one token through it", "order conditions", "3/3")),
 ])
 def test_progress_goes_to_a_terminals_stderr_and_stdout_stays_the_same(tmp_path, monkeypatch, args, phases):
     """On a terminal (here one at once: ``Steps.DELAY = 0``) a bar names each step on stderr; not on

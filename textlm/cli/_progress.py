@@ -9,6 +9,9 @@ import threading
 import time
 
 
+HELP = "no progress bar (it goes to stderr, and only on a terminal: a log or a pipe never gets one)"
+
+
 @contextlib.contextmanager
 def busy(label: str, delay: float = 2.0):
     """Nothing for work that ends within ``delay`` seconds; then ``label … N s`` on stderr,

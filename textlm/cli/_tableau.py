@@ -16,11 +16,11 @@ import butcher
 from odernn import limits
 
 from ._errors import CLIError
+from ._progress import HELP as PROGRESS_HELP
 from ._progress import Steps
 
 _TABLEAU_HELP = "a catalogue name (see 'odernn tableau list') or a .toml/.json tableau file"
 DEADLINE = butcher.DEADLINE  # seconds of exact analysis on one user's file: with start-up (~2.5 s), within 10 s
-_PROGRESS_HELP = ("no progress bar (it goes to stderr, and only on a terminal: a log or a pipe never gets one)")
 _FLOAT_HELP = ("also analyse the tableau numerically: the order conditions in 50-digit arithmetic, a residual "
                "|γ(t)Φ(t) − 1| ≤ TOL (default 1e-10) counting as satisfied — what decimals copied from a paper "
                "approximate; a tableau too large for the exact analysis is then analysed from its entries "
@@ -106,7 +106,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--verify", action="store_true",
                    help="derive order, embedded order and stage order of every method from its coefficients "
                         "and compare with what its reference states (about half a minute; exit code 1 on a mismatch)")
-    p.add_argument("--no-progress", action="store_true", help=_PROGRESS_HELP)
+    p.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
     p.set_defaults(handler=cmd_list)
 
     p = tsub.add_parser("show", help="a tableau and its derived properties", formatter_class=formatter,
@@ -121,7 +121,7 @@ def register(sub, formatter) -> None:
     fmt.add_argument("--toml", action="store_true", help="print the tableau as an editable TOML file")
     p.add_argument("--float", nargs="?", type=limits.TOLERANCE.argument("--float"), const=1e-10, metavar="TOL",
                    help="also print the coefficients as floats, and " + _FLOAT_HELP[5:])
-    p.add_argument("--no-progress", action="store_true", help=_PROGRESS_HELP)
+    p.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
     p.set_defaults(handler=cmd_show)
 
     p = tsub.add_parser("check", help="validate a tableau file", formatter_class=formatter,
@@ -144,7 +144,7 @@ def register(sub, formatter) -> None:
     p.add_argument("file", type=limits.FILE.argument("file"), help="the .toml or .json tableau file")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     p.add_argument("--float", nargs="?", type=limits.TOLERANCE.argument("--float"), const=1e-10, metavar="TOL", help=_FLOAT_HELP)
-    p.add_argument("--no-progress", action="store_true", help=_PROGRESS_HELP)
+    p.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
     p.set_defaults(handler=cmd_check)
 
     p = tsub.add_parser("plot", help="draw stability regions to a PNG", formatter_class=formatter,
@@ -161,7 +161,7 @@ def register(sub, formatter) -> None:
                    help="real-axis range (MIN < MAX)")
     p.add_argument("--ylim", nargs=2, type=limits.AXIS.argument("--ylim"), metavar=("MIN", "MAX"),
                    help="imaginary-axis range (MIN < MAX)")
-    p.add_argument("--no-progress", action="store_true", help=_PROGRESS_HELP)
+    p.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
     p.set_defaults(handler=cmd_plot)
 
 
