@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 
-
 HELP = "no progress bar (it goes to stderr, and only on a terminal: a log or a pipe never gets one)"
 
 
