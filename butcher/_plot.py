@@ -8,7 +8,7 @@ import numpy as np
 
 from ._tableau import ButcherTableau
 
-__all__ = ["plot_stability_region", "default_window"]
+__all__ = ["plot_stability_region", "default_window", "legend_labels"]
 
 
 def _pyplot():
@@ -63,10 +63,31 @@ def default_window(tableaux: Sequence[ButcherTableau], points=None) -> tuple[tup
     return (left, right), (-top, top)
 
 
+def legend_labels(tableaux: Sequence[ButcherTableau], sources: Sequence[str] | None = None) -> list[str]:
+    """One label per tableau, all distinct: its name (else its source, else ``tableau k``);
+    where names repeat, each followed by its source (where it came from: ``catalogue``, a file's
+    path); where those repeat too, by its position.
+
+    >>> euler = ButcherTableau([[0]], [1], name="euler")
+    >>> legend_labels([euler, euler], ["catalogue", "mine.toml"])
+    ['euler (catalogue)', 'euler (mine.toml)']
+    >>> legend_labels([euler, euler])
+    ['euler [1]', 'euler [2]']
+    """
+    sources = list(sources) if sources is not None else [None] * len(tableaux)
+    names = [tab.name or source or f"tableau {k + 1}" for k, (tab, source) in enumerate(zip(tableaux, sources))]
+    labels = [f"{name} ({source})" if names.count(name) > 1 and source and source != name else name
+              for name, source in zip(names, sources)]
+    return [f"{label} [{k + 1}]" if labels.count(label) > 1 else label for k, label in enumerate(labels)]
+
+
 def plot_stability_region(tableaux: ButcherTableau | Iterable[ButcherTableau], points=None, *,
-                          xlim=None, ylim=None, resolution: int = 600, ax=None, point_label="points"):
+                          xlim=None, ylim=None, resolution: int = 600, ax=None, point_label="points",
+                          sources: Sequence[str] | None = None):
     """Draw the stability region of one or several tableaux, optionally with points overlaid
-    (e.g. the step-scaled eigenvalues ``Δλ`` of a cell's Jacobian). Returns the figure.
+    (e.g. the step-scaled eigenvalues ``Δλ`` of a cell's Jacobian). Returns the figure. The legend
+    names each tableau by :func:`legend_labels` (``sources``: where each came from, to tell apart
+    tableaux of the same name).
 
     Regions are filled and outlined by the contour ``|R(z)| = 1``; points inside the regions show
     as dots, points outside as crosses (outside *every* drawn region). Many points are drawn small
@@ -86,6 +107,7 @@ def plot_stability_region(tableaux: ButcherTableau | Iterable[ButcherTableau], p
         fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=120)
     else:
         fig = ax.figure
+    labels = legend_labels(tableaux, sources)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     handles = []
     inside_any = np.zeros(0, dtype=bool)
@@ -95,7 +117,7 @@ def plot_stability_region(tableaux: ButcherTableau | Iterable[ButcherTableau], p
         amp = np.where(np.isfinite(amp), amp, 1e6)
         ax.contourf(x, y, amp, levels=[0, 1], colors=[color], alpha=0.18)
         ax.contour(x, y, amp, levels=[1], colors=[color], linewidths=1.4)
-        handles.append(plt.Line2D([], [], color=color, lw=2, label=tab.name or f"tableau {k + 1}"))
+        handles.append(plt.Line2D([], [], color=color, lw=2, label=labels[k]))
     if points is not None and len(points):
         p = np.asarray(points, dtype=complex).ravel()
         inside_any = np.zeros(p.shape, dtype=bool)

@@ -57,6 +57,22 @@ def _numeric_roots(poly: sp.Poly) -> list:
     return roots + [mpmath.mpc(r) for r in found]
 
 
+def _is_hurwitz(coefficients: list) -> bool:
+    """All roots of ``Σ coefficients[k] z^(n−k)`` (exact, leading first, nonzero) lie in
+    ``Re z < 0``, by Routh's criterion: the first column of the Routh array, ``n + 1`` entries,
+    has one sign (a zero there is a root on the axis or a pair symmetric to it: not Hurwitz)."""
+    upper, lower = list(coefficients[0::2]), list(coefficients[1::2])
+    column = [upper[0]]
+    for _ in range(len(coefficients) - 1):  # rows 1..n; entries past a row's end are zeros
+        lower += [0] * (len(upper) - len(lower))
+        if lower[0] == 0:
+            return False
+        column.append(lower[0])
+        ratio = upper[0] / lower[0]
+        upper, lower = lower, [upper[k + 1] - ratio * lower[k + 1] for k in range(len(upper) - 1)]
+    return all((x > 0) == (column[0] > 0) for x in column)
+
+
 def _rational_between(lo: float, hi: float) -> sp.Rational:
     return sp.Rational((lo + hi) / 2)
 
@@ -154,13 +170,24 @@ class StabilityAnalysis:
         return [complex(r) for r in _numeric_roots(self.Q)] if self.Q.degree() >= 1 else []
 
     @cached_property
+    def _poles_right_of_axis(self) -> bool:
+        """Every root of ``Q`` has ``Re z > 0``: exactly (Routh's criterion on ``Q(−z)``) for
+        rational coefficients, from the roots at 60 digits otherwise."""
+        if _is_rational_poly(self.Q):
+            mirrored = [c if k % 2 == 0 else -c for k, c in enumerate(reversed(self.Q.all_coeffs()))]
+            return _is_hurwitz([sp.Rational(c) for c in reversed(mirrored)])
+        return all(p.real > 0 for p in self.poles)
+
+    @cached_property
     def is_a_stable(self) -> bool:
+        """``|R(z)| ≤ 1`` on ``Re z ≤ 0``: bounded at infinity (``deg P ≤ deg Q``), ``E(y) ≥ 0``
+        on the whole imaginary axis, and no pole left of it (there the maximum principle carries
+        the bound from the axis; on the axis ``E ≥ 0`` already excludes poles)."""
         if self.P.degree() > self.Q.degree():
             return False
         if self.imaginary_interval != sp.Interval(-sp.oo, sp.oo):
             return False
-        # On the axis, E ≥ 0 already excludes poles; left of it the maximum principle needs none.
-        return all(p.real > 0 for p in self.poles)
+        return self._poles_right_of_axis
 
     @cached_property
     def is_l_stable(self) -> bool:

@@ -94,8 +94,98 @@ def test_plot_writes_a_png(tmp_path):
 
 def test_list_verify_derives_every_order(catalogue, capsys):
     assert main(["tableau", "list", "--verify", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)
     assert len(rows) == len(catalogue) and all(r["verified"] for r in rows)
+    assert captured.err == ""  # no progress bar where stderr is not a terminal
+
+
+@pytest.mark.parametrize("name, a_stable, l_stable", [
+    ("backward-euler", True, True), ("trapezoid", True, False), ("implicit-midpoint", True, False),
+    ("gauss-2", True, False), ("radau-iia-2", True, True), ("alexander2", True, True), ("crouzeix2", True, False),
+    ("rk4", False, False), ("euler", False, False)])
+def test_check_and_show_report_a_and_l_stability(tmp_path, name, a_stable, l_stable):
+    """Known answers (Hairer & Wanner II, §IV.3–6): backward Euler, Radau IIA and Alexander's
+    SDIRK (γ = 1 − √2/2) are L-stable; the trapezoid, implicit midpoint, Gauss and Crouzeix's
+    SDIRK A-stable only; explicit methods (polynomial R) neither. ``check`` reads the file that
+    ``show --toml`` writes."""
+    path = tmp_path / f"{name}.toml"
+    path.write_text(run("tableau", "show", name, "--toml")[1])
+    code, out, err = run("tableau", "check", str(path))
+    assert code == 0 and f"A-stable: {a_stable}; L-stable: {l_stable}" in out.splitlines(), (out, err)
+    verdict = json.loads(run("tableau", "check", str(path), "--json")[1])
+    assert (verdict["a_stable"], verdict["l_stable"]) == (a_stable, l_stable)
+    out = run("tableau", "show", name)[1]
+    assert f"A-stable                  {a_stable}" in out and f"L-stable                  {l_stable}" in out
+
+
+@pytest.mark.parametrize("theta, verdict", [("1/3", "A-stable: False; L-stable: False"),
+                                            ("2/3", "A-stable: True; L-stable: False"),
+                                            ("1", "A-stable: True; L-stable: True")])
+def test_check_decides_a_stability_of_a_written_scheme(tmp_path, theta, verdict):
+    """The θ-method, R = (1 + (1 − θ)z)/(1 − θz): A-stable exactly for θ ≥ 1/2, L-stable at θ = 1."""
+    path = tmp_path / "theta.toml"
+    path.write_text(f'A = [["{theta}"]]\nb = ["1"]\n')
+    code, out, err = run("tableau", "check", str(path))
+    assert code == 0 and verdict in out.splitlines(), err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("args, phases", [
+    (("tableau", "show", "radau-iia-2"), ("analysing radau-iia-2", "building the tableau", "order conditions",
+                                          "stability function", "stability region", "principal error norm",
+                                          "formatting", "6/6")),
+    (("tableau", "show", "rk4", "--float"), ("numerical analysis to 1e-10", "7/7")),
+    (("tableau", "show", "rk4", "--toml"), ("building the tableau", "formatting", "2/2")),
+    (("tableau", "list", "--verify"), ("deriving the orders: euler", "deriving the orders: rk4", "2/2")),
+    (("tableau", "plot", "rk4", "euler", "-o", "{tmp}/r.png"), ("plotting: building rk4", "plotting: building euler",
+                                                              "drawing the regions", "writing r.png", "4/4")),
+    (("cell", "show", "gru-ode:radau-iia-2"), ("building gru-ode:radau-iia-2: the tableau and the cell",
+                                              "one token through it", "order conditions", "3/3")),
+])
+def test_progress_goes_to_a_terminals_stderr_and_stdout_stays_the_same(tmp_path, monkeypatch, args, phases):
+    """On a terminal (here one at once: ``Steps.DELAY = 0``) a bar names each step on stderr; not on
+    a terminal (a log, a pipe) or with --no-progress, nothing; stdout is the same in every case."""
+    import butcher
+    from textlm.cli._progress import Steps
+    monkeypatch.setattr(Steps, "DELAY", 0)
+    monkeypatch.setattr(butcher, "names", lambda: ["euler", "rk4"])  # list --verify: two methods, not 71
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    code, plain, err = run(*args)
+    assert code == 0 and err == ""
+    for extra in ([], ["--no-progress"]):
+        terminal = _Terminal()
+        with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(terminal):
+            assert main([*args, *extra]) == 0
+        assert out.getvalue() == plain
+        if extra:
+            assert terminal.getvalue() == ""
+        else:
+            assert all(phase in terminal.getvalue() for phase in phases), terminal.getvalue()
+
+
+def test_plot_legend_tells_same_named_tableaux_apart(tmp_path, monkeypatch):
+    """``tableau show dopri5 --toml > mine.toml`` keeps the name dopri5: drawn beside the catalogue's,
+    each legend entry says where it came from; the same method twice is numbered."""
+    import matplotlib.pyplot as plt
+
+    import butcher
+    figures = []
+    draw = butcher.plot_stability_region
+    monkeypatch.setattr(butcher, "plot_stability_region", lambda *a, **k: figures.append(draw(*a, **k)) or figures[-1])
+    mine = tmp_path / "mine.toml"
+    mine.write_text(run("tableau", "show", "dopri5", "--toml")[1])
+    for specs, expected in ((("dopri5", str(mine), "rk4"), ["dopri5 (catalogue)", f"dopri5 ({mine})", "rk4"]),
+                            (("rk4", "rk4"), ["rk4 (catalogue) [1]", "rk4 (catalogue) [2]"])):
+        code, _, err = run("tableau", "plot", *specs, "-o", str(tmp_path / "r.png"))
+        assert code == 0, err
+        legend = figures[-1].axes[0].get_legend()
+        assert [text.get_text() for text in legend.get_texts()] == expected
+        plt.close(figures[-1])
 
 
 def test_cell_show_and_bad_specs(capsys):

@@ -262,6 +262,40 @@ def test_a_and_l_stability(catalogue):
         assert not catalogue[name].is_a_stable
 
 
+@pytest.mark.parametrize("theta, a_stable, l_stable", [
+    ("1/3", False, False), ("1/2", True, False), ("2/3", True, False), ("1", True, True), ("0", False, False)])
+def test_a_and_l_stability_of_the_theta_method(theta, a_stable, l_stable):
+    """The θ-method (A = [[θ]], b = [1]): R(z) = (1 + (1 − θ)z)/(1 − θz) is A-stable exactly for
+    θ ≥ 1/2 (Hairer & Wanner II, §IV.3) and L-stable only at θ = 1 (R(∞) = −(1 − θ)/θ)."""
+    tab = ButcherTableau([[theta]], [1])
+    assert (tab.is_a_stable, tab.is_l_stable) == (a_stable, l_stable)
+
+
+@pytest.mark.parametrize("gamma, a_stable, l_stable", [
+    ("1/4", True, False), ("1/5", False, False), ("(3 + sqrt(3))/6", True, False), ("(3 - sqrt(3))/6", False, False),
+    ("1 - sqrt(2)/2", True, True), ("1 + sqrt(2)/2", True, True)])
+def test_a_and_l_stability_of_two_stage_sdirk_with_equal_weights(gamma, a_stable, l_stable):
+    """A = [[γ, 0], [1 − 2γ, γ]], b = [1/2, 1/2], order 2 for every γ: A-stable exactly for γ ≥ 1/4
+    (Hairer & Wanner II, §IV.6; the order-3 member γ = (3 + √3)/6 is, (3 − √3)/6 is not), and
+    R(∞) = (2γ² − 4γ + 1)/(2γ²) vanishes at γ = 1 ± √2/2: L-stable there."""
+    tab = ButcherTableau([[gamma, 0], [f"1 - 2*({gamma})", gamma]], ["1/2", "1/2"])
+    assert (tab.is_a_stable, tab.is_l_stable) == (a_stable, l_stable)
+
+
+def test_a_pole_left_of_the_imaginary_axis_is_not_a_stable():
+    """R = 1/(1 + z) has |R(iy)| ≤ 1 on the whole axis, but a pole at −1: not A-stable (Routh's
+    criterion on Q(−z), exactly), while R = 1/(1 − z) is (backward Euler's shape)."""
+    from butcher._stability import StabilityAnalysis, _is_hurwitz
+    one = sp.Poly(1, z, domain=sp.QQ)
+    left, right = StabilityAnalysis(one, sp.Poly(1 + z, z)), StabilityAnalysis(one, sp.Poly(1 - z, z))
+    assert left.imaginary_interval == right.imaginary_interval == sp.Interval(-sp.oo, sp.oo)
+    assert not left.is_a_stable and right.is_a_stable and right.is_l_stable
+    # Routh: z² + z + 1 (roots −1/2 ± i√3/2) and (z + 1)(2z² + z + 1) are Hurwitz; z² + 1 (±i),
+    # z² − z + 1, z³ + z² + z + 2 (a₁a₂ < a₀a₃: a pair right of the axis) and z (a root at 0) are not
+    assert _is_hurwitz([1, 1, 1]) and _is_hurwitz([2, 3, 2, 1])
+    assert not any(_is_hurwitz(c) for c in ([1, 0, 1], [1, -1, 1], [1, 1, 1, 2], [1, 0]))
+
+
 EXPLICIT_SAMPLE = ["euler", "midpoint", "heun", "ralston3", "kutta3", "ssprk3", "ssprk104", "rk4", "rk38",
                    "gill", "bs3", "rkf45", "cash-karp", "dopri5", "tsit5", "vern6", "vern7", "vern8", "dp8"]
 

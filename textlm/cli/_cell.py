@@ -10,6 +10,8 @@ import odernn
 from textlm.limits import argument
 
 from ._errors import CLIError
+from ._progress import HELP as PROGRESS_HELP
+from ._progress import Steps
 
 
 def register(sub, formatter) -> None:
@@ -36,6 +38,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--input-size", type=argument("input_size"), default=32, help="input width (default 32)")
     p.add_argument("--hidden-size", type=argument("hidden_size"), default=128, help="hidden width (default 128)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
     p.set_defaults(handler=cmd_show)
 
 
@@ -63,16 +66,21 @@ def cmd_list(args) -> int:
 def cmd_show(args) -> int:
     if args.input_size < 1 or args.hidden_size < 1:
         raise CLIError("--input-size and --hidden-size must be positive")
-    try:
-        cell = odernn.cell(args.spec, args.input_size, args.hidden_size)
-    except odernn.CellSpecError as err:
-        raise CLIError(str(err)) from None
-    with torch.no_grad():  # one token through the cell: the NFE of implicit cells is measured
-        cell(torch.zeros(1, args.input_size))
+    # a generated tableau (Radau IIA-5) takes seconds to build, an implicit cell's token its iterations
+    with Steps(3, f"building {args.spec}", enabled=not args.no_progress) as step:
+        with step("the tableau and the cell"):
+            try:
+                cell = odernn.cell(args.spec, args.input_size, args.hidden_size)
+            except odernn.CellSpecError as err:
+                raise CLIError(str(err)) from None
+        with step("one token through it"), torch.no_grad():  # the NFE of implicit cells is measured
+            cell(torch.zeros(1, args.input_size))
+        with step("order conditions"):
+            order = cell.tableau.order()
     info = {
         "spec": args.spec, "field": cell.field_name, "tableau": cell.tableau.name,
         "structure": cell.tableau.structure, "n": cell.n, "t": cell.t, "stages": cell.tableau.stages,
-        "order": cell.tableau.order(), "dt": cell.dt, "steps": cell.steps, "partitioned": cell.partitioned,
+        "order": order, "dt": cell.dt, "steps": cell.steps, "partitioned": cell.partitioned,
         "parameters": sum(p.numel() for p in cell.parameters()), "nfe_per_token": cell.nfe,
         "input_size": args.input_size, "hidden_size": args.hidden_size, "constraint": cell.constraint,
         # how odernn.ODERNN runs sequences of it

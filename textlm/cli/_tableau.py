@@ -16,7 +16,8 @@ import butcher
 from odernn import limits
 
 from ._errors import CLIError
-from ._progress import busy
+from ._progress import HELP as PROGRESS_HELP
+from ._progress import Steps
 
 _TABLEAU_HELP = "a catalogue name (see 'odernn tableau list') or a .toml/.json tableau file"
 DEADLINE = butcher.DEADLINE  # seconds of exact analysis on one user's file: with start-up (~2.5 s), within 10 s
@@ -47,16 +48,24 @@ def resolve(spec: str) -> butcher.ButcherTableau:
     return butcher.load(spec) if butcher.names_a_file(spec) else butcher.get(spec)
 
 
-def _exact_then_numerical(spec: str, tol: float | None, analyse):
+def _no_steps(name: str):
+    """The ``step`` of a caller that shows no progress."""
+    return contextlib.nullcontext()
+
+
+def _exact_then_numerical(spec: str, tol: float | None, analyse, step=_no_steps):
     """``analyse(tab, None)`` on the exact tableau, within the deadline for files. With ``--float``
     (``tol``), a file past the exact analysis's budgets or its deadline gets
-    ``analyse(rounded, reason)`` instead: its entries rounded to 50 digits, analysed to ``tol``."""
+    ``analyse(rounded, reason)`` instead: its entries rounded to 50 digits, analysed to ``tol``.
+    ``step`` names the phases for a progress bar (:class:`Steps`)."""
     limit = _deadline_for(spec)
     exact = limit / 2 if limit and tol is not None else limit  # with --float, both fit in one deadline
     start = time.monotonic()
     try:
         with deadline(exact, spec):
-            return analyse(resolve(spec), None)
+            with step("building the tableau"):
+                tab = resolve(spec)
+            return analyse(tab, None)
     except butcher.BudgetError:
         if tol is None:
             raise
@@ -67,7 +76,9 @@ def _exact_then_numerical(spec: str, tol: float | None, analyse):
         reason = f"the exact one did not finish within {exact:g} s"
     try:
         with butcher.time_limit(None if limit is None else max(limit - (time.monotonic() - start), 0.5)):
-            return analyse(butcher.load(spec, exact=False), reason)
+            with step("numerical analysis: the entries to 50 digits"):
+                tab = butcher.load(spec, exact=False)
+            return analyse(tab, reason)
     except butcher.TimeLimitExceeded:
         raise CLIError(f"{spec}: even the numerical analysis did not finish within {limit:g} s: the tableau has "
                        "too many stages or conditions to analyse here") from None
@@ -95,6 +106,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--verify", action="store_true",
                    help="derive order, embedded order and stage order of every method from its coefficients "
                         "and compare with what its reference states (about half a minute; exit code 1 on a mismatch)")
+    p.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
     p.set_defaults(handler=cmd_list)
 
     p = tsub.add_parser("show", help="a tableau and its derived properties", formatter_class=formatter,
@@ -109,6 +121,7 @@ def register(sub, formatter) -> None:
     fmt.add_argument("--toml", action="store_true", help="print the tableau as an editable TOML file")
     p.add_argument("--float", nargs="?", type=limits.TOLERANCE.argument("--float"), const=1e-10, metavar="TOL",
                    help="also print the coefficients as floats, and " + _FLOAT_HELP[5:])
+    p.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
     p.set_defaults(handler=cmd_show)
 
     p = tsub.add_parser("check", help="validate a tableau file", formatter_class=formatter,
@@ -131,6 +144,7 @@ def register(sub, formatter) -> None:
     p.add_argument("file", type=limits.FILE.argument("file"), help="the .toml or .json tableau file")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     p.add_argument("--float", nargs="?", type=limits.TOLERANCE.argument("--float"), const=1e-10, metavar="TOL", help=_FLOAT_HELP)
+    p.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
     p.set_defaults(handler=cmd_check)
 
     p = tsub.add_parser("plot", help="draw stability regions to a PNG", formatter_class=formatter,
@@ -147,26 +161,26 @@ def register(sub, formatter) -> None:
                    help="real-axis range (MIN < MAX)")
     p.add_argument("--ylim", nargs=2, type=limits.AXIS.argument("--ylim"), metavar=("MIN", "MAX"),
                    help="imaginary-axis range (MIN < MAX)")
+    p.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
     p.set_defaults(handler=cmd_plot)
 
 
 def cmd_list(args) -> int:
     rows = []
     names = butcher.names()
-    if args.verify:
-        from tqdm import tqdm
-        names = tqdm(names, desc="deriving", unit="method", file=sys.stderr, disable=None)
-    for name in names:
-        e = butcher.entry(name)
-        row = {"name": name, "aliases": list(e.aliases), "description": e.description,
-               "stated_order": e.order, "stated_embedded_order": e.embedded_order,
-               "stated_stage_order": e.stage_order, "reference": e.reference}
-        if args.verify:
-            tab = butcher.get(name)
-            row.update(order=tab.order(), embedded_order=tab.embedded_order(), stage_order=tab.stage_order())
-            row["verified"] = (row["order"] == e.order and row["embedded_order"] == e.embedded_order
-                               and (e.stage_order is None or row["stage_order"] == e.stage_order))
-        rows.append(row)
+    with Steps(len(names), "deriving the orders", enabled=args.verify and not args.no_progress) as step:
+        for name in names:
+            e = butcher.entry(name)
+            row = {"name": name, "aliases": list(e.aliases), "description": e.description,
+                   "stated_order": e.order, "stated_embedded_order": e.embedded_order,
+                   "stated_stage_order": e.stage_order, "reference": e.reference}
+            if args.verify:
+                with step(name):
+                    tab = butcher.get(name)
+                    row.update(order=tab.order(), embedded_order=tab.embedded_order(), stage_order=tab.stage_order())
+                row["verified"] = (row["order"] == e.order and row["embedded_order"] == e.embedded_order
+                                   and (e.stage_order is None or row["stage_order"] == e.stage_order))
+            rows.append(row)
     failed = [r["name"] for r in rows if r.get("verified") is False]
     if args.json:
         print(json.dumps(rows, indent=1, ensure_ascii=False))
@@ -201,32 +215,34 @@ def _fmt(x) -> str:
     return str(x)
 
 
-def properties(tab: butcher.ButcherTableau) -> dict:
-    """The derived properties of a tableau, as JSON-ready values."""
-    out = {
-        "name": tab.name,
-        "stages": tab.stages,
-        "structure": tab.structure,
-        "fsal": tab.is_fsal,
-        "stiffly_accurate": tab.is_stiffly_accurate,
-        "order": tab.order(),
-        "embedded_order": tab.embedded_order(),
-        "stage_order": tab.stage_order(),
-        "stability_function": str(tab.stability_function()),
-        "notes": list(tab.notes),
-        "tableau": tab.to_dict(),
-    }
+#: the phases of ``tableau show`` (without --toml), for its progress bar
+SHOW_PHASES = ("building the tableau", "order conditions", "stability function", "stability region",
+               "principal error norm", "formatting")
+
+
+def properties(tab: butcher.ButcherTableau, step=_no_steps) -> dict:
+    """The derived properties of a tableau, as JSON-ready values; ``step`` names the phases
+    (:data:`SHOW_PHASES`)."""
+    with step("order conditions"):
+        out = {"name": tab.name, "stages": tab.stages, "structure": tab.structure, "fsal": tab.is_fsal,
+               "stiffly_accurate": tab.is_stiffly_accurate, "order": tab.order(),
+               "embedded_order": tab.embedded_order(), "stage_order": tab.stage_order()}
+    with step("stability function"):
+        out["stability_function"] = str(tab.stability_function())
+    out["notes"] = list(tab.notes)
     if not tab.is_parametric:
-        real, imag = tab.real_stability_interval(), tab.imaginary_stability_interval()
-        out.update({
-            "a_stable": tab.is_a_stable,
-            "l_stable": tab.is_l_stable,
-            "real_stability_interval": [str(real.inf), str(real.sup)],
-            "real_stability_interval_float": [float(real.inf), float(real.sup)],
-            "imaginary_stability_limit": str(imag.sup),
-            "imaginary_stability_limit_float": float(imag.sup),
-            "principal_error_norm": tab.principal_error_norm(),
-        })
+        with step("stability region"):
+            real, imag = tab.real_stability_interval(), tab.imaginary_stability_interval()
+            out.update({
+                "a_stable": tab.is_a_stable,
+                "l_stable": tab.is_l_stable,
+                "real_stability_interval": [str(real.inf), str(real.sup)],
+                "real_stability_interval_float": [float(real.inf), float(real.sup)],
+                "imaginary_stability_limit": str(imag.sup),
+                "imaginary_stability_limit_float": float(imag.sup),
+            })
+        with step("principal error norm"):
+            out["principal_error_norm"] = tab.principal_error_norm()
     if tab.description:
         out["description"] = tab.description
     if tab.reference:
@@ -288,25 +304,38 @@ def approximation_lines(tab: butcher.ButcherTableau, a: butcher.Approximation, n
 
 
 def cmd_show(args) -> int:
-    with busy(f"analysing {args.tableau} exactly"):
-        return _exact_then_numerical(args.tableau, args.float, lambda tab, reason: _show(args, tab, reason))
+    phases = 2 if args.toml else len(SHOW_PHASES) + (args.float is not None)
+    with Steps(phases, f"analysing {args.tableau}", enabled=not args.no_progress) as step:
+        return _exact_then_numerical(args.tableau, args.float, lambda tab, reason: _show(args, tab, reason, step), step)
 
 
-def _show(args, tab: butcher.ButcherTableau, numerical: str | None) -> int:
-    """Everything is computed before anything is printed: a deadline never cuts a listing."""
+def _show(args, tab: butcher.ButcherTableau, numerical: str | None, step) -> int:
+    """Everything is computed before anything is printed: a deadline never cuts a listing, and
+    the progress bar has cleared."""
     if args.toml:
-        sys.stdout.write(butcher.dumps_toml(tab))
+        with step("formatting"):
+            text = butcher.dumps_toml(tab)
+        step.close()
+        sys.stdout.write(text)
         return 0
     with_float = args.float is not None and not tab.is_parametric
-    approx = approximation(tab, args.float) if with_float else None
+    approx = None
+    if with_float:
+        with step(f"numerical analysis to {args.float:g}"):
+            approx = approximation(tab, args.float)
     if numerical:
         props = {"name": tab.name, "stages": tab.stages, "structure": tab.structure, "exact": False,
                  "why": f"numerical analysis: {numerical}; entries rounded to 50 digits"}
     else:
-        props = properties(tab)
+        props = properties(tab, step)
     if approx is not None:
         props["approximation"] = approximation_json(approx)
-    arrays = tab.to_numpy() if with_float else None
+    with step("formatting"):
+        arrays = tab.to_numpy() if with_float else None
+        if args.json and not numerical:
+            props["tableau"] = tab.to_dict()  # seconds for a generated tableau (Radau IIA-5): only here
+        text = None if args.json else tab.pretty()
+    step.close()
     if args.json:
         if arrays is not None:
             props["float"] = {k: (None if v is None else v.tolist()) for k, v in arrays._asdict().items()}
@@ -315,7 +344,6 @@ def _show(args, tab: butcher.ButcherTableau, numerical: str | None) -> int:
     title = tab.name or args.tableau
     print(f"{title}: {tab.description}" if tab.description else title)
     print()
-    text = tab.pretty()
     print(text)
     if "~" in text:
         print("(~: a long exact entry shown as a float; --toml or --json give every entry exactly)")
@@ -352,30 +380,45 @@ def _show(args, tab: butcher.ButcherTableau, numerical: str | None) -> int:
     return 0
 
 
+#: the phases of ``tableau check``, for its progress bar
+CHECK_PHASES = ("building the tableau", "order conditions", "stability region", "numerical analysis")
+
+
 def cmd_check(args) -> int:
     with warnings.catch_warnings(record=True) as caught:  # the file's warnings go into the verdict
         warnings.simplefilter("always")
-        with busy(f"analysing {args.file} exactly"):
-            return _exact_then_numerical(args.file, args.float, lambda tab, reason: _check(args, tab, reason, caught))
+        with Steps(len(CHECK_PHASES), f"analysing {args.file}", enabled=not args.no_progress) as step:
+            return _exact_then_numerical(args.file, args.float,
+                                         lambda tab, reason: _check(args, tab, reason, caught, step), step)
 
 
-def _check(args, tab: butcher.ButcherTableau, numerical: str | None, caught: list) -> int:
+def _stability_verdict(tab: butcher.ButcherTableau) -> dict:
+    """A- and L-stability, decided from R(z) (``None`` for a parametric tableau: they depend on
+    the parameters)."""
+    if tab.is_parametric:
+        return {"a_stable": None, "l_stable": None}
+    return {"a_stable": tab.is_a_stable, "l_stable": tab.is_l_stable}
+
+
+def _check(args, tab: butcher.ButcherTableau, numerical: str | None, caught: list, step) -> int:
     numerical_only = numerical is not None
-    if not numerical_only:
-        tab.order()  # the exact analysis within the deadline, or the budget error, here
+    verdict = {"file": args.file, "valid": True, "name": tab.name, "stages": tab.stages,
+               "structure": tab.structure, "exact": not numerical_only}
+    if not numerical_only:  # the exact analysis within the deadline, or the budget error, here
+        with step("order conditions"):
+            verdict.update(order=tab.order(), embedded_order=tab.embedded_order(), stage_order=tab.stage_order())
+        with step("stability region"):
+            verdict.update(_stability_verdict(tab))
     warned = list(dict.fromkeys(str(w.message) for w in caught))  # a fallback loads the file twice
     tol = 1e-10 if args.float is None else args.float
-    approx = approximation(tab, tol) if not tab.is_parametric else None
-    if numerical_only:
-        verdict = {"file": args.file, "valid": True, "name": tab.name, "stages": tab.stages,
-                   "structure": tab.structure, "exact": False, "approximation": approximation_json(approx),
-                   "warnings": warned}
-    else:
-        verdict = {"file": args.file, "valid": True, "name": tab.name, "stages": tab.stages,
-                   "structure": tab.structure, "exact": True, "order": tab.order(),
-                   "embedded_order": tab.embedded_order(), "stage_order": tab.stage_order(),
-                   "approximation": approximation_json(approx) if approx else None,
-                   "warnings": warned, "notes": list(tab.notes)}
+    approx = None
+    if not tab.is_parametric:
+        with step(f"numerical analysis to {tol:g}"):
+            approx = approximation(tab, tol)
+    step.close()
+    verdict.update(approximation=approximation_json(approx) if approx else None, warnings=warned)
+    if not numerical_only:
+        verdict["notes"] = list(tab.notes)
     if args.json:
         print(json.dumps(verdict, indent=1, ensure_ascii=False))
         return 0
@@ -386,6 +429,8 @@ def _check(args, tab: butcher.ButcherTableau, numerical: str | None, caught: lis
         embedded = f", embedded order {verdict['embedded_order']}" if verdict["embedded_order"] is not None else ""
         print(f"ok: {args.file}: {tab.name!r}, {tab.stages} stages, {tab.structure}, order {verdict['order']}"
               f"{embedded}, stage order {verdict['stage_order']}")
+        if verdict["a_stable"] is not None:
+            print(f"A-stable: {verdict['a_stable']}; L-stable: {verdict['l_stable']}")
     for line in approximation_lines(tab, approx, numerical_only) if approx else ():
         print(("" if numerical_only else "note: ") + line)
     for w in verdict["warnings"]:
@@ -410,29 +455,30 @@ def _complex(text: str) -> complex:
 
 
 def cmd_plot(args) -> int:
-    with busy(f"drawing the regions of {', '.join(args.tableaux)}"):
-        return _plot(args)
-
-
-def _plot(args) -> int:
     for name, window in (("--xlim", args.xlim), ("--ylim", args.ylim)):
         if window is not None and not window[0] < window[1]:
             raise CLIError(f"{name} MIN MAX needs MIN < MAX, got {window[0]:g} {window[1]:g}")
-    tableaux = []
-    for spec in args.tableaux:
-        with deadline(_deadline_for(spec), spec):
-            tableaux.append(resolve(spec))
-            tableaux[-1].stability_function()
-    for tab, spec in zip(tableaux, args.tableaux):
-        if tab.is_parametric:
-            raise CLIError(f"{spec} is parametric in {sorted(map(str, tab.symbols))}; give concrete values")
     points = [_complex(p) for p in args.point]
-    fig = butcher.plot_stability_region(tableaux, points or None, xlim=args.xlim, ylim=args.ylim)
     output = Path(args.output)
     if not output.parent.exists():
         raise CLIError(f"{output.parent} does not exist")
-    tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
-    fig.savefig(tmp, bbox_inches="tight")
-    tmp.replace(output)  # atomic: a reader never sees half a picture
+    with Steps(len(args.tableaux) + 2, "plotting", enabled=not args.no_progress) as step:
+        tableaux = []
+        for spec in args.tableaux:
+            with step(f"building {spec}"), deadline(_deadline_for(spec), spec):
+                tableaux.append(resolve(spec))
+                tableaux[-1].stability_function()
+            if tableaux[-1].is_parametric:
+                raise CLIError(f"{spec} is parametric in {sorted(map(str, tableaux[-1].symbols))}; "
+                               "give concrete values")
+        with step("drawing the regions"):
+            # a name twice (dopri5 and the file 'tableau show dopri5 --toml' wrote) is told apart by its source
+            sources = [spec if butcher.names_a_file(spec) else "catalogue" for spec in args.tableaux]
+            fig = butcher.plot_stability_region(tableaux, points or None, xlim=args.xlim, ylim=args.ylim,
+                                                sources=sources)
+        with step(f"writing {output.name}"):
+            tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
+            fig.savefig(tmp, bbox_inches="tight")
+            tmp.replace(output)  # atomic: a reader never sees half a picture
     print(f"wrote {output}")
     return 0
