@@ -128,9 +128,11 @@ class ModelConfig(ModelOptions):
             problems.append(f"the adjoint method is named by a string, not {type(self.adjoint_method).__name__}")
         if problems:
             raise ModelError("; ".join(problems))
-        self.cell = [self.cell] * self.layers if isinstance(self.cell, str) else list(self.cell)
-        if len(self.cell) != self.layers or not all(isinstance(spec, str) for spec in self.cell):
-            raise ModelError(f"{self.layers} layers need {self.layers} cell specs, got {self.cell!r}")
+        self.cell = list(self.cell) if isinstance(self.cell, (list, tuple)) else [self.cell] * self.layers
+        if len(self.cell) != self.layers:
+            raise ModelError(f"{self.layers} layers need {self.layers} cell specs, got {len(self.cell)}")
+        if not all(isinstance(spec, str) for spec in self.cell):
+            raise ModelError(f"cell specs are text (such as 'gru-ode:rk4'), got {self.cell!r}")
         self.embed = self.embed or self.hidden
         if self.tie_weights and self.embed != self.hidden:
             raise ModelError(f"weight tying needs --embed equal to --hidden ({self.embed} ≠ {self.hidden})")
