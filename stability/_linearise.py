@@ -25,6 +25,31 @@ def _silent(_: str) -> None:
     pass
 
 
+# The dense linear algebra goes through PyTorch's LAPACK, which runs on the threads the project
+# chose (``torch.set_num_threads``: the command line takes one per idle core). numpy's OpenBLAS
+# keeps one thread per core, and on a loaded machine they wait for each other: a partitioned
+# check (rnn:order=4, 32 units) took 12–27 s with numpy and 1.1–1.4 s on one thread, at a load
+# of 7 on 2 cores.
+def spectral_radii(M: np.ndarray) -> np.ndarray:
+    """The spectral radius of each matrix of a batch ``(…, D, D)``; ``inf`` for a matrix that left
+    the floats (LAPACK refuses it, or crashes)."""
+    return _finite_only(M, lambda A: torch.linalg.eigvals(A).abs().amax(dim=-1))
+
+
+def singular_values(M: np.ndarray) -> np.ndarray:
+    """The singular values of each matrix of a batch, largest first (``inf`` as above)."""
+    return _finite_only(M, torch.linalg.svdvals)
+
+
+def _finite_only(M: np.ndarray, compute) -> np.ndarray:
+    M = torch.from_numpy(M)
+    finite = M.isfinite().flatten(-2).all(dim=-1)
+    first = compute(M[finite])
+    out = torch.full((*M.shape[:-2], *first.shape[1:]), math.inf, dtype=first.dtype)
+    out[finite] = first
+    return out.numpy()
+
+
 @dataclass
 class Linearisation:
     """The field's Jacobians at the sampled states and what every condition reads from them, each
@@ -75,7 +100,7 @@ class Linearisation:
     def radii(self) -> np.ndarray:
         """The spectral radius of each step map ``(N,)``."""
         self.progress("spectral radii of the step maps")
-        return np.abs(np.linalg.eigvals(self.maps)).max(axis=-1)
+        return spectral_radii(self.maps)
 
     @cached_property
     def amplification(self) -> np.ndarray:
@@ -100,14 +125,13 @@ class Linearisation:
     @cached_property
     def token_maps(self) -> np.ndarray:
         """The linearised token map ``M_k = S_k^steps`` at each sampled state."""
-        return np.linalg.matrix_power(self.maps, self.cell.steps)
+        return torch.linalg.matrix_power(torch.from_numpy(self.maps), self.cell.steps).numpy()
 
     @cached_property
     def token_map_singular_values(self) -> np.ndarray:
         """Singular values of each token map, largest first ``(N, D)``."""
         self.progress("singular values of the token maps")
-        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-            return np.linalg.svd(self.token_maps, compute_uv=False)
+        return singular_values(self.token_maps)
 
     @property
     def worst(self) -> float:
@@ -201,7 +225,8 @@ def linearise(cell, inputs=None, dt: float | None = None, samples: int = 16, see
 
 def _sample_states(cell, inputs, samples: int, generator: torch.Generator):
     """The zero state and states along a trajectory driven by ``inputs`` ``(T, B, I)`` (random
-    normal inputs when none are given); returns ``(x, state)`` batches for the Jacobian."""
+    normal inputs when none are given), up to where it leaves the floats; returns ``(x, state)``
+    batches for the Jacobian."""
     reference = next(cell.parameters())
     dtype, device = reference.dtype, reference.device
     if inputs is None:
@@ -216,6 +241,8 @@ def _sample_states(cell, inputs, samples: int, generator: torch.Generator):
         states.append(state)
         for x in inputs[: max(samples - 1, 0)]:
             state = cell(x, state)
+            if not all(block.isfinite().all() for block in cell.field.to_blocks(state)):
+                break  # the trajectory left the floats (an unstable step): no state to linearise at after it
             xs.append(x)
             states.append(state)
     x = torch.cat(xs)
@@ -276,14 +303,14 @@ def largest_partitioned_dt(lin: Linearisation, radii: np.ndarray | None = None) 
     largest — an eigenvalue problem of size D per state and trial, the cost of the check."""
     cell = lin.cell
     if radii is None:
-        radii = np.abs(np.linalg.eigvals(step_maps(cell, lin.jacobians, cell.dt / cell.steps))).max(axis=-1)
+        radii = spectral_radii(step_maps(cell, lin.jacobians, cell.dt / cell.steps))
     J = lin.jacobians[np.argsort(radii)[-3:]]
     trials = iter(range(1, 1000))
 
     def stable(dt):
         lin.progress(f"largest stable Δ: trial {next(trials)}, Δ = {dt:.3g}")
         S = step_maps(cell, J, dt / cell.steps)
-        return bool(np.abs(np.linalg.eigvals(S)).max() <= 1 + lin.tolerance)
+        return bool(spectral_radii(S).max() <= 1 + lin.tolerance)
     lo, hi = 0.0, cell.dt
     if stable(hi):
         for _ in range(10):
