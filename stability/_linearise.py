@@ -286,14 +286,14 @@ def step_maps(cell, J: np.ndarray, step: float) -> np.ndarray:
     stepped with the others held is the system whose other rows are zero)."""
     if not cell.partitioned:
         return cell.tableau.stability_matrix(step * J)
-    D, t = J.shape[-1], cell.t
-    size = D // t
-    S = np.broadcast_to(np.eye(D), J.shape).copy()
-    for g in range(t):
+    size = J.shape[-1] // cell.t
+    S = None
+    for g in range(cell.t):
         Jg = np.zeros_like(J)
         Jg[:, g * size:(g + 1) * size] = J[:, g * size:(g + 1) * size]
-        S = cell.tableau.stability_matrix(step * Jg) @ S
-    return S
+        Rg = torch.from_numpy(cell.tableau.stability_matrix(step * Jg))
+        S = Rg if S is None else Rg @ S  # PyTorch's product: on the project's threads, as above
+    return S.numpy()
 
 
 def largest_partitioned_dt(lin: Linearisation, radii: np.ndarray | None = None) -> float:
