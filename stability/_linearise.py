@@ -28,8 +28,8 @@ def _silent(_: str) -> None:
 # The dense linear algebra goes through PyTorch's LAPACK, which runs on the threads the project
 # chose (``torch.set_num_threads``: the command line takes one per idle core). numpy's OpenBLAS
 # keeps one thread per core, and on a loaded machine they wait for each other: a partitioned
-# check (rnn:order=4, 32 units) took 12–27 s with numpy and 1.1–1.4 s on one thread, at a load
-# of 7 on 2 cores.
+# check (rnn:order=4, 32 units, a load of 7 on 2 cores) took 11.0 s with numpy and 4.9 s so (the
+# rest is butcher's numpy stability_matrix; 1.2 s with numpy's threads capped at one as well).
 def spectral_radii(M: np.ndarray) -> np.ndarray:
     """The spectral radius of each matrix of a batch ``(…, D, D)``; ``inf`` for a matrix that left
     the floats (LAPACK refuses it, or crashes)."""
