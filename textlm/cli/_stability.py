@@ -1,8 +1,10 @@
-"""``odernn stability …``: will this cell train stably? ``check`` exits 0 for a stable step, 3 for a
-faithful step of expanding dynamics, 1 for an unstable step (``stability.StabilityReport.verdict``)."""
+"""``odernn stability …``: will this cell train stably? ``check`` exits with its verdict's code
+(``stability.VERDICTS``: 0 stable, 3 expanding dynamics, 4 marginal step, 1 unstable step) when the
+verdict is at least as bad as ``--fail-on`` says, and 0 otherwise."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import butcher
@@ -14,26 +16,35 @@ from ._errors import CLIError
 from ._progress import busy
 
 
+# --fail-on's choices: the mildest verdict that fails (None: none does)
+FAIL_ON = {"expanding": "expanding dynamics", "marginal": "marginal step", "unstable": "unstable step", "never": None}
+
+
 def register(sub, formatter) -> None:
     group = sub.add_parser("stability", help="spectral stability of a cell against its tableau",
                            formatter_class=formatter,
                            description="Linearise the cell's vector field at sampled states and judge the "
                                        "step-scaled eigenvalues against the tableau's stability region. The "
-                                       "verdict separates the discretisation from the dynamics: STABLE (exit 0) "
-                                       "when every step-scaled eigenvalue lies in the region; FAITHFUL STEP, "
-                                       "EXPANDING DYNAMICS (exit 3) when only modes the learned field itself "
-                                       "expands leave it and the tableau amplifies none more than the exact flow "
-                                       "(the state is then bounded only by saturating activations; a smaller step "
-                                       "changes nothing); UNSTABLE STEP (exit 1) when the tableau amplifies a mode "
-                                       "beyond both the region and the exact flow (a smaller step, more steps or "
-                                       "another tableau helps). Several layers: the worst of them.")
+                                       "verdict separates the discretisation from the dynamics, mildest first: "
+                                       "STABLE (exit 0) when every step-scaled eigenvalue lies in the region; "
+                                       "FAITHFUL STEP, EXPANDING DYNAMICS (exit 3) when only modes the learned field "
+                                       "itself expands leave it and the tableau amplifies none more than the exact "
+                                       "flow (the state is then bounded only by saturating activations; a smaller "
+                                       "step changes nothing); MARGINAL STEP (exit 4) when modes the exact flow "
+                                       "neither expands nor contracts (on the imaginary axis) leave it, amplified at "
+                                       "most 0.1 % beyond the flow a step: slow growth from the discretisation, which another "
+                                       "tableau (or a smaller step, where the report names one) removes; UNSTABLE "
+                                       "STEP (exit 1) when the tableau amplifies a mode beyond both the region and "
+                                       "the exact flow. Several layers: the worst of them.")
     ssub = group.add_subparsers(dest="stability_command", metavar="ACTION", required=True)
     for name, handler, text in (("check", cmd_check, "verdict, margin and conditions (exit 0: stable step; 3: faithful "
-                                                     "step, the learned dynamics expand; 1: unstable step)"),
+                                                     "step, the learned dynamics expand; 4: marginal step; 1: "
+                                                     "unstable step; --fail-on chooses which fail)"),
                                 ("plot", cmd_plot, "the stability region with the scaled eigenvalues, as PNG")):
         p = ssub.add_parser(name, help=text, formatter_class=formatter,
                             epilog=f"example:\n  odernn stability {name} gru-ode:rk4 --hidden-size 64"
-                                   + (" -o eig.png" if name == "plot" else " --json"))
+                                   + (" -o eig.png" if name == "plot" else
+                                      " --json\n  odernn stability check runs/quick --fail-on unstable && odernn train …"))
         p.add_argument("spec", metavar="SPEC|CHECKPOINT",
                        help="a cell spec, e.g. gru-ode:rk4:steps=2 (weights: the default initialisation), or a "
                             "trained model's checkpoint (file or run folder): every ODE layer is checked at its "
@@ -46,8 +57,17 @@ def register(sub, formatter) -> None:
         p.add_argument("--device", default="cpu",
                        help="where the Jacobians are formed: cpu (default), cuda, cuda:N or auto; the verdict is "
                             "computed in float64 on the CPU either way")
+        p.add_argument("--no-progress", action="store_true",
+                       help="no progress bar (it goes to stderr, on a terminal only)")
         if name == "check":
-            p.add_argument("--json", action="store_true", help="print the report as JSON")
+            p.add_argument("--json", action="store_true", help="print the report as JSON (no progress bar)")
+            p.add_argument("--fail-on", choices=FAIL_ON, default="expanding",
+                           help="the mildest verdict that fails the command, in the order stable < expanding "
+                                "dynamics < marginal step < unstable step: a verdict at or past it exits with its "
+                                "own code (expanding dynamics 3, marginal step 4, unstable step 1), a milder one "
+                                "with 0. expanding (default): every verdict but stable fails; marginal: only "
+                                "faults of the step (4, 1); unstable: only an unstable step (1); never: always 0. "
+                                "Stable is always 0, bad input always 2")
         else:
             p.add_argument("-o", "--output", required=True, type=argument("output"), help="output image (PNG)")
         p.set_defaults(handler=handler)
@@ -82,7 +102,8 @@ def _checkpoint_cells(args):
     return out
 
 
-def _reports(args):
+def _cells(args):
+    """``(label, cell, inputs)`` to check: every ODE layer of a checkpoint, or the spec's cell."""
     import torch
     if args.input_size < 1 or args.hidden_size < 1 or args.samples < 1:
         raise CLIError("--input-size, --hidden-size and --samples must be positive")
@@ -93,8 +114,7 @@ def _reports(args):
         for label, cell, _ in cells:
             _affordable(label, cell, args.samples)
             _prepared(label, cell)
-        return [(label, cell, stability.check(cell, inputs=x, dt=args.dt, samples=args.samples, seed=args.seed))
-                for label, cell, x in cells]
+        return cells
     from textlm.runtime import resolve_device
     device = resolve_device(args.device)
     try:  # judged affordable on the meta device (no memory) before the weights are drawn
@@ -105,7 +125,18 @@ def _reports(args):
         raise CLIError(str(err)) from None
     if odernn.tableau_file(args.spec):
         _prepared(args.spec, cell)
-    return [(args.spec, cell, stability.check(cell, dt=args.dt, samples=args.samples, seed=args.seed))]
+    return [(args.spec, cell, None)]
+
+
+def _reports(args):
+    """``(label, cell, report)`` for every cell to check, with a sign of life while the cells are
+    made and a progress bar over each check's conditions (neither with --no-progress or --json)."""
+    show = not (args.no_progress or getattr(args, "json", False))
+    with busy(f"preparing {args.spec}") if show else contextlib.nullcontext():
+        cells = _cells(args)
+    return [(label, cell, stability.check(cell, inputs=x, dt=args.dt, samples=args.samples, seed=args.seed,
+                                          progress=f"{label}: {args.samples} states" if show else None))
+            for label, cell, x in cells]
 
 
 def _prepared(label: str, cell) -> None:
@@ -131,9 +162,16 @@ def _affordable(label: str, cell, samples: int) -> None:
                        f"{odernn.limits.EIGEN_WORK:.0e}: lower --samples or --hidden-size")
 
 
+def exit_code(verdict: str, fail_on: str) -> int:
+    """The verdict's code (``stability.VERDICTS``) when it is at least as bad as ``--fail-on``'s
+    verdict, else 0."""
+    order, mildest = list(stability.VERDICTS), FAIL_ON[fail_on]
+    fails = mildest is not None and order.index(verdict) >= order.index(mildest)
+    return stability.VERDICTS[verdict] if fails else 0
+
+
 def cmd_check(args) -> int:
-    with busy(f"linearising {args.spec} at {args.samples} states and judging the eigenvalues"):
-        reports = _reports(args)
+    reports = _reports(args)
     if args.json:
         import json
         data = [dict(json.loads(r.to_json()), cell=label) for label, _, r in reports]
@@ -141,16 +179,13 @@ def cmd_check(args) -> int:
     else:
         for label, _, report in reports:
             print((f"{label}: " if len(reports) > 1 else "") + str(report))
-    verdicts = {r.verdict for _, _, r in reports}
-    worst = next(v for v in ("unstable step", "expanding dynamics", "stable") if v in verdicts)
-    return stability.VERDICTS[worst]
+    worst = max((r.verdict for _, _, r in reports), key=list(stability.VERDICTS).index)
+    return exit_code(worst, args.fail_on)
 
 
 def cmd_plot(args) -> int:
     import butcher
-    with busy(f"linearising {args.spec} at {args.samples} states"):
-        reports = _reports(args)
-    _, cell, report = reports[0]
+    _, cell, report = _reports(args)[0]
     output = Path(args.output)
     if not output.parent.exists():
         raise CLIError(f"{output.parent} does not exist")
