@@ -5,6 +5,7 @@ Every layer is either a generated ODE cell (any ``odernn`` spec: ``gru-ode:rk4``
 generated architectures are compared inside the same model. Consecutive layers with the same spec
 are one module — an ``odernn.ODERNN`` or an ``nn.RNN``/``nn.LSTM``/``nn.GRU`` with ``num_layers`` —
 which runs whole sequences. Dropout sits on the non-recurrent connections (Zaremba et al. 2014).
+The model is what its :class:`ModelConfig` says, and a checkpoint stores that config.
 
 Gradient modes of the ODE layers (``grad=``, see ``odernn.ODERNN``):
 
