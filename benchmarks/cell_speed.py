@@ -56,31 +56,29 @@ def loop(cell, xs):
     return run
 
 
-def torchdiffeq_loop(field, xs, method):
-    """torchdiffeq per token with the input projection hoisted out of the evaluations."""
+def torchdiffeq_loop(ode_of, xs, method):
+    """torchdiffeq per token: ``ode_of(x)`` is the token's right-hand side ``f(t, y)``."""
     span = torch.tensor([0.0, 1.0])
 
     def run():
         h = torch.zeros(B, H)
         for x in xs:
-            context = field.project(x)
-            h = torchdiffeq.odeint(lambda t, y: field(context, (y,))[0], h, span, method=method,
-                                   options=dict(step_size=1.0))[-1]
+            h = torchdiffeq.odeint(ode_of(x), h, span, method=method, options=dict(step_size=1.0))[-1]
         return h
     return run
 
 
-def torchdiffeq_token_ode(field, xs, method):
-    """torchdiffeq per token through the interop function: projection inside, as odeint_adjoint needs."""
-    span = torch.tensor([0.0, 1.0])
+def hoisted(field):
+    """The right-hand side with the input projection computed once per token, outside the evaluations."""
+    def ode_of(x):
+        context = field.project(x)
+        return lambda t, y: field(context, (y,))[0]
+    return ode_of
 
-    def run():
-        h = torch.zeros(B, H)
-        for x in xs:
-            h = torchdiffeq.odeint(odernn.TokenODE(field, x), h, span, method=method,
-                                   options=dict(step_size=1.0))[-1]
-        return h
-    return run
+
+def token_ode(field):
+    """The interop function: projection inside every evaluation, as odeint_adjoint needs."""
+    return lambda x: odernn.TokenODE(field, x)
 
 
 def report(results: dict, repeats: int) -> dict:
@@ -128,10 +126,10 @@ def main():
         "GRUCell loop": training_step(loop(gru_cell, xs), list(gru_cell.parameters())),
         "generated Euler GRU-ODE": training_step(loop(euler, xs), weights),
         "generated RK4 GRU-ODE": training_step(loop(rk4, xs), list(rk4.parameters())),
-        "torchdiffeq Euler": training_step(torchdiffeq_loop(field, xs, "euler"), weights),
-        "torchdiffeq RK4": training_step(torchdiffeq_loop(field, xs, "rk4"), weights),
-        "torchdiffeq Euler, TokenODE": training_step(torchdiffeq_token_ode(field, xs, "euler"), weights),
-        "torchdiffeq RK4, TokenODE": training_step(torchdiffeq_token_ode(field, xs, "rk4"), weights),
+        "torchdiffeq Euler": training_step(torchdiffeq_loop(hoisted(field), xs, "euler"), weights),
+        "torchdiffeq RK4": training_step(torchdiffeq_loop(hoisted(field), xs, "rk4"), weights),
+        "torchdiffeq Euler, TokenODE": training_step(torchdiffeq_loop(token_ode(field), xs, "euler"), weights),
+        "torchdiffeq RK4, TokenODE": training_step(torchdiffeq_loop(token_ode(field), xs, "rk4"), weights),
         "fused nn.GRU": training_step(lambda: fused(xs)[0][-1], list(fused.parameters())),
     }, args.repeats)
     ratios = report(results, args.repeats)

@@ -100,7 +100,7 @@ def test_odernn_and_a_checkpoint_meet_the_deadline_too(files, monkeypatch):
     with pytest.raises(odernn.CellSpecError, match="did not finish within 0.02 s"):
         odernn.ODERNN(f"gru-ode:{files / 'dense6.toml'}", 3, 4)
     with pytest.raises(ModelError, match="did not (parse|finish) within 0.02 s"):
-        LanguageModel(5, model.config["cell"], hidden=4, tableaux=model.config["tableaux"])
+        LanguageModel(5, model.config.cell, hidden=4, tableaux=model.config.tableaux)
 
 
 def test_float_says_when_even_the_numerical_analysis_cannot_finish(files, monkeypatch):

@@ -139,10 +139,6 @@ class ModelConfig(ModelOptions):
             raise ModelError(f"weight tying needs --embed equal to --hidden ({self.embed} ≠ {self.hidden})")
         self.tableaux = _stored_tableaux(self.cell, self.tableaux or {}, Path(base) if base is not None else None)
 
-    def __getitem__(self, name: str):
-        """``config[name]``, as when a model's config was a dict."""
-        return getattr(self, name)
-
     @property
     def adjoint(self) -> odernn.AdjointMethod:
         return odernn.AdjointMethod(self.adjoint_method, self.adjoint_steps, self.adjoint_rtol, self.adjoint_atol)
