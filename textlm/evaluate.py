@@ -82,10 +82,11 @@ def _device(model) -> torch.device:
 
 @torch.no_grad()
 def sample(model, prompt_ids: list[int], length: int, temperature: float = 1.0, top_k: int | None = None,
-           greedy: bool = False, generator: torch.Generator | None = None, deadline: float | None = None) -> list[int]:
+           greedy: bool = False, generator: torch.Generator | None = None, deadline: float | None = None,
+           progress: str | None = None) -> list[int]:
     """Continue ``prompt_ids`` by ``length`` tokens: ``multinomial(softmax(logits / T))``, over the
     ``top_k`` most likely tokens if given, or the argmax with ``greedy``; fewer where ``deadline``
-    (a ``time.perf_counter()`` value) passes first."""
+    (a ``time.perf_counter()`` value) passes first. ``progress``: a bar with that label on stderr."""
     if not prompt_ids:
         raise ValueError("the prompt is empty")
     if temperature <= 0 and not greedy:
@@ -96,7 +97,11 @@ def sample(model, prompt_ids: list[int], length: int, temperature: float = 1.0, 
     idx = torch.tensor([prompt_ids], device=device)
     logits, _, state = model(idx)
     out = []
-    for _ in range(length):
+    steps = range(length)
+    if progress:
+        from tqdm import tqdm
+        steps = tqdm(steps, desc=progress, unit="token", dynamic_ncols=True, leave=False, file=sys.stderr)
+    for _ in steps:
         last = logits[0, -1].double().cpu()  # drawn on the CPU: the same seed gives the same text on any device
         if not bool(torch.isfinite(last).all()):
             raise ModelError("the model's outputs are not finite (NaN or inf): it has diverged; sample from an "

@@ -129,7 +129,7 @@ def register(sub, formatter) -> None:
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("generate", help="sample text from a checkpoint", formatter_class=formatter,
-                       epilog="example:\n  odernn generate runs/rk4 --prompt 'ROMEO:' --length 300 --temperature 0.8")
+                       epilog="example:\n  odernn generate runs/quick --prompt 'ROMEO:' --length 300 --temperature 0.8")
     p.add_argument("checkpoint", type=argument("checkpoint"), help="a checkpoint file or its run folder")
     p.add_argument("--prompt", default="\n", help="text to continue (default a newline)")
     p.add_argument("--length", type=argument("length"), default=300)
@@ -137,13 +137,14 @@ def register(sub, formatter) -> None:
     p.add_argument("--top-k", type=argument("top_k"))
     p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
     p.add_argument("--seed", type=argument("seed"), default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it goes to stderr, on a terminal only)")
     _device_option(p)
     _precision_option(p, None)
     p.set_defaults(handler=cmd_generate)
 
     p = sub.add_parser("evaluate", help="perplexity, BLEU, ROUGE-L and the combined score of a checkpoint",
                        formatter_class=formatter,
-                       epilog="example:\n  odernn evaluate runs/rk4 --split test --json")
+                       epilog="example:\n  odernn evaluate runs/quick --split test --json")
     p.add_argument("checkpoint", type=argument("checkpoint"), help="a checkpoint file or its run folder")
     p.add_argument("--split", choices=("valid", "test"), default="valid")
     p.add_argument("--data-root", metavar="DIR", type=argument("data_root"))
@@ -334,7 +335,8 @@ def cmd_generate(args) -> int:
     try:
         with runtime.autocast():
             out = sample(model, prompt, args.length, args.temperature, args.top_k, args.greedy,
-                         torch.Generator().manual_seed(args.seed))
+                         torch.Generator().manual_seed(args.seed),
+                         progress=None if args.no_progress or not sys.stderr.isatty() else "generating")
     except ValueError as err:
         raise CLIError(str(err)) from None
     print(vocab.decode(prompt) + ("" if vocab.level == "char" else " ") + vocab.decode(out))
