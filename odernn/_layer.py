@@ -51,7 +51,8 @@ class ODERNN(Settings, nn.Module):
     ``(T, E)``, or a ``PackedSequence``; ``hx`` ``(num_layers · directions, B, H)``, a tuple of
     such tensors for two-block fields in the cell's state order (``(h, c)`` as ``nn.LSTM``);
     ``output`` ``(T, B, directions · H)``. Beyond ``nn.GRU``: ``dt``, the interval each token
-    integrates over (a float, or a ``(T, B)`` tensor of gaps for irregular sampling; default the
+    integrates over (a float, or a tensor of gaps laid out as the input's first two dimensions,
+    ``(T, B)``, ``(B, T)`` with ``batch_first``, for irregular sampling; default the
     spec's ``dt``); ``lengths``, the valid length of each sequence of a padded batch (the state of
     a finished sequence is carried unchanged and its outputs are zero, as with a packed input).
     Input that does not fit raises :class:`odernn.InputError` (a ``ValueError`` and a
@@ -383,7 +384,8 @@ class ODERNN(Settings, nn.Module):
         return T, B, unbatched, lengths
 
     def _gaps(self, dt, T, B, unbatched, like):
-        """``dt`` as ``None`` (each cell's own Δ), a float, or a time-major ``(T, B)`` tensor."""
+        """``dt`` as ``None`` (each cell's own Δ), a float, or a time-major ``(T, B)`` tensor (given
+        ``(B, T)`` with ``batch_first``)."""
         if dt is None:
             return None
         number = check_interval(dt, "ODERNN: ")
