@@ -16,6 +16,7 @@ from ._linearise import FAITHFUL, NEUTRAL, Linearisation, ray_limits, singular_v
 
 __all__ = ["CONDITIONS", "Condition", "unit_disc_limit"]
 
+
 @dataclass(frozen=True)
 class Condition:
     """One condition of the report. ``key``: a stable machine name (``"absolute_stability"``, …);
