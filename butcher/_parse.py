@@ -363,8 +363,10 @@ def _nearest_real_root(polynomial: sp.Poly, near, parser: _Parser) -> sp.Expr:
 
 def parse_number(text: str, where: str = "entry", names: dict | None = None, exact: bool = True) -> sp.Expr:
     """Parse ``text`` into an exact SymPy number without evaluating code. ``names`` maps names to
-    values (a file's ``constants``); ``exact=False`` lifts the degree budget (for the numerical
-    analysis, which evaluates the result to 50 digits).
+    values (a file's ``constants``); any other name (not a function, ``pi`` or ``nan``/``inf``,
+    which are refused) is a SymPy symbol, the parameter of a family, and a tableau refuses those
+    its file does not declare in ``parameters``. ``exact=False`` lifts the degree budget (for the
+    numerical analysis, which evaluates the result to 50 digits).
 
     >>> parse_number("1/3")
     1/3
@@ -374,6 +376,8 @@ def parse_number(text: str, where: str = "entry", names: dict | None = None, exa
     1/4
     >>> parse_number("2^-1")
     1/2
+    >>> parse_number("a/2")  # a parameter: ``(a/2).free_symbols`` is {a}
+    a/2
     >>> parse_number("cos(pi/3)")
     1/2
     >>> parse_number('root("x^2 - 2", 1.4)')
