@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from functools import partial
+from functools import cached_property, partial
 
 import torch
 import torch.nn.functional as F
@@ -231,9 +231,11 @@ class ODERNN(Settings, nn.Module):
         """Whether the layers have biases, as torch's kernel takes it (the fields say)."""
         return "bias_ih" in self._cells[0].field.torch_parameter_names()
 
+    @cached_property
     def _torch_weight_names(self) -> list[str]:
         """The flat names of the parameters torch's kernel takes, in its order: layer by layer and
-        direction by direction, each as its field names its torch parameters."""
+        direction by direction, each as its field names its torch parameters (the layout is fixed:
+        derived once, not on every fused call)."""
         names = []
         for made, pairs in zip(self._cells, self._names):
             flat = dict(pairs)
@@ -323,7 +325,7 @@ class ODERNN(Settings, nn.Module):
         number of threads may call it at once)."""
         for cell in self._cells:
             cell._record_nfe()  # forward Euler: one evaluation per token, fused or not
-        flat = [weights[name] for name in self._torch_weight_names()]
+        flat = [weights[name] for name in self._torch_weight_names]
         state = self._cells[0].field.from_blocks(initial) if len(initial) > 1 else initial[0]  # (h, c) for nn.LSTM
         options = (self._has_bias, self.num_layers, self.dropout, self.training, self.bidirectional)
         kernel = {nn.RNN: torch.rnn_tanh, nn.GRU: torch.gru, nn.LSTM: torch.lstm}[kind]

@@ -13,6 +13,7 @@ import stability
 from textlm.limits import argument
 
 from ._errors import CLIError
+from ._progress import HELP as PROGRESS_HELP
 from ._progress import busy
 
 
@@ -57,8 +58,7 @@ def register(sub, formatter) -> None:
         p.add_argument("--device", default="cpu",
                        help="where the Jacobians are formed: cpu (default), cuda, cuda:N or auto; the verdict is "
                             "computed in float64 on the CPU either way")
-        p.add_argument("--no-progress", action="store_true",
-                       help="no progress bar (it goes to stderr, on a terminal only)")
+        p.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
         if name == "check":
             p.add_argument("--json", action="store_true", help="print the report as JSON (no progress bar)")
             p.add_argument("--fail-on", choices=FAIL_ON, default="expanding",

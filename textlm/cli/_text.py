@@ -11,6 +11,7 @@ from pathlib import Path
 from textlm.limits import argument
 
 from ._errors import CLIError
+from ._progress import HELP as PROGRESS_HELP
 
 _TRAIN_EXAMPLE = """examples:
   odernn train --corpus tinyshakespeare --cell gru-ode:rk4 --hidden 128 --max-tokens 200000 --out runs/rk4
@@ -137,7 +138,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--top-k", type=argument("top_k"))
     p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
     p.add_argument("--seed", type=argument("seed"), default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (it goes to stderr, on a terminal only)")
+    p.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
     _device_option(p)
     _precision_option(p, None)
     p.set_defaults(handler=cmd_generate)
