@@ -524,6 +524,10 @@ def _ddp_worker(rank, world, rendezvous, cfg, target, clock_rate=1.0):
     trainer = Trainer(cfg)
     result = trainer.run()
     torch.save({"weights": weights(trainer), "step": result["step"]}, f"{target}.{rank}")
+    # the DDP module goes before the process group: freed after it, its reducer held the group's last
+    # reference, whose destructor joined a gloo thread waiting for the GIL that the destructor held
+    del trainer
+    dist.barrier()
     dist.destroy_process_group()
 
 
