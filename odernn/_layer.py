@@ -186,6 +186,7 @@ class ODERNN(Settings, nn.Module):
             state["_weight_names"] = [[name for path, name in pairs if path in dict(made.field.named_parameters())]
                                       for made, pairs in zip(state["_cells"], state["_names"])]
         super().__setstate__(state)
+        self._bind_registered()
 
     @property
     def num_directions(self) -> int:
@@ -193,12 +194,21 @@ class ODERNN(Settings, nn.Module):
 
     @property
     def cells(self) -> list[ODECell]:
-        """The cell of each layer and direction (index ``layer · directions + direction``), holding
-        this module's parameters as they are now (a parametrised one evaluated): for stability
-        checks, ``to_torch``, single steps. Reading it binds them into the cells, as a call does
-        (:meth:`_bind_cells`)."""
+        """The cell of each layer and direction (index ``layer · directions + direction``): for
+        stability checks, ``to_torch``, single steps. Reading it changes nothing. The cells hold
+        this module's registered tensors, kept so by every change of them (assignment,
+        ``load_state_dict(assign=True)``, ``.to()``, unpickling); a call binds its own tensors for its
+        duration only. A parametrisation registered on the layer computes its weight on every
+        read, which no cell can hold: there the cells hold the raw tensor until
+        :meth:`bind_cells` puts the evaluated one in."""
+        return list(self._cells)
+
+    def bind_cells(self) -> list[ODECell]:
+        """The explicit binding step: put this module's tensors as they evaluate now into its cells
+        (each parametrisation evaluated once) and return the cells, e.g. to stability-check a
+        parametrised layer. A call binds its own tensors the same way for its duration."""
         self._bind_cells(self._weights())
-        return self._cells
+        return list(self._cells)
 
     def _weights(self) -> dict[str, torch.Tensor]:
         """Every parameter and buffer by its flat name as the module holds it now: after ``.to()``,
@@ -212,15 +222,60 @@ class ODERNN(Settings, nn.Module):
         return {name: self._parameters.get(name, self._buffers.get(name)) for pairs in self._names
                 for _, name in pairs}
 
-    def _bind_cells(self, tensors: dict) -> None:
-        """The one step that puts tensors into the cells' fields, by flat name: a call's
-        (:meth:`_weights`, until the next call, as ``nn.GRU``'s flat weights do), or the registered
-        ones (:meth:`_registered`) before a copy or a pickle."""
+    def _slots(self):
+        """``(flat name, the dict that holds it in its cell's field, key)`` for every tensor."""
         for made, pairs in zip(self._cells, self._names):
             for path, name in pairs:
                 owner, _, leaf = path.rpartition(".")
                 module = made.field.get_submodule(owner) if owner else made.field
-                (module._buffers if leaf in module._buffers else module._parameters)[leaf] = tensors[name]
+                yield name, (module._buffers if leaf in module._buffers else module._parameters), leaf
+
+    def _bind_cells(self, tensors: dict) -> None:
+        """The one step that puts tensors into the cells' fields, by flat name (the names in
+        ``tensors`` only): a call's (:meth:`_weights`, for the call's duration), or the registered
+        ones (:meth:`_registered`) after a change of them, and before a copy or a pickle."""
+        for name, slots, leaf in self._slots():
+            if name in tensors:
+                slots[leaf] = tensors[name]
+
+    @contextlib.contextmanager
+    def _bound(self, tensors: dict):
+        """The cells holding ``tensors`` (a call's) inside, and what they held before after: a
+        ``functional_call`` restores the module's tensors behind its back, so the ones before the
+        call, not the registered ones at its end, are the module's own."""
+        before = {name: slots.get(leaf) for name, slots, leaf in self._slots()}
+        self._bind_cells(tensors)
+        try:
+            yield
+        finally:
+            self._bind_cells(before)
+
+    def _bind_registered(self, name: str | None = None) -> None:
+        """Keep the cells holding the registered tensors (of ``name``, or all) after they changed; a
+        name parametrised on the layer keeps what the cells hold."""
+        if not self.__dict__.get("_frozen"):  # in __init__ the cells and the module share them by construction
+            return
+        registered = self._registered()
+        if name is None or name in registered:
+            self._bind_cells({key: value for key, value in registered.items()
+                              if value is not None and name in (None, key)})
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        self._bind_registered(name)
+
+    def register_parameter(self, name, param):
+        super().register_parameter(name, param)
+        self._bind_registered(name)
+
+    def register_buffer(self, name, tensor, persistent=True):
+        super().register_buffer(name, tensor, persistent)
+        self._bind_registered(name)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)  # a buffer (and, with the overwrite flag, a parameter) is a new tensor
+        self._bind_registered()
+        return self
 
     def __getstate__(self):
         self._bind_cells(self._registered())  # a copy or a pickle holds the registered tensors, never a call's
@@ -286,8 +341,8 @@ class ODERNN(Settings, nn.Module):
         kind = self.torch_equivalent if self.fused and dt is None and lengths is None else None
         if kind is not None and self.grad == "backprop" and not autocast:
             return self._fused(kind, weights, input, initial, unbatched)
-        self._bind_cells(weights)  # the engine and the token path read the cells (the fused kernel does not)
-        return self._run(input, initial, T, B, unbatched, dt, lengths)
+        with self._bound(weights):  # the engine and the token path read the cells (the fused kernel does not)
+            return self._run(input, initial, T, B, unbatched, dt, lengths)
 
     def _run(self, input, initial, T, B, unbatched, dt, lengths):
         """The layers in the engine, or token by token, with the cells holding this call's tensors."""
@@ -460,14 +515,15 @@ class ODERNN(Settings, nn.Module):
         """What each layer reads ``(T, B, ·)`` when the stack runs ``input`` ``(T, B, E)`` from the
         zero state without dropout: ``input`` for the first, the previous layer's output for the
         others (the inputs a stability check drives each layer's cells with)."""
-        self._bind_cells(self._weights())
-        x = input
-        initial = self._initial_state(None, x.shape[1], x, False, self._cells[0].field, next(self.parameters()).dtype)
-        out = []
-        for layer in range(self.num_layers):
-            out.append(x)
-            x, _ = self._layer(layer, x, initial, None, None)
-        return out
+        with self._bound(self._weights()):
+            x = input
+            initial = self._initial_state(None, x.shape[1], x, False, self._cells[0].field,
+                                          next(self.parameters()).dtype)
+            out = []
+            for layer in range(self.num_layers):
+                out.append(x)
+                x, _ = self._layer(layer, x, initial, None, None)
+            return out
 
     @staticmethod
     def _repack(x, lengths, packed: PackedSequence) -> PackedSequence:

@@ -2,6 +2,8 @@
 the per-token cell, the torch.nn sequence modules it equals, irregular gaps and variable lengths,
 and the discrete adjoint's coefficients from ``butcher``."""
 
+from copy import deepcopy
+
 import numpy as np
 import pytest
 import torch
@@ -373,6 +375,48 @@ def test_conversion_moves_the_cells_with_the_module():
     rnn.load_state_dict(replacement, assign=True)  # new tensors: the cells must see them
     assert rnn.cells[0].field.weight_ih is rnn.weight_ih_l0
     assert rnn(torch.randn(2, 1, 3, dtype=torch.float32))[0].abs().max() == 0
+
+
+
+def test_reading_cells_binds_nothing_and_the_cells_follow_every_change_of_the_tensors():
+    """``cells`` is a plain read; the registered tensors reach the cells when they change, a call's
+    own (``functional_call``'s, a parametrisation's value) only for the call; ``bind_cells`` is
+    the explicit step that evaluates a parametrisation into them."""
+    torch.manual_seed(0)
+    rnn = odernn.ODERNN("gru-ode:rk4", 3, 4, num_layers=2)
+    x = torch.randn(5, 2, 3)
+    original = rnn.weight_hh_l1
+    zeros = {name: torch.zeros_like(p) for name, p in rnn.named_parameters()}
+    assert torch.func.functional_call(rnn, zeros, (x,))[0].abs().max() == 0
+    assert rnn.cells[1].field.weight_hh is original  # the call's tensors left with the call
+    held = [dict(cell.field.named_parameters()) for cell in rnn._cells]
+    rnn._bind_cells = None  # a read that tried to bind would fail here
+    assert [dict(cell.field.named_parameters()) for cell in rnn.cells] == held
+    del rnn._bind_cells
+    rnn.weight_hh_l1 = nn.Parameter(torch.full((12, 4), 0.1))  # assignment
+    assert rnn.cells[1].field.weight_hh is rnn.weight_hh_l1
+    rnn.load_state_dict({**rnn.state_dict(), "weight_ih_l0": torch.ones(12, 3)}, assign=True)
+    assert rnn.cells[0].field.weight_ih is rnn.weight_ih_l0 and (rnn.weight_ih_l0 == 1).all()
+    rnn.double()
+    assert all(p.dtype == torch.float64 for cell in rnn.cells for p in cell.field.parameters())
+    assert rnn.cells[1].field.weight_hh is rnn.weight_hh_l1
+    torch.nn.utils.parametrize.register_parametrization(rnn, "weight_hh_l1", _Scaled(3.0))
+    raw = rnn.cells[1].field.weight_hh
+    rnn(x.double())
+    assert rnn.cells[1].field.weight_hh is raw  # the evaluated weight was the call's
+    copy = deepcopy(rnn)  # (torch pickles a parametrised module through its state_dict only)
+    assert (copy(x.double())[0] - rnn(x.double())[0]).abs().max() == 0
+    evaluated = rnn.bind_cells()[1].field.weight_hh
+    assert (evaluated - 3 * rnn.parametrizations.weight_hh_l1.original).abs().max() == 0
+
+
+class _Scaled(nn.Module):
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, weight):
+        return self.factor * weight
 
 
 # --- irregular gaps, variable lengths ---------------------------------------------------------
