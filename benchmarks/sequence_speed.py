@@ -50,7 +50,13 @@ GOALS = {  # (row, goal, "<=" or ">=")
     "lstm:euler default (fused kernel) / nn.LSTM": (1.2, "<="),
     "LM tokens/s, gru-ode:euler engine / torch-gru": (0.9, ">="),
     "LM tokens/s, gru-ode:euler default / torch-gru": (0.9, ">="),
+    # implicit tableaux (issue 23): B = 32, E = H = 128, 2 threads
+    "gru-ode:backward-euler engine / nn.GRU": (6.0, "<="),
+    "gru-ode:alexander2 engine / nn.GRU": (10.0, "<="),
+    "gru-ode:radau-iia-3 engine / nn.GRU": (30.0, "<="),
+    "LM tokens/s, gru-ode:alexander2 / torch-gru": (0.1, ">="),
 }
+IMPLICIT = ("gru-ode:backward-euler", "gru-ode:alexander2", "gru-ode:radau-iia-3", "gru-ode:gauss-2")
 CUDA_GOALS = {  # judged on the fastest way of running each generated layer; (B, H) None: every shape
     ("gru-ode:euler / nn.GRU", (32, 256)): (1.0, "<="),
     ("gru-ode:rk4 / (4 × nn.GRU), per evaluation", (32, 256)): (0.6, "<="),
@@ -164,6 +170,23 @@ def layer_rows(B, H, device, repeats, sync, full: bool, T: int = 64) -> tuple[di
             "lstm:euler default (fused kernel) / nn.LSTM": times["lstm:euler default (fused kernel)"] / times["nn.LSTM"],
             "lstm:euler engine / nn.LSTM with oneDNN off": times["lstm:euler engine"] / times["nn.LSTM, oneDNN off"],
         })
+    return times, ratios
+
+
+def implicit_rows(B, H, device, repeats, sync, T: int = 64, loops: bool = True) -> tuple[dict, dict]:
+    """Implicit tableaux in the engine against ``nn.GRU`` (and, with ``loops``, against the per-token
+    cell they ran as before the engine took them), at batch ``B``, ``E = H``."""
+    torch.manual_seed(0)
+    x = torch.randn(T, B, H, device=device)
+    steps = {"nn.GRU": layer_step(nn.GRU(H, H).to(device), x)}
+    for spec in IMPLICIT:
+        steps[f"{spec} engine"] = layer_step(engine(spec, H, H, device), x)
+        if loops and spec in IMPLICIT[:2]:
+            steps[f"{spec} cell loop"] = cell_loop_step(odernn.cell(spec, H, H).to(device), x)
+    times = round_robin(steps, repeats, sync)
+    ratios = {f"{spec} engine / nn.GRU": times[f"{spec} engine"] / times["nn.GRU"] for spec in IMPLICIT}
+    ratios.update({f"{spec} cell loop / engine": times[f"{spec} cell loop"] / times[f"{spec} engine"]
+                   for spec in IMPLICIT if f"{spec} cell loop" in times})
     return times, ratios
 
 
@@ -329,6 +352,9 @@ def main(argv=None):
                         help="with --device cuda: the table in float32, bf16 or both (default)")
     parser.add_argument("--json", help="also write every time and ratio to this file")
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run: small sizes, one repeat")
+    parser.add_argument("--section", choices=("all", "explicit", "implicit"), default="all",
+                        help="which rows: the explicit engine's and the language model's, the implicit "
+                             "tableaux' (B = 32, E = H = 128, with the language model on an SDIRK cell), or all")
     parser.add_argument("--profile", metavar="SPEC", help="instead: profile one training step of SPEC's engine "
                         "layer and of the matching torch layer (B = 32, H = 256)")
     args = parser.parse_args(argv)
@@ -352,6 +378,10 @@ def main(argv=None):
     print(f"one layer, forward + backward, T = {T}, E = H, float32, {args.device}, "
           f"{torch.get_num_threads()} threads, median of {args.repeats}, round-robin")
     results = {"times_s": {}, "ratios": {}}
+    if args.section in ("all", "implicit"):
+        implicit_section(args, device, sync, results)
+    if args.section == "implicit":
+        return _write(args, results)
     for B, H, full in shapes:
         times, ratios = layer_rows(B, H, device, args.repeats, sync, full, T)
         print(f"\nB = {B}, H = {H}")
@@ -370,10 +400,35 @@ def main(argv=None):
         print(f"  {name:<56}{value:6.2f}  {verdict(name, value)}")
     results["times_s"]["language model"] = times
     results["ratios"]["language model"] = ratios
+    return _write(args, results)
+
+
+def _write(args, results):
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=1)
     return results
+
+
+def implicit_section(args, device, sync, results):
+    B, H, lm = (32, 128, {}) if not args.quick else (2, 8, {"H": 8, "B": 2, "T": 4})
+    T = 64 if not args.quick else 4
+    times, ratios = implicit_rows(B, H, device, args.repeats, sync, T)
+    print(f"\nimplicit tableaux, B = {B}, E = H = {H}")
+    for name, seconds in times.items():
+        print(f"  {name:<40}{seconds * 1e3:10.2f} ms")
+    for name, value in ratios.items():
+        print(f"  {name:<56}{value:6.2f}  {verdict(name, value)}")
+    results["times_s"][f"implicit B={B},H={H}"], results["ratios"][f"implicit B={B},H={H}"] = times, ratios
+    variants = {"torch-gru": ("torch-gru", None, {}), "gru-ode:alexander2": ("gru-ode:alexander2", None, {})}
+    times, ratios = language_model_rows(device, max(1, args.repeats // 3), sync, variants=variants, **lm)
+    print(f"\nlanguage model training step on an SDIRK cell (vocabulary 65, 1 × {lm.get('H', 256)}, "
+          f"batch {lm.get('B', 32)} × bptt {lm.get('T', 64)}, AdamW)")
+    for name, seconds in times.items():
+        print(f"  {name:<40}{seconds * 1e3:10.2f} ms")
+    for name, value in ratios.items():
+        print(f"  {name:<56}{value:6.2f}  {verdict(name, value)}")
+    results["times_s"]["language model, implicit"], results["ratios"]["language model, implicit"] = times, ratios
 
 
 if __name__ == "__main__":

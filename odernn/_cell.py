@@ -215,8 +215,9 @@ class ODECell(Settings, nn.Module):
 
     @property
     def runs_in_engine(self) -> bool:
-        """Whether ``odernn.ODERNN`` runs sequences of this cell in its engine (an explicit tableau
-        on a field with the recurrent structure) rather than token by token under autograd."""
+        """Whether ``odernn.ODERNN`` runs sequences of this cell in its engine (an explicit tableau,
+        or an implicit one whose stage equations decouple, on a field with the recurrent
+        structure) rather than token by token under autograd."""
         return in_engine(self)
 
     @property

@@ -41,7 +41,8 @@ import torch
 
 from ._adjoint import adjoint_token
 from ._checks import InputError
-from ._stepping import ExplicitScheme, combine, linear_combination, parameters_bound
+from ._implicit import ImplicitTokenProgram, stage_structure
+from ._stepping import ExplicitScheme, ImplicitScheme, ImplicitSolveError, combine, linear_combination, parameters_bound
 
 __all__ = ["TokenProgram", "in_engine", "run_sequence"]
 
@@ -112,6 +113,8 @@ class TokenProgram:
     its reverse (floats from the exact coefficients), the steps per token and the block groups
     (one group of all blocks, or one group per block when partitioned). ``compiled``: the field's
     elementwise math fused by ``torch.compile``."""
+
+    second_order = True  # its backward can build a graph (by running the sequence again under autograd)
 
     def __init__(self, cell, compiled: bool = False):
         scheme, field = cell.scheme, cell.field
@@ -338,6 +341,12 @@ class _Sequence(torch.autograd.Function):
 
     @staticmethod
     def _differentiable_backward(ctx, grad_out, *grad_final):
+        if not ctx.program.second_order:  # the first-order gradient, marked: differentiating it raises
+            with torch.no_grad():
+                result = _Sequence._backward(ctx, grad_out, *grad_final)
+            anchors = [t for t in ctx.saved_tensors if t is not None and t.requires_grad]
+            return tuple(r if r is None or not anchors else _FirstOrderOnly.apply(r, ctx.program.name, *anchors)
+                         for r in result)
         C, h, W, b, y0 = _Sequence._saved(ctx)
         inputs = (C, h, W, b, *y0)
         wanted = [k for k, needed in enumerate(ctx.needs_input_grad[3:]) if needed]
@@ -387,6 +396,24 @@ class _Sequence(torch.autograd.Function):
         grad_W = weight_grad.W if weight_grad.W is not None else torch.zeros_like(W)
         grad_b = None if b is None else (weight_grad.b if weight_grad.b is not None else torch.zeros_like(b))
         return (None, None, None, grad_C, grad_h, grad_W, grad_b, *lam)
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """``value``, attached to the graph of the ``anchors`` (what the sequence read) so that
+    differentiating it again raises: the implicit engine's gradient (by the implicit function
+    theorem) is first order only."""
+
+    @staticmethod
+    def forward(ctx, value, name: str, *anchors):
+        ctx.name = name
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise ImplicitSolveError(
+            f"{ctx.name}: second derivatives through an implicit tableau are not available (the stage equations' "
+            "gradient by the implicit function theorem is first order only); use an explicit tableau for "
+            "gradient penalties and Hessian–vector products")
 
 
 def _autocast_state(device_type: str) -> dict:
@@ -457,13 +484,36 @@ def _token_loop(cell, C, y, h, mask, grad: str, adjoint_method):
 
 
 def _structure(cell):
-    """``(W, b)`` where sequences of this cell run in the engine (an explicit fixed-step tableau on a
-    field with the recurrent structure), else ``None`` (token by token under autograd)."""
-    return cell.field.recurrent() if isinstance(cell.scheme, ExplicitScheme) and cell.field.elementwise else None
+    """``(W, b)`` where sequences of this cell run in the engine, else ``None`` (token by token under
+    autograd): a field with the recurrent structure, stepped by an explicit fixed-step tableau or
+    an implicit one whose stage equations decouple (:func:`stage_structure`)."""
+    scheme = cell.scheme
+    if isinstance(scheme, ImplicitScheme):
+        if _implicit_structure(cell) is None:
+            return None
+    elif not isinstance(scheme, ExplicitScheme):
+        return None
+    return cell.field.recurrent() if cell.field.elementwise else None
+
+
+def _implicit_structure(cell):
+    """:func:`stage_structure` of the cell's tableau, derived once per scheme."""
+    scheme = cell.scheme
+    if "_stage_structure" not in scheme.__dict__:
+        scheme._stage_structure = stage_structure(cell.tableau)
+    return scheme._stage_structure
 
 
 def in_engine(cell) -> bool:
     return _structure(cell) is not None
+
+
+def _transformed(tensors) -> bool:
+    """Whether a ``torch.func`` transform or forward-mode AD follows any of ``tensors`` (the
+    implicit engine's Newton loop decides convergence on the host, which they cannot trace)."""
+    return any(isinstance(t, torch.Tensor) and (torch._C._functorch.is_functorch_wrapped_tensor(t)
+                                                 or torch.autograd.forward_ad.unpack_dual(t).tangent is not None)
+               for t in tensors)
 
 
 def run_sequence(cell, x, y0: tuple, dt, mask=None, grad: str = "backprop", adjoint_method=None,
@@ -480,6 +530,9 @@ def run_sequence(cell, x, y0: tuple, dt, mask=None, grad: str = "backprop", adjo
     the state's dtype."""
     field = cell.field
     structure = _structure(cell) if grad != "adjoint" else None
+    implicit = isinstance(cell.scheme, ImplicitScheme)
+    if structure is not None and implicit and _transformed((x, *y0, dt, *field.parameters())):
+        structure = None  # the per-token cell: its implicit-function gradient composes with torch.func
     state_dtype = y0[0].dtype  # under autocast the input may be bfloat16; the state is not
     if isinstance(dt, torch.Tensor):
         dt = dt.to(dtype=state_dtype, device=x.device)
@@ -491,18 +544,30 @@ def run_sequence(cell, x, y0: tuple, dt, mask=None, grad: str = "backprop", adjo
         # reduced precision: under autocast these run whole in the state's dtype
         with torch.autocast(x.device.type, enabled=False):
             return _token_loop(cell, field.project(x.to(state_dtype)), y0, h, mask, grad, adjoint_method)
-    C = field.project(x)  # (T, B, G): every token's input projection in one product
-    cell._record_nfe()
+    if implicit:  # Newton tolerances are never judged in a reduced precision: the state's dtype throughout
+        with torch.autocast(x.device.type, enabled=False):
+            return _run_engine(cell, field.project(x.to(state_dtype)), y0, dt, mask, grad, structure, state_dtype,
+                               ImplicitTokenProgram(cell))
+    return _run_engine(cell, field.project(x), y0, dt, mask, grad, structure, state_dtype,
+                       TokenProgram(cell, compiled))
+
+
+def _run_engine(cell, C, y0, dt, mask, grad, structure, state_dtype, program):
+    """The engine over the projected inputs ``C`` ``(T, B, G)``: one ``_Sequence`` (or, without
+    gradients, the forward alone)."""
     W, b = structure
-    if torch.is_autocast_enabled(x.device.type) and W.dtype == torch.float32:
-        W = W.to(torch.get_autocast_dtype(x.device.type))  # once per sequence (autocast's cache is off in graphs)
+    if torch.is_autocast_enabled(C.device.type) and W.dtype == torch.float32:
+        W = W.to(torch.get_autocast_dtype(C.device.type))  # once per sequence (autocast's cache is off in graphs)
     # a finished sequence takes steps of size zero: y + 0·ΣbK = y exactly, and no gradient flows
     if mask is not None:
         dt = mask.to(state_dtype) * dt
     h = dt[..., None] / cell.steps if isinstance(dt, torch.Tensor) else dt / cell.steps  # (T, B, 1) or float
-    program = TokenProgram(cell, compiled)
     tensors = (C, h, W, b, *y0)
     if torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in tensors):
         out, *y = _Sequence.apply(program, grad == "checkpoint", _Record(), *tensors)
-        return out, tuple(y)
-    return _forward(program, C, h, W, b, y0)
+        result = out, tuple(y)
+    else:
+        result = _forward(program, C, h, W, b, y0)
+    # explicit: the fixed count; implicit: the last token's, as the per-token cell reports it
+    cell._record_nfe(program.evaluations if isinstance(program, ImplicitTokenProgram) else None)
+    return result

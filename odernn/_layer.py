@@ -20,6 +20,7 @@ from ._checks import (InputError, Settings, check_bool, check_count, check_dropo
 from ._engine import run_sequence
 from ._graphs import SequenceGraphs
 from ._spec import cell as make_cell
+from ._stepping import ExplicitScheme
 
 __all__ = ["ODERNN", "GRAD_MODES", "InputError", "from_torch"]
 
@@ -323,7 +324,8 @@ class ODERNN(Settings, nn.Module):
         """Whether CUDA graphs can capture these layers: every cell runs in the engine (implicit and
         adaptive cells synchronise with the host to decide convergence, which a capture forbids)
         and gradients are not the continuous adjoint's (its solve runs outside the engine)."""
-        return self.grad != "adjoint" and all(cell.runs_in_engine for cell in self._cells)
+        return self.grad != "adjoint" and all(cell.runs_in_engine and isinstance(cell.scheme, ExplicitScheme)
+                                              for cell in self._cells)
 
     def eager_forward(self, input, hx=None, dt=None, lengths=None):
         """:meth:`forward` without CUDA graphs."""

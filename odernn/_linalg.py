@@ -8,8 +8,12 @@ wrong ``slogdet``, or a hang (PyTorch issue #142815; measured here with PyTorch 
 threads at 152 rows and up). One matrix at a time is safe (``getrf`` then threads inside one
 factorisation), and so is the batched routine on one thread.
 
-So every batched factorisation of the project comes here. Measured on this 2-core machine with 2
-threads (float64, 32 matrices; ``python benchmarks/linalg_threads.py``): one matrix at a time is
+So every batched factorisation of the project comes here. Below 150 rows PyTorch's batched routine
+is right with any number of threads (``benchmarks/linalg_threads.py`` checks each size against the
+one-threaded factors: right up to 148 rows, wrong from 152) and is used as it is: with 2 threads
+it factors 32 float32 matrices of 128 rows in 1.9 ms, against 2.6 ms on one thread, and the
+implicit cells factor once per step. From 150 rows on, measured on this 2-core machine with 2
+threads (float64, 32 matrices): one matrix at a time is
 as fast as or faster than the batched routine on one thread from about 200 rows up (256 rows:
 16.7 against 17.6 ms; 384: 50 against 67 ms), and slower below (96 rows: 2.8 against 1.8 ms), so
 small systems take the single-threaded batched routine and large ones the loop. The batched
@@ -25,6 +29,7 @@ import torch
 
 __all__ = ["lu_factor", "solve"]
 
+_THREADED_BELOW = 150  # rows: below this PyTorch's batched routine is right with several threads
 _ONE_MATRIX_FROM = 192  # rows: from here on, one matrix at a time beats the one-threaded batched routine
 _lock = threading.Lock()
 _single = {"depth": 0, "threads": None}
@@ -52,7 +57,7 @@ def _single_threaded():
 def lu_factor(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.linalg.lu_factor(M)`` for a batch ``(…, n, n)``, right under any thread count."""
     batched = M.dim() > 2 and M[..., 0, 0].numel() > 1
-    if not batched or M.device.type != "cpu" or torch.get_num_threads() == 1:
+    if not batched or M.device.type != "cpu" or torch.get_num_threads() == 1 or M.shape[-1] < _THREADED_BELOW:
         return torch.linalg.lu_factor(M)
     if M.shape[-1] < _ONE_MATRIX_FROM:
         with _single_threaded():

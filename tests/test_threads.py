@@ -16,26 +16,37 @@ IMPLICIT = """
 import json, torch, odernn
 torch.set_default_dtype(torch.float64)
 report = {}
-for spec, H in (("gru-ode:alexander2", 128), ("gru-ode:radau-iia-3", 96), ("lstm:backward-euler", 192)):
+# the engine's D-row systems (160: the one-threaded batched LU; 384: one matrix at a time; 128
+# complex rows for Radau's eigenvalue pair: the threaded batched LU), and the per-token cell's
+# sD-row Kronecker system (gauss-2 on 128 units: 256 rows)
+for spec, H, rows, path in (("gru-ode:alexander2", 160, 160, "engine"), ("gru-ode:radau-iia-3", 128, 128, "engine"),
+                            ("lstm:backward-euler", 192, 384, "engine"), ("gru-ode:gauss-2", 128, 256, "cell")):
     runs = []
     for threads in (1, 2):
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         rnn = odernn.ODERNN(spec, 4, H)
         x = torch.randn(2, 3, 4, requires_grad=True)
-        out, _ = rnn(x)
+        if path == "engine":
+            out, _ = rnn(x)
+        else:
+            cell, state, outs = rnn.cells[0], None, []
+            for token in x:
+                state = cell(token, state)
+                outs.append(state)
+            out = torch.stack(outs)
         runs.append([out.detach(), *torch.autograd.grad(out.square().sum(), [x, *rnn.parameters()])])
-    rows = rnn.cells[0].n * rnn.cells[0].t * H
     report[spec] = [rows, max((a - b).abs().max().item() for a, b in zip(*runs))]
 print(json.dumps(report))
 """
+
 
 FACTORS = """
 import json, torch
 from odernn._linalg import lu_factor, solve
 torch.set_default_dtype(torch.float64)
 report = {}
-for n in (64, 150, 152, 256, 384):
+for n in (64, 128, 148, 150, 152, 256, 384):
     torch.manual_seed(n)
     A = torch.randn(5, n, n) + n ** 0.5 * torch.eye(n)
     b = torch.randn(5, n, 2)
@@ -78,12 +89,13 @@ def _child(code: str) -> dict:
 
 
 def test_implicit_cells_give_the_same_results_on_one_and_two_threads():
-    """Stage systems of 256–384 rows: outputs and every gradient equal to 1e-9 (they crashed or hung
-    with two threads before)."""
+    """Stage systems of 128–384 rows, real and complex, in the engine and on the per-token path:
+    outputs and every gradient equal to 1e-9 (past 150 rows they crashed or hung with two threads
+    before ``odernn._linalg``)."""
     report = _child(IMPLICIT)
+    assert len(report) == 4
     for spec, (rows, difference) in report.items():
-        assert 256 <= rows <= 384, spec
-        assert difference <= 1e-9, f"{spec}: {difference:.2e}"
+        assert difference <= 1e-9, f"{spec} ({rows} rows): {difference:.2e}"
 
 
 def test_the_factorisation_helper_equals_the_one_threaded_routine_on_both_sides_of_the_boundary():

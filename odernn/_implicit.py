@@ -1,0 +1,495 @@
+"""Implicit tableaux in the sequence engine.
+
+The stage equations of an implicit step, ``K_i = f(Y_i)`` with ``Y_i = y + h Σ_j a_ij K_j``, are
+solved by simplified Newton (the chord method): the iteration matrix is built from the field's
+Jacobian ``J₀`` at the step's start, factored, and kept for every iteration and stage that can
+use it. Two structures of ``A`` make the systems small (``D × D``, never ``sD × sD``):
+
+- **lower triangular** (DIRK, SDIRK, ESDIRK): stage ``i`` alone is ``K_i = f(base_i + h a_ii K_i)``,
+  solved with ``I − h a_ii J₀``; stages with equal diagonal entries (all of an SDIRK's) share one
+  factorisation, and an explicit stage (``a_ii = 0``) needs none;
+- **diagonalisable** (Gauss, Radau IIA, Lobatto IIIC): with ``A = V Λ V⁻¹`` the coupled iteration
+  matrix ``I − h A ⊗ J₀`` becomes one ``I − h λ_k J₀`` per eigenvalue (Hairer & Wanner, *Solving
+  ODEs II*, §IV.8); a complex-conjugate pair needs one complex factorisation.
+
+The Jacobian comes from the field's structure, not from D autograd passes: every output unit of an
+engine field reads only its own unit of ``pre = y_in Wᵀ + b`` and of the state (the fields'
+``elementwise`` contract), so one vector–Jacobian product of the elementwise parts per block gives
+``∂f/∂pre`` and ``∂f/∂y`` as diagonals, and ``J = diag(∂f/∂y) + Σ_gates diag(∂f/∂pre_g) W_g``.
+
+Factorisations are reused across steps and tokens while the iteration converges quickly (the
+practice of stiff solvers such as RADAU5 and CVODE): a held factorisation that has not converged
+within a few iterations, or contracts slowly, is replaced by a fresh one at the current step's
+``J₀``. Reuse changes how many iterations a step takes, never what it converges to: every stage is
+solved to the same tolerance as the per-token cell's.
+
+The backward pass is the implicit function theorem's (the discrete adjoint of the converged step).
+With ``μ_j = J(Y_j)ᵀ κ_j``::
+
+    κ_i = h (b_i λ⁺ + Σ_j a_ji μ_j),   λ = λ⁺ + Σ_i μ_i
+
+— the explicit engine's reverse sweep, except that ``j`` runs over every stage, so ``κ`` solves a
+linear system with the exact stage Jacobians. It is solved by the forward's own iteration
+transposed: Richardson steps preconditioned with the factorisation the forward used (stored, or
+rebuilt in ``checkpoint`` mode). Its contraction rate is the forward Newton iteration's
+asymptotic rate, so it converges where the forward did; should it not within the iteration budget,
+the system is solved directly. The weight gradients are then the explicit engine's: each stage's
+``κ`` through the field's vector–Jacobian products, one matrix product with ``W``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field as dataclass_field
+
+import numpy as np
+import torch
+
+from ._linalg import lu_factor
+from ._stepping import ImplicitSolveError
+
+__all__ = ["ImplicitTokenProgram", "stage_structure", "structured_jacobian"]
+
+_REUSE_ITERATIONS = 30  # a held factorisation gets this many iterations before a fresh one is made
+_SLOW_RATE = 0.5  # ... or until the update shrinks by less than this per iteration
+
+
+def stage_structure(tableau) -> str | None:
+    """``"lower"`` (stage by stage), ``"eigen"`` (A diagonalisable, well conditioned) or ``None``
+    (the engine cannot decouple it; it runs token by token)."""
+    if tableau.is_explicit:
+        return None
+    s = tableau.stages
+    if all(tableau.A[i, j] == 0 for i in range(s) for j in range(i + 1, s)):
+        return "lower"
+    A = tableau.to_numpy()[0]
+    values, vectors = np.linalg.eig(A)
+    distinct = all(abs(values[i] - values[j]) > 1e-8 for i in range(s) for j in range(i))
+    return "eigen" if distinct and np.linalg.cond(vectors) < 1e6 else None
+
+
+def structured_jacobian(field, act, Y: tuple, W) -> torch.Tensor:
+    """``∂f/∂y`` ``(B, D, D)`` at the state blocks ``Y`` with the activations ``act`` computed there
+    (``W`` the field's recurrent matrix), from one vector–Jacobian product per block: an engine
+    field's unit ``j`` reads only unit ``j`` of ``pre`` and of the blocks."""
+    sizes = [block.shape[-1] for block in Y]
+    G, R = W.shape
+    H = sizes[field.recurrent_blocks[0]]
+    gates = W.reshape(G // H, H, R)
+    recurrent = np.cumsum([0] + [sizes[k] for k in field.recurrent_blocks]).tolist()
+    rows = []
+    for k in range(len(Y)):
+        columns = [None] * len(Y)  # the (B, H_k, H_k2) blocks of row block k
+        grads, grad_act = field.derivative_vjp(act, Y, (torch.ones_like(Y[k]),), (k,))
+        if act is not None and grad_act is not None and any(g is not None for g in grad_act):
+            _, g_pre = field.activate_vjp(act, grad_act)
+            per_gate = g_pre.reshape(-1, G // H, H, 1)  # ∂f_k,j/∂pre_(g,j): the gates of unit j
+            block = per_gate[:, 0] * gates[0]  # Σ_g diag(∂f/∂pre_g) W_g, one product per gate
+            for g in range(1, G // H):
+                block.addcmul_(per_gate[:, g], gates[g])
+            for slot, k2 in enumerate(field.recurrent_blocks):
+                columns[k2] = block[..., recurrent[slot]:recurrent[slot + 1]]
+        for k2, g in enumerate(grads):
+            if g is not None:
+                if columns[k2] is None:
+                    columns[k2] = g.new_zeros(g.shape[0], sizes[k], sizes[k2])
+                columns[k2].diagonal(dim1=-2, dim2=-1).add_(g)  # the direct ∂f/∂y, diagonal
+        rows.append([c if c is not None else Y[k].new_zeros(Y[k].shape[0], sizes[k], sizes[k2])
+                     for k2, c in enumerate(columns)])
+    if len(rows) == 1:
+        return rows[0][0]
+    return torch.cat([torch.cat(row, dim=-1) for row in rows], dim=-2)
+
+
+@dataclass
+class _Stage:
+    Y: tuple  # the stage value's blocks at the solution
+    act: tuple | None
+    y_in: torch.Tensor | None
+    K: torch.Tensor  # f(Y), concatenated (B, D)
+
+
+@dataclass
+class _StepTape:
+    stages: list = dataclass_field(default_factory=list)
+    factors: dict = dataclass_field(default_factory=dict)  # key -> the factorisation the forward iterated with
+
+
+class _Factors:
+    """The factorisations a sequence's steps iterate with, by key (a DIRK diagonal entry, or an
+    eigenvalue's index), each with the step size it was made for; replaced on demand."""
+
+    def __init__(self):
+        self.held = {}  # key -> (factorisation, the step that made it)
+        self.made = 0  # factorisations made (for the profile and the tests)
+        self.step = 0  # steps begun
+
+
+class ImplicitTokenProgram:
+    """One token of an implicit cell in the engine, with the interface of the explicit
+    ``TokenProgram`` (``token``, ``token_reverse``), so that ``_Sequence`` runs and differentiates
+    it alike. ``reuse=False`` factors at every step's start, as the per-token cell does."""
+
+    compiled = False
+    second_order = False  # the implicit function theorem's gradient is first order
+
+    def __init__(self, cell, reuse: bool = True):
+        scheme, field = cell.scheme, cell.field
+        self.field, self.math = field, field
+        self.name, self.steps = scheme.name, cell.steps
+        self.A = [[float(a) for a in row] for row in scheme.A]
+        self.b = [float(v) for v in scheme.b]
+        self.s = len(self.b)
+        self.structure = stage_structure(cell.tableau)
+        self.tol, self.max_iterations = scheme.tol, scheme.max_iterations
+        self.blocks = tuple(range(field.blocks))
+        self.reuse = reuse
+        self.factors = _Factors()
+        self.evaluations = 0  # of the last token
+        if self.structure == "eigen":
+            values, V = np.linalg.eig(np.asarray(self.A, dtype=np.float64))
+            order = np.argsort(values.imag)  # a conjugate pair: the one with Im λ > 0 is solved, its partner conjugated
+            values, V = values[order], V[:, order]
+            self.eigenvalues = values
+            self.V, self.V_inv = V, np.linalg.inv(V)
+            self.partner = {}
+            for k, lam in enumerate(values):
+                if lam.imag < -1e-12:
+                    self.partner[k] = int(np.argmin(np.abs(values - lam.conj())))
+            self.solved = [k for k in range(self.s) if k not in self.partner]
+
+    @staticmethod
+    def eager(program):
+        return program
+
+    # -- the field through its structure ---------------------------------------------------------
+    def _evaluate(self, context, Yf, sizes, W, b):
+        """``(f(Y) (N, D), act, y_in, Y blocks)`` at the rows ``Yf`` ``(N, D)``."""
+        field = self.field
+        Y = tuple(Yf.split(sizes, dim=-1))
+        y_in = field.recurrent_input(Y)
+        act = field.activate(context, field.preactivation(context, y_in, W, b))
+        return torch.cat(field.derivative(act, Y, self.blocks), dim=-1), act, y_in, Y
+
+    def _tolerance(self, dtype):
+        return self.tol if self.tol is not None else (1e-12 if dtype == torch.float64 else 1e-5)
+
+    def _factor(self, J0, h, scale):
+        """``LU(I − h·scale·J₀)``: ``scale`` a diagonal entry or an eigenvalue (complex where it is)."""
+        B, D, _ = J0.shape
+        hs = h.reshape(-1, 1, 1) if isinstance(h, torch.Tensor) else h
+        if isinstance(scale, complex) and scale.imag != 0:
+            M = -(hs * scale) * J0.to(torch.promote_types(J0.dtype, torch.complex64))
+        else:
+            M = -(hs * float(scale.real if isinstance(scale, complex) else scale)) * J0
+        M.diagonal(dim1=-2, dim2=-1).add_(1)
+        return lu_factor(M)
+
+    # -- forward -----------------------------------------------------------------------------------
+    def token(self, y: tuple, context, h, W, b, tape=None, keep_K: bool = False) -> tuple:
+        evaluations = 0
+        for _ in range(self.steps):
+            step_tape = _StepTape() if tape is not None else None
+            y, count = self._step(y, context, h, W, b, step_tape)
+            evaluations += count
+            if tape is not None:
+                tape.substeps.append(step_tape)
+        self.evaluations = evaluations
+        return y
+
+    def _step(self, y, context, h, W, b, tape):
+        self.factors.step += 1
+        if not self.reuse:
+            self.factors.held.clear()  # made once per step, shared by its stages and iterations
+        sizes = [block.shape[-1] for block in y]
+        yf = torch.cat(y, dim=-1)
+        f0, act0, _, _ = self._evaluate(context, yf, sizes, W, b)
+        start = {"y": y, "act": act0, "J": None}  # J₀ is made only when a factorisation is
+        solve = self._lower if self.structure == "lower" else self._coupled
+        K, count = solve(yf, f0, start, context, h, W, b, sizes, tape)
+        increment = sum(bi * Ki for bi, Ki in zip(self.b, K) if bi != 0)
+        out = yf + h * increment
+        return tuple(out.split(sizes, dim=-1)), count + 1
+
+    def _J0(self, start, W):
+        if start["J"] is None:
+            start["J"] = structured_jacobian(self.field, start["act"], start["y"], W)
+        return start["J"]
+
+    def _held(self, key, make, fresh: bool):
+        """``(factorisation for key, whether this step made it)``: the held one, or a new one from
+        ``make()`` when ``fresh`` or none is held."""
+        held = self.factors.held.get(key)
+        if fresh or held is None:
+            held = (make(), self.factors.step)
+            self.factors.held[key] = held
+            self.factors.made += 1
+        return held[0], held[1] == self.factors.step
+
+    def _iterate(self, residual_of, K, key, make, solve, tol, per_iteration: int):
+        """Chord iterations ``K ← K + P⁻¹ (F(K) − K)`` to the tolerance: with the held factorisation
+        for a few iterations while it contracts fast, else with one made at this step's J₀;
+        ``(K, the factorisation, field evaluations)``."""
+        evaluations, fresh = 0, False
+        while True:
+            factors, current = self._held(key, make, fresh)
+            budget = self.max_iterations if current else _REUSE_ITERATIONS
+            trial, previous, error = K, None, float("inf")
+            for _ in range(budget):
+                delta = solve(factors, residual_of(trial))
+                evaluations += per_iteration
+                trial = trial + delta
+                error = (delta.abs().amax() / (1 + trial.abs().amax())).item()
+                if error <= tol or not error == error:
+                    break
+                if not current and previous is not None and error > _SLOW_RATE * previous:
+                    break  # a held factorisation too far from this step's Jacobian
+                previous = error
+            if error <= tol:
+                return trial, factors, evaluations
+            if current:
+                raise ImplicitSolveError(
+                    f"{self.name}: the stage equations did not converge in {self.max_iterations} simplified-"
+                    f"Newton iterations (relative update {error:.2e} > tolerance {tol:.1e}); try a smaller dt "
+                    "or more steps")
+            fresh = True
+
+    def _lower(self, yf, f0, start, context, h, W, b, sizes, tape):
+        """Stage by stage (``A`` lower triangular)."""
+        tol = self._tolerance(yf.dtype)
+        K, evaluations, recording = [], 0, tape is not None or torch.is_grad_enabled()
+        for i in range(self.s):
+            base = yf
+            terms = [(a, K[j]) for j, a in enumerate(self.A[i][:i]) if a != 0]
+            if terms:
+                base = yf + h * sum(a * Kj for a, Kj in terms)
+            a = self.A[i][i]
+            if a == 0:
+                Ki = f0 if not terms else self._evaluate(context, base, sizes, W, b)[0]
+                evaluations += 1 if terms else 0
+            else:
+                def residual(Kt, base=base, a=a):
+                    return self._evaluate(context, base + (h * a) * Kt, sizes, W, b)[0] - Kt
+                guess = K[-1] if K else f0
+                Ki, factors, count = self._iterate(residual, guess, a, lambda a=a: self._factor(self._J0(start, W), h, a),
+                                                   _solve, tol, 1)
+                evaluations += count
+                if tape is not None:
+                    tape.factors[a] = factors
+                base = base + (h * a) * Ki
+            if recording:  # the stage derivative at the solution, as the per-token cell takes it: F(K)
+                Ki, act, y_in, Y = self._evaluate(context, base, sizes, W, b)
+                evaluations += 1
+                if tape is not None:
+                    tape.stages.append(_Stage(Y, act, y_in, Ki))
+            K.append(Ki)
+        return K, evaluations
+
+    def _coupled(self, yf, f0, start, context, h, W, b, sizes, tape):
+        """All stages at once (``A = V Λ V⁻¹``), one system per eigenvalue (pair)."""
+        tol = self._tolerance(yf.dtype)
+        s, (B, D) = self.s, yf.shape
+        A = torch.as_tensor(self.A, dtype=yf.dtype, device=yf.device)
+        hb = h.reshape(B, 1, 1) if isinstance(h, torch.Tensor) else h
+        stage_context = context.repeat_interleave(s, dim=0)
+
+        def values(K):
+            return yf[:, None, :] + hb * torch.einsum("ij,bjd->bid", A, K)
+
+        def residual(K):
+            F = self._evaluate(stage_context, values(K).reshape(B * s, D), sizes, W, b)[0]
+            return F.reshape(B, s, D) - K
+
+        K0 = f0[:, None, :].expand(B, s, D).contiguous()
+
+        def make():  # one factorisation per eigenvalue, a conjugate pair's shared
+            J0 = self._J0(start, W)
+            return {k: self._factor(J0, h, complex(self.eigenvalues[k])) for k in self.solved}
+
+        def solve(factors, G):
+            return self._eigen_solve(factors, G, transpose=False)
+
+        K, used, evaluations = self._iterate(residual, K0, "eigen", make, solve, tol, s)
+        if tape is not None:
+            tape.factors["eigen"] = used
+        if torch.is_grad_enabled() or tape is not None:
+            F, act, y_in, Y = self._evaluate(stage_context, values(K).reshape(B * s, D), sizes, W, b)
+            evaluations += s
+            F = F.reshape(B, s, D)
+            if tape is not None:
+                for i in range(s):
+                    rows = slice(i, None, s)
+                    tape.stages.append(_Stage(tuple(v[rows] for v in Y), _rows(act, rows),
+                                              None if y_in is None else y_in[rows], F[:, i]))
+            K = F
+        return list(K.unbind(1)), evaluations
+
+    def _eigen_solve(self, factors, G, transpose: bool):
+        """``P⁻¹ G`` (or ``P⁻ᵀ G``) for ``P = I − h A ⊗ J₀`` (``Aᵀ`` with ``transpose``), ``G`` ``(B, s, D)``,
+        through ``A = V Λ V⁻¹``: one solve per eigenvalue, a conjugate pair's second by conjugation."""
+        complex_dtype = torch.promote_types(G.dtype, torch.complex64)
+        into, back = (self.V.T, self.V_inv.T) if transpose else (self.V_inv, self.V)
+        into = torch.as_tensor(into, dtype=complex_dtype, device=G.device)
+        back = torch.as_tensor(back, dtype=complex_dtype, device=G.device)
+        Z = torch.einsum("ij,bjd->bid", into, G.to(complex_dtype))
+        out = [None] * self.s
+        for k in self.solved:
+            LU, pivots = factors[k]
+            z = Z[:, k, :, None]
+            if not LU.is_complex():
+                z = z.real
+            out[k] = (_transposed_solve(LU, pivots, z) if transpose else torch.linalg.lu_solve(LU, pivots, z))[..., 0]
+            out[k] = out[k].to(complex_dtype)
+        for k, partner in self.partner.items():
+            out[k] = out[partner].conj()
+        return torch.einsum("ij,bjd->bid", back, torch.stack(out, dim=1)).real
+
+    # -- reverse -----------------------------------------------------------------------------------
+    def token_reverse(self, tape, lam: list, h, W, weight_grad):
+        """The reverse sweep of one token (see the module docstring): ``(lam, ∂L/∂context, ∂L/∂h)``."""
+        grad_context, grad_h = None, None
+        for step in reversed(tape.substeps):
+            lam, g_context, g_h = self._step_reverse(step, lam, h, W, weight_grad)
+            grad_context = g_context if grad_context is None else grad_context + g_context
+            if g_h is not None:
+                grad_h = g_h if grad_h is None else grad_h + g_h
+        return lam, grad_context, grad_h
+
+    def _step_reverse(self, step: _StepTape, lam, h, W, weight_grad):
+        stages = step.stages
+        Y0 = stages[0].Y
+        sizes = [v.shape[-1] for v in Y0]
+        lam_plus = torch.cat([torch.zeros_like(v) if g is None else g for g, v in zip(lam, Y0)], dim=-1)
+        hb = h if not isinstance(h, torch.Tensor) else h  # (B, 1) or a float
+        tol = self._tolerance(lam_plus.dtype)
+        Js = [structured_jacobian(self.field, st.act, st.Y, W) for st in stages]
+        if self.structure == "lower":
+            kappa = self._lower_adjoint(step, Js, lam_plus, hb, tol)
+        else:
+            kappa = self._coupled_adjoint(step, Js, lam_plus, hb, tol)
+        # each stage's κ through the field's structure: μ_i = J(Y_i)ᵀ κ_i, the weights' and the context's gradients
+        total, grad_context, mus = lam_plus, None, []
+        for st, k in zip(stages, kappa):
+            mu, g_context = self._stage_vjp(st, k, sizes, W, weight_grad)
+            mus.append(mu)
+            total = total + mu
+            if g_context is not None:
+                grad_context = g_context if grad_context is None else grad_context + g_context
+        grad_h = None
+        if isinstance(h, torch.Tensor) and h.requires_grad:
+            # ∂L/∂h = Σ_i ⟨ρ_i, K_i⟩ with κ_i = h ρ_i, ρ_i = b_i λ⁺ + Σ_j a_ji μ_j
+            grad_h = 0
+            for i, st in enumerate(stages):
+                rho = self.b[i] * lam_plus + sum(self.A[j][i] * mus[j] for j in range(self.s) if self.A[j][i] != 0)
+                grad_h = grad_h + (rho * st.K).sum(dim=-1, keepdim=True)
+        return list(total.split(sizes, dim=-1)), grad_context, grad_h
+
+    def _lower_adjoint(self, step, Js, lam_plus, h, tol):
+        """κ from the last stage to the first: ``(I − h a_ii J_iᵀ) κ_i = h (b_i λ⁺ + Σ_{j>i} a_ji μ_j)``."""
+        s = self.s
+        kappa, mus = [None] * s, [None] * s
+        for i in reversed(range(s)):
+            rhs = self.b[i] * lam_plus
+            for j in range(i + 1, s):
+                if self.A[j][i] != 0:
+                    rhs = rhs + self.A[j][i] * mus[j]
+            rhs = h * rhs
+            a = self.A[i][i]
+            J = Js[i]
+            if a == 0:
+                k = rhs
+            else:
+                LU, pivots = step.factors[a]
+
+                def operator(v, J=J, a=a):
+                    return v - (h * a) * _matvec(J.transpose(-1, -2), v)
+                k = _richardson(operator, rhs, lambda r: _transposed_solve(LU, pivots, r[..., None])[..., 0], tol,
+                                self.max_iterations, lambda: _direct(J, h * a, rhs))
+            kappa[i] = k
+            mus[i] = _matvec(J.transpose(-1, -2), k)
+        return kappa
+
+    def _coupled_adjoint(self, step, Js, lam_plus, h, tol):
+        """κ for all stages at once: ``κ_i − h Σ_j a_ji J_jᵀ κ_j = h b_i λ⁺``."""
+        s = self.s
+        B, D = lam_plus.shape
+        hb = h.reshape(B, 1, 1) if isinstance(h, torch.Tensor) else h
+        A = torch.as_tensor(self.A, dtype=lam_plus.dtype, device=lam_plus.device)
+        b = torch.as_tensor(self.b, dtype=lam_plus.dtype, device=lam_plus.device)
+        JT = torch.stack(Js, dim=1).transpose(-1, -2)  # (B, s, D, D)
+        rhs = hb * b[None, :, None] * lam_plus[:, None, :]
+        factors = step.factors["eigen"]
+
+        def operator(kappa):
+            mu = (JT @ kappa[..., None])[..., 0]
+            return kappa - hb * torch.einsum("ji,bjd->bid", A, mu)
+
+        def direct():
+            M = torch.eye(s * D, dtype=JT.dtype, device=JT.device) - (
+                hb[..., None, None] * A.T[None, :, :, None, None] * JT[:, None]).permute(0, 1, 3, 2, 4).reshape(B, s * D, s * D)
+            return torch.linalg.solve(M, rhs.reshape(B, s * D)).reshape(B, s, D)
+
+        kappa = _richardson(operator, rhs, lambda r: self._eigen_solve(factors, r, transpose=True), tol,
+                            self.max_iterations, direct)
+        return list(kappa.unbind(1))
+
+    def _stage_vjp(self, stage: _Stage, kappa, sizes, W, weight_grad):
+        """``(J(Y)ᵀ κ (B, D), ∂L/∂context)`` at one stage, the weights' gradient added to ``weight_grad``."""
+        field = self.field
+        pieces = tuple(kappa.split(sizes, dim=-1))
+        grads, grad_act = field.derivative_vjp(stage.act, stage.Y, pieces, self.blocks)
+        grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, stage.Y)]
+        g_context = None
+        if stage.act is not None and grad_act is not None and any(g is not None for g in grad_act):
+            g_context, g_pre = field.activate_vjp(stage.act, grad_act)
+            weight_grad.add(g_pre, stage.y_in)
+            g_in = g_pre @ W
+            parts = (g_in,) if len(field.recurrent_blocks) == 1 else g_in.split(
+                [sizes[k] for k in field.recurrent_blocks], dim=-1)
+            for k, part in zip(field.recurrent_blocks, parts):
+                grads[k] = grads[k] + part
+        return torch.cat(grads, dim=-1), g_context
+
+
+def _rows(act, rows):
+    return None if act is None else tuple(None if a is None else a[rows] for a in act)
+
+
+def _matvec(M, v):
+    return (M @ v[..., None])[..., 0]
+
+
+def _solve(factors, G):
+    LU, pivots = factors
+    return torch.linalg.lu_solve(LU, pivots, G[..., None])[..., 0]
+
+
+def _transposed_solve(LU, pivots, r):
+    """``Mᵀ x = r`` from ``LU(M)`` (``lu_solve``'s ``adjoint`` conjugates, so a complex ``M`` is
+    conjugated around it)."""
+    if LU.is_complex():
+        return torch.linalg.lu_solve(LU, pivots, r.to(LU.dtype).conj(), adjoint=True).conj()
+    return torch.linalg.lu_solve(LU, pivots, r, adjoint=True)
+
+
+def _direct(J, scale, rhs):
+    """``(I − scale Jᵀ)⁻¹ rhs`` by a fresh factorisation (the Richardson iteration's fallback)."""
+    s = scale.reshape(-1, 1, 1) if isinstance(scale, torch.Tensor) else scale
+    M = torch.eye(J.shape[-1], dtype=J.dtype, device=J.device) - s * J.transpose(-1, -2)
+    return torch.linalg.lu_solve(*lu_factor(M), rhs[..., None])[..., 0]
+
+
+def _richardson(operator, rhs, precondition, tol, budget, fallback):
+    """``x`` with ``operator(x) = rhs`` by ``x ← x + P⁻¹ (rhs − operator(x))`` from ``P⁻¹ rhs``, to the
+    relative update ``tol``; ``fallback()`` (a direct solve) if that does not converge in ``budget``."""
+    x = precondition(rhs)
+    if not bool((rhs != 0).any()):
+        return x
+    for _ in range(budget):
+        delta = precondition(rhs - operator(x))
+        x = x + delta
+        error = (delta.abs().amax() / (1 + x.abs().amax())).item()
+        if error <= tol:
+            return x
+        if not error == error:
+            break
+    return fallback()

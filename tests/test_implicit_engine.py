@@ -1,0 +1,182 @@
+"""Implicit tableaux in the sequence engine (``odernn/_implicit.py``) against the per-token cell
+they replace: outputs and every gradient in float64 at a tight Newton tolerance, ``gradcheck``,
+the structured Jacobian against autograd's, and the refusals the per-token path makes."""
+
+import pytest
+import torch
+
+import butcher
+import odernn
+from odernn._engine import in_engine
+from odernn._implicit import ImplicitTokenProgram, stage_structure, structured_jacobian
+
+TIGHT = ":tol=1e-14"
+
+# every decoupling (stage by stage with one diagonal, several, an explicit first stage; eigenvalue
+# pairs with and without a real eigenvalue), on fields of one, two and three blocks
+SPECS = ["gru-ode:backward-euler", "gru-ode:alexander2", "rnn:trapezoid:dt=0.5", "lstm:kvaerno4",
+         "gru-ode:gauss-2", "lstm:radau-iia-5", "cornn:lobatto-iiic-3:dt=0.3", "lem:radau-iia-3",
+         "unicornn:gauss-3:dt=0.2", "antisymmetric:sdirk4", "lipschitz:radau-iia-2", "urnn:backward-euler",
+         "gru-ode:crouzeix3:order=3"]
+
+
+def _reference_loop(cell, x, blocks, dt=None, lengths=None):
+    """Autograd through the per-token cell, each sequence stopping at its length."""
+    field, outputs = cell.field, []
+    for t in range(x.shape[0]):
+        gap = None if dt is None else dt[t]
+        new = field.to_blocks(cell(x[t], field.from_blocks(blocks), dt=gap))
+        if lengths is not None:
+            alive = (t < lengths)[:, None]
+            new = tuple(torch.where(alive, a, b) for a, b in zip(new, blocks))
+        blocks = new
+        out = blocks[field.output_block]
+        outputs.append(out if lengths is None else out * (t < lengths)[:, None])
+    return torch.stack(outputs), blocks
+
+
+def _problem(spec, seed=0, T=5, B=3, E=3, H=4):
+    torch.manual_seed(seed)
+    rnn = odernn.ODERNN(spec + TIGHT, E, H, dtype=torch.float64)
+    x = torch.randn(T, B, E, dtype=torch.float64, requires_grad=True)
+    blocks = tuple((0.5 * torch.randn(B, H, dtype=torch.float64)).requires_grad_() for _ in range(rnn.cells[0].t))
+    return rnn, x, blocks
+
+
+def _gradients(outputs, inputs):
+    out, final = outputs
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+    loss = (weights * out).sum() + sum((b.square()).sum() for b in final)
+    return [out.detach(), *(b.detach() for b in final),
+            *torch.autograd.grad(loss, inputs, allow_unused=True, materialize_grads=True)]
+
+
+def _engine_run(rnn, x, blocks, **call):
+    cell = rnn.cells[0]
+    hx = cell.field.from_blocks(tuple(b[None] for b in blocks))
+    out, h_n = rnn(x, hx, **call)
+    return out, tuple(b[0] for b in cell.field.to_blocks(h_n))
+
+
+@pytest.mark.parametrize("grad", ["backprop", "checkpoint"])
+@pytest.mark.parametrize("spec", SPECS)
+def test_the_engine_equals_the_per_token_cell_outputs_and_gradients(spec, grad):
+    rnn, x, blocks = _problem(spec)
+    rnn.grad = grad
+    cell = rnn.cells[0]
+    assert in_engine(cell), spec
+    inputs = [x, *blocks, *rnn.parameters()]
+    ours = _gradients(_engine_run(rnn, x, blocks), inputs)
+    reference = _gradients(_reference_loop(cell, x, blocks), inputs)
+    for a, b in zip(ours, reference):
+        assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max()), spec
+
+
+def test_gaps_per_token_and_lengths_equal_the_per_token_cell_dt_gradient_included():
+    for spec in ("gru-ode:alexander2", "lstm:radau-iia-3"):
+        rnn, x, blocks = _problem(spec, seed=1, T=6)
+        gaps = (0.2 + torch.rand(6, 3, dtype=torch.float64)).requires_grad_()
+        lengths = torch.tensor([6, 2, 4])
+        inputs = [x, gaps, *blocks, *rnn.parameters()]
+        ours = _gradients(_engine_run(rnn, x, blocks, dt=gaps, lengths=lengths), inputs)
+        reference = _gradients(_reference_loop(rnn.cells[0], x, blocks, dt=gaps, lengths=lengths), inputs)
+        for a, b in zip(ours, reference):
+            assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max()), spec
+
+
+@pytest.mark.parametrize("spec", ["gru-ode:alexander2", "lstm:gauss-2", "cornn:radau-iia-3:dt=0.5"])
+def test_gradcheck(spec):
+    rnn, x, blocks = _problem(spec, T=3, B=2, E=2, H=3)
+    parameters = list(rnn.parameters())
+
+    def run(x, *tensors):
+        state, weights = tensors[:len(blocks)], tensors[len(blocks):]
+        out, final = torch.func.functional_call(rnn, {name: w for (name, _), w in zip(rnn.named_parameters(), weights)},
+                                                (x, rnn.cells[0].field.from_blocks(tuple(b[None] for b in state))))
+        return out
+    assert torch.autograd.gradcheck(run, (x, *blocks, *parameters), atol=1e-7)
+
+
+FIELDS = ["gru-ode", "rnn", "lstm", "cornn", "lem", "unicornn", "antisymmetric", "lipschitz", "urnn",
+          "gru-ode:rk4:order=3"]
+
+
+@pytest.mark.parametrize("spec", FIELDS)
+def test_the_structured_jacobian_equals_autograds(spec):
+    """The fields' contract the implicit engine relies on: unit j of f reads only unit j of pre
+    and of the state blocks (else this Jacobian would miss entries)."""
+    torch.manual_seed(3)
+    cell = odernn.cell(spec, 3, 5).double()
+    field = cell.field
+    B = 4
+    x = torch.randn(B, 3, dtype=torch.float64)
+    Y = tuple(torch.randn(B, 5, dtype=torch.float64) for _ in range(field.blocks))
+    context = field.project(x)
+    W, b = field.recurrent()
+    y_in = field.recurrent_input(Y)
+    act = field.activate(context, field.preactivation(context, y_in, W, b))
+    ours = structured_jacobian(field, act, Y, W)
+    reference = cell.jacobian(x, field.from_blocks(Y))
+    assert ours.shape == reference.shape
+    assert (ours - reference).abs().max() <= 1e-12
+
+
+def test_every_diagonally_implicit_or_diagonalisable_tableau_runs_in_the_engine():
+    """Lower-triangular A stage by stage; any other implicit A whose eigenvectors are well
+    conditioned through its eigenvalues; the rest (Lobatto IIIA/IIIB with a defective A) token by token."""
+    for name in butcher.names():
+        tableau = butcher.get(name)
+        if tableau.is_explicit:
+            continue
+        structure = stage_structure(tableau)
+        lower = all(tableau.A[i, j] == 0 for i in range(tableau.stages) for j in range(i + 1, tableau.stages))
+        assert structure == ("lower" if lower else structure), name
+        if name.startswith(("gauss", "radau", "lobatto-iiic")) or lower:
+            assert structure is not None, name
+
+
+def test_factorisations_are_kept_across_tokens_while_they_converge_fast():
+    """A slowly varying input: the held factorisation serves many tokens; the converged states are
+    the ones fresh factorisations give (to the tolerance)."""
+    torch.manual_seed(4)
+    rnn = odernn.ODERNN("gru-ode:alexander2" + TIGHT, 2, 6, dtype=torch.float64)
+    cell = rnn.cells[0]
+    x = (0.05 * torch.randn(40, 3, 2, dtype=torch.float64)).cumsum(0) * 0.1
+    programs = []
+    original = ImplicitTokenProgram.__init__
+
+    def record(self, cell, reuse=True):
+        original(self, cell, reuse)
+        programs.append(self)
+    ImplicitTokenProgram.__init__ = record
+    try:
+        with torch.no_grad():
+            reused = rnn(x)[0]
+        ImplicitTokenProgram.__init__ = lambda self, cell, reuse=True: record(self, cell, False)
+        with torch.no_grad():
+            fresh = rnn(x)[0]
+    finally:
+        ImplicitTokenProgram.__init__ = original
+    assert programs[0].factors.made < 40 // 2 and programs[1].factors.made == 40
+    assert (reused - fresh).abs().max() <= 1e-11
+    assert cell.nfe > 0
+
+
+def test_second_derivatives_are_refused_and_torch_func_takes_the_per_token_cell():
+    rnn, x, blocks = _problem("gru-ode:radau-iia-3", T=3)
+    out, _ = _engine_run(rnn, x, blocks)
+    (g,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    with pytest.raises(odernn.ImplicitSolveError, match="second derivatives"):
+        torch.autograd.grad(g.sum(), rnn.weight_hh_l0)
+    # torch.func.grad through the layer equals autograd through the engine
+    hx = rnn.cells[0].field.from_blocks(tuple(b[None].detach() for b in blocks))
+    xd = x.detach()
+    by_func = torch.func.grad(lambda v: rnn(v, hx)[0].square().sum())(xd)
+    (by_engine,) = torch.autograd.grad(rnn(xd.requires_grad_(), hx)[0].square().sum(), xd)
+    assert (by_func - by_engine).abs().max() <= 1e-10
+
+
+def test_a_stage_system_that_does_not_converge_raises_the_per_token_cells_error():
+    rnn = odernn.ODERNN("gru-ode:gauss-2:tol=1e-30", 3, 4)
+    with pytest.raises(odernn.ImplicitSolveError, match=r"tolerance 1\.0e-30"):
+        rnn(torch.randn(2, 1, 3))
