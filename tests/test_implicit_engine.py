@@ -121,18 +121,20 @@ def test_the_structured_jacobian_equals_autograds(spec):
     assert (ours - reference).abs().max() <= 1e-12
 
 
-def test_every_diagonally_implicit_or_diagonalisable_tableau_runs_in_the_engine():
-    """Lower-triangular A stage by stage; any other implicit A whose eigenvectors are well
-    conditioned through its eigenvalues; the rest (Lobatto IIIA/IIIB with a defective A) token by token."""
+def test_every_implicit_catalogue_tableau_runs_in_the_engine_and_a_defective_one_does_not():
+    """Lower-triangular A stage by stage; any other implicit A through well-conditioned eigenvectors
+    (Lobatto IIIA/IIIB included: their singular A has distinct eigenvalues); an A with a Jordan
+    block decouples neither way and runs token by token."""
     for name in butcher.names():
         tableau = butcher.get(name)
         if tableau.is_explicit:
             continue
-        structure = stage_structure(tableau)
         lower = all(tableau.A[i, j] == 0 for i in range(tableau.stages) for j in range(i + 1, tableau.stages))
-        assert structure == ("lower" if lower else structure), name
-        if name.startswith(("gauss", "radau", "lobatto-iiic")) or lower:
-            assert structure is not None, name
+        assert stage_structure(tableau) == ("lower" if lower else "eigen"), name
+    defective = butcher.ButcherTableau([[1, 1], [0, 1]], [1, 0], name="jordan")
+    assert stage_structure(defective) is None
+    field = odernn.cell("gru-ode", 2, 3).field
+    assert not in_engine(odernn.ODECell(field, defective))
 
 
 def test_factorisations_are_kept_across_tokens_while_they_converge_fast():
