@@ -45,12 +45,15 @@ class ODECell(Settings, nn.Module):
 
     def __init__(self, field: VectorField, tableau: butcher.ButcherTableau | str = "euler", dt: float = 1.0,
                  steps: int = 1, partitioned: bool = False, tol: float | None = None,
-                 rtol: float | None = None, atol: float | None = None):
+                 rtol: float | None = None, atol: float | None = None, newton: str | None = None):
         super().__init__()
         if isinstance(tableau, str):
             tableau = butcher.get(tableau)
         self.field, self.tableau = field, tableau
         self.dt, self.steps, self.partitioned = dt, steps, bool(partitioned) and field.blocks > 1
+        if newton is not None and tableau.is_explicit:
+            raise ValueError(f"newton= chooses how an implicit tableau's stage equations are solved; "
+                             f"{tableau.name or 'this tableau'} is explicit")
         if rtol is not None or atol is not None:  # adaptive: an embedded pair with error control
             if self.partitioned:
                 raise ValueError("adaptive stepping does not combine with partitioned stepping")
@@ -61,7 +64,7 @@ class ODECell(Settings, nn.Module):
         else:
             if self.partitioned:
                 raise ValueError("partitioned stepping needs an explicit tableau")
-            self.scheme = ImplicitScheme(tableau, tol=tol)
+            self.scheme = ImplicitScheme(tableau, tol=tol, newton="auto" if newton is None else newton)
         self._record_nfe(0)
         self.constraint = None  # the name of a parameterisation applied to the field's weights
         self._is_euler = tableau.A == _euler().A and tableau.b == _euler().b  # derived once: the tableau is fixed

@@ -47,10 +47,22 @@ import torch
 from ._linalg import lu_factor
 from ._stepping import ImplicitSolveError
 
-__all__ = ["ImplicitTokenProgram", "stage_structure", "structured_jacobian"]
+__all__ = ["FieldLinearisation", "ImplicitTokenProgram", "gmres", "newton_solver", "stage_structure", "structured_jacobian"]
 
 _REUSE_ITERATIONS = 30  # a held factorisation gets this many iterations before a fresh one is made
 _SLOW_RATE = 0.5  # ... or until the update shrinks by less than this per iteration
+_KRYLOV_ITERATIONS = 60  # GMRES iterations per linear solve at most (no restarts)
+_KRYLOV_FROM = 150  # state width D from which newton=auto solves matrix-free (measured: docs/speed.md)
+
+
+def newton_solver(cell) -> str:
+    """``dense`` or ``krylov``: the cell's ``newton=`` choice, ``auto`` decided by the state width
+    ``D`` (factorisations cost ``D³`` per sample, Krylov iterations ``D²``: from
+    ``_KRYLOV_FROM`` units on the matrix-free solves were faster, see docs/speed.md)."""
+    choice = getattr(cell.scheme, "newton", "auto")  # (a cell pickled before the option existed: auto)
+    if choice != "auto":
+        return choice
+    return "krylov" if sum(cell.field.block_sizes) >= _KRYLOV_FROM else "dense"
 
 
 def stage_structure(tableau) -> str | None:
@@ -67,37 +79,149 @@ def stage_structure(tableau) -> str | None:
     return "eigen" if distinct and np.linalg.cond(vectors) < 1e6 else None
 
 
+class FieldLinearisation:
+    """An engine field's Jacobian at rows of states, factored: the direct ``∂f_k/∂y_k2`` diagonals
+    and the per-gate ``∂f_k/∂pre_g`` diagonals, from one vector–Jacobian product per block (unit
+    ``j`` of an engine field reads only unit ``j`` of ``pre = y_in Wᵀ + b`` and of the blocks).
+    Then ``J = diag(∂f/∂y) + Σ_gates diag(∂f/∂pre_g) W_g``: as a matrix (:meth:`matrix`), or
+    applied to vectors with one product with ``W`` (:meth:`jvp`, :meth:`vjp`: matrix-free)."""
+
+    def __init__(self, field, act, Y: tuple, W):
+        self.field, self.W = field, W
+        self.sizes = [block.shape[-1] for block in Y]
+        G, self.R = W.shape
+        self.H = self.sizes[field.recurrent_blocks[0]]
+        self.n_gates = G // self.H
+        self.direct, self.gates = [], []  # per output block k: {k2: (B, H)}, and (B, gates, H) or None
+        for k in range(len(Y)):
+            grads, grad_act = field.derivative_vjp(act, Y, (torch.ones_like(Y[k]),), (k,))
+            self.direct.append({k2: g for k2, g in enumerate(grads) if g is not None})
+            gate = None
+            if act is not None and grad_act is not None and any(g is not None for g in grad_act):
+                gate = field.activate_vjp(act, grad_act)[1].reshape(-1, self.n_gates, self.H)
+            self.gates.append(gate)
+        self.recurrent = np.cumsum([0] + [self.sizes[k] for k in field.recurrent_blocks]).tolist()
+
+    def matrix(self) -> torch.Tensor:
+        """``∂f/∂y`` ``(B, D, D)``."""
+        field, Y_rows = self.field, len(self.sizes)
+        gates = self.W.reshape(self.n_gates, self.H, self.R)
+        rows = []
+        for k in range(Y_rows):
+            columns = [None] * Y_rows
+            gate = self.gates[k]
+            if gate is not None:
+                block = gate[:, 0, :, None] * gates[0]  # Σ_g diag(∂f/∂pre_g) W_g, one product per gate
+                for g in range(1, self.n_gates):
+                    block.addcmul_(gate[:, g, :, None], gates[g])
+                for slot, k2 in enumerate(field.recurrent_blocks):
+                    columns[k2] = block[..., self.recurrent[slot]:self.recurrent[slot + 1]]
+            for k2, g in self.direct[k].items():
+                if columns[k2] is None:
+                    columns[k2] = g.new_zeros(g.shape[0], self.sizes[k], self.sizes[k2])
+                columns[k2].diagonal(dim1=-2, dim2=-1).add_(g)
+            reference = next(iter(self.direct[k].values()), None)
+            reference = reference if reference is not None else gate
+            rows.append([c if c is not None else reference.new_zeros(reference.shape[0], self.sizes[k], self.sizes[k2])
+                         for k2, c in enumerate(columns)])
+        if Y_rows == 1:
+            return rows[0][0]
+        return torch.cat([torch.cat(row, dim=-1) for row in rows], dim=-2)
+
+    def jvp(self, v: torch.Tensor) -> torch.Tensor:
+        """``J v`` for ``v`` ``(B, D)``: one product with ``W``."""
+        field = self.field
+        blocks = v.split(self.sizes, dim=-1)
+        pre = None
+        out = []
+        for k in range(len(self.sizes)):
+            total = None
+            if self.gates[k] is not None:
+                if pre is None:
+                    y_in = blocks[field.recurrent_blocks[0]] if len(field.recurrent_blocks) == 1 else torch.cat(
+                        [blocks[j] for j in field.recurrent_blocks], dim=-1)
+                    pre = (y_in @ self.W.T).reshape(-1, self.n_gates, self.H)
+                total = (self.gates[k] * pre).sum(dim=1)
+            for k2, g in self.direct[k].items():
+                total = g * blocks[k2] if total is None else torch.addcmul(total, g, blocks[k2])
+            out.append(torch.zeros_like(blocks[k]) if total is None else total)
+        return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
+
+    def vjp(self, u: torch.Tensor) -> torch.Tensor:
+        """``Jᵀ u`` for ``u`` ``(B, D)``: one product with ``W``."""
+        field = self.field
+        blocks = u.split(self.sizes, dim=-1)
+        out = [None] * len(self.sizes)
+        g_pre = None
+        for k, gate in enumerate(self.gates):
+            if gate is not None:
+                term = gate * blocks[k][:, None, :]
+                g_pre = term if g_pre is None else g_pre + term
+            for k2, g in self.direct[k].items():
+                out[k2] = g * blocks[k] if out[k2] is None else torch.addcmul(out[k2], g, blocks[k])
+        if g_pre is not None:
+            g_in = g_pre.reshape(g_pre.shape[0], -1) @ self.W
+            for slot, k2 in enumerate(field.recurrent_blocks):
+                part = g_in[:, self.recurrent[slot]:self.recurrent[slot + 1]]
+                out[k2] = part if out[k2] is None else out[k2] + part
+        out = [torch.zeros_like(b) if o is None else o for o, b in zip(out, blocks)]
+        return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
+
+
 def structured_jacobian(field, act, Y: tuple, W) -> torch.Tensor:
     """``∂f/∂y`` ``(B, D, D)`` at the state blocks ``Y`` with the activations ``act`` computed there
-    (``W`` the field's recurrent matrix), from one vector–Jacobian product per block: an engine
-    field's unit ``j`` reads only unit ``j`` of ``pre`` and of the blocks."""
-    sizes = [block.shape[-1] for block in Y]
-    G, R = W.shape
-    H = sizes[field.recurrent_blocks[0]]
-    gates = W.reshape(G // H, H, R)
-    recurrent = np.cumsum([0] + [sizes[k] for k in field.recurrent_blocks]).tolist()
-    rows = []
-    for k in range(len(Y)):
-        columns = [None] * len(Y)  # the (B, H_k, H_k2) blocks of row block k
-        grads, grad_act = field.derivative_vjp(act, Y, (torch.ones_like(Y[k]),), (k,))
-        if act is not None and grad_act is not None and any(g is not None for g in grad_act):
-            _, g_pre = field.activate_vjp(act, grad_act)
-            per_gate = g_pre.reshape(-1, G // H, H, 1)  # ∂f_k,j/∂pre_(g,j): the gates of unit j
-            block = per_gate[:, 0] * gates[0]  # Σ_g diag(∂f/∂pre_g) W_g, one product per gate
-            for g in range(1, G // H):
-                block.addcmul_(per_gate[:, g], gates[g])
-            for slot, k2 in enumerate(field.recurrent_blocks):
-                columns[k2] = block[..., recurrent[slot]:recurrent[slot + 1]]
-        for k2, g in enumerate(grads):
-            if g is not None:
-                if columns[k2] is None:
-                    columns[k2] = g.new_zeros(g.shape[0], sizes[k], sizes[k2])
-                columns[k2].diagonal(dim1=-2, dim2=-1).add_(g)  # the direct ∂f/∂y, diagonal
-        rows.append([c if c is not None else Y[k].new_zeros(Y[k].shape[0], sizes[k], sizes[k2])
-                     for k2, c in enumerate(columns)])
-    if len(rows) == 1:
-        return rows[0][0]
-    return torch.cat([torch.cat(row, dim=-1) for row in rows], dim=-2)
+    (``W`` the field's recurrent matrix): :class:`FieldLinearisation` as a matrix."""
+    return FieldLinearisation(field, act, Y, W).matrix()
+
+
+def gmres(apply, rhs: torch.Tensor, rtol: float, max_iterations: int) -> tuple[torch.Tensor, float]:
+    """``x`` with ``apply(x) ≈ rhs`` for every row of ``rhs`` ``(B, N)`` at once (batched GMRES from
+    ``x = 0``, classical Gram–Schmidt applied twice); stops when every row's residual is below
+    ``rtol`` of its right-hand side. The small least-squares problem is solved from the third
+    iteration on (few solves converge sooner, and each check costs about half an iteration). Returns
+    ``(x, the largest relative residual)``."""
+    B, N = rhs.shape
+    tiny = torch.finfo(rhs.dtype).tiny
+    beta = rhs.norm(dim=1)
+    scale = beta.clamp_min(tiny)
+    basis = rhs.new_empty(B, max_iterations + 1, N)
+    basis[:, 0] = rhs / scale[:, None]
+    hessenberg = rhs.new_zeros(B, max_iterations + 1, max_iterations)
+    e1 = rhs.new_zeros(B, max_iterations + 1, 1)
+    e1[:, 0, 0] = beta
+    y, residual = None, float("inf")
+    for j in range(max_iterations):
+        w = apply(basis[:, j])
+        V = basis[:, :j + 1]
+        h = torch.bmm(V, w[..., None])
+        w = w - torch.bmm(h.transpose(1, 2), V)[:, 0]
+        again = torch.bmm(V, w[..., None])
+        w = w - torch.bmm(again.transpose(1, 2), V)[:, 0]
+        norm = w.norm(dim=1)
+        hessenberg[:, :j + 1, j] = (h + again)[..., 0]
+        hessenberg[:, j + 1, j] = norm
+        basis[:, j + 1] = w / norm.clamp_min(tiny)[:, None]
+        if j < 2 and j + 1 < max_iterations:
+            continue
+        # the (j+2) × (j+1) least-squares problem in float64: by its normal equations where the
+        # tolerance allows (a LAPACK least-squares call costs three times as much here), by QR
+        # where it is tight (the normal equations square H's condition number)
+        Hj, ej = hessenberg[:, :j + 2, :j + 1].double(), e1[:, :j + 2].double()
+        if rtol < 1e-8:
+            y = torch.linalg.lstsq(Hj, ej, driver="gels").solution
+        else:
+            Ht = Hj.transpose(1, 2)
+            normal = Ht @ Hj
+            # a row whose Krylov space is exhausted (a zero column: its solution is already in the
+            # span) makes the system singular; a ridge at round-off size leaves the others as they are
+            ridge = 1e-14 * normal.diagonal(dim1=-2, dim2=-1).amax(dim=-1) + 1e-30
+            y = torch.linalg.solve(normal + ridge[:, None, None] * torch.eye(j + 1, dtype=normal.dtype,
+                                                                             device=normal.device), Ht @ ej)
+        residual = ((ej - Hj @ y)[..., 0].norm(dim=1) / scale.double()).max().item()
+        y = y.to(rhs.dtype)
+        if residual <= rtol or not residual == residual:
+            break
+    return torch.bmm(y.transpose(1, 2), basis[:, :y.shape[1]])[:, 0], residual
 
 
 @dataclass
@@ -132,7 +256,7 @@ class ImplicitTokenProgram:
     compiled = False
     second_order = False  # the implicit function theorem's gradient is first order
 
-    def __init__(self, cell, reuse: bool = True):
+    def __init__(self, cell, reuse: bool = True, solver: str | None = None):
         scheme, field = cell.scheme, cell.field
         self.field, self.math = field, field
         self.name, self.steps = scheme.name, cell.steps
@@ -142,7 +266,7 @@ class ImplicitTokenProgram:
         self.structure = stage_structure(cell.tableau)
         self.tol, self.max_iterations = scheme.tol, scheme.max_iterations
         self.blocks = tuple(range(field.blocks))
-        self.reuse = reuse
+        self.reuse, self.solver = reuse, solver or newton_solver(cell)
         self.factors = _Factors()
         self.evaluations = 0  # of the last token
         if self.structure == "eigen":
@@ -253,6 +377,26 @@ class ImplicitTokenProgram:
                     "or more steps")
             fresh = True
 
+    def _newton_krylov(self, system, K, tol, per_iteration: int = 1):
+        """``K`` with ``F(K) = K`` by Newton's method, each update from ``(residual, apply) = system(K)``
+        by GMRES with Jacobian–vector products (matrix-free: no factorisation); the linear solves to
+        ``√tol`` (at least 1e-2), so that Newton converges by that factor or faster per iteration."""
+        eta = min(1e-2, max(tol ** 0.5, tol))
+        evaluations, error = 0, float("inf")
+        for _ in range(self.max_iterations):
+            G, apply = system(K)
+            evaluations += per_iteration
+            delta, _ = gmres(apply, G, eta, min(_KRYLOV_ITERATIONS, G.shape[-1]))
+            K = K + delta
+            error = (delta.abs().amax() / (1 + K.abs().amax())).item()
+            if error <= tol or not error == error:
+                break
+        if not error <= tol:
+            raise ImplicitSolveError(
+                f"{self.name}: the stage equations did not converge in {self.max_iterations} Newton–Krylov "
+                f"iterations (relative update {error:.2e} > tolerance {tol:.1e}); try a smaller dt or more steps")
+        return K, evaluations
+
     def _lower(self, yf, f0, start, context, h, W, b, sizes, tape):
         """Stage by stage (``A`` lower triangular)."""
         tol = self._tolerance(yf.dtype)
@@ -266,6 +410,14 @@ class ImplicitTokenProgram:
             if a == 0:
                 Ki = f0 if not terms else self._evaluate(context, base, sizes, W, b)[0]
                 evaluations += 1 if terms else 0
+            elif self.solver == "krylov":
+                def system(Kt, base=base, a=a):
+                    F, act, _, Y = self._evaluate(context, base + (h * a) * Kt, sizes, W, b)
+                    linear = FieldLinearisation(self.field, act, Y, W)
+                    return F - Kt, lambda v: v - (h * a) * linear.jvp(v)
+                Ki, count = self._newton_krylov(system, K[-1] if K else f0, tol)
+                evaluations += count
+                base = base + (h * a) * Ki
             else:
                 def residual(Kt, base=base, a=a):
                     return self._evaluate(context, base + (h * a) * Kt, sizes, W, b)[0] - Kt
@@ -300,6 +452,17 @@ class ImplicitTokenProgram:
             return F.reshape(B, s, D) - K
 
         K0 = f0[:, None, :].expand(B, s, D).contiguous()
+        if self.solver == "krylov":
+            def system(Kt):
+                F, act, _, Y = self._evaluate(stage_context, values(Kt.reshape(B, s, D)).reshape(B * s, D), sizes, W, b)
+                linear = FieldLinearisation(self.field, act, Y, W)
+
+                def apply(v):  # (I − h A ⊗ J_j) v on the stacked stages
+                    Jv = linear.jvp(v.reshape(B * s, D)).reshape(B, s, D)
+                    return v - (hb * torch.einsum("ij,bjd->bid", A, Jv)).reshape(B, s * D)
+                return F.reshape(B, s * D) - Kt, apply
+            K, evaluations = self._newton_krylov(system, K0.reshape(B, s * D), tol, per_iteration=s)
+            return self._coupled_record(K.reshape(B, s, D), values, stage_context, sizes, W, b, tape, evaluations)
 
         def make():  # one factorisation per eigenvalue, a conjugate pair's shared
             J0 = self._J0(start, W)
@@ -311,6 +474,11 @@ class ImplicitTokenProgram:
         K, used, evaluations = self._iterate(residual, K0, "eigen", make, solve, tol, s)
         if tape is not None:
             tape.factors["eigen"] = used
+        return self._coupled_record(K, values, stage_context, sizes, W, b, tape, evaluations)
+
+    def _coupled_record(self, K, values, stage_context, sizes, W, b, tape, evaluations):
+        """The stages' derivatives at the solution, ``F(K)``, as the per-token cell takes them, on the tape."""
+        s, (B, _, D) = self.s, K.shape
         if torch.is_grad_enabled() or tape is not None:
             F, act, y_in, Y = self._evaluate(stage_context, values(K).reshape(B * s, D), sizes, W, b)
             evaluations += s
@@ -361,11 +529,11 @@ class ImplicitTokenProgram:
         lam_plus = torch.cat([torch.zeros_like(v) if g is None else g for g, v in zip(lam, Y0)], dim=-1)
         hb = h if not isinstance(h, torch.Tensor) else h  # (B, 1) or a float
         tol = self._tolerance(lam_plus.dtype)
-        Js = [structured_jacobian(self.field, st.act, st.Y, W) for st in stages]
+        linear = [FieldLinearisation(self.field, st.act, st.Y, W) for st in stages]
         if self.structure == "lower":
-            kappa = self._lower_adjoint(step, Js, lam_plus, hb, tol)
+            kappa = self._lower_adjoint(step, linear, lam_plus, hb, tol)
         else:
-            kappa = self._coupled_adjoint(step, Js, lam_plus, hb, tol)
+            kappa = self._coupled_adjoint(step, linear, lam_plus, hb, tol)
         # each stage's κ through the field's structure: μ_i = J(Y_i)ᵀ κ_i, the weights' and the context's gradients
         total, grad_context, mus = lam_plus, None, []
         for st, k in zip(stages, kappa):
@@ -383,7 +551,7 @@ class ImplicitTokenProgram:
                 grad_h = grad_h + (rho * st.K).sum(dim=-1, keepdim=True)
         return list(total.split(sizes, dim=-1)), grad_context, grad_h
 
-    def _lower_adjoint(self, step, Js, lam_plus, h, tol):
+    def _lower_adjoint(self, step, linear, lam_plus, h, tol):
         """κ from the last stage to the first: ``(I − h a_ii J_iᵀ) κ_i = h (b_i λ⁺ + Σ_{j>i} a_ji μ_j)``."""
         s = self.s
         kappa, mus = [None] * s, [None] * s
@@ -393,41 +561,50 @@ class ImplicitTokenProgram:
                 if self.A[j][i] != 0:
                     rhs = rhs + self.A[j][i] * mus[j]
             rhs = h * rhs
-            a = self.A[i][i]
-            J = Js[i]
+            a, lin = self.A[i][i], linear[i]
             if a == 0:
                 k = rhs
             else:
-                LU, pivots = step.factors[a]
+                def operator(v, lin=lin, a=a):
+                    return v - (h * a) * lin.vjp(v)
 
-                def operator(v, J=J, a=a):
-                    return v - (h * a) * _matvec(J.transpose(-1, -2), v)
-                k = _richardson(operator, rhs, lambda r: _transposed_solve(LU, pivots, r[..., None])[..., 0], tol,
-                                self.max_iterations, lambda: _direct(J, h * a, rhs))
+                def direct(lin=lin, a=a, rhs=rhs):
+                    return _direct(lin.matrix(), h * a, rhs)
+                if self.solver == "krylov":
+                    k = _krylov_or(operator, rhs, tol, direct)
+                else:
+                    LU, pivots = step.factors[a]
+                    k = _richardson(operator, rhs, lambda r: _transposed_solve(LU, pivots, r[..., None])[..., 0], tol,
+                                    self.max_iterations, direct)
             kappa[i] = k
-            mus[i] = _matvec(J.transpose(-1, -2), k)
+            mus[i] = linear[i].vjp(k)
         return kappa
 
-    def _coupled_adjoint(self, step, Js, lam_plus, h, tol):
+    def _coupled_adjoint(self, step, linear, lam_plus, h, tol):
         """κ for all stages at once: ``κ_i − h Σ_j a_ji J_jᵀ κ_j = h b_i λ⁺``."""
         s = self.s
         B, D = lam_plus.shape
         hb = h.reshape(B, 1, 1) if isinstance(h, torch.Tensor) else h
         A = torch.as_tensor(self.A, dtype=lam_plus.dtype, device=lam_plus.device)
         b = torch.as_tensor(self.b, dtype=lam_plus.dtype, device=lam_plus.device)
-        JT = torch.stack(Js, dim=1).transpose(-1, -2)  # (B, s, D, D)
         rhs = hb * b[None, :, None] * lam_plus[:, None, :]
-        factors = step.factors["eigen"]
 
         def operator(kappa):
-            mu = (JT @ kappa[..., None])[..., 0]
+            mu = torch.stack([lin.vjp(kappa[:, j]) for j, lin in enumerate(linear)], dim=1)
             return kappa - hb * torch.einsum("ji,bjd->bid", A, mu)
 
         def direct():
+            JT = torch.stack([lin.matrix() for lin in linear], dim=1).transpose(-1, -2)  # (B, s, D, D)
+            hs = hb[..., None, None] if isinstance(hb, torch.Tensor) else hb
             M = torch.eye(s * D, dtype=JT.dtype, device=JT.device) - (
-                hb[..., None, None] * A.T[None, :, :, None, None] * JT[:, None]).permute(0, 1, 3, 2, 4).reshape(B, s * D, s * D)
+                hs * A.T[None, :, :, None, None] * JT[:, None]).permute(0, 1, 3, 2, 4).reshape(B, s * D, s * D)
             return torch.linalg.solve(M, rhs.reshape(B, s * D)).reshape(B, s, D)
 
+        if self.solver == "krylov":
+            flat = _krylov_or(lambda v: operator(v.reshape(B, s, D)).reshape(B, s * D), rhs.reshape(B, s * D), tol,
+                              lambda: direct().reshape(B, s * D))
+            return list(flat.reshape(B, s, D).unbind(1))
+        factors = step.factors["eigen"]
         kappa = _richardson(operator, rhs, lambda r: self._eigen_solve(factors, r, transpose=True), tol,
                             self.max_iterations, direct)
         return list(kappa.unbind(1))
@@ -454,10 +631,6 @@ def _rows(act, rows):
     return None if act is None else tuple(None if a is None else a[rows] for a in act)
 
 
-def _matvec(M, v):
-    return (M @ v[..., None])[..., 0]
-
-
 def _solve(factors, G):
     LU, pivots = factors
     return torch.linalg.lu_solve(LU, pivots, G[..., None])[..., 0]
@@ -476,6 +649,15 @@ def _direct(J, scale, rhs):
     s = scale.reshape(-1, 1, 1) if isinstance(scale, torch.Tensor) else scale
     M = torch.eye(J.shape[-1], dtype=J.dtype, device=J.device) - s * J.transpose(-1, -2)
     return torch.linalg.lu_solve(*lu_factor(M), rhs[..., None])[..., 0]
+
+
+def _krylov_or(operator, rhs, tol, fallback):
+    """``x`` with ``operator(x) = rhs`` by GMRES to the relative residual ``tol``; ``fallback()`` (a
+    direct solve) where GMRES does not get there."""
+    if not bool((rhs != 0).any()):
+        return torch.zeros_like(rhs)
+    x, residual = gmres(operator, rhs, tol, min(_KRYLOV_ITERATIONS, rhs.shape[-1]))
+    return x if residual <= tol else fallback()
 
 
 def _richardson(operator, rhs, precondition, tol, budget, fallback):

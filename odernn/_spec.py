@@ -77,7 +77,7 @@ _NOT_FIELDS = {"gru": "the GRU's vector field is gru-ode (gru-ode:euler equals n
                "lstm-ode": "the LSTM's field is lstm", "rnn-ode": "the tanh-RNN's field is rnn"}
 _CELL_OPTIONS = {"steps": limits.STEPS, "dt": limits.DT, "eps": limits.DT, "partitioned": bool, "tol": limits.TOLERANCE,
                  "rtol": limits.TOLERANCE, "atol": limits.TOLERANCE, "constraint": str, "order": limits.ORDER,
-                 "damping": str}
+                 "damping": str, "newton": str}
 _MAX_SPEC = limits.SPEC_CHARACTERS
 CONSTRAINT_GROUP = "odernn.constraints"  # entry-point group of the parameterisations (``stability`` registers its own)
 
@@ -195,7 +195,8 @@ def cell(spec: str, input_size: int, hidden_size: int, *, device=None, dtype=Non
     (``cell("gru-ode", 8, 16, tableau="rk4", steps=2)``).
 
     Options: ``tableau`` (name, file or ``ButcherTableau``), ``steps``, ``dt`` (``eps`` is its
-    name for the antisymmetric field), ``partitioned``, ``tol`` (implicit tableaux), ``rtol`` and
+    name for the antisymmetric field), ``partitioned``, ``tol`` and ``newton`` (implicit tableaux:
+    the Newton tolerance, and ``dense``, ``krylov`` or ``auto`` linear solves in the engine), ``rtol`` and
     ``atol`` (adaptive stepping), ``constraint`` (a parameterisation that keeps the step inside
     the tableau's stability region during training: ``spectral``, ``antisymmetric``; see
     :func:`constraints`), ``order`` (raise a one-block field to derivative order ``t``:
@@ -283,7 +284,7 @@ def _cell(spec: str, input_size: int, hidden_size: int, overrides: dict) -> ODEC
                                        and not adaptive)
         made = ODECell(field, tableau, dt=cell_options.get("dt", kind.dt), steps=cell_options.get("steps", 1),
                        partitioned=partitioned, tol=cell_options.get("tol"), rtol=cell_options.get("rtol"),
-                       atol=cell_options.get("atol"))
+                       atol=cell_options.get("atol"), newton=cell_options.get("newton"))
     except ValueError as err:
         raise CellSpecError(str(err)) from None
     if "constraint" in cell_options:

@@ -229,10 +229,15 @@ class ImplicitScheme:
     differentiates through the iterations.
     """
 
-    def __init__(self, tableau, tol: float | None = None, max_iterations: int = 50):
+    NEWTON = ("auto", "dense", "krylov")
+
+    def __init__(self, tableau, tol: float | None = None, max_iterations: int = 50, newton: str = "auto"):
         A, b, _, _ = tableau.to_numpy()
         self.A, self.b, self.stages = A, b, len(b)
-        self.tol, self.max_iterations = tol, max_iterations
+        if newton not in self.NEWTON:
+            raise ValueError(f"newton= is one of {', '.join(self.NEWTON)} (how the sequence engine solves the "
+                             f"stage equations' linear systems), got {newton!r}")
+        self.tol, self.max_iterations, self.newton = tol, max_iterations, newton
         self.name = tableau.name or "tableau"
         self.evaluations = 0  # field evaluations (stage values) of the last step
 

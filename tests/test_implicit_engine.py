@@ -8,7 +8,8 @@ import torch
 import butcher
 import odernn
 from odernn._engine import in_engine
-from odernn._implicit import ImplicitTokenProgram, stage_structure, structured_jacobian
+from odernn._implicit import (FieldLinearisation, ImplicitTokenProgram, gmres, newton_solver, stage_structure,
+                              structured_jacobian)
 
 TIGHT = ":tol=1e-14"
 
@@ -17,7 +18,9 @@ TIGHT = ":tol=1e-14"
 SPECS = ["gru-ode:backward-euler", "gru-ode:alexander2", "rnn:trapezoid:dt=0.5", "lstm:kvaerno4",
          "gru-ode:gauss-2", "lstm:radau-iia-5", "cornn:lobatto-iiic-3:dt=0.3", "lem:radau-iia-3",
          "unicornn:gauss-3:dt=0.2", "antisymmetric:sdirk4", "lipschitz:radau-iia-2", "urnn:backward-euler",
-         "gru-ode:crouzeix3:order=3"]
+         "gru-ode:crouzeix3:order=3",
+         # the matrix-free solves: Newton–Krylov forward, GMRES on the transposed systems backward
+         "gru-ode:alexander2:newton=krylov", "lstm:radau-iia-5:newton=krylov", "cornn:kvaerno4:dt=0.3:newton=krylov"]
 
 
 def _reference_loop(cell, x, blocks, dt=None, lengths=None):
@@ -119,6 +122,10 @@ def test_the_structured_jacobian_equals_autograds(spec):
     reference = cell.jacobian(x, field.from_blocks(Y))
     assert ours.shape == reference.shape
     assert (ours - reference).abs().max() <= 1e-12
+    linear = FieldLinearisation(field, act, Y, W)  # matrix-free: one product with W each way
+    v = torch.randn(B, reference.shape[-1], dtype=torch.float64)
+    assert (linear.jvp(v) - (reference @ v[..., None])[..., 0]).abs().max() <= 1e-12
+    assert (linear.vjp(v) - (reference.transpose(1, 2) @ v[..., None])[..., 0]).abs().max() <= 1e-12
 
 
 def test_every_implicit_catalogue_tableau_runs_in_the_engine_and_a_defective_one_does_not():
@@ -182,3 +189,24 @@ def test_a_stage_system_that_does_not_converge_raises_the_per_token_cells_error(
     rnn = odernn.ODERNN("gru-ode:gauss-2:tol=1e-30", 3, 4)
     with pytest.raises(odernn.ImplicitSolveError, match=r"tolerance 1\.0e-30"):
         rnn(torch.randn(2, 1, 3))
+
+
+def test_batched_gmres_solves_each_row_to_its_tolerance():
+    torch.manual_seed(5)
+    M = torch.eye(30, dtype=torch.float64) + 0.3 * torch.randn(6, 30, 30, dtype=torch.float64)
+    rhs = torch.randn(6, 30, dtype=torch.float64)
+    rhs[2] = 0  # a row already solved
+    x, residual = gmres(lambda v: (M @ v[..., None])[..., 0], rhs, 1e-12, 30)
+    assert residual <= 1e-12
+    assert (x - torch.linalg.solve(M, rhs)).abs().max() <= 1e-10
+
+
+def test_newton_option_chooses_the_linear_solves_and_refuses_what_it_cannot_mean():
+    assert newton_solver(odernn.cell("gru-ode:alexander2", 3, 64)) == "dense"
+    assert newton_solver(odernn.cell("gru-ode:alexander2", 3, 256)) == "krylov"  # auto: from D = 150 on
+    assert newton_solver(odernn.cell("lstm:alexander2", 3, 80)) == "krylov"  # D = 2 × 80
+    assert newton_solver(odernn.cell("gru-ode:alexander2:newton=krylov", 3, 8)) == "krylov"
+    with pytest.raises(odernn.CellSpecError, match="rk4 is explicit"):
+        odernn.cell("gru-ode:rk4:newton=krylov", 3, 4)
+    with pytest.raises(odernn.CellSpecError, match="one of auto, dense, krylov"):
+        odernn.cell("gru-ode:alexander2:newton=fast", 3, 4)
