@@ -42,7 +42,8 @@ import torch
 from ._adjoint import adjoint_token
 from ._checks import InputError
 from ._implicit import ImplicitTokenProgram, stage_structure
-from ._stepping import ExplicitScheme, ImplicitScheme, ImplicitSolveError, combine, linear_combination, parameters_bound
+from ._stepping import (AdaptiveScheme, ExplicitScheme, ImplicitScheme, ImplicitSolveError, combine, linear_combination,
+                        parameters_bound)
 
 __all__ = ["TokenProgram", "in_engine", "run_sequence"]
 
@@ -116,12 +117,13 @@ class TokenProgram:
 
     second_order = True  # its backward can build a graph (by running the sequence again under autograd)
 
-    def __init__(self, cell, compiled: bool = False):
-        scheme, field = cell.scheme, cell.field
+    def __init__(self, cell, compiled: bool = False, scheme=None):
+        scheme, field = scheme or cell.scheme, cell.field
         self.compiled = compiled
         self.field = field
         self.math = _FieldMath(field, compiled)
         self.stages, self.weights, self.reverse = scheme.program, scheme.weights, scheme.reverse
+        self.error_weights = scheme.error_weights  # an embedded pair's (empty otherwise)
         self.steps = cell.steps
         blocks = tuple(range(field.blocks))
         self.groups = tuple((k,) for k in blocks) if cell.partitioned else (blocks,)
@@ -140,28 +142,38 @@ class TokenProgram:
     # -- forward ------------------------------------------------------------------------------------
     def token(self, y: tuple, context, h, W, b, tape: _Tape | None = None, keep_K: bool = False) -> tuple:
         """The state blocks after one token; the evaluations go on ``tape`` when one is given."""
+        for _ in range(self.steps):
+            y, _ = self.step(y, context, h, W, b, tape, keep_K)
+        return y
+
+    def step(self, y: tuple, context, h, W, b, tape: _Tape | None = None, keep_K: bool = False,
+             error_weights=()) -> tuple:
+        """``(y⁺, h Σ e_i K_i or None)``: one step of every group, and with ``error_weights`` the
+        embedded pair's local error estimate."""
         field = self.field
         activations = tape.activations if tape is not None else []
-        for _ in range(self.steps):
-            for group in self.groups:
-                K, evaluations = {}, {}
-                for i, row in self.stages:
-                    Y = self._advance(y, group, h, row, K)
-                    index, made = None, False
-                    if self.group_needs_activation[group]:
-                        index = self._find(activations, Y)
-                        if index is None:
-                            y_in = field.recurrent_input(Y)
-                            act = self.math.activate(context, field.preactivation(context, y_in, W, b))
-                            activations.append(_Activation(tuple(Y[k] for k in field.recurrent_blocks), act, y_in))
-                            index, made = len(activations) - 1, True
-                    K[i] = self.math.derivative(activations[index].act if index is not None else None, Y, group)
-                    if tape is not None:
-                        evaluations[i] = _Evaluation(Y, index, K[i] if keep_K else None, made)
-                y = self._advance(y, group, h, self.weights, K)
+        error = None
+        for group in self.groups:
+            K, evaluations = {}, {}
+            for i, row in self.stages:
+                Y = self._advance(y, group, h, row, K)
+                index, made = None, False
+                if self.group_needs_activation[group]:
+                    index = self._find(activations, Y)
+                    if index is None:
+                        y_in = field.recurrent_input(Y)
+                        act = self.math.activate(context, field.preactivation(context, y_in, W, b))
+                        activations.append(_Activation(tuple(Y[k] for k in field.recurrent_blocks), act, y_in))
+                        index, made = len(activations) - 1, True
+                K[i] = self.math.derivative(activations[index].act if index is not None else None, Y, group)
                 if tape is not None:
-                    tape.substeps.append((group, evaluations))
-        return y
+                    evaluations[i] = _Evaluation(Y, index, K[i] if keep_K else None, made)
+            if error_weights:
+                error = self._advance(tuple(torch.zeros_like(v) for v in y), group, h, error_weights, K)
+            y = self._advance(y, group, h, self.weights, K)
+            if tape is not None:
+                tape.substeps.append((group, evaluations))
+        return y, error
 
     @staticmethod
     def _advance(y, group, h, terms, K):
@@ -230,6 +242,51 @@ class TokenProgram:
                     if g is not None:
                         lam[k] = g if lam[k] is None else lam[k] + g
         return lam, grad_context, grad_h
+
+
+class AdaptiveTokenProgram:
+    """One token of an adaptive cell (an embedded explicit pair with error control) in the engine:
+    the forward takes the steps the error controller accepts (``AdaptiveScheme.control``, the loop
+    the per-token cell runs, so the same steps), each on its own tape with its step size; the
+    backward is the explicit reverse sweep over the accepted steps, last first (the discrete
+    adjoint of the steps taken; the step-size choices are not differentiated, as on the per-token
+    path). The batch shares its steps, so ``dt`` is one number."""
+
+    second_order = True  # its backward re-runs the forward under autograd, the same steps accepted
+
+    def __init__(self, cell, compiled: bool = False):
+        self.adaptive, self.field, self.steps = cell.scheme, cell.field, cell.steps
+        self.base = TokenProgram(cell, compiled, scheme=cell.scheme.scheme)
+        self.name = cell.scheme.name
+        self.compiled = compiled
+        self.evaluations = 0  # of the last token
+
+    @staticmethod
+    def eager(program: "AdaptiveTokenProgram") -> "AdaptiveTokenProgram":
+        eager = copy.copy(program)
+        eager.base = TokenProgram.eager(program.base)
+        return eager
+
+    def token(self, y: tuple, context, h, W, b, tape: _Tape | None = None, keep_K: bool = False) -> tuple:
+        attempts = []
+
+        def attempt(y, step):
+            attempts.append(_Tape() if tape is not None else None)
+            return self.base.step(y, context, step, W, b, attempts[-1], False, self.base.error_weights)
+
+        def accepted(step):
+            if tape is not None:
+                tape.substeps.append((attempts[-1], step))
+        y, self.evaluations = self.adaptive.control(attempt, y, h * self.steps, h, accepted=accepted)
+        return y
+
+    def token_reverse(self, tape: _Tape, lam: list, h, W, weight_grad):
+        grad_context = None
+        for attempt, step in reversed(tape.substeps):
+            lam, g_context, _ = self.base.token_reverse(attempt, lam, step, W, weight_grad)
+            if g_context is not None:
+                grad_context = g_context if grad_context is None else grad_context + g_context
+        return lam, grad_context, None
 
 
 def _accumulate(total, new):
@@ -485,13 +542,14 @@ def _token_loop(cell, C, y, h, mask, grad: str, adjoint_method):
 
 def _structure(cell):
     """``(W, b)`` where sequences of this cell run in the engine, else ``None`` (token by token under
-    autograd): a field with the recurrent structure, stepped by an explicit fixed-step tableau or
-    an implicit one whose stage equations decouple (:func:`stage_structure`)."""
+    autograd): a field with the recurrent structure, stepped by an explicit tableau (fixed steps, or
+    an embedded pair with error control) or an implicit one whose stage equations decouple
+    (:func:`stage_structure`)."""
     scheme = cell.scheme
     if isinstance(scheme, ImplicitScheme):
         if _implicit_structure(cell) is None:
             return None
-    elif not isinstance(scheme, ExplicitScheme):
+    elif not isinstance(scheme, (ExplicitScheme, AdaptiveScheme)):
         return None
     return cell.field.recurrent() if cell.field.elementwise else None
 
@@ -530,9 +588,11 @@ def run_sequence(cell, x, y0: tuple, dt, mask=None, grad: str = "backprop", adjo
     the state's dtype."""
     field = cell.field
     structure = _structure(cell) if grad != "adjoint" else None
-    implicit = isinstance(cell.scheme, ImplicitScheme)
-    if structure is not None and implicit and _transformed((x, *y0, dt, *field.parameters())):
-        structure = None  # the per-token cell: its implicit-function gradient composes with torch.func
+    implicit, adaptive = isinstance(cell.scheme, ImplicitScheme), isinstance(cell.scheme, AdaptiveScheme)
+    if structure is not None and (implicit or adaptive) and _transformed((x, *y0, dt, *field.parameters())):
+        structure = None  # the per-token cell: its solve decides on the host, which torch.func cannot trace
+    if structure is not None and adaptive and (isinstance(dt, torch.Tensor) or mask is not None):
+        structure = None  # the batch shares its steps: the per-token cell says so, or masks finished sequences
     state_dtype = y0[0].dtype  # under autocast the input may be bfloat16; the state is not
     if isinstance(dt, torch.Tensor):
         dt = dt.to(dtype=state_dtype, device=x.device)
@@ -544,10 +604,11 @@ def run_sequence(cell, x, y0: tuple, dt, mask=None, grad: str = "backprop", adjo
         # reduced precision: under autocast these run whole in the state's dtype
         with torch.autocast(x.device.type, enabled=False):
             return _token_loop(cell, field.project(x.to(state_dtype)), y0, h, mask, grad, adjoint_method)
-    if implicit:  # Newton tolerances are never judged in a reduced precision: the state's dtype throughout
+    if implicit or adaptive:  # Newton tolerances and error control are never judged in a reduced precision
+        program = ImplicitTokenProgram(cell) if implicit else AdaptiveTokenProgram(cell, compiled)
         with torch.autocast(x.device.type, enabled=False):
             return _run_engine(cell, field.project(x.to(state_dtype)), y0, dt, mask, grad, structure, state_dtype,
-                               ImplicitTokenProgram(cell))
+                               program)
     return _run_engine(cell, field.project(x), y0, dt, mask, grad, structure, state_dtype,
                        TokenProgram(cell, compiled))
 
@@ -568,6 +629,6 @@ def _run_engine(cell, C, y0, dt, mask, grad, structure, state_dtype, program):
         result = out, tuple(y)
     else:
         result = _forward(program, C, h, W, b, y0)
-    # explicit: the fixed count; implicit: the last token's, as the per-token cell reports it
-    cell._record_nfe(program.evaluations if isinstance(program, ImplicitTokenProgram) else None)
+    # explicit: the fixed count; implicit and adaptive: the last token's, as the per-token cell reports it
+    cell._record_nfe(program.evaluations if isinstance(program, (ImplicitTokenProgram, AdaptiveTokenProgram)) else None)
     return result

@@ -117,13 +117,22 @@ class AdaptiveScheme:
         """``y`` after ``interval``; only the first ``controlled`` blocks (default all, each
         ``(B, …)``) enter the error norm — a seminorm, as for the parameter-gradient blocks of an
         adjoint solve, which do not feed back into the dynamics."""
+        y, self.evaluations = self.control(lambda y, h: self.scheme.step_with_error(f, y, h), y, interval,
+                                           initial_step, controlled)
+        return y
+
+    def control(self, attempt, y: Blocks, interval: float, initial_step: float, controlled: int | None = None,
+                accepted=None) -> tuple[Blocks, int]:
+        """The error-controlled loop over ``interval``, the one of every adaptive path:
+        ``attempt(y, h) -> (y⁺, y⁺ − ŷ⁺)`` takes a step; ``accepted(h)`` (if given) hears of each step
+        kept. Returns ``(y, field evaluations)``."""
         tau, h = 0.0, min(initial_step, interval)  # no memory between calls: a call is reproducible
         evaluations = 0
         for _ in range(self.max_steps):
             if tau >= interval * (1 - 1e-12):
                 break
             h = min(h, interval - tau)
-            y_new, error = self.scheme.step_with_error(f, y, h)
+            y_new, error = attempt(y, h)
             evaluations += self.scheme.evaluations
             with torch.no_grad():
                 ratios = [(e / (self.atol + self.rtol * torch.maximum(a.abs(), b.abs()))).square()
@@ -131,6 +140,8 @@ class AdaptiveScheme:
                 norm = torch.cat([r.flatten(1) for r in ratios], dim=1).mean(dim=1).sqrt().max().item()
             if norm <= 1.0:
                 tau, y = tau + h, y_new
+                if accepted is not None:
+                    accepted(h)
             elif not (norm == norm):  # NaN
                 raise StepSizeUnderflow(f"{self.name}: the error estimate is NaN at τ = {tau:.6g} (the state "
                                         "diverged); a smaller dt or an implicit tableau may help")
@@ -142,8 +153,7 @@ class AdaptiveScheme:
                                         "stiff or singular there; try an implicit tableau or looser tolerances")
         else:
             raise StepSizeUnderflow(f"{self.name}: more than {self.max_steps} steps over one interval")
-        self.evaluations = evaluations
-        return y
+        return y, evaluations
 
 
 @contextlib.contextmanager

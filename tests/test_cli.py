@@ -200,6 +200,8 @@ def test_cell_show_and_bad_specs(capsys):
     assert main(["cell", "show", "gru-ode:gauss-2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["sequences"] == "engine"  # implicit, through A's eigenvalues
     assert main(["cell", "show", "gru-ode:dopri5:rtol=1e-4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sequences"] == "engine"  # adaptive: the accepted steps replayed
+    assert main(["cell", "show", "lstm:proj_size=2", "--json"]) == 0  # the projection is not elementwise
     assert json.loads(capsys.readouterr().out)["sequences"] == "token by token (autograd)"
     code, _, err = run("cell", "show", "gru-odd")
     assert code == 2 and "unknown cell field 'gru-odd'; fields: rnn, gru-ode" in err and "Traceback" not in err

@@ -1,6 +1,7 @@
-"""Implicit tableaux in the sequence engine (``odernn/_implicit.py``) against the per-token cell
-they replace: outputs and every gradient in float64 at a tight Newton tolerance, ``gradcheck``,
-the structured Jacobian against autograd's, and the refusals the per-token path makes."""
+"""Implicit tableaux (``odernn/_implicit.py``) and adaptive ones (``AdaptiveTokenProgram``) in the
+sequence engine against the per-token cell they replace: outputs and every gradient in float64 at
+a tight Newton tolerance, ``gradcheck``, the structured Jacobian against autograd's, and the
+refusals the per-token path makes."""
 
 import pytest
 import torch
@@ -20,7 +21,10 @@ SPECS = ["gru-ode:backward-euler", "gru-ode:alexander2", "rnn:trapezoid:dt=0.5",
          "unicornn:gauss-3:dt=0.2", "antisymmetric:sdirk4", "lipschitz:radau-iia-2", "urnn:backward-euler",
          "gru-ode:crouzeix3:order=3",
          # the matrix-free solves: Newton–Krylov forward, GMRES on the transposed systems backward
-         "gru-ode:alexander2:newton=krylov", "lstm:radau-iia-5:newton=krylov", "cornn:kvaerno4:dt=0.3:newton=krylov"]
+         "gru-ode:alexander2:newton=krylov", "lstm:radau-iia-5:newton=krylov", "cornn:kvaerno4:dt=0.3:newton=krylov",
+         # adaptive: embedded pairs with error control, the accepted steps replayed backward
+         "gru-ode:dopri5:rtol=1e-8:atol=1e-10", "lstm:bs3:rtol=1e-6:atol=1e-8", "cornn:tsit5:dt=0.5:rtol=1e-7",
+         "rnn:cash-karp:dt=2:rtol=1e-5"]
 
 
 def _reference_loop(cell, x, blocks, dt=None, lengths=None):
@@ -40,7 +44,7 @@ def _reference_loop(cell, x, blocks, dt=None, lengths=None):
 
 def _problem(spec, seed=0, T=5, B=3, E=3, H=4):
     torch.manual_seed(seed)
-    rnn = odernn.ODERNN(spec + TIGHT, E, H, dtype=torch.float64)
+    rnn = odernn.ODERNN(spec + ("" if "rtol" in spec else TIGHT), E, H, dtype=torch.float64)
     x = torch.randn(T, B, E, dtype=torch.float64, requires_grad=True)
     blocks = tuple((0.5 * torch.randn(B, H, dtype=torch.float64)).requires_grad_() for _ in range(rnn.cells[0].t))
     return rnn, x, blocks
@@ -210,3 +214,25 @@ def test_newton_option_chooses_the_linear_solves_and_refuses_what_it_cannot_mean
         odernn.cell("gru-ode:rk4:newton=krylov", 3, 4)
     with pytest.raises(odernn.CellSpecError, match="one of auto, dense, krylov"):
         odernn.cell("gru-ode:alexander2:newton=fast", 3, 4)
+
+
+def test_an_adaptive_cell_takes_the_per_token_cells_steps_and_its_second_derivatives():
+    """The engine's controller is the per-token cell's: the same evaluations; and its backward can
+    build a graph (the accepted steps run again under autograd): a gradient penalty's gradient
+    equals the per-token cell's."""
+    rnn, x, blocks = _problem("gru-ode:dopri5:dt=1.5:rtol=1e-6:atol=1e-8", T=4)
+    cell = rnn.cells[0]
+    assert in_engine(cell)
+    out, _ = _engine_run(rnn, x, blocks)
+    engine_nfe = cell.nfe
+    ref, _ = _reference_loop(cell, x, blocks)
+    assert cell.nfe == engine_nfe > 6 and (out - ref).abs().max() <= 1e-12
+
+    def penalty(run):
+        out, _ = run()
+        (g,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+        return torch.autograd.grad(g.square().sum(), [x, *rnn.parameters()])
+    ours = penalty(lambda: _engine_run(rnn, x, blocks))
+    reference = penalty(lambda: _reference_loop(cell, x, blocks))
+    for a, b in zip(ours, reference):
+        assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max())

@@ -480,14 +480,14 @@ def test_solver_failures_name_the_token_and_give_stability_advice(tmp_path, monk
     import odernn
     trainer = Trainer(config(tmp_path, cell="gru-ode:dopri5:rtol=1e-6"))
     calls = {"n": 0}
-    integrate = odernn.AdaptiveScheme.integrate
+    control = odernn.AdaptiveScheme.control  # the error-controlled loop of every adaptive path, once per token
 
     def failing(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] > 40:  # a few batches in
             raise odernn.StepSizeUnderflow("dopri5: step size underflow at τ = 0.5 (h = 1e-13)")
-        return integrate(self, *args, **kwargs)
-    monkeypatch.setattr(odernn.AdaptiveScheme, "integrate", failing)
+        return control(self, *args, **kwargs)
+    monkeypatch.setattr(odernn.AdaptiveScheme, "control", failing)
     with pytest.raises(TrainingError, match=r"step 2, tokens 32–48 .*StepSizeUnderflow.*Stability: .*margin"):
         trainer.run()
     assert load_checkpoint(tmp_path / "run")["position"]["step"] == 2

@@ -104,14 +104,13 @@ def cmd_show(args) -> int:
         print("  (implicit: NFE counts the simplified-Newton iterations of one token from a zero state)")
     if info["sequences"] == "engine" and cell.tableau.is_explicit:
         print("  sequences       odernn.ODERNN's engine: one input product, the backward pass generated from "
-              "the tableau")
+              "the tableau" + (" over the accepted steps" if isinstance(cell.scheme, odernn.AdaptiveScheme) else ""))
     elif info["sequences"] == "engine":
         print("  sequences       odernn.ODERNN's engine: one input product, the stage equations by simplified "
               "Newton on D × D systems, the backward by the implicit function theorem")
     else:
-        print("  sequences       odernn.ODERNN runs it token by token under autograd (an adaptive tableau, an "
-              "implicit one whose A does not decouple, or a field without the recurrent structure): correct, "
-              "not fast")
+        print("  sequences       odernn.ODERNN runs it token by token under autograd (an implicit tableau whose "
+              "A does not decouple, or a field without the recurrent structure): correct, not fast")
     if info["equals"]:
         print(f"  equals          {info['equals']} (ODERNN runs it on PyTorch's fused kernel unless fused=False)")
     return 0
