@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+import odernn
+
 from textlm.evaluate import evaluate_loss
 from textlm.model import LanguageModel
 from textlm.train import TrainConfig, Trainer
@@ -51,17 +53,21 @@ def main():
         model = LanguageModel(len(trainer.corpus.vocab), spec, hidden=args.hidden)
         model.load_state_dict(state)
         cell = model.ode_cells()[0]
-        # adaptive cells integrate token by token (cell.integrate, whose nfe is that token's count);
-        # fixed-step ones run in the sequence engine with exactly nfe_per_token evaluations
+        # an adaptive cell's tokens each run the error controller (AdaptiveScheme.control, in the
+        # engine and on the per-token path alike), which returns its evaluations; fixed-step cells
+        # take exactly nfe_per_token evaluations
         calls = {"field": 0, "token": 0}
-        integrate = cell.integrate
+        control = odernn.AdaptiveScheme.control
 
-        def counting(*args, integrate=integrate, cell=cell, **kwargs):
-            out = integrate(*args, **kwargs)
-            calls["field"], calls["token"] = calls["field"] + cell.nfe, calls["token"] + 1
-            return out
-        cell.integrate = counting
-        loss = evaluate_loss(model, valid, tokens=args.eval_tokens)
+        def counting(self, *args, **kwargs):
+            y, evaluations = control(self, *args, **kwargs)
+            calls["field"], calls["token"] = calls["field"] + evaluations, calls["token"] + 1
+            return y, evaluations
+        odernn.AdaptiveScheme.control = counting
+        try:
+            loss = evaluate_loss(model, valid, tokens=args.eval_tokens)
+        finally:
+            odernn.AdaptiveScheme.control = control
         nfe = calls["field"] / calls["token"] if calls["token"] else cell.nfe_per_token
         marker = " (trained)" if solver == "dopri5:rtol=1e-3" else ""
         print(f"| {solver}{marker} | {nfe:.2f} | {loss:.4f} | {math.exp(loss):.3f} |")

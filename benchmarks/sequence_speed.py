@@ -54,6 +54,7 @@ GOALS = {  # (row, goal, "<=" or ">=")
     "gru-ode:backward-euler engine / nn.GRU": (6.0, "<="),
     "gru-ode:alexander2 engine / nn.GRU": (10.0, "<="),
     "gru-ode:radau-iia-3 engine / nn.GRU": (30.0, "<="),
+    "gru-ode:dopri5:rtol=1e-3 engine / gru-ode:rk4 engine, per evaluation": (1.2, "<="),
     "LM tokens/s, gru-ode:alexander2 / torch-gru": (0.1, ">="),
 }
 IMPLICIT = ("gru-ode:backward-euler", "gru-ode:alexander2", "gru-ode:radau-iia-3", "gru-ode:gauss-2")
@@ -175,18 +176,41 @@ def layer_rows(B, H, device, repeats, sync, full: bool, T: int = 64) -> tuple[di
 
 def implicit_rows(B, H, device, repeats, sync, T: int = 64, loops: bool = True) -> tuple[dict, dict]:
     """Implicit tableaux in the engine against ``nn.GRU`` (and, with ``loops``, against the per-token
-    cell they ran as before the engine took them), at batch ``B``, ``E = H``."""
+    cell they ran as before the engine took them), at batch ``B``, ``E = H``; an adaptive pair's
+    cost per field evaluation against the explicit engine's."""
     torch.manual_seed(0)
     x = torch.randn(T, B, H, device=device)
-    steps = {"nn.GRU": layer_step(nn.GRU(H, H).to(device), x)}
+    steps = {"nn.GRU": layer_step(nn.GRU(H, H).to(device), x),
+             "gru-ode:rk4 engine": layer_step(engine("gru-ode:rk4", H, H, device), x)}
     for spec in IMPLICIT:
         steps[f"{spec} engine"] = layer_step(engine(spec, H, H, device), x)
+        steps[f"{spec} engine, newton=krylov"] = layer_step(engine(spec + ":newton=krylov", H, H, device), x)
         if loops and spec in IMPLICIT[:2]:
             steps[f"{spec} cell loop"] = cell_loop_step(odernn.cell(spec, H, H).to(device), x)
-    times = round_robin(steps, repeats, sync)
+    adaptive = "gru-ode:dopri5:rtol=1e-3"
+    evaluations = {"count": 0, "calls": 0}
+    control = odernn.AdaptiveScheme.control
+
+    def counted(self, *args, **kwargs):  # the field evaluations of every token, rejected steps included
+        y, n = control(self, *args, **kwargs)
+        evaluations["count"] += n
+        evaluations["calls"] += 1
+        return y, n
+    odernn.AdaptiveScheme.control = counted
+    try:
+        steps[f"{adaptive} engine"] = layer_step(engine(adaptive, H, H, device), x)
+        times = round_robin(steps, repeats, sync)
+    finally:
+        odernn.AdaptiveScheme.control = control
+    per_token = evaluations["count"] / evaluations["calls"]
     ratios = {f"{spec} engine / nn.GRU": times[f"{spec} engine"] / times["nn.GRU"] for spec in IMPLICIT}
+    ratios.update({f"{spec} engine, newton=krylov / nn.GRU": times[f"{spec} engine, newton=krylov"] / times["nn.GRU"]
+                   for spec in IMPLICIT})
     ratios.update({f"{spec} cell loop / engine": times[f"{spec} cell loop"] / times[f"{spec} engine"]
                    for spec in IMPLICIT if f"{spec} cell loop" in times})
+    ratios[f"{adaptive} evaluations per token"] = per_token
+    ratios[f"{adaptive} engine / gru-ode:rk4 engine, per evaluation"] = (
+        times[f"{adaptive} engine"] / (T * per_token)) / (times["gru-ode:rk4 engine"] / (T * 4))
     return times, ratios
 
 
@@ -418,7 +442,7 @@ def implicit_section(args, device, sync, results):
     for name, seconds in times.items():
         print(f"  {name:<40}{seconds * 1e3:10.2f} ms")
     for name, value in ratios.items():
-        print(f"  {name:<56}{value:6.2f}  {verdict(name, value)}")
+        print(f"  {name:<56}{value:6.2f}  {'' if args.quick else verdict(name, value)}")
     results["times_s"][f"implicit B={B},H={H}"], results["ratios"][f"implicit B={B},H={H}"] = times, ratios
     variants = {"torch-gru": ("torch-gru", None, {}), "gru-ode:alexander2": ("gru-ode:alexander2", None, {})}
     times, ratios = language_model_rows(device, max(1, args.repeats // 3), sync, variants=variants, **lm)
@@ -427,7 +451,7 @@ def implicit_section(args, device, sync, results):
     for name, seconds in times.items():
         print(f"  {name:<40}{seconds * 1e3:10.2f} ms")
     for name, value in ratios.items():
-        print(f"  {name:<56}{value:6.2f}  {verdict(name, value)}")
+        print(f"  {name:<56}{value:6.2f}  {'' if args.quick else verdict(name, value)}")
     results["times_s"]["language model, implicit"], results["ratios"]["language model, implicit"] = times, ratios
 
 

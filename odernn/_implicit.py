@@ -23,6 +23,12 @@ within a few iterations, or contracts slowly, is replaced by a fresh one at the 
 ``J₀``. Reuse changes how many iterations a step takes, never what it converges to: every stage is
 solved to the same tolerance as the per-token cell's.
 
+``newton=krylov`` (``auto``: from a state width of 150, where it was measured faster) makes no
+factorisation: Newton's method with each update from batched GMRES (:func:`gmres`) on the
+structured Jacobian–vector products (:meth:`FieldLinearisation.jvp`, one product with ``W``), the
+linear solves to ``√tol``; the backward solves its transposed systems by GMRES on the
+vector–Jacobian products, to ``tol``, with a direct solve where GMRES does not get there.
+
 The backward pass is the implicit function theorem's (the discrete adjoint of the converged step).
 With ``μ_j = J(Y_j)ᵀ κ_j``::
 
@@ -49,7 +55,10 @@ from ._stepping import ImplicitSolveError
 
 __all__ = ["FieldLinearisation", "ImplicitTokenProgram", "gmres", "newton_solver", "stage_structure", "structured_jacobian"]
 
-_REUSE_ITERATIONS = 30  # a held factorisation gets this many iterations before a fresh one is made
+# a held factorisation gets this many iterations before a fresh one is made: at B·H = 32·128 a fresh
+# one costs about as much as 5 iterations (1.9 ms against 0.35–0.45 ms), and a fresh one's solve
+# takes about 5 iterations to 1e-5, so 10 is where keeping it stops paying
+_REUSE_ITERATIONS = 10
 _SLOW_RATE = 0.5  # ... or until the update shrinks by less than this per iteration
 _KRYLOV_ITERATIONS = 60  # GMRES iterations per linear solve at most (no restarts)
 _KRYLOV_FROM = 150  # state width D from which newton=auto solves matrix-free (measured: docs/speed.md)
