@@ -416,15 +416,20 @@ def main(argv=None):
         results["times_s"][f"B={B},H={H}"] = times
         results["ratios"][f"B={B},H={H}"] = ratios
     times, ratios = language_model_rows(device, args.repeats, sync, **lm)
-    print(f"\nlanguage model training step (vocabulary 65, 1 × {lm.get('H', 256)}, batch {lm.get('B', 32)} × bptt "
-          f"{lm.get('T', 64)}, AdamW)")
-    for name, seconds in times.items():
-        print(f"  {name:<40}{seconds * 1e3:10.2f} ms")
-    for name, value in ratios.items():
-        print(f"  {name:<56}{value:6.2f}  {verdict(name, value)}")
+    print_rows(f"\nlanguage model training step (vocabulary 65, 1 × {lm.get('H', 256)}, batch {lm.get('B', 32)} × bptt "
+               f"{lm.get('T', 64)}, AdamW)", times, ratios, judged=True)
     results["times_s"]["language model"] = times
     results["ratios"]["language model"] = ratios
     return _write(args, results)
+
+
+def print_rows(title: str, times: dict, ratios: dict, judged: bool) -> None:
+    """The times in ms, then the ratios with their goals' verdicts (``judged``)."""
+    print(title)
+    for name, seconds in times.items():
+        print(f"  {name:<40}{seconds * 1e3:10.2f} ms")
+    for name, value in ratios.items():
+        print(f"  {name:<56}{value:6.2f}  {verdict(name, value) if judged else ''}")
 
 
 def _write(args, results):
@@ -438,20 +443,12 @@ def implicit_section(args, device, sync, results):
     B, H, lm = (32, 128, {}) if not args.quick else (2, 8, {"H": 8, "B": 2, "T": 4})
     T = 64 if not args.quick else 4
     times, ratios = implicit_rows(B, H, device, args.repeats, sync, T)
-    print(f"\nimplicit tableaux, B = {B}, E = H = {H}")
-    for name, seconds in times.items():
-        print(f"  {name:<40}{seconds * 1e3:10.2f} ms")
-    for name, value in ratios.items():
-        print(f"  {name:<56}{value:6.2f}  {'' if args.quick else verdict(name, value)}")
+    print_rows(f"\nimplicit tableaux, B = {B}, E = H = {H}", times, ratios, judged=not args.quick)
     results["times_s"][f"implicit B={B},H={H}"], results["ratios"][f"implicit B={B},H={H}"] = times, ratios
     variants = {"torch-gru": ("torch-gru", None, {}), "gru-ode:alexander2": ("gru-ode:alexander2", None, {})}
     times, ratios = language_model_rows(device, max(1, args.repeats // 3), sync, variants=variants, **lm)
-    print(f"\nlanguage model training step on an SDIRK cell (vocabulary 65, 1 × {lm.get('H', 256)}, "
-          f"batch {lm.get('B', 32)} × bptt {lm.get('T', 64)}, AdamW)")
-    for name, seconds in times.items():
-        print(f"  {name:<40}{seconds * 1e3:10.2f} ms")
-    for name, value in ratios.items():
-        print(f"  {name:<56}{value:6.2f}  {'' if args.quick else verdict(name, value)}")
+    print_rows(f"\nlanguage model training step on an SDIRK cell (vocabulary 65, 1 × {lm.get('H', 256)}, "
+               f"batch {lm.get('B', 32)} × bptt {lm.get('T', 64)}, AdamW)", times, ratios, judged=not args.quick)
     results["times_s"]["language model, implicit"], results["ratios"]["language model, implicit"] = times, ratios
 
 

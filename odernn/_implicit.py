@@ -267,7 +267,7 @@ class ImplicitTokenProgram:
 
     def __init__(self, cell, reuse: bool = True, solver: str | None = None):
         scheme, field = cell.scheme, cell.field
-        self.field, self.math = field, field
+        self.field = field
         self.name, self.steps = scheme.name, cell.steps
         self.A = [[float(a) for a in row] for row in scheme.A]
         self.b = [float(v) for v in scheme.b]
@@ -536,13 +536,12 @@ class ImplicitTokenProgram:
         Y0 = stages[0].Y
         sizes = [v.shape[-1] for v in Y0]
         lam_plus = torch.cat([torch.zeros_like(v) if g is None else g for g, v in zip(lam, Y0)], dim=-1)
-        hb = h if not isinstance(h, torch.Tensor) else h  # (B, 1) or a float
         tol = self._tolerance(lam_plus.dtype)
         linear = [FieldLinearisation(self.field, st.act, st.Y, W) for st in stages]
         if self.structure == "lower":
-            kappa = self._lower_adjoint(step, linear, lam_plus, hb, tol)
+            kappa = self._lower_adjoint(step, linear, lam_plus, h, tol)
         else:
-            kappa = self._coupled_adjoint(step, linear, lam_plus, hb, tol)
+            kappa = self._coupled_adjoint(step, linear, lam_plus, h, tol)
         # each stage's κ through the field's structure: μ_i = J(Y_i)ᵀ κ_i, the weights' and the context's gradients
         total, grad_context, mus = lam_plus, None, []
         for st, k in zip(stages, kappa):

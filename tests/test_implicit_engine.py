@@ -11,6 +11,7 @@ import odernn
 from odernn._engine import in_engine
 from odernn._implicit import (FieldLinearisation, ImplicitTokenProgram, gmres, newton_solver, stage_structure,
                               structured_jacobian)
+from test_sequence import cell_loop
 
 TIGHT = ":tol=1e-14"
 
@@ -28,18 +29,8 @@ SPECS = ["gru-ode:backward-euler", "gru-ode:alexander2", "rnn:trapezoid:dt=0.5",
 
 
 def _reference_loop(cell, x, blocks, dt=None, lengths=None):
-    """Autograd through the per-token cell, each sequence stopping at its length."""
-    field, outputs = cell.field, []
-    for t in range(x.shape[0]):
-        gap = None if dt is None else dt[t]
-        new = field.to_blocks(cell(x[t], field.from_blocks(blocks), dt=gap))
-        if lengths is not None:
-            alive = (t < lengths)[:, None]
-            new = tuple(torch.where(alive, a, b) for a, b in zip(new, blocks))
-        blocks = new
-        out = blocks[field.output_block]
-        outputs.append(out if lengths is None else out * (t < lengths)[:, None])
-    return torch.stack(outputs), blocks
+    """Autograd through the per-token cell (test_sequence's reference), from the state ``blocks``."""
+    return cell_loop(cell, x, cell.field.from_blocks(blocks), dt, lengths)
 
 
 def _problem(spec, seed=0, T=5, B=3, E=3, H=4):
