@@ -17,11 +17,14 @@ engine field reads only its own unit of ``pre = y_in Wᵀ + b`` and of the state
 ``elementwise`` contract), so one vector–Jacobian product of the elementwise parts per block gives
 ``∂f/∂pre`` and ``∂f/∂y`` as diagonals, and ``J = diag(∂f/∂y) + Σ_gates diag(∂f/∂pre_g) W_g``.
 
-Factorisations are reused across steps and tokens while the iteration converges quickly (the
-practice of stiff solvers such as RADAU5 and CVODE): a held factorisation that has not converged
-within a few iterations, or contracts slowly, is replaced by a fresh one at the current step's
-``J₀``. Reuse changes how many iterations a step takes, never what it converges to: every stage is
-solved to the same tolerance as the per-token cell's.
+The first factorisation a step tries is one for the whole batch: ``I − h a J̄`` with ``J̄`` the
+batch's mean Jacobian, one ``D × D`` LU whose solves take the batch as right-hand sides (at
+B = 32, D = 128: 0.1 ms against 1.9 ms for 32 per-sample LUs, and one solve instead of a loop of
+32). Its chord iteration converges to the same solution, more slowly (at rate
+``ρ(I − P⁻¹(I − haJ_b))``, about 0.3 at Δ = 1 for the GRU-ODE field at initialisation); when it
+contracts less than twofold per iteration, the step factors per sample, as the per-token cell
+does. Which matrix iterates changes how many iterations a step takes, never what it converges to:
+every stage is solved to the per-token cell's tolerance.
 
 ``newton=krylov`` (``auto``: from a state width of 150, where it was measured faster) makes no
 factorisation: Newton's method with each update from batched GMRES (:func:`gmres`) on the
@@ -45,6 +48,7 @@ the system is solved directly. The weight gradients are then the explicit engine
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field as dataclass_field
 
 import numpy as np
@@ -53,25 +57,28 @@ import torch
 from ._linalg import lu_factor
 from ._stepping import ImplicitSolveError
 
-__all__ = ["FieldLinearisation", "ImplicitTokenProgram", "gmres", "newton_solver", "stage_structure", "structured_jacobian"]
+__all__ = ["FieldLinearisation", "ImplicitTokenProgram", "gmres", "newton_plan", "stage_structure", "structured_jacobian"]
 
-# a held factorisation gets this many iterations before a fresh one is made: at B·H = 32·128 a fresh
-# one costs about as much as 5 iterations (1.9 ms against 0.35–0.45 ms), and a fresh one's solve
-# takes about 5 iterations to 1e-5, so 10 is where keeping it stops paying
-_REUSE_ITERATIONS = 10
+# the batch-shared factorisation gets this many iterations (while it contracts at least twofold
+# per iteration) before one is made per sample
+_SHARED_ITERATIONS = 40
 _SLOW_RATE = 0.5  # ... or until the update shrinks by less than this per iteration
 _KRYLOV_ITERATIONS = 60  # GMRES iterations per linear solve at most (no restarts)
 _KRYLOV_FROM = 150  # state width D from which newton=auto solves matrix-free (measured: docs/speed.md)
 
 
-def newton_solver(cell) -> str:
-    """``dense`` or ``krylov``: the cell's ``newton=`` choice, ``auto`` decided by the state width
-    ``D`` (factorisations cost ``D³`` per sample, Krylov iterations ``D²``: from
-    ``_KRYLOV_FROM`` units on the matrix-free solves were faster, see docs/speed.md)."""
-    choice = getattr(cell.scheme, "newton", "auto")  # (a cell pickled before the option existed: auto)
-    if choice != "auto":
-        return choice
-    return "krylov" if sum(cell.field.block_sizes) >= _KRYLOV_FROM else "dense"
+def newton_plan(cell, choice: str | None = None) -> tuple[tuple[str, ...], bool]:
+    """``(the chord factorisations a step tries in order, whether Newton–Krylov follows)`` for the
+    cell's ``newton=`` (or ``choice``): ``dense`` tries the batch-shared factorisation, then one
+    per sample; ``krylov`` factors nothing; ``auto`` (the default) is ``dense`` below a state
+    width of ``_KRYLOV_FROM`` and the shared factorisation then Newton–Krylov from there, where
+    Krylov iterations (``D²``) were measured faster than per-sample factorisations (``D³``)."""
+    choice = choice or getattr(cell.scheme, "newton", "auto")  # (a cell pickled before the option: auto)
+    if choice == "krylov":
+        return (), True
+    if choice == "dense" or sum(cell.field.block_sizes) < _KRYLOV_FROM:
+        return ("shared", "samples"), False
+    return ("shared",), True
 
 
 def stage_structure(tableau) -> str | None:
@@ -111,8 +118,14 @@ class FieldLinearisation:
             self.gates.append(gate)
         self.recurrent = np.cumsum([0] + [self.sizes[k] for k in field.recurrent_blocks]).tolist()
 
-    def matrix(self) -> torch.Tensor:
-        """``∂f/∂y`` ``(B, D, D)``."""
+    def matrix(self, mean: bool = False) -> torch.Tensor:
+        """``∂f/∂y`` ``(B, D, D)``, or with ``mean`` the batch's mean Jacobian ``(D, D)`` (the
+        diagonals averaged before the one product with ``W``: ``J`` is linear in them)."""
+        if mean:
+            averaged = copy.copy(self)
+            averaged.direct = [{k2: g.mean(dim=0, keepdim=True) for k2, g in d.items()} for d in self.direct]
+            averaged.gates = [None if g is None else g.mean(dim=0, keepdim=True) for g in self.gates]
+            return averaged.matrix()[0]
         field, Y_rows = self.field, len(self.sizes)
         gates = self.W.reshape(self.n_gates, self.H, self.R)
         rows = []
@@ -247,25 +260,45 @@ class _StepTape:
     factors: dict = dataclass_field(default_factory=dict)  # key -> the factorisation the forward iterated with
 
 
-class _Factors:
-    """The factorisations a sequence's steps iterate with, by key (a DIRK diagonal entry, or an
-    eigenvalue's index), each with the step size it was made for; replaced on demand."""
+class _Factorisation:
+    """``LU(M)`` of an iteration matrix ``M = I − h·scale·J``: one per sample (``(B, D, D)``), or one
+    for the whole batch (``(D, D)``, from the batch's mean Jacobian); complex for a complex
+    eigenvalue. Solves take and give ``(B, D)``."""
 
-    def __init__(self):
-        self.held = {}  # key -> (factorisation, the step that made it)
-        self.made = 0  # factorisations made (for the profile and the tests)
-        self.step = 0  # steps begun
+    def __init__(self, M: torch.Tensor):
+        self.shared = M.dim() == 2
+        self.LU, self.pivots = torch.linalg.lu_factor(M) if self.shared else lu_factor(M)
+
+    def _rhs(self, G):
+        return G.to(self.LU.dtype) if self.LU.is_complex() else G.real if G.is_complex() else G
+
+    def solve(self, G: torch.Tensor) -> torch.Tensor:
+        G = self._rhs(G)
+        if self.shared:  # one factorisation, the batch as its right-hand sides
+            return torch.linalg.lu_solve(self.LU, self.pivots, G.T).T
+        return torch.linalg.lu_solve(self.LU, self.pivots, G[..., None])[..., 0]
+
+    def solve_transposed(self, G: torch.Tensor) -> torch.Tensor:
+        """``Mᵀ x = G`` (``lu_solve``'s ``adjoint`` conjugates, so a complex ``M`` is conjugated around it)."""
+        G = self._rhs(G)
+        conj = self.LU.is_complex()
+        G = G.conj() if conj else G
+        if self.shared:
+            x = torch.linalg.lu_solve(self.LU, self.pivots, G.T, adjoint=True).T
+        else:
+            x = torch.linalg.lu_solve(self.LU, self.pivots, G[..., None], adjoint=True)[..., 0]
+        return x.conj() if conj else x
 
 
 class ImplicitTokenProgram:
     """One token of an implicit cell in the engine, with the interface of the explicit
     ``TokenProgram`` (``token``, ``token_reverse``), so that ``_Sequence`` runs and differentiates
-    it alike. ``reuse=False`` factors at every step's start, as the per-token cell does."""
+    it alike. ``shared=False`` skips the batch-shared factorisation and factors per sample at once."""
 
     compiled = False
     second_order = False  # the implicit function theorem's gradient is first order
 
-    def __init__(self, cell, reuse: bool = True, solver: str | None = None):
+    def __init__(self, cell, shared: bool = True, solver: str | None = None):
         scheme, field = cell.scheme, cell.field
         self.field = field
         self.name, self.steps = scheme.name, cell.steps
@@ -275,8 +308,10 @@ class ImplicitTokenProgram:
         self.structure = stage_structure(cell.tableau)
         self.tol, self.max_iterations = scheme.tol, scheme.max_iterations
         self.blocks = tuple(range(field.blocks))
-        self.reuse, self.solver = reuse, solver or newton_solver(cell)
-        self.factors = _Factors()
+        self.chord, self.krylov = newton_plan(cell, solver)
+        if not shared:
+            self.chord = tuple(kind for kind in self.chord if kind != "shared")
+        self.made = {"shared": 0, "samples": 0}  # factorisations made (for the profile and the tests)
         self.evaluations = 0  # of the last token
         if self.structure == "eigen":
             values, V = np.linalg.eig(np.asarray(self.A, dtype=np.float64))
@@ -306,17 +341,6 @@ class ImplicitTokenProgram:
     def _tolerance(self, dtype):
         return self.tol if self.tol is not None else (1e-12 if dtype == torch.float64 else 1e-5)
 
-    def _factor(self, J0, h, scale):
-        """``LU(I − h·scale·J₀)``: ``scale`` a diagonal entry or an eigenvalue (complex where it is)."""
-        B, D, _ = J0.shape
-        hs = h.reshape(-1, 1, 1) if isinstance(h, torch.Tensor) else h
-        if isinstance(scale, complex) and scale.imag != 0:
-            M = -(hs * scale) * J0.to(torch.promote_types(J0.dtype, torch.complex64))
-        else:
-            M = -(hs * float(scale.real if isinstance(scale, complex) else scale)) * J0
-        M.diagonal(dim1=-2, dim2=-1).add_(1)
-        return lu_factor(M)
-
     # -- forward -----------------------------------------------------------------------------------
     def token(self, y: tuple, context, h, W, b, tape=None, keep_K: bool = False) -> tuple:
         evaluations = 0
@@ -330,43 +354,48 @@ class ImplicitTokenProgram:
         return y
 
     def _step(self, y, context, h, W, b, tape):
-        self.factors.step += 1
-        if not self.reuse:
-            self.factors.held.clear()  # made once per step, shared by its stages and iterations
         sizes = [block.shape[-1] for block in y]
         yf = torch.cat(y, dim=-1)
         f0, act0, _, _ = self._evaluate(context, yf, sizes, W, b)
-        start = {"y": y, "act": act0, "J": None}  # J₀ is made only when a factorisation is
+        # J₀ at the step's start, as the per-token cell takes it; its matrices are made when needed
+        start = {"linear": None, "samples": None, "shared": None, "y": y, "act": act0, "factors": {}}
         solve = self._lower if self.structure == "lower" else self._coupled
         K, count = solve(yf, f0, start, context, h, W, b, sizes, tape)
         increment = sum(bi * Ki for bi, Ki in zip(self.b, K) if bi != 0)
         out = yf + h * increment
         return tuple(out.split(sizes, dim=-1)), count + 1
 
-    def _J0(self, start, W):
-        if start["J"] is None:
-            start["J"] = structured_jacobian(self.field, start["act"], start["y"], W)
-        return start["J"]
+    def _iteration_matrix(self, start, W, h, scale, kind: str) -> _Factorisation:
+        """``I − h·scale·J₀`` factored, per sample or (``kind="shared"``) once from the batch's mean
+        Jacobian with the mean step; made once per step for each ``scale`` and kind."""
+        key = (kind, scale)
+        if key not in start["factors"]:
+            if start["linear"] is None:
+                start["linear"] = FieldLinearisation(self.field, start["act"], start["y"], W)
+            if start[kind] is None:
+                start[kind] = start["linear"].matrix(mean=kind == "shared")
+            J = start[kind]
+            hs = (h.mean() if kind == "shared" else h.reshape(-1, 1, 1)) if isinstance(h, torch.Tensor) else h
+            if isinstance(scale, complex) and scale.imag != 0:
+                M = -(hs * scale) * J.to(torch.promote_types(J.dtype, torch.complex64))
+            else:
+                M = -(hs * float(scale.real if isinstance(scale, complex) else scale)) * J
+            M.diagonal(dim1=-2, dim2=-1).add_(1)
+            start["factors"][key] = _Factorisation(M)
+            self.made[kind] += 1
+        return start["factors"][key]
 
-    def _held(self, key, make, fresh: bool):
-        """``(factorisation for key, whether this step made it)``: the held one, or a new one from
-        ``make()`` when ``fresh`` or none is held."""
-        held = self.factors.held.get(key)
-        if fresh or held is None:
-            held = (make(), self.factors.step)
-            self.factors.held[key] = held
-            self.factors.made += 1
-        return held[0], held[1] == self.factors.step
-
-    def _iterate(self, residual_of, K, key, make, solve, tol, per_iteration: int):
-        """Chord iterations ``K ← K + P⁻¹ (F(K) − K)`` to the tolerance: with the held factorisation
-        for a few iterations while it contracts fast, else with one made at this step's J₀;
-        ``(K, the factorisation, field evaluations)``."""
-        evaluations, fresh = 0, False
-        while True:
-            factors, current = self._held(key, make, fresh)
-            budget = self.max_iterations if current else _REUSE_ITERATIONS
-            trial, previous, error = K, None, float("inf")
+    def _iterate(self, residual_of, K, make, solve, tol, per_iteration: int):
+        """Chord iterations ``K ← K + P⁻¹ (F(K) − K)`` with each of ``self.chord``'s factorisations in
+        turn (``make(kind)``): the batch-shared one (cheap: the batch is its right-hand sides) while
+        it contracts at least twofold per iteration, then one per sample, to the tolerance.
+        ``(K, the factorisation, field evaluations, the last relative update)``; ``K`` is ``None``
+        where none converged."""
+        evaluations, error = 0, float("inf")
+        for kind in self.chord:
+            factors = make(kind)
+            budget = _SHARED_ITERATIONS if kind == "shared" else self.max_iterations
+            trial, previous = K, None
             for _ in range(budget):
                 delta = solve(factors, residual_of(trial))
                 evaluations += per_iteration
@@ -374,17 +403,26 @@ class ImplicitTokenProgram:
                 error = (delta.abs().amax() / (1 + trial.abs().amax())).item()
                 if error <= tol or not error == error:
                     break
-                if not current and previous is not None and error > _SLOW_RATE * previous:
-                    break  # a held factorisation too far from this step's Jacobian
+                if kind == "shared" and previous is not None and error > _SLOW_RATE * previous:
+                    break  # the batch's Jacobians differ too much for one matrix
                 previous = error
             if error <= tol:
-                return trial, factors, evaluations
-            if current:
-                raise ImplicitSolveError(
-                    f"{self.name}: the stage equations did not converge in {self.max_iterations} simplified-"
-                    f"Newton iterations (relative update {error:.2e} > tolerance {tol:.1e}); try a smaller dt "
-                    "or more steps")
-            fresh = True
+                return trial, factors, evaluations, error
+        return None, None, evaluations, error
+
+    def _solve_stages(self, residual_of, system, K, make, solve, tol, per_iteration: int):
+        """The chord iterations of ``self.chord``, then Newton–Krylov where the plan has it:
+        ``(K, the factorisation the backward is to use or None for GMRES, field evaluations)``."""
+        solved, factors, evaluations, error = self._iterate(residual_of, K, make, solve, tol, per_iteration)
+        if solved is not None:
+            return solved, factors, evaluations
+        if not self.krylov:
+            raise ImplicitSolveError(
+                f"{self.name}: the stage equations did not converge in {self.max_iterations} simplified-"
+                f"Newton iterations (relative update {error:.2e} > tolerance {tol:.1e}); try a smaller dt "
+                "or more steps")
+        solved, more = self._newton_krylov(system, K, tol, per_iteration)
+        return solved, None, evaluations + more
 
     def _newton_krylov(self, system, K, tol, per_iteration: int = 1):
         """``K`` with ``F(K) = K`` by Newton's method, each update from ``(residual, apply) = system(K)``
@@ -419,20 +457,17 @@ class ImplicitTokenProgram:
             if a == 0:
                 Ki = f0 if not terms else self._evaluate(context, base, sizes, W, b)[0]
                 evaluations += 1 if terms else 0
-            elif self.solver == "krylov":
+            else:
+                def residual(Kt, base=base, a=a):
+                    return self._evaluate(context, base + (h * a) * Kt, sizes, W, b)[0] - Kt
+
                 def system(Kt, base=base, a=a):
                     F, act, _, Y = self._evaluate(context, base + (h * a) * Kt, sizes, W, b)
                     linear = FieldLinearisation(self.field, act, Y, W)
                     return F - Kt, lambda v: v - (h * a) * linear.jvp(v)
-                Ki, count = self._newton_krylov(system, K[-1] if K else f0, tol)
-                evaluations += count
-                base = base + (h * a) * Ki
-            else:
-                def residual(Kt, base=base, a=a):
-                    return self._evaluate(context, base + (h * a) * Kt, sizes, W, b)[0] - Kt
-                guess = K[-1] if K else f0
-                Ki, factors, count = self._iterate(residual, guess, a, lambda a=a: self._factor(self._J0(start, W), h, a),
-                                                   _solve, tol, 1)
+                Ki, factors, count = self._solve_stages(
+                    residual, system, K[-1] if K else f0, lambda kind, a=a: self._iteration_matrix(start, W, h, a, kind),
+                    lambda factors, G: factors.solve(G), tol, 1)
                 evaluations += count
                 if tape is not None:
                     tape.factors[a] = factors
@@ -461,29 +496,28 @@ class ImplicitTokenProgram:
             return F.reshape(B, s, D) - K
 
         K0 = f0[:, None, :].expand(B, s, D).contiguous()
-        if self.solver == "krylov":
-            def system(Kt):
-                F, act, _, Y = self._evaluate(stage_context, values(Kt.reshape(B, s, D)).reshape(B * s, D), sizes, W, b)
-                linear = FieldLinearisation(self.field, act, Y, W)
 
-                def apply(v):  # (I − h A ⊗ J_j) v on the stacked stages
-                    Jv = linear.jvp(v.reshape(B * s, D)).reshape(B, s, D)
-                    return v - (hb * torch.einsum("ij,bjd->bid", A, Jv)).reshape(B, s * D)
-                return F.reshape(B, s * D) - Kt, apply
-            K, evaluations = self._newton_krylov(system, K0.reshape(B, s * D), tol, per_iteration=s)
-            return self._coupled_record(K.reshape(B, s, D), values, stage_context, sizes, W, b, tape, evaluations)
+        def system(Kt):  # the stacked stages (B, s·D), for Newton–Krylov
+            F, act, _, Y = self._evaluate(stage_context, values(Kt.reshape(B, s, D)).reshape(B * s, D), sizes, W, b)
+            linear = FieldLinearisation(self.field, act, Y, W)
 
-        def make():  # one factorisation per eigenvalue, a conjugate pair's shared
-            J0 = self._J0(start, W)
-            return {k: self._factor(J0, h, complex(self.eigenvalues[k])) for k in self.solved}
+            def apply(v):  # (I − h A ⊗ J_j) v
+                Jv = linear.jvp(v.reshape(B * s, D)).reshape(B, s, D)
+                return v - (hb * torch.einsum("ij,bjd->bid", A, Jv)).reshape(B, s * D)
+            return F.reshape(B, s * D) - Kt, apply
+
+        def make(kind):  # one factorisation per eigenvalue, a conjugate pair's shared
+            return {k: self._iteration_matrix(start, W, h, complex(self.eigenvalues[k]), kind) for k in self.solved}
 
         def solve(factors, G):
             return self._eigen_solve(factors, G, transpose=False)
 
-        K, used, evaluations = self._iterate(residual, K0, "eigen", make, solve, tol, s)
+        K, used, evaluations = self._solve_stages(
+            lambda Kt: residual(Kt.reshape(B, s, D)).reshape(B, s * D), system, K0.reshape(B, s * D), make,
+            lambda factors, G: solve(factors, G.reshape(B, s, D)).reshape(B, s * D), tol, s)
         if tape is not None:
             tape.factors["eigen"] = used
-        return self._coupled_record(K, values, stage_context, sizes, W, b, tape, evaluations)
+        return self._coupled_record(K.reshape(B, s, D), values, stage_context, sizes, W, b, tape, evaluations)
 
     def _coupled_record(self, K, values, stage_context, sizes, W, b, tape, evaluations):
         """The stages' derivatives at the solution, ``F(K)``, as the per-token cell takes them, on the tape."""
@@ -510,12 +544,7 @@ class ImplicitTokenProgram:
         Z = torch.einsum("ij,bjd->bid", into, G.to(complex_dtype))
         out = [None] * self.s
         for k in self.solved:
-            LU, pivots = factors[k]
-            z = Z[:, k, :, None]
-            if not LU.is_complex():
-                z = z.real
-            out[k] = (_transposed_solve(LU, pivots, z) if transpose else torch.linalg.lu_solve(LU, pivots, z))[..., 0]
-            out[k] = out[k].to(complex_dtype)
+            out[k] = (factors[k].solve_transposed if transpose else factors[k].solve)(Z[:, k]).to(complex_dtype)
         for k, partner in self.partner.items():
             out[k] = out[partner].conj()
         return torch.einsum("ij,bjd->bid", back, torch.stack(out, dim=1)).real
@@ -578,12 +607,11 @@ class ImplicitTokenProgram:
 
                 def direct(lin=lin, a=a, rhs=rhs):
                     return _direct(lin.matrix(), h * a, rhs)
-                if self.solver == "krylov":
+                factors = step.factors.get(a)  # None: the forward solved matrix-free
+                if factors is None:
                     k = _krylov_or(operator, rhs, tol, direct)
                 else:
-                    LU, pivots = step.factors[a]
-                    k = _richardson(operator, rhs, lambda r: _transposed_solve(LU, pivots, r[..., None])[..., 0], tol,
-                                    self.max_iterations, direct)
+                    k = _richardson(operator, rhs, factors.solve_transposed, tol, self.max_iterations, direct)
             kappa[i] = k
             mus[i] = linear[i].vjp(k)
         return kappa
@@ -608,11 +636,11 @@ class ImplicitTokenProgram:
                 hs * A.T[None, :, :, None, None] * JT[:, None]).permute(0, 1, 3, 2, 4).reshape(B, s * D, s * D)
             return torch.linalg.solve(M, rhs.reshape(B, s * D)).reshape(B, s, D)
 
-        if self.solver == "krylov":
+        factors = step.factors.get("eigen")  # None: the forward solved matrix-free
+        if factors is None:
             flat = _krylov_or(lambda v: operator(v.reshape(B, s, D)).reshape(B, s * D), rhs.reshape(B, s * D), tol,
                               lambda: direct().reshape(B, s * D))
             return list(flat.reshape(B, s, D).unbind(1))
-        factors = step.factors["eigen"]
         kappa = _richardson(operator, rhs, lambda r: self._eigen_solve(factors, r, transpose=True), tol,
                             self.max_iterations, direct)
         return list(kappa.unbind(1))
@@ -637,19 +665,6 @@ class ImplicitTokenProgram:
 
 def _rows(act, rows):
     return None if act is None else tuple(None if a is None else a[rows] for a in act)
-
-
-def _solve(factors, G):
-    LU, pivots = factors
-    return torch.linalg.lu_solve(LU, pivots, G[..., None])[..., 0]
-
-
-def _transposed_solve(LU, pivots, r):
-    """``Mᵀ x = r`` from ``LU(M)`` (``lu_solve``'s ``adjoint`` conjugates, so a complex ``M`` is
-    conjugated around it)."""
-    if LU.is_complex():
-        return torch.linalg.lu_solve(LU, pivots, r.to(LU.dtype).conj(), adjoint=True).conj()
-    return torch.linalg.lu_solve(LU, pivots, r, adjoint=True)
 
 
 def _direct(J, scale, rhs):

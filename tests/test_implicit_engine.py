@@ -9,7 +9,7 @@ import torch
 import butcher
 import odernn
 from odernn._engine import in_engine
-from odernn._implicit import (FieldLinearisation, ImplicitTokenProgram, gmres, newton_solver, stage_structure,
+from odernn._implicit import (FieldLinearisation, ImplicitTokenProgram, gmres, newton_plan, stage_structure,
                               structured_jacobian)
 from test_sequence import cell_loop
 
@@ -138,31 +138,65 @@ def test_every_implicit_catalogue_tableau_runs_in_the_engine_and_a_defective_one
     assert not in_engine(odernn.ODECell(field, defective))
 
 
-def test_factorisations_are_kept_across_tokens_while_they_converge_fast():
-    """A slowly varying input: the held factorisation serves many tokens; the converged states are
-    the ones fresh factorisations give (to the tolerance)."""
+def _programs(monkeypatch, **options):
+    """Every ImplicitTokenProgram the layer makes, built with ``options``."""
+    made, original = [], ImplicitTokenProgram.__init__
+
+    def record(self, cell, shared=True, solver=None):
+        original(self, cell, options.get("shared", shared), options.get("solver", solver))
+        made.append(self)
+    monkeypatch.setattr(ImplicitTokenProgram, "__init__", record)
+    return made
+
+
+def test_one_factorisation_serves_the_batch_while_it_contracts_and_per_sample_ones_where_it_does_not(monkeypatch):
+    """Alike states: the batch-shared factorisation solves every token; a stiff, diverse batch
+    needs per-sample ones; either way the states and gradients are those of per-sample
+    factorisations alone, to the tolerance."""
     torch.manual_seed(4)
     rnn = odernn.ODERNN("gru-ode:alexander2" + TIGHT, 2, 6, dtype=torch.float64)
-    cell = rnn.cells[0]
-    x = (0.05 * torch.randn(40, 3, 2, dtype=torch.float64)).cumsum(0) * 0.1
-    programs = []
-    original = ImplicitTokenProgram.__init__
+    for dt, scale in ((1.0, 0.1), (5.0, 4.0)):
+        rnn.cells[0].dt = dt
+        x = (scale * torch.randn(12, 5, 2, dtype=torch.float64)).requires_grad_()
+        results, made = [], []
+        for shared in (True, False):
+            programs = _programs(monkeypatch, shared=shared)
+            out = rnn(x)[0]
+            results.append([out.detach(), *torch.autograd.grad(out.square().sum(), [x, *rnn.parameters()])])
+            made.append(programs[-1].made)
+            monkeypatch.undo()
+        for a, b in zip(*results):
+            assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max()), dt
+        assert made[1] == {"shared": 0, "samples": 12}  # one per step: the SDIRK's stages share it
+        if dt == 1.0:
+            assert made[0] == {"shared": 12, "samples": 0}
+        else:
+            assert made[0]["samples"] > 0
 
-    def record(self, cell, reuse=True):
-        original(self, cell, reuse)
-        programs.append(self)
-    ImplicitTokenProgram.__init__ = record
-    try:
-        with torch.no_grad():
-            reused = rnn(x)[0]
-        ImplicitTokenProgram.__init__ = lambda self, cell, reuse=True: record(self, cell, False)
-        with torch.no_grad():
-            fresh = rnn(x)[0]
-    finally:
-        ImplicitTokenProgram.__init__ = original
-    assert programs[0].factors.made < 40 // 2 and programs[1].factors.made == 40
-    assert (reused - fresh).abs().max() <= 1e-11
-    assert cell.nfe > 0
+
+def test_auto_follows_the_shared_factorisation_with_newton_krylov_on_wide_states(monkeypatch):
+    """From D = 150 on, where the shared factorisation does not converge, ``auto`` solves
+    matrix-free (and the backward by GMRES), equal to the dense path's per-sample factorisations."""
+    assert newton_plan(odernn.cell("gru-ode:alexander2", 3, 160)) == (("shared",), True)
+    torch.manual_seed(6)
+    rnn = odernn.ODERNN("gru-ode:backward-euler:dt=5" + TIGHT, 3, 160, dtype=torch.float64)
+    x = (8 * torch.randn(3, 4, 3, dtype=torch.float64)).requires_grad_()
+    calls = {"krylov": 0}
+    original = ImplicitTokenProgram._newton_krylov
+
+    def counted(self, *args, **kwargs):
+        calls["krylov"] += 1
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(ImplicitTokenProgram, "_newton_krylov", counted)
+    results = []
+    for solver in ("auto", "dense"):
+        _programs(monkeypatch, solver=solver)
+        out = rnn(x)[0]
+        results.append([out.detach(), *torch.autograd.grad(out.square().sum(), [x, *rnn.parameters()])])
+        if solver == "auto":
+            assert calls["krylov"] > 0
+    for a, b in zip(*results):
+        assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max())
 
 
 def test_second_derivatives_are_refused_and_torch_func_takes_the_per_token_cell():
@@ -196,33 +230,13 @@ def test_batched_gmres_solves_each_row_to_its_tolerance():
 
 
 def test_newton_option_chooses_the_linear_solves_and_refuses_what_it_cannot_mean():
-    assert newton_solver(odernn.cell("gru-ode:alexander2", 3, 64)) == "dense"
-    assert newton_solver(odernn.cell("gru-ode:alexander2", 3, 256)) == "krylov"  # auto: from D = 150 on
-    assert newton_solver(odernn.cell("lstm:alexander2", 3, 80)) == "krylov"  # D = 2 × 80
-    assert newton_solver(odernn.cell("gru-ode:alexander2:newton=krylov", 3, 8)) == "krylov"
+    dense, wide = (("shared", "samples"), False), (("shared",), True)
+    assert newton_plan(odernn.cell("gru-ode:alexander2", 3, 64)) == dense
+    assert newton_plan(odernn.cell("gru-ode:alexander2", 3, 256)) == wide  # auto: from D = 150 on
+    assert newton_plan(odernn.cell("lstm:alexander2", 3, 80)) == wide  # D = 2 × 80
+    assert newton_plan(odernn.cell("gru-ode:alexander2:newton=dense", 3, 256)) == dense
+    assert newton_plan(odernn.cell("gru-ode:alexander2:newton=krylov", 3, 8)) == ((), True)
     with pytest.raises(odernn.CellSpecError, match="rk4 is explicit"):
         odernn.cell("gru-ode:rk4:newton=krylov", 3, 4)
     with pytest.raises(odernn.CellSpecError, match="one of auto, dense, krylov"):
         odernn.cell("gru-ode:alexander2:newton=fast", 3, 4)
-
-
-def test_an_adaptive_cell_takes_the_per_token_cells_steps_and_its_second_derivatives():
-    """The engine's controller is the per-token cell's: the same evaluations; and its backward can
-    build a graph (the accepted steps run again under autograd): a gradient penalty's gradient
-    equals the per-token cell's."""
-    rnn, x, blocks = _problem("gru-ode:dopri5:dt=1.5:rtol=1e-6:atol=1e-8", T=4)
-    cell = rnn.cells[0]
-    assert in_engine(cell)
-    out, _ = _engine_run(rnn, x, blocks)
-    engine_nfe = cell.nfe
-    ref, _ = _reference_loop(cell, x, blocks)
-    assert cell.nfe == engine_nfe > 6 and (out - ref).abs().max() <= 1e-12
-
-    def penalty(run):
-        out, _ = run()
-        (g,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
-        return torch.autograd.grad(g.square().sum(), [x, *rnn.parameters()])
-    ours = penalty(lambda: _engine_run(rnn, x, blocks))
-    reference = penalty(lambda: _reference_loop(cell, x, blocks))
-    for a, b in zip(ours, reference):
-        assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max())
