@@ -26,8 +26,8 @@ contracts less than twofold per iteration, the step factors per sample, as the p
 does. Which matrix iterates changes how many iterations a step takes, never what it converges to:
 every stage is solved to the per-token cell's tolerance.
 
-``newton=krylov`` (``auto``: from a state width of 150, where it was measured faster) makes no
-factorisation: Newton's method with each update from batched GMRES (:func:`gmres`) on the
+``newton=krylov`` makes no factorisation (``auto``, from a state width of 150, where the shared
+factorisation does not converge: per-sample factorisations were measured slower there): Newton's method with each update from batched GMRES (:func:`gmres`) on the
 structured Jacobian–vector products (:meth:`FieldLinearisation.jvp`, one product with ``W``), the
 linear solves to ``√tol``; the backward solves its transposed systems by GMRES on the
 vector–Jacobian products, to ``tol``, with a direct solve where GMRES does not get there.
@@ -104,7 +104,7 @@ class FieldLinearisation:
 
     def __init__(self, field, act, Y: tuple, W):
         self.field, self.W = field, W
-        self.sizes = [block.shape[-1] for block in Y]
+        self.sizes, self.batch = [block.shape[-1] for block in Y], Y[0].shape[0]
         G, self.R = W.shape
         self.H = self.sizes[field.recurrent_blocks[0]]
         self.n_gates = G // self.H
@@ -118,13 +118,32 @@ class FieldLinearisation:
             self.gates.append(gate)
         self.recurrent = np.cumsum([0] + [self.sizes[k] for k in field.recurrent_blocks]).tolist()
 
-    def matrix(self, mean: bool = False) -> torch.Tensor:
-        """``∂f/∂y`` ``(B, D, D)``, or with ``mean`` the batch's mean Jacobian ``(D, D)`` (the
-        diagonals averaged before the one product with ``W``: ``J`` is linear in them)."""
+    def diagonal(self) -> torch.Tensor:
+        """The diagonal of ``∂f/∂y``, ``(B, D)``, without the matrix."""
+        gates = self.W.reshape(self.n_gates, self.H, self.R)
+        out = []
+        for k, size in enumerate(self.sizes):
+            total = self.direct[k].get(k)
+            if self.gates[k] is not None and k in self.field.recurrent_blocks:
+                slot = self.field.recurrent_blocks.index(k)
+                own = gates[..., self.recurrent[slot]:self.recurrent[slot + 1]].diagonal(dim1=-2, dim2=-1)  # (gates, H)
+                term = (self.gates[k] * own).sum(dim=1)
+                total = term if total is None else total + term
+            out.append(self.W.new_zeros(self.batch, size) if total is None else total)
+        return torch.cat(out, dim=-1)
+
+    def matrix(self, mean: bool = False, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``∂f/∂y`` ``(B, D, D)``; with ``mean``, the batch's mean of ``diag(rows_b) ∂f/∂y_b``
+        ``(D, D)`` (``rows`` ``(B, D)``, default ones): the diagonals scaled and averaged before
+        the one product with ``W``, in which ``J`` is linear."""
         if mean:
             averaged = copy.copy(self)
-            averaged.direct = [{k2: g.mean(dim=0, keepdim=True) for k2, g in d.items()} for d in self.direct]
-            averaged.gates = [None if g is None else g.mean(dim=0, keepdim=True) for g in self.gates]
+            offsets = np.cumsum([0] + self.sizes).tolist()
+            weight = [None if rows is None else rows[:, offsets[k]:offsets[k + 1]] for k in range(len(self.sizes))]
+            averaged.direct = [{k2: (g if w is None else g * w).mean(dim=0, keepdim=True) for k2, g in d.items()}
+                               for d, w in zip(self.direct, weight)]
+            averaged.gates = [None if g is None else (g if w is None else g * w[:, None, :]).mean(dim=0, keepdim=True)
+                              for g, w in zip(self.gates, weight)]
             return averaged.matrix()[0]
         field, Y_rows = self.field, len(self.sizes)
         gates = self.W.reshape(self.n_gates, self.H, self.R)
@@ -262,11 +281,13 @@ class _StepTape:
 
 class _Factorisation:
     """``LU(M)`` of an iteration matrix ``M = I − h·scale·J``: one per sample (``(B, D, D)``), or one
-    for the whole batch (``(D, D)``, from the batch's mean Jacobian); complex for a complex
-    eigenvalue. Solves take and give ``(B, D)``."""
+    for the whole batch: ``M_b ≈ diag(d_b) · N̄`` with ``d_b`` each sample's own diagonal of ``M_b``
+    and ``N̄`` the batch's mean of ``diag(d_b)⁻¹ M_b`` (``(D, D)``, factored once). Complex for a
+    complex eigenvalue. Solves take and give ``(B, D)``."""
 
-    def __init__(self, M: torch.Tensor):
+    def __init__(self, M: torch.Tensor, rows: torch.Tensor | None = None):
         self.shared = M.dim() == 2
+        self.rows = rows  # shared: the factorisation is of diag(rows_b) · M, per sample b
         self.LU, self.pivots = torch.linalg.lu_factor(M) if self.shared else lu_factor(M)
 
     def _rhs(self, G):
@@ -275,7 +296,7 @@ class _Factorisation:
     def solve(self, G: torch.Tensor) -> torch.Tensor:
         G = self._rhs(G)
         if self.shared:  # one factorisation, the batch as its right-hand sides
-            return torch.linalg.lu_solve(self.LU, self.pivots, G.T).T
+            return torch.linalg.lu_solve(self.LU, self.pivots, (G / self.rows).T).T
         return torch.linalg.lu_solve(self.LU, self.pivots, G[..., None])[..., 0]
 
     def solve_transposed(self, G: torch.Tensor) -> torch.Tensor:
@@ -284,7 +305,7 @@ class _Factorisation:
         conj = self.LU.is_complex()
         G = G.conj() if conj else G
         if self.shared:
-            x = torch.linalg.lu_solve(self.LU, self.pivots, G.T, adjoint=True).T
+            x = torch.linalg.lu_solve(self.LU, self.pivots, G.T, adjoint=True).T / self.rows.conj()
         else:
             x = torch.linalg.lu_solve(self.LU, self.pivots, G[..., None], adjoint=True)[..., 0]
         return x.conj() if conj else x
@@ -358,7 +379,7 @@ class ImplicitTokenProgram:
         yf = torch.cat(y, dim=-1)
         f0, act0, _, _ = self._evaluate(context, yf, sizes, W, b)
         # J₀ at the step's start, as the per-token cell takes it; its matrices are made when needed
-        start = {"linear": None, "samples": None, "shared": None, "y": y, "act": act0, "factors": {}}
+        start = {"linear": None, "samples": None, "diagonal": None, "y": y, "act": act0, "factors": {}}
         solve = self._lower if self.structure == "lower" else self._coupled
         K, count = solve(yf, f0, start, context, h, W, b, sizes, tape)
         increment = sum(bi * Ki for bi, Ki in zip(self.b, K) if bi != 0)
@@ -366,22 +387,32 @@ class ImplicitTokenProgram:
         return tuple(out.split(sizes, dim=-1)), count + 1
 
     def _iteration_matrix(self, start, W, h, scale, kind: str) -> _Factorisation:
-        """``I − h·scale·J₀`` factored, per sample or (``kind="shared"``) once from the batch's mean
-        Jacobian with the mean step; made once per step for each ``scale`` and kind."""
+        """``I − h·scale·J₀`` factored, per sample or (``kind="shared"``) once for the batch (see
+        :class:`_Factorisation`); made once per step for each ``scale`` and kind."""
         key = (kind, scale)
         if key not in start["factors"]:
             if start["linear"] is None:
                 start["linear"] = FieldLinearisation(self.field, start["act"], start["y"], W)
-            if start[kind] is None:
-                start[kind] = start["linear"].matrix(mean=kind == "shared")
-            J = start[kind]
-            hs = (h.mean() if kind == "shared" else h.reshape(-1, 1, 1)) if isinstance(h, torch.Tensor) else h
-            if isinstance(scale, complex) and scale.imag != 0:
-                M = -(hs * scale) * J.to(torch.promote_types(J.dtype, torch.complex64))
+            linear = start["linear"]
+            complex_scale = isinstance(scale, complex) and scale.imag != 0
+            c = scale if complex_scale else float(scale.real if isinstance(scale, complex) else scale)
+            if kind == "shared":
+                # each sample's diagonal exactly, the rest averaged: M_b ≈ diag(d_b) N̄ with
+                # d_b = 1 − h_b c diag(J_b) and N̄ = mean_b diag(d_b)⁻¹ (I − h_b c J_b)
+                if start["diagonal"] is None:
+                    start["diagonal"] = linear.diagonal()
+                d = 1 - (h * c) * start["diagonal"]  # h: a float, or (B, 1) per sample
+                M = -linear.matrix(mean=True, rows=(h * c) / d)
+                M.diagonal().add_((1 / d).mean(dim=0))
+                start["factors"][key] = _Factorisation(M, rows=d)
             else:
-                M = -(hs * float(scale.real if isinstance(scale, complex) else scale)) * J
-            M.diagonal(dim1=-2, dim2=-1).add_(1)
-            start["factors"][key] = _Factorisation(M)
+                if start["samples"] is None:
+                    start["samples"] = linear.matrix()
+                J = start["samples"]
+                hs = h.reshape(-1, 1, 1) if isinstance(h, torch.Tensor) else h
+                M = -(hs * c) * (J.to(torch.promote_types(J.dtype, torch.complex64)) if complex_scale else J)
+                M.diagonal(dim1=-2, dim2=-1).add_(1)
+                start["factors"][key] = _Factorisation(M)
             self.made[kind] += 1
         return start["factors"][key]
 

@@ -196,7 +196,7 @@ def cell(spec: str, input_size: int, hidden_size: int, *, device=None, dtype=Non
 
     Options: ``tableau`` (name, file or ``ButcherTableau``), ``steps``, ``dt`` (``eps`` is its
     name for the antisymmetric field), ``partitioned``, ``tol`` and ``newton`` (implicit tableaux:
-    the Newton tolerance, and ``dense``, ``krylov`` or ``auto`` linear solves in the engine), ``rtol`` and
+    the Newton tolerance, and ``auto``, ``dense`` or ``krylov`` linear solves in the engine), ``rtol`` and
     ``atol`` (adaptive stepping), ``constraint`` (a parameterisation that keeps the step inside
     the tableau's stability region during training: ``spectral``, ``antisymmetric``; see
     :func:`constraints`), ``order`` (raise a one-block field to derivative order ``t``:
