@@ -138,9 +138,12 @@ def test_every_implicit_catalogue_tableau_runs_in_the_engine_and_a_defective_one
     assert not in_engine(odernn.ODECell(field, defective))
 
 
+_INIT = ImplicitTokenProgram.__init__
+
+
 def _programs(monkeypatch, **options):
-    """Every ImplicitTokenProgram the layer makes, built with ``options``."""
-    made, original = [], ImplicitTokenProgram.__init__
+    """Every ImplicitTokenProgram the layer makes from now on, built with ``options``."""
+    made, original = [], _INIT
 
     def record(self, cell, shared=True, solver=None):
         original(self, cell, options.get("shared", shared), options.get("solver", solver))
@@ -175,12 +178,14 @@ def test_one_factorisation_serves_the_batch_while_it_contracts_and_per_sample_on
 
 
 def test_auto_follows_the_shared_factorisation_with_newton_krylov_on_wide_states(monkeypatch):
-    """From D = 150 on, where the shared factorisation does not converge, ``auto`` solves
-    matrix-free (and the backward by GMRES), equal to the dense path's per-sample factorisations."""
+    """From D = 150 on, where the shared factorisation does not converge (here: made to give up at
+    once), ``auto`` solves matrix-free (and the backward by GMRES), equal to the dense path's
+    per-sample factorisations."""
     assert newton_plan(odernn.cell("gru-ode:alexander2", 3, 160)) == (("shared",), True)
+    monkeypatch.setattr(odernn._implicit, "_SLOW_RATE", 1e-9)
     torch.manual_seed(6)
-    rnn = odernn.ODERNN("gru-ode:backward-euler:dt=5" + TIGHT, 3, 160, dtype=torch.float64)
-    x = (8 * torch.randn(3, 4, 3, dtype=torch.float64)).requires_grad_()
+    rnn = odernn.ODERNN("gru-ode:alexander2" + TIGHT, 3, 160, dtype=torch.float64)
+    x = torch.randn(3, 4, 3, dtype=torch.float64, requires_grad=True)
     calls = {"krylov": 0}
     original = ImplicitTokenProgram._newton_krylov
 
@@ -193,8 +198,7 @@ def test_auto_follows_the_shared_factorisation_with_newton_krylov_on_wide_states
         _programs(monkeypatch, solver=solver)
         out = rnn(x)[0]
         results.append([out.detach(), *torch.autograd.grad(out.square().sum(), [x, *rnn.parameters()])])
-        if solver == "auto":
-            assert calls["krylov"] > 0
+    assert calls["krylov"] == 2 * 3  # both stages of each token, with auto only
     for a, b in zip(*results):
         assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max())
 
