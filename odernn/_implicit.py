@@ -492,11 +492,14 @@ class ImplicitTokenProgram:
                 Ki = f0 if not terms else self._evaluate(context, base, sizes, W, b)[0]
                 evaluations += 1 if terms else 0
             else:
-                def residual(Kt, base=base, a=a):
-                    return self._evaluate(context, _axpy(base, h * a, Kt), sizes, W, b)[0] - Kt
+                last = {}  # the last evaluation: within the tolerance of the solution, it is the stage's record
 
-                def system(Kt, base=base, a=a):
-                    F, act, _, Y = self._evaluate(context, _axpy(base, h * a, Kt), sizes, W, b)
+                def residual(Kt, base=base, a=a, last=last):
+                    last["evaluation"] = self._evaluate(context, _axpy(base, h * a, Kt), sizes, W, b)
+                    return last["evaluation"][0] - Kt
+
+                def system(Kt, base=base, a=a, last=last):
+                    last["evaluation"] = F, act, _, Y = self._evaluate(context, _axpy(base, h * a, Kt), sizes, W, b)
                     linear = FieldLinearisation(self.field, act, Y, W)
                     return F - Kt, lambda v: v - (h * a) * linear.jvp(v)
                 guess = K[-1] if K else f0
@@ -512,8 +515,14 @@ class ImplicitTokenProgram:
                     tape.factors[a] = factors
                 base = base + (h * a) * Ki
             if recording:  # the stage derivative at the solution, as the per-token cell takes it: F(K)
-                Ki, act, y_in, Y = self._evaluate(context, base, sizes, W, b)
-                evaluations += 1
+                if a != 0:  # at the last iterate evaluated, which the last update moved by less than the tolerance
+                    Ki, act, y_in, Y = last["evaluation"]
+                elif not terms:  # the step's start, evaluated already
+                    Y = start["y"]
+                    Ki, act, y_in = f0, start["act"], self.field.recurrent_input(Y)
+                else:
+                    Ki, act, y_in, Y = self._evaluate(context, base, sizes, W, b)
+                    evaluations += 1
                 if tape is not None:
                     tape.stages.append(_Stage(Y, act, y_in, Ki))
             K.append(Ki)
