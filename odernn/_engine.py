@@ -41,9 +41,9 @@ import torch
 
 from ._adjoint import adjoint_token
 from ._checks import InputError
-from ._implicit import ImplicitTokenProgram, stage_structure
-from ._stepping import (AdaptiveScheme, ExplicitScheme, ImplicitScheme, ImplicitSolveError, combine, linear_combination,
-                        parameters_bound)
+from ._implicit import ImplicitTokenProgram, stage_facts
+from ._stepping import (AdaptiveScheme, ExplicitScheme, ImplicitScheme, combine, linear_combination, parameters_bound,
+                        second_derivatives_refused)
 
 __all__ = ["TokenProgram", "in_engine", "run_sequence"]
 
@@ -467,10 +467,7 @@ class _FirstOrderOnly(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *_):
-        raise ImplicitSolveError(
-            f"{ctx.name}: second derivatives through an implicit tableau are not available (the stage equations' "
-            "gradient by the implicit function theorem is first order only); use an explicit tableau for "
-            "gradient penalties and Hessian–vector products")
+        raise second_derivatives_refused(ctx.name)
 
 
 def _autocast_state(device_type: str) -> dict:
@@ -544,22 +541,14 @@ def _structure(cell):
     """``(W, b)`` where sequences of this cell run in the engine, else ``None`` (token by token under
     autograd): a field with the recurrent structure, stepped by an explicit tableau (fixed steps, or
     an embedded pair with error control) or an implicit one whose stage equations decouple
-    (:func:`stage_structure`)."""
+    (``_implicit.stage_structure``)."""
     scheme = cell.scheme
     if isinstance(scheme, ImplicitScheme):
-        if _implicit_structure(cell) is None:
+        if stage_facts(cell).structure is None:
             return None
     elif not isinstance(scheme, (ExplicitScheme, AdaptiveScheme)):
         return None
     return cell.field.recurrent() if cell.field.elementwise else None
-
-
-def _implicit_structure(cell):
-    """:func:`stage_structure` of the cell's tableau, derived once per scheme."""
-    scheme = cell.scheme
-    if "_stage_structure" not in scheme.__dict__:
-        scheme._stage_structure = stage_structure(cell.tableau)
-    return scheme._stage_structure
 
 
 def in_engine(cell) -> bool:

@@ -57,9 +57,10 @@ import numpy as np
 import torch
 
 from ._linalg import lu_factor
-from ._stepping import ImplicitSolveError
+from ._stepping import ImplicitSolveError, relative_update
 
-__all__ = ["FieldLinearisation", "ImplicitTokenProgram", "gmres", "newton_plan", "stage_structure", "structured_jacobian"]
+__all__ = ["FieldLinearisation", "ImplicitTokenProgram", "StageFacts", "gmres", "newton_plan", "stage_facts",
+           "stage_structure", "structured_jacobian"]
 
 # the batch-shared factorisation gets this many iterations (while it contracts at least twofold
 # per iteration) before one is made per sample
@@ -95,6 +96,42 @@ def stage_structure(tableau) -> str | None:
     values, vectors = np.linalg.eig(A)
     distinct = all(abs(values[i] - values[j]) > 1e-8 for i in range(s) for j in range(i))
     return "eigen" if distinct and np.linalg.cond(vectors) < 1e6 else None
+
+
+@dataclass(frozen=True)
+class StageFacts:
+    """What the engine derives from an implicit tableau, once: its coefficients as floats, how its
+    stage equations decouple, and for ``"eigen"`` the eigenvalues of ``A`` (a conjugate pair: the
+    one with ``Im λ > 0`` first solved, its partner conjugated), ``V`` and ``V⁻¹``."""
+    A: list
+    b: list
+    structure: str | None
+    eigenvalues: np.ndarray | None = None
+    V: np.ndarray | None = None
+    V_inv: np.ndarray | None = None
+    partner: dict = dataclass_field(default_factory=dict)  # index -> the index of its conjugate
+
+    @property
+    def solved(self) -> list[int]:
+        return [k for k in range(len(self.b)) if k not in self.partner]
+
+
+def stage_facts(cell) -> StageFacts:
+    """:class:`StageFacts` of the cell's implicit tableau, derived once per scheme (the tableau is fixed)."""
+    scheme = cell.scheme
+    if "_stage_facts" not in scheme.__dict__:
+        A = [[float(a) for a in row] for row in scheme.A]
+        b = [float(v) for v in scheme.b]
+        structure = stage_structure(cell.tableau)
+        if structure != "eigen":
+            scheme._stage_facts = StageFacts(A, b, structure)
+        else:
+            values, V = np.linalg.eig(np.asarray(A, dtype=np.float64))
+            order = np.argsort(values.imag)
+            values, V = values[order], V[:, order]
+            partner = {k: int(np.argmin(np.abs(values - lam.conj()))) for k, lam in enumerate(values) if lam.imag < -1e-12}
+            scheme._stage_facts = StageFacts(A, b, structure, values, V, np.linalg.inv(V), partner)
+    return scheme._stage_facts
 
 
 class FieldLinearisation:
@@ -325,10 +362,8 @@ class ImplicitTokenProgram:
         scheme, field = cell.scheme, cell.field
         self.field = field
         self.name, self.steps = scheme.name, cell.steps
-        self.A = [[float(a) for a in row] for row in scheme.A]
-        self.b = [float(v) for v in scheme.b]
-        self.s = len(self.b)
-        self.structure = stage_structure(cell.tableau)
+        self.facts = facts = stage_facts(cell)
+        self.A, self.b, self.s, self.structure = facts.A, facts.b, len(facts.b), facts.structure
         self.tol, self.max_iterations = scheme.tol, scheme.max_iterations
         self.blocks = tuple(range(field.blocks))
         self.chord, self.krylov = newton_plan(cell, solver)
@@ -336,17 +371,6 @@ class ImplicitTokenProgram:
             self.chord = tuple(kind for kind in self.chord if kind != "shared")
         self.made = {"shared": 0, "samples": 0}  # factorisations made (for the profile and the tests)
         self.evaluations = 0  # of the last token
-        if self.structure == "eigen":
-            values, V = np.linalg.eig(np.asarray(self.A, dtype=np.float64))
-            order = np.argsort(values.imag)  # a conjugate pair: the one with Im λ > 0 is solved, its partner conjugated
-            values, V = values[order], V[:, order]
-            self.eigenvalues = values
-            self.V, self.V_inv = V, np.linalg.inv(V)
-            self.partner = {}
-            for k, lam in enumerate(values):
-                if lam.imag < -1e-12:
-                    self.partner[k] = int(np.argmin(np.abs(values - lam.conj())))
-            self.solved = [k for k in range(self.s) if k not in self.partner]
 
     @staticmethod
     def eager(program):
@@ -434,7 +458,7 @@ class ImplicitTokenProgram:
                 delta = solve(factors, residual_of(trial))
                 evaluations += per_iteration
                 trial = trial + delta
-                error = _relative_update(delta, trial)
+                error = relative_update(delta, trial)
                 if error <= tol or not error == error:
                     break
                 if kind == "shared" and previous is not None and error > _SLOW_RATE * previous:
@@ -469,7 +493,7 @@ class ImplicitTokenProgram:
             evaluations += per_iteration
             delta, _ = gmres(apply, G, eta, min(_KRYLOV_ITERATIONS, G.shape[-1]))
             K = K + delta
-            error = _relative_update(delta, K)
+            error = relative_update(delta, K)
             if error <= tol or not error == error:
                 break
         if not error <= tol:
@@ -555,7 +579,8 @@ class ImplicitTokenProgram:
             return F.reshape(B, s * D) - Kt, apply
 
         def make(kind):  # one factorisation per eigenvalue, a conjugate pair's shared
-            return {k: self._iteration_matrix(start, W, h, complex(self.eigenvalues[k]), kind) for k in self.solved}
+            return {k: self._iteration_matrix(start, W, h, complex(self.facts.eigenvalues[k]), kind)
+                    for k in self.facts.solved}
 
         def solve(factors, G):
             return self._eigen_solve(factors, G, transpose=False)
@@ -586,14 +611,15 @@ class ImplicitTokenProgram:
         """``P⁻¹ G`` (or ``P⁻ᵀ G``) for ``P = I − h A ⊗ J₀`` (``Aᵀ`` with ``transpose``), ``G`` ``(B, s, D)``,
         through ``A = V Λ V⁻¹``: one solve per eigenvalue, a conjugate pair's second by conjugation."""
         complex_dtype = torch.promote_types(G.dtype, torch.complex64)
-        into, back = (self.V.T, self.V_inv.T) if transpose else (self.V_inv, self.V)
+        facts = self.facts
+        into, back = (facts.V.T, facts.V_inv.T) if transpose else (facts.V_inv, facts.V)
         into = torch.as_tensor(into, dtype=complex_dtype, device=G.device)
         back = torch.as_tensor(back, dtype=complex_dtype, device=G.device)
         Z = torch.einsum("ij,bjd->bid", into, G.to(complex_dtype))
         out = [None] * self.s
-        for k in self.solved:
+        for k in facts.solved:
             out[k] = (factors[k].solve_transposed if transpose else factors[k].solve)(Z[:, k]).to(complex_dtype)
-        for k, partner in self.partner.items():
+        for k, partner in facts.partner.items():
             out[k] = out[partner].conj()
         return torch.einsum("ij,bjd->bid", back, torch.stack(out, dim=1)).real
 
@@ -615,18 +641,20 @@ class ImplicitTokenProgram:
         lam_plus = torch.cat([torch.zeros_like(v) if g is None else g for g, v in zip(lam, Y0)], dim=-1)
         tol = self._tolerance(lam_plus.dtype)
         linear = [FieldLinearisation(self.field, st.act, st.Y, W) for st in stages]
-        if self.structure == "lower":
-            kappa = self._lower_adjoint(step, linear, lam_plus, h, tol)
-        else:
-            kappa = self._coupled_adjoint(step, linear, lam_plus, h, tol)
-        # each stage's κ through the field's structure: μ_i = J(Y_i)ᵀ κ_i, the weights' and the context's gradients
-        total, grad_context, mus = lam_plus, None, []
-        for st, k in zip(stages, kappa):
-            mu, g_context = self._stage_vjp(st, k, sizes, W, weight_grad)
-            mus.append(mu)
-            total = total + mu
+        contexts = []
+
+        def stage_vjp(i, kappa):
+            """μ_i = J(Y_i)ᵀ κ_i through the field's structure, the weights' and the context's gradients kept."""
+            mu, g_context = self._stage_vjp(stages[i], kappa, sizes, W, weight_grad)
             if g_context is not None:
-                grad_context = g_context if grad_context is None else grad_context + g_context
+                contexts.append(g_context)
+            return mu
+        if self.structure == "lower":
+            mus = self._lower_adjoint(step, linear, lam_plus, h, tol, stage_vjp)
+        else:
+            mus = [stage_vjp(i, k) for i, k in enumerate(self._coupled_adjoint(step, linear, lam_plus, h, tol))]
+        total = lam_plus + sum(mus)
+        grad_context = sum(contexts[1:], contexts[0]) if contexts else None
         grad_h = None
         if isinstance(h, torch.Tensor) and h.requires_grad:
             # ∂L/∂h = Σ_i ⟨ρ_i, K_i⟩ with κ_i = h ρ_i, ρ_i = b_i λ⁺ + Σ_j a_ji μ_j
@@ -636,10 +664,11 @@ class ImplicitTokenProgram:
                 grad_h = grad_h + (rho * st.K).sum(dim=-1, keepdim=True)
         return list(total.split(sizes, dim=-1)), grad_context, grad_h
 
-    def _lower_adjoint(self, step, linear, lam_plus, h, tol):
-        """κ from the last stage to the first: ``(I − h a_ii J_iᵀ) κ_i = h (b_i λ⁺ + Σ_{j>i} a_ji μ_j)``."""
+    def _lower_adjoint(self, step, linear, lam_plus, h, tol, stage_vjp):
+        """κ from the last stage to the first, ``(I − h a_ii J_iᵀ) κ_i = h (b_i λ⁺ + Σ_{j>i} a_ji μ_j)``,
+        each ``μ_i = stage_vjp(i, κ_i)`` as soon as ``κ_i`` is known; returns the ``μ``."""
         s = self.s
-        kappa, mus = [None] * s, [None] * s
+        mus = [None] * s
         for i in reversed(range(s)):
             rhs = self.b[i] * lam_plus
             for j in range(i + 1, s):
@@ -660,9 +689,8 @@ class ImplicitTokenProgram:
                     k = _krylov_or(operator, rhs, tol, direct)
                 else:
                     k = _richardson(operator, rhs, factors.solve_transposed, tol, self.max_iterations, direct)
-            kappa[i] = k
-            mus[i] = linear[i].vjp(k)
-        return kappa
+            mus[i] = stage_vjp(i, k)
+        return mus
 
     def _coupled_adjoint(self, step, linear, lam_plus, h, tol):
         """κ for all stages at once: ``κ_i − h Σ_j a_ji J_jᵀ κ_j = h b_i λ⁺``."""
@@ -715,13 +743,6 @@ def _rows(act, rows):
     return None if act is None else tuple(None if a is None else a[rows] for a in act)
 
 
-def _relative_update(delta: torch.Tensor, x: torch.Tensor) -> float:
-    """``max|δ| / (1 + max|x|)``: the iterations' convergence test (the per-token cell's)."""
-    norms = torch.stack((torch.linalg.vector_norm(delta, float("inf")), torch.linalg.vector_norm(x, float("inf"))))
-    big, size = norms.tolist()
-    return big / (1 + size)
-
-
 def _axpy(y, a, x):
     """``y + a x`` in one kernel where ``a`` is a number (a per-sample ``(B, 1)`` step: two)."""
     return torch.add(y, x, alpha=a) if not isinstance(a, torch.Tensor) else y + a * x
@@ -752,7 +773,7 @@ def _richardson(operator, rhs, precondition, tol, budget, fallback):
     for _ in range(budget):
         delta = precondition(rhs - operator(x))
         x = x + delta
-        error = _relative_update(delta, x)
+        error = relative_update(delta, x)
         if error <= tol:
             return x
         if not error == error:

@@ -256,10 +256,15 @@ class ODERNN(Settings, nn.Module):
         name parametrised on the layer keeps what the cells hold."""
         if not self.__dict__.get("_frozen"):  # in __init__ the cells and the module share them by construction
             return
+        if name is not None and name not in self._flat_names:  # (every attribute assignment passes here)
+            return
         registered = self._registered()
-        if name is None or name in registered:
-            self._bind_cells({key: value for key, value in registered.items()
-                              if value is not None and name in (None, key)})
+        self._bind_cells({key: value for key, value in registered.items() if value is not None and name in (None, key)})
+
+    @cached_property
+    def _flat_names(self) -> frozenset:
+        """The flat names of the cells' tensors (the layout is fixed: derived once)."""
+        return frozenset(name for pairs in self._names for _, name in pairs)
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)

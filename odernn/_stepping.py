@@ -183,6 +183,21 @@ def field_jacobians(field, context, Y: torch.Tensor, sizes) -> torch.Tensor:
     return torch.func.vmap(torch.func.jacrev(single))(Y, context)
 
 
+def relative_update(delta: torch.Tensor, x: torch.Tensor) -> float:
+    """``max|δ| / (1 + max|x|)``: the convergence test of every implicit solve."""
+    norms = torch.stack((torch.linalg.vector_norm(delta, float("inf")), torch.linalg.vector_norm(x, float("inf"))))
+    big, size = norms.tolist()
+    return big / (1 + size)
+
+
+def second_derivatives_refused(name: str) -> "ImplicitSolveError":
+    """The error of every path asked to differentiate an implicit step's gradient again."""
+    return ImplicitSolveError(
+        f"{name}: second derivatives through an implicit tableau are not available (the stage equations' "
+        "gradient by the implicit function theorem is first order only); use an explicit tableau for "
+        "gradient penalties and Hessian–vector products")
+
+
 class ImplicitSolveError(RuntimeError):
     """The stage equations of an implicit step were not solved to the requested tolerance, or a
     derivative the step cannot give was asked for."""
@@ -214,10 +229,7 @@ class _FirstOrder(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         if ctx.refuse == "backward":
-            raise ImplicitSolveError(
-                f"{ctx.name}: second derivatives through an implicit tableau are not available (the stage "
-                "equations' gradient by the implicit function theorem is first order only); use an explicit "
-                "tableau for gradient penalties and Hessian–vector products")
+            raise second_derivatives_refused(ctx.name)
         return grad, None, None
 
     @staticmethod
@@ -286,7 +298,7 @@ class ImplicitScheme:
                 evaluations += s
                 delta = torch.linalg.lu_solve(*lu, -G.reshape(B, s * D, 1)).reshape(B, s, D)
                 K = K + delta
-                error = (delta.abs().amax() / (1 + K.abs().amax())).item()
+                error = relative_update(delta, K)
                 if not torch.isfinite(delta).all():
                     break
                 if error <= tol:
