@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from ._linalg import lu_factor
-from ._stepping import ImplicitSolveError, relative_update
+from ._stepping import ImplicitSolveError, largest_magnitudes, relative_update
 
 __all__ = ["FieldLinearisation", "ImplicitTokenProgram", "StageFacts", "gmres", "newton_plan", "stage_facts",
            "stage_structure", "structured_jacobian"]
@@ -319,35 +319,41 @@ class _StepTape:
 
 
 class _Factorisation:
-    """``LU(M)`` of an iteration matrix ``M = I − h·scale·J``: one per sample (``(B, D, D)``), or one
-    for the whole batch: ``M_b ≈ diag(d_b) · N̄`` with ``d_b`` each sample's own diagonal of ``M_b``
-    and ``N̄`` the batch's mean of ``diag(d_b)⁻¹ M_b`` (``(D, D)``, factored once). Complex for a
+    """``M = I − h·scale·J`` made ready to solve with: ``LU(M)`` per sample (``(B, D, D)``), or, for
+    the whole batch, ``M_b ≈ diag(d_b) · N̄`` with ``d_b`` each sample's own diagonal of ``M_b``
+    and ``N̄`` the batch's mean of ``diag(d_b)⁻¹ M_b`` (``(D, D)``), kept as ``N̄⁻¹``: its solves
+    are then one matrix product with the batch as rows (about 18 µs at B = 32, D = 128, against
+    43 µs for ``lu_solve``, and a chord iteration takes several). The inverse's rounding only
+    changes how fast the iterations it preconditions converge, not where to. Complex for a
     complex eigenvalue. Solves take and give ``(B, D)``."""
 
     def __init__(self, M: torch.Tensor, rows: torch.Tensor | None = None):
         self.shared = M.dim() == 2
         self.rows = rows  # shared: the factorisation is of diag(rows_b) · M, per sample b
-        self.LU, self.pivots = torch.linalg.lu_factor(M) if self.shared else lu_factor(M)
+        if self.shared:
+            self.inverse = torch.linalg.inv(M)
+        else:
+            self.LU, self.pivots = lu_factor(M)
+        self.complex, self.dtype = M.is_complex(), M.dtype
 
     def _rhs(self, G):
-        return G.to(self.LU.dtype) if self.LU.is_complex() else G.real if G.is_complex() else G
+        return G.to(self.dtype) if self.complex else G.real if G.is_complex() else G
 
     def solve(self, G: torch.Tensor) -> torch.Tensor:
         G = self._rhs(G)
-        if self.shared:  # one factorisation, the batch as its right-hand sides
-            return torch.linalg.lu_solve(self.LU, self.pivots, (G / self.rows).T).T
+        if self.shared:  # row b: N̄⁻¹ diag(d_b)⁻¹ g_b
+            return (G / self.rows) @ self.inverse.T
         return torch.linalg.lu_solve(self.LU, self.pivots, G[..., None])[..., 0]
 
     def solve_transposed(self, G: torch.Tensor) -> torch.Tensor:
-        """``Mᵀ x = G`` (``lu_solve``'s ``adjoint`` conjugates, so a complex ``M`` is conjugated around it)."""
+        """``Mᵀ x = G`` (a plain transpose, also for a complex ``M``)."""
         G = self._rhs(G)
-        conj = self.LU.is_complex()
-        G = G.conj() if conj else G
-        if self.shared:
-            x = torch.linalg.lu_solve(self.LU, self.pivots, G.T, adjoint=True).T / self.rows.conj()
-        else:
-            x = torch.linalg.lu_solve(self.LU, self.pivots, G[..., None], adjoint=True)[..., 0]
-        return x.conj() if conj else x
+        if self.shared:  # row b: diag(d_b)⁻¹ N̄⁻ᵀ g_b
+            return (G @ self.inverse) / self.rows
+        # lu_solve's ``adjoint`` conjugates, so a complex M is conjugated around it
+        G = G.conj() if self.complex else G
+        x = torch.linalg.lu_solve(self.LU, self.pivots, G[..., None], adjoint=True)[..., 0]
+        return x.conj() if self.complex else x
 
 
 class ImplicitTokenProgram:
@@ -765,17 +771,25 @@ def _krylov_or(operator, rhs, tol, fallback):
 
 
 def _richardson(operator, rhs, precondition, tol, budget, fallback):
-    """``x`` with ``operator(x) = rhs`` by ``x ← x + P⁻¹ (rhs − operator(x))`` from ``P⁻¹ rhs``, to the
-    relative update ``tol``; ``fallback()`` (a direct solve) if that does not converge in ``budget``."""
+    """``x`` with ``operator(x) = rhs`` by ``x ← x + P⁻¹ (rhs − operator(x))`` from ``P⁻¹ rhs``, to
+    the relative error ``tol`` of ``x`` itself: an adjoint's scale is the loss's, so a test against
+    ``1 + max|x|`` would accept any error once gradients are small. After an update ``δ`` of a
+    linear iteration contracting at rate ``ρ`` the error left is at most ``ρ/(1 − ρ)·max|δ|``
+    (Hairer & Wanner, *Solving ODEs II*, §IV.8), with ``ρ`` measured from the last two updates; the
+    first update is judged by itself. ``fallback()`` (a direct solve) if that does not happen in
+    ``budget`` iterations."""
     x = precondition(rhs)
     if not bool((rhs != 0).any()):
         return x
+    previous = None
     for _ in range(budget):
         delta = precondition(rhs - operator(x))
         x = x + delta
-        error = relative_update(delta, x)
-        if error <= tol:
-            return x
-        if not error == error:
+        big, size = largest_magnitudes(delta, x)
+        if not big == big:
             break
+        rate = big / previous if previous else 1.0
+        if (big if rate >= 1 else big * rate / (1 - rate)) <= tol * size:
+            return x
+        previous = big
     return fallback()

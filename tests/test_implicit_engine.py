@@ -82,6 +82,26 @@ def test_gaps_per_token_and_lengths_equal_the_per_token_cell_dt_gradient_include
             assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max()), spec
 
 
+@pytest.mark.parametrize("spec", ["gru-ode:backward-euler", "gru-ode:alexander2", "lstm:radau-iia-3"])
+def test_gradients_are_as_accurate_relative_to_themselves_at_any_loss_scale(spec):
+    """The backward's linear solves stop on an error relative to the adjoint itself: a loss scaled
+    by 1e-9 (a mean over many tokens, say) gets gradients as accurate relative to their size as a
+    loss of order one. A test against ``1 + max|x|``, as the forward's stage solves use, would stop
+    at once on adjoints of size 1e-9, about 1e-5 of them off."""
+    rnn, x, blocks = _problem(spec, T=4)
+    inputs = [x, *blocks, *rnn.parameters()]
+
+    def grads(outputs):
+        out, final = outputs
+        weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+        return torch.autograd.grad(1e-9 * ((weights * out).sum() + sum(b.square().sum() for b in final)), inputs,
+                                   allow_unused=True, materialize_grads=True)
+    ours = grads(_engine_run(rnn, x, blocks))
+    reference = grads(_reference_loop(rnn.cells[0], x, blocks))
+    for a, b in zip(ours, reference):
+        assert (a - b).abs().max() <= 1e-8 * b.abs().max(), spec
+
+
 @pytest.mark.parametrize("spec", ["gru-ode:alexander2", "rnn:gauss-2", "cornn:radau-iia-3:dt=0.5"])
 def test_gradcheck(spec):
     rnn, x, blocks = _problem(spec, T=3, B=2, E=2, H=3)
