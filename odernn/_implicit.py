@@ -66,6 +66,11 @@ __all__ = ["FieldLinearisation", "ImplicitTokenProgram", "StageFacts", "gmres", 
 # per iteration) before one is made per sample
 _SHARED_ITERATIONS = 40
 _SLOW_RATE = 0.5  # ... or until the update shrinks by less than this per iteration
+# the shared matrix N̄ is kept for the next steps (each with its own diagonal) until a solve with it
+# contracts more slowly than this per iteration: then the next step builds it afresh. A rebuild
+# (the structured Jacobian's mean and N̄⁻¹) costs about three chord iterations; at this rate a
+# step needs about two iterations more than at the 0.02–0.05 of a fresh one (docs/speed.md)
+_REFRESH_RATE = 0.2
 _KRYLOV_ITERATIONS = 60  # GMRES iterations per linear solve at most (no restarts)
 _KRYLOV_FROM = 150  # state width D from which newton=auto solves matrix-free (measured: docs/speed.md)
 
@@ -327,8 +332,10 @@ class _Factorisation:
     changes how fast the iterations it preconditions converge, not where to. Complex for a
     complex eigenvalue. Solves take and give ``(B, D)``."""
 
-    def __init__(self, M: torch.Tensor, rows: torch.Tensor | None = None):
-        self.shared = M.dim() == 2
+    stale = False  # a shared N̄ kept from an earlier step (see ImplicitTokenProgram.kept)
+
+    def __init__(self, M: torch.Tensor, rows: torch.Tensor | None = None, scale=None):
+        self.shared, self.scale = M.dim() == 2, scale
         self.rows = rows  # shared: the factorisation is of diag(rows_b) · M, per sample b
         if self.shared:
             self.inverse = torch.linalg.inv(M)
@@ -338,6 +345,12 @@ class _Factorisation:
 
     def _rhs(self, G):
         return G.to(self.dtype) if self.complex else G.real if G.is_complex() else G
+
+    def kept_for(self, rows: torch.Tensor) -> "_Factorisation":
+        """This shared ``N̄⁻¹`` with another step's diagonals ``rows``."""
+        kept = copy.copy(self)
+        kept.rows, kept.stale = rows, True
+        return kept
 
     def solve(self, G: torch.Tensor) -> torch.Tensor:
         G = self._rhs(G)
@@ -375,7 +388,8 @@ class ImplicitTokenProgram:
         self.chord, self.krylov = newton_plan(cell, solver)
         if not shared:
             self.chord = tuple(kind for kind in self.chord if kind != "shared")
-        self.made = {"shared": 0, "samples": 0}  # factorisations made (for the profile and the tests)
+        self.made = {"shared": 0, "kept": 0, "samples": 0}  # factorisations made or reused (profile, tests)
+        self.kept = {}  # scale -> the shared factorisation the next steps start from
         self.evaluations = 0  # of the last token
 
     @staticmethod
@@ -422,22 +436,28 @@ class ImplicitTokenProgram:
     def _iteration_matrix(self, start, W, h, scale, kind: str) -> _Factorisation:
         """``I − h·scale·J₀`` factored, per sample or (``kind="shared"``) once for the batch (see
         :class:`_Factorisation`); made once per step for each ``scale`` and kind."""
-        key = (kind, scale)
-        if key not in start["factors"]:
+        key = ("shared" if kind == "fresh" else kind, scale)
+        if key not in start["factors"] or kind == "fresh":
             if start["linear"] is None:
                 start["linear"] = FieldLinearisation(self.field, start["act"], start["y"], W)
             linear = start["linear"]
             complex_scale = isinstance(scale, complex) and scale.imag != 0
             c = scale if complex_scale else float(scale.real if isinstance(scale, complex) else scale)
-            if kind == "shared":
+            if kind != "samples":
                 # each sample's diagonal exactly, the rest averaged: M_b ≈ diag(d_b) N̄ with
-                # d_b = 1 − h_b c diag(J_b) and N̄ = mean_b diag(d_b)⁻¹ (I − h_b c J_b)
+                # d_b = 1 − h_b c diag(J_b) and N̄ = mean_b diag(d_b)⁻¹ (I − h_b c J_b); N̄ from an
+                # earlier step while that serves ("fresh": made anew), d_b always this step's
                 if start["diagonal"] is None:
                     start["diagonal"] = linear.diagonal()
                 d = 1 - (h * c) * start["diagonal"]  # h: a float, or (B, 1) per sample
+                if kind == "shared" and scale in self.kept:
+                    start["factors"][key] = self.kept[scale].kept_for(d)
+                    self.made["kept"] += 1
+                    return start["factors"][key]
                 M = -linear.matrix(mean=True, rows=(h * c) / d)
                 M.diagonal().add_((1 / d).mean(dim=0))
-                start["factors"][key] = _Factorisation(M, rows=d)
+                start["factors"][key] = self.kept[scale] = _Factorisation(M, rows=d, scale=scale)
+                kind = "shared"
             else:
                 if start["samples"] is None:
                     start["samples"] = linear.matrix()
@@ -456,10 +476,13 @@ class ImplicitTokenProgram:
         ``(K, the factorisation, field evaluations, the last relative update)``; ``K`` is ``None``
         where none converged."""
         evaluations, error = 0, float("inf")
-        for kind in self.chord:
+        kinds = list(self.chord)
+        while kinds:
+            kind = kinds.pop(0)
             factors = make(kind)
-            budget = _SHARED_ITERATIONS if kind == "shared" else self.max_iterations
-            trial, previous = K, None
+            shared = kind != "samples"
+            budget = _SHARED_ITERATIONS if shared else self.max_iterations
+            trial, previous, slowest = K, None, 0.0
             for _ in range(budget):
                 delta = solve(factors, residual_of(trial))
                 evaluations += per_iteration
@@ -467,11 +490,18 @@ class ImplicitTokenProgram:
                 error = relative_update(delta, trial)
                 if error <= tol or not error == error:
                     break
-                if kind == "shared" and previous is not None and error > _SLOW_RATE * previous:
-                    break  # the batch's Jacobians differ too much for one matrix
+                if previous is not None:
+                    slowest = max(slowest, error / previous)
+                    if shared and slowest > _SLOW_RATE:
+                        break  # the batch's Jacobians differ too much for one matrix
                 previous = error
+            if shared and (slowest > _REFRESH_RATE or not error <= tol):
+                for kept in _factorisations(factors):  # the next step (or this one, below) builds it afresh
+                    self.kept.pop(kept.scale, None)
             if error <= tol:
                 return trial, factors, evaluations, error
+            if shared and any(f.stale for f in _factorisations(factors)):
+                kinds.insert(0, "fresh")  # kept from an earlier step: this step's own before per-sample ones
         return None, None, evaluations, error
 
     def _solve_stages(self, residual_of, system, K, make, solve, tol, per_iteration: int):
@@ -743,6 +773,11 @@ class ImplicitTokenProgram:
             for k, part in zip(field.recurrent_blocks, parts):
                 grads[k] = grads[k] + part
         return torch.cat(grads, dim=-1), g_context
+
+
+def _factorisations(factors) -> list:
+    """The factorisations a chord iteration used: one, or one per eigenvalue (a dict)."""
+    return list(factors.values()) if isinstance(factors, dict) else [factors]
 
 
 def _rows(act, rows):

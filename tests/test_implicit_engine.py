@@ -173,26 +173,31 @@ def _programs(monkeypatch, **options):
 
 
 def test_one_factorisation_serves_the_batch_while_it_contracts_and_per_sample_ones_where_it_does_not(monkeypatch):
-    """Alike states: the batch-shared factorisation solves every token; a stiff, diverse batch
-    needs per-sample ones; either way the states and gradients are those of per-sample
-    factorisations alone, to the tolerance."""
+    """Alike states: one batch-shared matrix, made at the first token and kept, solves every token;
+    gaps that turn large and inputs that turn diverse half-way make it stop contracting, and later
+    steps build it afresh; a stiff, diverse batch needs per-sample factorisations. Either way the
+    states and every gradient are those of per-sample factorisations alone, to the tolerance."""
     torch.manual_seed(4)
     rnn = odernn.ODERNN("gru-ode:alexander2" + TIGHT, 2, 6, dtype=torch.float64)
-    for dt, scale in ((1.0, 0.1), (5.0, 4.0)):
-        rnn.cells[0].dt = dt
-        x = (scale * torch.randn(12, 5, 2, dtype=torch.float64)).requires_grad_()
+    gentle_then_stiff = torch.cat([torch.full((6, 5), 0.5), torch.full((6, 5), 5.0)]).double()
+    cases = {"alike": (1.0, 0.1 * torch.ones(12, 1, 1)), "turns stiff": (gentle_then_stiff, torch.cat(
+        [0.1 * torch.ones(6, 1, 1), 4 * torch.ones(6, 1, 1)])), "stiff": (5.0, 4 * torch.ones(12, 1, 1))}
+    for case, (dt, scale) in cases.items():
+        x = (scale.double() * torch.randn(12, 5, 2, dtype=torch.float64)).requires_grad_()
         results, made = [], []
         for shared in (True, False):
             programs = _programs(monkeypatch, shared=shared)
-            out = rnn(x)[0]
+            out = rnn(x, dt=dt)[0] if isinstance(dt, torch.Tensor) else (setattr(rnn.cells[0], "dt", dt), rnn(x)[0])[1]
             results.append([out.detach(), *torch.autograd.grad(out.square().sum(), [x, *rnn.parameters()])])
             made.append(programs[-1].made)
             monkeypatch.undo()
         for a, b in zip(*results):
-            assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max()), dt
-        assert made[1] == {"shared": 0, "samples": 12}  # one per step: the SDIRK's stages share it
-        if dt == 1.0:
-            assert made[0] == {"shared": 12, "samples": 0}
+            assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max()), case
+        assert made[1] == {"shared": 0, "kept": 0, "samples": 12}  # one per step: the SDIRK's stages share it
+        if case == "alike":
+            assert made[0] == {"shared": 1, "kept": 11, "samples": 0}
+        elif case == "turns stiff":
+            assert made[0]["kept"] >= 5 and made[0]["shared"] >= 2, made[0]
         else:
             assert made[0]["samples"] > 0
 
