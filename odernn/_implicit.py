@@ -174,7 +174,7 @@ class FieldLinearisation:
                 term = (self.gates[k] * own).sum(dim=1)
                 total = term if total is None else total + term
             out.append(self.W.new_zeros(self.batch, size) if total is None else total)
-        return torch.cat(out, dim=-1)
+        return _joined(out)
 
     def matrix(self, mean: bool = False, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``∂f/∂y`` ``(B, D, D)``; with ``mean``, the batch's mean of ``diag(rows_b) ∂f/∂y_b``
@@ -230,7 +230,7 @@ class FieldLinearisation:
             for k2, g in self.direct[k].items():
                 total = g * blocks[k2] if total is None else torch.addcmul(total, g, blocks[k2])
             out.append(torch.zeros_like(blocks[k]) if total is None else total)
-        return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
+        return _joined(out)
 
     def vjp(self, u: torch.Tensor) -> torch.Tensor:
         """``Jᵀ u`` for ``u`` ``(B, D)``: one product with ``W``."""
@@ -250,7 +250,7 @@ class FieldLinearisation:
                 part = g_in[:, self.recurrent[slot]:self.recurrent[slot + 1]]
                 out[k2] = part if out[k2] is None else out[k2] + part
         out = [torch.zeros_like(b) if o is None else o for o, b in zip(out, blocks)]
-        return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
+        return _joined(out)
 
 
 def structured_jacobian(field, act, Y: tuple, W) -> torch.Tensor:
@@ -339,6 +339,7 @@ class _Factorisation:
         self.rows = rows  # shared: the factorisation is of diag(rows_b) · M, per sample b
         if self.shared:
             self.inverse = torch.linalg.inv(M)
+            self.inverse_T = self.inverse.T.contiguous()  # a product with a contiguous matrix: 11.7 against 16 µs
         else:
             self.LU, self.pivots = lu_factor(M)
         self.complex, self.dtype = M.is_complex(), M.dtype
@@ -355,7 +356,7 @@ class _Factorisation:
     def solve(self, G: torch.Tensor) -> torch.Tensor:
         G = self._rhs(G)
         if self.shared:  # row b: N̄⁻¹ diag(d_b)⁻¹ g_b
-            return (G / self.rows) @ self.inverse.T
+            return torch.mm(G / self.rows, self.inverse_T)
         return torch.linalg.lu_solve(self.LU, self.pivots, G[..., None])[..., 0]
 
     def solve_transposed(self, G: torch.Tensor) -> torch.Tensor:
@@ -404,7 +405,7 @@ class ImplicitTokenProgram:
         y_in = field.recurrent_input(Y)
         act = field.activate(context, field.preactivation(context, y_in, W, b))
         K = field.derivative(act, Y, self.blocks)
-        return (torch.cat(K, dim=-1) if len(K) > 1 else K[0]), act, y_in, Y
+        return _joined(K), act, y_in, Y
 
     def _tolerance(self, dtype):
         return self.tol if self.tol is not None else (1e-12 if dtype == torch.float64 else 1e-5)
@@ -423,7 +424,7 @@ class ImplicitTokenProgram:
 
     def _step(self, y, context, h, W, b, tape):
         sizes = [block.shape[-1] for block in y]
-        yf = torch.cat(y, dim=-1)
+        yf = _joined(y)
         f0, act0, _, _ = self._evaluate(context, yf, sizes, W, b)
         # J₀ at the step's start, as the per-token cell takes it; its matrices are made when needed
         start = {"linear": None, "samples": None, "diagonal": None, "y": y, "act": act0, "factors": {}}
@@ -674,7 +675,7 @@ class ImplicitTokenProgram:
         stages = step.stages
         Y0 = stages[0].Y
         sizes = [v.shape[-1] for v in Y0]
-        lam_plus = torch.cat([torch.zeros_like(v) if g is None else g for g, v in zip(lam, Y0)], dim=-1)
+        lam_plus = _joined([torch.zeros_like(v) if g is None else g for g, v in zip(lam, Y0)])
         tol = self._tolerance(lam_plus.dtype)
         linear = [FieldLinearisation(self.field, st.act, st.Y, W) for st in stages]
         contexts = []
@@ -772,7 +773,12 @@ class ImplicitTokenProgram:
                 [sizes[k] for k in field.recurrent_blocks], dim=-1)
             for k, part in zip(field.recurrent_blocks, parts):
                 grads[k] = grads[k] + part
-        return torch.cat(grads, dim=-1), g_context
+        return _joined(grads), g_context
+
+
+def _joined(blocks) -> torch.Tensor:
+    """The blocks side by side ``(B, D)``; one block as it is (``torch.cat`` would copy it)."""
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)
 
 
 def _factorisations(factors) -> list:
