@@ -51,6 +51,7 @@ the system is solved directly. The weight gradients are then the explicit engine
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass, field as dataclass_field
 
 import numpy as np
@@ -152,15 +153,20 @@ class FieldLinearisation:
         G, self.R = W.shape
         self.H = self.sizes[field.recurrent_blocks[0]]
         self.n_gates = G // self.H
-        self.direct, self.gates = [], []  # per output block k: {k2: (B, H)}, and (B, gates, H) or None
+        # per output block k: {k2: ∂f_k/∂y_k2 (B, H)}, ∂f_k/∂pre (B, gates, H) and ∂f_k/∂context
+        # (B, context gates, H), the last two None where f_k reads no activation
+        self.direct, self.gates, self.contexts = [], [], []
         for k in range(len(Y)):
             grads, grad_act = field.derivative_vjp(act, Y, (torch.ones_like(Y[k]),), (k,))
             self.direct.append({k2: g for k2, g in enumerate(grads) if g is not None})
-            gate = None
+            gate = context = None
             if act is not None and grad_act is not None and any(g is not None for g in grad_act):
-                gate = field.activate_vjp(act, grad_act)[1].reshape(-1, self.n_gates, self.H)
+                context, gate = field.activate_vjp(act, grad_act)
+                gate = gate.reshape(-1, self.n_gates, self.H)
+                context = None if context is None else context.reshape(context.shape[0], -1, self.H)
             self.gates.append(gate)
-        self.recurrent = np.cumsum([0] + [self.sizes[k] for k in field.recurrent_blocks]).tolist()
+            self.contexts.append(context)
+        self.recurrent = list(itertools.accumulate([self.sizes[k] for k in field.recurrent_blocks], initial=0))
 
     def diagonal(self) -> torch.Tensor:
         """The diagonal of ``∂f/∂y``, ``(B, D)``, without the matrix."""
@@ -182,7 +188,7 @@ class FieldLinearisation:
         the one product with ``W``, in which ``J`` is linear."""
         if mean:
             averaged = copy.copy(self)
-            offsets = np.cumsum([0] + self.sizes).tolist()
+            offsets = list(itertools.accumulate(self.sizes, initial=0))
             weight = [None if rows is None else rows[:, offsets[k]:offsets[k + 1]] for k in range(len(self.sizes))]
             averaged.direct = [{k2: (g if w is None else g * w).mean(dim=0, keepdim=True) for k2, g in d.items()}
                                for d, w in zip(self.direct, weight)]
@@ -232,25 +238,59 @@ class FieldLinearisation:
             out.append(torch.zeros_like(blocks[k]) if total is None else total)
         return _joined(out)
 
-    def vjp(self, u: torch.Tensor) -> torch.Tensor:
-        """``Jᵀ u`` for ``u`` ``(B, D)``: one product with ``W``."""
+    def vjp(self, u: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+        """``base + Jᵀ u`` for ``u`` ``(B, D)`` (``base`` zero by default): one product with ``W``."""
+        return self._pullback(u, base)[0]
+
+    def pullback(self, u: torch.Tensor, y_in: torch.Tensor, weight_grad) -> tuple:
+        """``(Jᵀ u, ∂⟨u, f⟩/∂context)``, with ``∂⟨u, f⟩/∂W`` and ``/∂b`` added to ``weight_grad`` at
+        the recurrent input ``y_in`` the linearisation was taken at: a stage's whole vector–Jacobian
+        product from the diagonals, without the field's own reverse functions."""
+        out, g_pre, blocks = self._pullback(u, None)
+        if g_pre is not None:
+            weight_grad.add(g_pre, y_in)
+        g_context = None
+        for k, context in enumerate(self.contexts):
+            if context is not None:
+                term = (context * blocks[k].unsqueeze(1)).reshape(context.shape[0], -1)
+                g_context = term if g_context is None else g_context + term
+        return out, g_context
+
+    def scaled(self, c) -> "FieldLinearisation":
+        """The linearisation of ``c·f`` (``c`` a number or a per-sample ``(B, 1)``), for operators
+        ``I − c·J`` applied many times: the scaling once, not per application."""
+        out = copy.copy(self)
+        c3 = c.unsqueeze(-1) if isinstance(c, torch.Tensor) else c
+        out.direct = [{k2: c * g for k2, g in d.items()} for d in self.direct]
+        out.gates = [None if g is None else c3 * g for g in self.gates]
+        out.contexts = [None] * len(self.contexts)
+        return out
+
+    def _pullback(self, u, base):
+        """``(base + Jᵀ u, the preactivations' gradient (B, G) or None, u's blocks)``."""
         field = self.field
-        blocks = u.split(self.sizes, dim=-1)
-        out = [None] * len(self.sizes)
+        single = len(self.sizes) == 1
+        blocks = (u,) if single else u.split(self.sizes, dim=-1)
+        out = [None] * len(self.sizes) if base is None else ([base] if single else list(base.split(self.sizes, dim=-1)))
         g_pre = None
         for k, gate in enumerate(self.gates):
             if gate is not None:
-                term = gate * blocks[k][:, None, :]
+                term = gate * blocks[k].unsqueeze(1)
                 g_pre = term if g_pre is None else g_pre + term
             for k2, g in self.direct[k].items():
                 out[k2] = g * blocks[k] if out[k2] is None else torch.addcmul(out[k2], g, blocks[k])
         if g_pre is not None:
-            g_in = g_pre.reshape(g_pre.shape[0], -1) @ self.W
-            for slot, k2 in enumerate(field.recurrent_blocks):
-                part = g_in[:, self.recurrent[slot]:self.recurrent[slot + 1]]
-                out[k2] = part if out[k2] is None else out[k2] + part
+            g_pre = g_pre.reshape(g_pre.shape[0], -1)
+            if len(field.recurrent_blocks) == 1:  # straight into the block's sum: one addmm
+                k2 = field.recurrent_blocks[0]
+                out[k2] = g_pre @ self.W if out[k2] is None else torch.addmm(out[k2], g_pre, self.W)
+            else:
+                g_in = g_pre @ self.W
+                for slot, k2 in enumerate(field.recurrent_blocks):
+                    part = g_in[:, self.recurrent[slot]:self.recurrent[slot + 1]]
+                    out[k2] = part if out[k2] is None else out[k2] + part
         out = [torch.zeros_like(b) if o is None else o for o, b in zip(out, blocks)]
-        return _joined(out)
+        return _joined(out), g_pre, blocks
 
 
 def structured_jacobian(field, act, Y: tuple, W) -> torch.Tensor:
@@ -682,7 +722,7 @@ class ImplicitTokenProgram:
 
         def stage_vjp(i, kappa):
             """μ_i = J(Y_i)ᵀ κ_i through the field's structure, the weights' and the context's gradients kept."""
-            mu, g_context = self._stage_vjp(stages[i], kappa, sizes, W, weight_grad)
+            mu, g_context = linear[i].pullback(kappa, stages[i].y_in, weight_grad)
             if g_context is not None:
                 contexts.append(g_context)
             return mu
@@ -725,7 +765,11 @@ class ImplicitTokenProgram:
                 if factors is None:
                     k = _krylov_or(operator, rhs, tol, direct)
                 else:
-                    k = _richardson(operator, rhs, factors.solve_transposed, tol, self.max_iterations, direct)
+                    scaled = lin.scaled(h * a)  # rhs − (I − h a Jᵀ) x = (rhs − x) + h a Jᵀ x, fused
+
+                    def residual(x, scaled=scaled, rhs=rhs):
+                        return scaled.vjp(x, base=rhs - x)
+                    k = _richardson(residual, rhs, factors.solve_transposed, tol, self.max_iterations, direct)
             mus[i] = stage_vjp(i, k)
         return mus
 
@@ -754,27 +798,9 @@ class ImplicitTokenProgram:
             flat = _krylov_or(lambda v: operator(v.reshape(B, s, D)).reshape(B, s * D), rhs.reshape(B, s * D), tol,
                               lambda: direct().reshape(B, s * D))
             return list(flat.reshape(B, s, D).unbind(1))
-        kappa = _richardson(operator, rhs, lambda r: self._eigen_solve(factors, r, transpose=True), tol,
-                            self.max_iterations, direct)
+        kappa = _richardson(lambda k: rhs - operator(k), rhs, lambda r: self._eigen_solve(factors, r, transpose=True),
+                            tol, self.max_iterations, direct)
         return list(kappa.unbind(1))
-
-    def _stage_vjp(self, stage: _Stage, kappa, sizes, W, weight_grad):
-        """``(J(Y)ᵀ κ (B, D), ∂L/∂context)`` at one stage, the weights' gradient added to ``weight_grad``."""
-        field = self.field
-        pieces = tuple(kappa.split(sizes, dim=-1))
-        grads, grad_act = field.derivative_vjp(stage.act, stage.Y, pieces, self.blocks)
-        grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, stage.Y)]
-        g_context = None
-        if stage.act is not None and grad_act is not None and any(g is not None for g in grad_act):
-            g_context, g_pre = field.activate_vjp(stage.act, grad_act)
-            weight_grad.add(g_pre, stage.y_in)
-            g_in = g_pre @ W
-            parts = (g_in,) if len(field.recurrent_blocks) == 1 else g_in.split(
-                [sizes[k] for k in field.recurrent_blocks], dim=-1)
-            for k, part in zip(field.recurrent_blocks, parts):
-                grads[k] = grads[k] + part
-        return _joined(grads), g_context
-
 
 def _joined(blocks) -> torch.Tensor:
     """The blocks side by side ``(B, D)``; one block as it is (``torch.cat`` would copy it)."""
@@ -811,8 +837,8 @@ def _krylov_or(operator, rhs, tol, fallback):
     return x if residual <= tol else fallback()
 
 
-def _richardson(operator, rhs, precondition, tol, budget, fallback):
-    """``x`` with ``operator(x) = rhs`` by ``x ← x + P⁻¹ (rhs − operator(x))`` from ``P⁻¹ rhs``, to
+def _richardson(residual, rhs, precondition, tol, budget, fallback):
+    """``x`` with ``residual(x) = rhs − M x = 0`` by ``x ← x + P⁻¹ residual(x)`` from ``P⁻¹ rhs``, to
     the relative error ``tol`` of ``x`` itself: an adjoint's scale is the loss's, so a test against
     ``1 + max|x|`` would accept any error once gradients are small. After an update ``δ`` of a
     linear iteration contracting at rate ``ρ`` the error left is at most ``ρ/(1 − ρ)·max|δ|``
@@ -824,7 +850,7 @@ def _richardson(operator, rhs, precondition, tol, budget, fallback):
         return x
     previous = None
     for _ in range(budget):
-        delta = precondition(rhs - operator(x))
+        delta = precondition(residual(x))
         x = x + delta
         big, size = largest_magnitudes(delta, x)
         if not big == big:

@@ -141,6 +141,27 @@ def test_the_structured_jacobian_equals_autograds(spec):
     v = torch.randn(B, reference.shape[-1], dtype=torch.float64)
     assert (linear.jvp(v) - (reference @ v[..., None])[..., 0]).abs().max() <= 1e-12
     assert (linear.vjp(v) - (reference.transpose(1, 2) @ v[..., None])[..., 0]).abs().max() <= 1e-12
+    base = torch.randn_like(v)
+    assert (linear.scaled(0.3).vjp(v, base) - base - 0.3 * linear.vjp(v)).abs().max() <= 1e-12
+    # the whole pullback of ⟨v, f⟩ from the diagonals: the state's, the input projection's (the
+    # context, whose unit j also reaches only unit j of f) and the recurrent weights' gradients
+    leaves = [t.detach().requires_grad_() for t in (context, *Y, W, *(() if b is None else (b,)))]
+    Yg = tuple(leaves[1:1 + len(Y)])
+    f = field.derivative(field.activate(leaves[0], field.preactivation(
+        leaves[0], field.recurrent_input(Yg), leaves[1 + len(Y)], None if b is None else leaves[-1])), Yg,
+        tuple(range(field.blocks)))
+    expected = torch.autograd.grad(torch.cat(f, dim=-1), leaves, v, allow_unused=True, materialize_grads=True)
+
+    class Gathered:
+        def add(self, g_pre, y_in):
+            self.W, self.b = g_pre.T @ y_in, g_pre.sum(dim=0)
+    weights = Gathered()
+    mu, g_context = linear.pullback(v, y_in, weights)
+    assert (mu - torch.cat(expected[1:1 + len(Y)], dim=-1)).abs().max() <= 1e-12
+    assert (g_context - expected[0]).abs().max() <= 1e-12
+    assert (weights.W - expected[1 + len(Y)]).abs().max() <= 1e-12
+    if b is not None:
+        assert (weights.b - expected[-1]).abs().max() <= 1e-12
 
 
 def test_every_implicit_catalogue_tableau_runs_in_the_engine_and_a_defective_one_does_not(catalogue):
