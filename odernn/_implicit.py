@@ -470,8 +470,10 @@ class ImplicitTokenProgram:
         start = {"linear": None, "samples": None, "diagonal": None, "y": y, "act": act0, "factors": {}}
         solve = self._lower if self.structure == "lower" else self._coupled
         K, count = solve(yf, f0, start, context, h, W, b, sizes, tape)
-        increment = sum(bi * Ki for bi, Ki in zip(self.b, K) if bi != 0)
-        out = yf + h * increment
+        out = yf
+        for bi, Ki in zip(self.b, K):
+            if bi != 0:
+                out = _axpy(out, h * bi, Ki)
         return tuple(out.split(sizes, dim=-1)), count + 1
 
     def _iteration_matrix(self, start, W, h, scale, kind: str) -> _Factorisation:
