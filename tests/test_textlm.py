@@ -308,14 +308,14 @@ def weights(trainer):
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def interrupt_in_fifth_update(trainer):
-    """Ctrl-C in the middle of the trainer's 5th update: it saves the state of step 4."""
+def interrupt_in_fifth_update(trainer, update: int = 5):
+    """Ctrl-C in the middle of the trainer's 5th (``update``-th) update: it saves the state before it."""
     original_step = trainer.optimizer.step
     calls = {"n": 0}
 
     def step_then_interrupt(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 5:
+        if calls["n"] == update:
             original_step(*args, **kwargs)
             raise KeyboardInterrupt
         return original_step(*args, **kwargs)
@@ -341,6 +341,70 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, device
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(v.dtype == (torch.float64 if precision == "float64" else torch.float32) for v in a.values()
                if v.is_floating_point())  # bf16 keeps float32 master weights
+
+
+def early_stopping(tmp_path, **overrides):
+    """A run that overfits 1,200 training tokens: its validation loss turns up within the budget."""
+    return config(tmp_path, train_tokens=1200, cell="gru-ode:euler", hidden=32, max_tokens=4 * 16 * 120,
+                  dropout=0.0, eval_every=6, log_every=6, patience=2, lr=2e-2, **overrides)
+
+
+def test_early_stopping_keeps_the_best_weights_and_resumes_to_the_same_stop(tmp_path):
+    """``--patience 2``: the run stops two validations after its best, with the rest of its budget
+    unused; best.pt holds the weights of the best validation, and the run's final validation (on
+    the whole split) is of those weights. Interrupted after its first best and resumed, it stops at
+    the same step with the same best weights."""
+    straight = Trainer(early_stopping(tmp_path / "a"))
+    result = straight.run()
+    records = [json.loads(line) for line in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
+    periodic = [(r["step"], r["valid_loss"]) for r in records if "valid_loss" in r and not r.get("final")]
+    best_step, best_loss = min(periodic, key=lambda record: record[1])
+    assert result["stopped_early"] and result["step"] < straight.total_steps
+    assert result["best_step"] == best_step and periodic[-1][0] == result["step"] == best_step + 2 * 6
+    best = load_checkpoint(tmp_path / "a" / "run" / "best.pt")
+    assert best["position"]["step"] == best_step and best["position"]["best_loss"] == best_loss
+    model = LanguageModel.from_checkpoint(best)
+    assert result["valid_loss"] == evaluate_loss(model, straight.corpus.valid)
+    assert load_checkpoint(tmp_path / "a" / "run")["position"]["step"] == result["step"]  # resumes from the stop
+
+    interrupt_in_fifth_update(Trainer(early_stopping(tmp_path / "b")), update=best_step // 2)
+    resumed = Trainer(early_stopping(tmp_path / "b"), resume=True)
+    again = resumed.run()
+    assert (again["step"], again["best_step"], again["valid_loss"]) == (result["step"], best_step, result["valid_loss"])
+    other = load_checkpoint(tmp_path / "b" / "run" / "best.pt")["model"]
+    assert all(torch.equal(best["model"][k], other[k]) for k in best["model"])
+    with pytest.raises(ValueError, match="--eval-every"):
+        config(tmp_path, patience=2)
+
+
+def test_stability_checks_at_fractions_of_the_budget_and_a_speed_that_skips_validation(tmp_path, monkeypatch):
+    """``--check-at 0 0.25``: the verdict of the untrained model (the one a fresh Trainer makes from
+    the seed) and at a quarter of the steps, logged. The logged tokens/s counts training time only:
+    a validation that takes 0.3 s is not in it."""
+    import stability
+    settings = dict(check_at=[0.0, 0.25], eval_every=2, log_every=4, max_tokens=4 * 16 * 12)
+    untrained = Trainer(config(tmp_path / "fresh", **settings))
+    tokens = untrained.corpus.valid[:64][None]
+    with torch.no_grad():
+        (_, cell, inputs), = untrained.model.ode_layer_inputs(tokens)
+    expected = stability.check(cell, inputs=inputs.float())
+
+    def slow(self, *args, **kwargs):
+        import time
+        time.sleep(0.3)
+        return 1.0
+    monkeypatch.setattr(Trainer, "evaluate", slow)
+    trainer = Trainer(config(tmp_path / "run", **settings))
+    trainer.run()
+    records = [json.loads(line) for line in (tmp_path / "run" / "run" / "metrics.jsonl").read_text().splitlines()]
+    checks = [r for r in records if r.get("event") == "check"]
+    assert [(r["step"], r["fraction"]) for r in checks] == [(0, 0.0), (3, 0.25)]
+    assert (checks[0]["verdict"], checks[0]["margin"]) == (expected.verdict, expected.margin)
+    windows = [r for r in records if "tokens_per_s" in r]
+    assert len(windows) == 3
+    for r in windows:  # each window spans two validations: 0.6 s, were they counted
+        assert 4 * 4 * 16 / r["tokens_per_s"] < 0.3
+        assert r["grad_norm_max"] > 0
 
 
 def test_a_run_checkpointed_in_the_previous_format_resumes_bit_identically(tmp_path):

@@ -135,6 +135,8 @@ class TrainConfig(ModelOptions):
     checkpoint_every: int = 200  # steps
     log_every: int = 10  # steps
     probe_every: int = 0  # steps; 0: no stability probe
+    check_at: list[float] | None = None  # fractions of the budget at which to run stability.check (0: before training)
+    patience: int = 0  # stop after this many periodic validations without a new best (0: off); best.pt keeps the best
     progress: bool = True
 
     def __post_init__(self):
@@ -145,6 +147,8 @@ class TrainConfig(ModelOptions):
             problems.append(f"--schedule must be cosine, constant or step, not {self.schedule!r}")
         if self.on_nan not in ("halve", "stop"):
             problems.append(f"--on-nan must be halve or stop, not {self.on_nan!r}")
+        if self.patience and not self.eval_every:
+            problems.append("--patience counts periodic validations: give --eval-every too")
         if self.precision not in PRECISIONS:
             problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if problems:
@@ -215,8 +219,19 @@ class _Loop:
     updating: bool = False  # between the snapshot and the end of optimizer.step: undo on Ctrl-C
     step_seconds: float | None = None  # a moving average
     window_tokens: int = 0  # tokens since the last log record
-    window_start: float = 0.0
+    window_start: float = 0.0  # moved on by the time spent outside training steps (validation, checks)
+    window_grad_norm: float = 0.0  # the largest gradient norm (before clipping) since the last log record
     record: dict = field(default_factory=dict)  # the last log record
+
+
+@contextlib.contextmanager
+def _outside_steps(loop: _Loop):
+    """Time spent inside (validation, checks) is not training: the speed window skips it."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        loop.window_start += time.perf_counter() - started
 
 
 @dataclass
@@ -228,6 +243,10 @@ class _Position:
     nan_recoveries: int = 0
     lr_scale: float = 1.0
     elapsed: float = 0.0
+    best_loss: float | None = None  # with --patience: the best periodic validation loss so far, at best_step
+    best_step: int = 0
+    stale_evaluations: int = 0  # periodic validations since the best
+    stopped_early: bool = False
 
 
 class Trainer:
@@ -242,6 +261,7 @@ class Trainer:
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.out = _run_folder(config.out)
         self.checkpoint_path = self.out / "checkpoint.pt"
+        self.best_path = self.out / "best.pt"  # with --patience: the weights of the best periodic validation
         saved = None
         if resume:
             saved = load_checkpoint(self.checkpoint_path)
@@ -485,7 +505,9 @@ class Trainer:
         # at the budget's end, saying so
         self.deadline = None if c.max_seconds is None else loop.started + c.max_seconds
         try:
-            while p.step < self.total_steps:
+            if p.step == 0 and 0 in (self.config.check_at or ()):
+                self._check(loop, 0.0)
+            while p.step < self.total_steps and not p.stopped_early:
                 if self.deadline is not None and self._out_of_time(loop.step_seconds):
                     break
                 self._step(loop, bar)
@@ -518,6 +540,7 @@ class Trainer:
             self._recover(loop.snapshot, state_in, lr, "parameters after the step")
             return
         self.state = self.model.detach_state(state)
+        loop.window_grad_norm = max(loop.window_grad_norm, norm.item())
         self._after_step(loop, bar, x, loss, penalty, lr)
         loop.step_seconds = time.perf_counter() - started if loop.step_seconds is None else \
             0.8 * loop.step_seconds + 0.2 * (time.perf_counter() - started)
@@ -556,21 +579,55 @@ class Trainer:
         if p.step % c.log_every == 0 or p.step == self.total_steps:
             now = time.perf_counter()
             speed = loop.window_tokens / max(now - loop.window_start, 1e-9)
-            loop.window_tokens, loop.window_start = 0, now
             loop.record = {"step": p.step, "tokens": p.tokens, "epoch": p.epoch, "train_loss": loss.item(),
-                           "lr": lr, "tokens_per_s": speed, "elapsed": now - loop.started}
+                           "lr": lr, "tokens_per_s": speed, "elapsed": now - loop.started,
+                           "grad_norm_max": loop.window_grad_norm}
+            loop.window_tokens, loop.window_start, loop.window_grad_norm = 0, now, 0.0
             if penalty is not None:
                 loop.record["jac_penalty"] = penalty.item()
             self._log(loop.record)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")
         if c.eval_every and p.step % c.eval_every == 0 and p.step < self.total_steps and self.rank == 0:
-            valid = self.evaluate(tokens=c.eval_tokens)
-            self._log({"step": p.step, "tokens": p.tokens, "valid_loss": valid,
-                       "elapsed": time.perf_counter() - loop.started})
-            self.model.train()
+            with _outside_steps(loop):
+                valid = self.evaluate(tokens=c.eval_tokens)
+                self._log({"step": p.step, "tokens": p.tokens, "valid_loss": valid,
+                           "elapsed": time.perf_counter() - loop.started})
+                if c.patience:
+                    self._keep_best(valid)
+                self.model.train()
+        for fraction in self.config.check_at or ():
+            if fraction > 0 and p.step == max(1, round(fraction * self.total_steps)):
+                self._check(loop, fraction)
         if bar is not None:
             bar.update(1)
+
+    def _keep_best(self, valid: float) -> None:
+        """Early stopping: a new best periodic validation saves the weights to ``best.pt``; after
+        ``patience`` validations without one, the run stops (the rest of its budget unused)."""
+        p = self.position
+        if p.best_loss is None or valid < p.best_loss:
+            p.best_loss, p.best_step, p.stale_evaluations = valid, p.step, 0
+            save_checkpoint(self._payload(), self.best_path)
+            return
+        p.stale_evaluations += 1
+        if p.stale_evaluations >= self.config.patience:
+            p.stopped_early = True
+            self._log({"step": p.step, "event": "early stop", "best_step": p.best_step, "best_loss": p.best_loss})
+
+    def _check(self, loop: _Loop, fraction: float) -> None:
+        """``stability.check`` of each ODE layer at the current weights, driven by the first 64
+        validation tokens, logged as an ``"event": "check"`` record (``--check-at``)."""
+        import stability
+        with _outside_steps(loop):
+            tokens = self.corpus.split("valid")[:64][None].to(self.device)
+            with torch.no_grad():
+                layers = self.model.ode_layer_inputs(tokens)
+            for index, cell, inputs in layers:
+                report = stability.check(cell, inputs=inputs.float())
+                self._log({"step": self.position.step, "event": "check", "fraction": fraction, "layer": index,
+                           "verdict": report.verdict, "margin": report.margin})
+            self.model.train()
 
     def _interrupted(self, loop: _Loop, interrupt: KeyboardInterrupt) -> TrainingInterrupted:
         """Ctrl-C or SIGTERM: the state before the step it interrupted saved, to be redone on --resume."""
@@ -597,6 +654,10 @@ class Trainer:
                   "parameters": sum(q.numel() for q in self.model.parameters()),
                   "nfe_per_token": self.model.nfe_per_token(),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
+        if c.patience and p.best_loss is not None:
+            result.update(best_step=p.best_step, stopped_early=p.stopped_early)
+            # the run's model is its best one: validated in full, and what generation and tests use
+            self.model.load_state_dict(load_checkpoint(self.best_path)["model"])
         if self.rank == 0:
             self._final_validation(result)
         return result

@@ -104,6 +104,13 @@ def _options(p, defaults) -> None:
     run.add_argument("--log-every", type=argument("log_every"), default=defaults.log_every)
     run.add_argument("--probe-every", type=argument("probe_every"), default=defaults.probe_every,
                      help="stability probe of the ODE cells every N steps (0: off)")
+    run.add_argument("--check-at", type=argument("check_at"), nargs="+", metavar="F",
+                     help="run 'odernn stability check' on each ODE layer at these fractions of the budget (0: "
+                          "before the first step), driven by the first 64 validation tokens; the verdicts go "
+                          "to OUT/metrics.jsonl as \"event\": \"check\" records")
+    run.add_argument("--patience", type=argument("patience"), default=defaults.patience,
+                     help="early stopping: stop after N periodic validations (--eval-every) without a new best, "
+                          "keep the best weights in OUT/best.pt and report the best model (0: off)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--sample-length", type=argument("sample_length"), default=200, help="length of the sample printed at the end")
     run.add_argument("--json", action="store_true", help="print the final result as JSON (no sample)")
