@@ -245,7 +245,7 @@ TABLE = {  # kind: (what it bounds, where)
     "TOLERANCE": (TOLERANCE, "spec tol=, rtol=, atol=; --adjoint-rtol, --adjoint-atol; tableau --float TOL"),
     "RATE": (RATE, "--lr"),
     "PROBABILITY": (PROBABILITY, "--dropout, --momentum"),
-    "FRACTION": (FRACTION, "train min_lr_ratio, --check-at"),
+    "FRACTION": (FRACTION, "train min_lr_ratio, --check-at, --noise"),
     "DECAY": (DECAY, "--decay"),
     "WEIGHT": (WEIGHT, "--weight-decay, --clip, --jac-reg"),
     "TEMPERATURE": (TEMPERATURE, "generate/evaluate --temperature"),

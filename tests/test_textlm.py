@@ -683,8 +683,16 @@ def test_parameter_budget_picks_the_closest_width():
         assert best <= abs(parameter_count(cell, 65, h + 1, 1) - 50_000)
 
 
+def _small_corpus(tmp_path):
+    """A small text corpus: the measurements after training (test split, prompts) take no time."""
+    text = tmp_path / "verse.txt"
+    text.write_text("".join(f"{k} shall I compare thee to a summer's day? thou art more lovely.\n" for k in range(150)))
+    return str(text)
+
+
 def test_compare_tabulates_and_resumes(tmp_path):
-    args = ["compare", "--cells", "torch-gru", "gru-ode:euler", "--seeds", "0", "1", "--params", "8000",
+    args = ["compare", "--text", _small_corpus(tmp_path), "--cells", "torch-gru", "gru-ode:euler", "--seeds", "0", "1",
+            "--params", "8000",
             "--max-tokens", "1024", "--batch-size", "4", "--bptt", "16", "--eval-every", "4", "--eval-tokens",
             "1000", "--prompts", "2", "--out", str(tmp_path)]
     code, stdout, err = run(*args)
@@ -698,13 +706,54 @@ def test_compare_tabulates_and_resumes(tmp_path):
     figure = learning_curves(config, rows)
     lines = [line for ax in figure.axes for line in ax.get_lines()]
     assert len(lines) == 4 and all(len(line.get_xdata()) >= 1 and line.get_marker() == "o" for line in lines)
-    assert "tinyshakespeare" in figure._suptitle.get_text() and "2 seeds" in figure._suptitle.get_text()
+    assert "verse.txt" in figure._suptitle.get_text() and "2 seeds" in figure._suptitle.get_text()
     finished = tmp_path / "runs" / "torch-gru" / "seed0" / "compare.json"
     stamp = finished.stat().st_mtime_ns
     code, again, _ = run(*args)  # everything finished: nothing is trained again
     assert code == 0 and finished.stat().st_mtime_ns == stamp and again == stdout
     code, _, err = run("compare", "--cells", "gru-odd", "--out", str(tmp_path / "x"))
     assert code == 2 and "gru-odd" in err
+
+
+def test_an_interrupted_compare_resumes_its_run_exactly(tmp_path):
+    """Ctrl-C in the middle of a run: the comparison stops, the run keeps its checkpoint and no
+    result; the same command again finishes that run, to the weights and losses of the same run
+    never interrupted (trained here from the configuration the comparison gave it)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    steps = 300
+    args = ["compare", "--text", _small_corpus(tmp_path), "--cells", "gru-ode:euler", "--seeds", "0", "--hidden", "8",
+            "--max-tokens", str(4 * 16 * steps), "--batch-size", "4", "--bptt", "16", "--eval-every", "50",
+            "--eval-tokens", "500", "--prompts", "1", "--check-at", "0", "0.05", "--noise", "0.05", "--no-progress",
+            "--precision", "float64", "--out", str(tmp_path / "cut")]
+    folder = tmp_path / "cut" / "runs" / "gru-ode_euler" / "seed0"
+    proc = subprocess.Popen([sys.executable, "-m", "textlm.cli", *args], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until the run has logged step 20
+        metrics = folder / "metrics.jsonl"
+        if metrics.is_file() and any(json.loads(line).get("step", 0) >= 20 and "tokens_per_s" in line
+                                     for line in metrics.read_text().splitlines() if line.endswith("}")):
+            break
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    saved = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert 20 <= saved["position"]["step"] < steps
+    assert not (folder / "compare.json").exists()
+    code, _, err = run(*args)
+    assert code == 0, err
+    resumed = json.loads((folder / "compare.json").read_text())
+    assert resumed["check_0"]["verdict"] and resumed["check_0.05"]["verdict"] and resumed["valid_ppl_noise_0.05"] > 0
+    straight = Trainer(TrainConfig.from_dict({**saved["config"], "out": str(tmp_path / "straight")}))
+    result = straight.run()
+    for key in ("step", "tokens", "train_loss", "valid_loss"):
+        assert resumed[key] == result[key], key
+    final = torch.load(folder / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(final[k], v) for k, v in straight.model.state_dict().items())
 
 
 def test_resume_keeps_or_extends_the_budget(tmp_path):

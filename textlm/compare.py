@@ -12,6 +12,16 @@ layers, decoder) has the parameter count closest to ``N``; the table states ever
 
 **Loss spikes.** A logged training loss more than ``0.5`` nats above the lowest one logged before
 it (after the first 10 % of the run, when the loss still falls fast from its start).
+
+**Speed.** ``tokens/s`` is the steady state: training tokens over training time (validation and
+checks excluded) in the logged windows after the first ``max(20 steps, 5 %)`` of the run, where
+allocation and warm-up make the first steps slow (``tokens_per_s_overall`` keeps the plain ratio).
+
+**Early stopping** (``patience``): the run's model is its best periodic validation's (``best.pt``);
+test perplexity, generation, the stability margin and the robustness columns measure that one.
+
+**Robustness** (``noise``): validation perplexity when each fraction of the *input* characters is
+replaced by random others (:func:`textlm.evaluate.corrupted`; the targets stay clean).
 """
 
 from __future__ import annotations
@@ -60,6 +70,9 @@ class CompareConfig:
     max_seconds: float | None = None
     eval_every: int = 100
     eval_tokens: int | None = 20_000
+    patience: int = 0  # early stopping on the periodic validation (0: off)
+    check_at: list[float] | None = None  # stability verdicts at these fractions of the budget
+    noise: list[float] = field(default_factory=list)  # robustness: fractions of input tokens replaced
     prompts: int = 20
     device: str = "auto"
     precision: str = "float32"
@@ -141,6 +154,10 @@ def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path, 
             args += ["--eval-tokens", str(config.eval_tokens)]
         if config.max_seconds:
             args += ["--max-seconds", str(config.max_seconds)]
+        if config.patience:
+            args += ["--patience", str(config.patience)]
+        if config.check_at:
+            args += ["--check-at", *map(str, config.check_at)]
     with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         if show:
             _follow(proc, run / "metrics.jsonl", f"{cell} seed {seed}", config)
@@ -184,17 +201,48 @@ def _follow(proc, metrics: Path, label: str, config: CompareConfig) -> None:
             bar.close()
 
 
+def steady_tokens_per_s(records: list[dict]) -> float | None:
+    """Training tokens per second of training time over the logged windows that end after the
+    first ``max(20 steps, 5 %)`` of the run (all windows but the first where none does)."""
+    windows, previous = [], 0
+    for r in records:
+        if "tokens_per_s" in r:
+            windows.append((r["step"], r["tokens"] - previous, r["tokens_per_s"]))
+            previous = r["tokens"]
+    if not windows:
+        return None
+    warm = max(20, 0.05 * windows[-1][0])
+    steady = [w for w in windows if w[0] > warm] or windows[1:] or windows
+    seconds = sum(tokens / speed for _, tokens, speed in steady if speed > 0)
+    return sum(tokens for _, tokens, _ in steady) / seconds if seconds > 0 else None
+
+
+def checks(records: list[dict]) -> dict:
+    """The ``--check-at`` verdicts: per fraction of the budget (``check_0`` at initialisation,
+    ``check_0.05`` at 5 %, …), the most severe verdict over the layers and the smallest margin."""
+    import stability
+    order = list(stability.VERDICTS)  # mildest first
+    out = {}
+    for r in (r for r in records if r.get("event") == "check"):
+        seen = out.setdefault(f"check_{r['fraction']:g}", {"verdict": r["verdict"], "margin": r["margin"]})
+        if order.index(r["verdict"]) > order.index(seen["verdict"]):
+            seen["verdict"] = r["verdict"]
+        seen["margin"] = min(seen["margin"], r["margin"])
+    return out
+
+
 def _measure(config: CompareConfig, run: Path) -> dict:
-    """Test perplexity, generation metrics and the stability margin of the trained model in ``run``
-    (on the comparison's device, in the run's precision; the stability check in float32)."""
+    """Test perplexity, generation metrics, the stability margin and (``noise``) the robustness of
+    the trained model in ``run`` — its best weights under early stopping — on the comparison's
+    device, in the run's precision (the stability check in float32)."""
     import stability
 
     from .checkpoint import load_checkpoint
     from .data import Vocabulary, load_corpus
-    from .evaluate import evaluate_loss, generation_metrics, perplexity
+    from .evaluate import corrupted, evaluate_loss, generation_metrics, perplexity
     from .model import LanguageModel
     from .runtime import Runtime
-    data = load_checkpoint(run)
+    data = load_checkpoint(run / "best.pt" if (run / "best.pt").is_file() else run)
     runtime = Runtime.of(config.device, data["config"].get("precision", "float32"))
     model = LanguageModel.from_checkpoint(data, runtime.device)
     vocab = Vocabulary.from_dict(data["vocab"])
@@ -202,10 +250,12 @@ def _measure(config: CompareConfig, run: Path) -> dict:
     with runtime.autocast():
         test_loss = evaluate_loss(model, corpus.test)
         metrics = generation_metrics(model, vocab, corpus.valid, prompts=config.prompts)
+        noisy = {f"valid_ppl_noise_{fraction:g}": perplexity(evaluate_loss(
+                 model, corpus.valid, inputs=corrupted(corpus.valid, fraction, len(vocab)))) for fraction in config.noise}
     margins = [stability.check(cell, inputs=x).margin
                for _, cell, x in model.ode_layer_inputs(_probe_tokens(model))]
     return {"test_ppl": perplexity(test_loss), "bleu": metrics.bleu, "rouge_l": metrics.rouge_l,
-            "combined": metrics.combined, "margin": min(margins) if margins else None}
+            "combined": metrics.combined, "margin": min(margins) if margins else None, **noisy}
 
 
 def _probe_tokens(model):
@@ -225,9 +275,12 @@ def run_one(config: CompareConfig, cell: str, seed: int, hidden: int, show: bool
     if progress is not None:
         progress(f"{cell} seed {seed}: trained; measuring test perplexity, BLEU and ROUGE-L on {config.prompts} prompts")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    norms = sorted(r["grad_norm_max"] for r in records if "grad_norm_max" in r)
     row = {"cell": cell, "seed": seed, "hidden": hidden, **result, "spikes": _spikes(records),
            "valid_ppl": perplexity(result["valid_loss"]), "s_per_epoch": result["elapsed"] / result["epochs"],
-           **_measure(config, run)}
+           "tokens_per_s_overall": result["tokens_per_s"], "tokens_per_s": steady_tokens_per_s(records),
+           "grad_norm_median": norms[len(norms) // 2] if norms else None, "grad_norm_max": norms[-1] if norms else None,
+           **checks(records), **_measure(config, run)}
     tmp = run / ".compare.json.tmp"
     tmp.write_text(json.dumps(row, indent=1))
     tmp.replace(done)
@@ -246,18 +299,21 @@ def _mean_std(values) -> str:
 
 
 COLUMNS = [("valid perplexity", "valid_ppl"), ("test perplexity", "test_ppl"), ("BLEU", "bleu"), ("ROUGE-L", "rouge_l"), ("combined", "combined"),
-           ("tokens/s", "tokens_per_s"), ("s/epoch", "s_per_epoch"), ("peak RSS (MiB)", "peak_rss_mb"), ("NFE/token", "nfe_per_token"),
+           ("tokens/s (steady)", "tokens_per_s"), ("s/epoch", "s_per_epoch"), ("peak RSS (MiB)", "peak_rss_mb"), ("NFE/token", "nfe_per_token"),
            ("loss spikes", "spikes"), ("NaN recoveries", "nan_recoveries"), ("stability margin", "margin")]
 
 
 def table(rows: list[dict]) -> str:
     cells = list(dict.fromkeys(r["cell"] for r in rows))
-    lines = ["| cell | hidden | parameters | seeds | " + " | ".join(name for name, _ in COLUMNS) + " |",
-             "|---|---|---|---|" + "---|" * len(COLUMNS)]
+    noise = sorted({key for r in rows for key in r if key.startswith("valid_ppl_noise_")},
+                   key=lambda key: float(key.rsplit("_", 1)[1]))
+    columns = COLUMNS + [(f"valid ppl, {100 * float(key.rsplit('_', 1)[1]):g} % inputs replaced", key) for key in noise]
+    lines = ["| cell | hidden | parameters | seeds | " + " | ".join(name for name, _ in columns) + " |",
+             "|---|---|---|---|" + "---|" * len(columns)]
     for cell in cells:
         mine = [r for r in rows if r["cell"] == cell]
         lines.append(f"| {cell} | {mine[0]['hidden']} | {mine[0]['parameters']:,} | {len(mine)} | "
-                     + " | ".join(_mean_std([r.get(key) for r in mine]) for _, key in COLUMNS) + " |")
+                     + " | ".join(_mean_std([r.get(key) for r in mine]) for _, key in columns) + " |")
     return "\n".join(lines)
 
 
@@ -370,7 +426,9 @@ def compare(config: CompareConfig, progress=print, bars: bool = False) -> tuple[
               f"{config.bptt}, {'SGD' if config.optimizer == 'sgd' else 'AdamW'} lr {config.lr:g} {schedule}, clip "
               f"{config.clip:g}, dropout {config.dropout:g}, grad {config.grad}, {config.precision} on "
               f"{', '.join(devices)}, budget {budget} per run, seeds {', '.join(map(str, config.seeds))}"
-              + (f", parameter budget {config.params:,}" if config.params else f", hidden {config.hidden}"))
+              + (f", parameter budget {config.params:,}" if config.params else f", hidden {config.hidden}")
+              + (f", early stopping after {config.patience} validations without a new best" if config.patience else "")
+              + "; tokens/s in the steady state (the first max(20 steps, 5 %) of each run excluded)")
     markdown = f"{header}\n\n{table(rows)}\n"
     (out / "results.md").write_text(markdown)
     return rows, markdown

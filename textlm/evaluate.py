@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from .data import batchify
 from .model import ModelError
 
-__all__ = ["GenerationMetrics", "evaluate_loss", "evaluate_within", "generation_metrics", "perplexity", "sample"]
+__all__ = ["GenerationMetrics", "corrupted", "evaluate_loss", "evaluate_within", "generation_metrics", "perplexity",
+           "sample"]
 
 
 def perplexity(loss: float) -> float:
@@ -37,32 +38,50 @@ def perplexity(loss: float) -> float:
 
 
 def evaluate_loss(model, data: torch.Tensor, batch_size: int = 10, bptt: int = 128,
-                  tokens: int | None = None, progress: str | None = None) -> float:
+                  tokens: int | None = None, progress: str | None = None, inputs: torch.Tensor | None = None) -> float:
     """Mean cross-entropy (nats per token) over ``data`` (``(N,)`` ids; the first ``tokens`` if
     given), with the hidden state carried across chunks, in eval mode (no dropout), on the model's
-    device (the data moves there once; the sum stays there until the end)."""
-    return evaluate_within(model, data, batch_size, bptt, tokens, progress)[0]
+    device (the data moves there once; the sum stays there until the end). ``inputs``: what the
+    model reads instead of ``data`` (the same length; :func:`corrupted`), scored against ``data``."""
+    return evaluate_within(model, data, batch_size, bptt, tokens, progress, inputs=inputs)[0]
+
+
+def corrupted(data: torch.Tensor, fraction: float, vocab_size: int, seed: int = 0) -> torch.Tensor:
+    """``data`` with ``round(fraction · N)`` of its tokens, at positions drawn without replacement,
+    each replaced by a different token drawn uniformly from the rest of the vocabulary (fixed
+    ``seed``): the robustness test's noisy inputs."""
+    g = torch.Generator().manual_seed(seed)
+    out = data.clone()
+    where = torch.randperm(len(data), generator=g)[:round(fraction * len(data))].to(data.device)
+    shift = torch.randint(1, vocab_size, (len(where),), generator=g).to(data.device)
+    out[where] = (out[where] + shift) % vocab_size
+    return out
 
 
 @torch.no_grad()
 def evaluate_within(model, data: torch.Tensor, batch_size: int = 10, bptt: int = 128, tokens: int | None = None,
-                    progress: str | None = None, deadline: float | None = None) -> tuple[float, int, int]:
+                    progress: str | None = None, deadline: float | None = None,
+                    inputs: torch.Tensor | None = None) -> tuple[float, int, int]:
     """:func:`evaluate_loss` that stops after the chunk that passes ``deadline`` (a
     ``time.perf_counter()`` value; at least one chunk runs): ``(loss, tokens evaluated, tokens in
     all)``."""
     was_training = model.training
     model.eval()
+    if inputs is not None and inputs.shape != data.shape:
+        raise ValueError(f"inputs of {tuple(inputs.shape)} tokens for data of {tuple(data.shape)}")
     if tokens is not None:
         data = data[: tokens + 1]
+        inputs = None if inputs is None else inputs[: tokens + 1]
     batch_size = max(1, min(batch_size, (len(data) - 1) // 2))
     rows = batchify(data, batch_size).to(_device(model))
+    read = rows if inputs is None else batchify(inputs, batch_size).to(_device(model))
     total, count, state = 0.0, 0, None
     chunks = range(0, rows.shape[1] - 1, bptt)
     if progress:  # a bar (on stderr) named by the caller: "validation", …
         from tqdm import tqdm
         chunks = tqdm(chunks, desc=progress, unit="chunk", dynamic_ncols=True, leave=False, file=sys.stderr)
     for start in chunks:
-        x = rows[:, start:start + bptt]
+        x = read[:, start:start + bptt]
         y = rows[:, start + 1:start + 1 + bptt]
         x = x[:, : y.shape[1]]
         _, loss, state = model(x, y, state)

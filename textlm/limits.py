@@ -27,6 +27,7 @@ KINDS = {
     # bookkeeping
     "eval_every": L.CADENCE, "eval_tokens": L.TOKENS, "checkpoint_every": L.PERIOD, "log_every": L.PERIOD,
     "probe_every": L.CADENCE, "sample_length": L.LENGTH, "patience": L.CADENCE, "check_at": L.FRACTION,
+    "noise": L.FRACTION,
     # generation, evaluation, stability
     "length": L.LENGTH, "temperature": L.TEMPERATURE, "top_k": L.TOP_K, "prompts": L.PROMPTS, "dt": L.DT,
     "samples": L.SAMPLES, "threads": L.THREADS,

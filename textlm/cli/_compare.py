@@ -60,6 +60,13 @@ def register(sub, formatter) -> None:
     p.add_argument("--max-seconds", type=argument("max_seconds"), help="wall-clock budget of every run")
     p.add_argument("--eval-every", type=argument("eval_every"), default=d.eval_every, help="validation every N steps (the curves)")
     p.add_argument("--eval-tokens", type=argument("eval_tokens"), default=d.eval_tokens, help="validation tokens per evaluation")
+    p.add_argument("--patience", type=argument("patience"), default=d.patience,
+                   help="early stopping: as in 'odernn train' (needs --eval-every); the best model is measured")
+    p.add_argument("--check-at", type=argument("check_at"), nargs="+", metavar="F",
+                   help="stability verdicts at these fractions of each run's budget, as in 'odernn train'")
+    p.add_argument("--noise", type=argument("noise"), nargs="+", metavar="P", default=d.noise,
+                   help="robustness: validation perplexity with these fractions of the input tokens replaced at "
+                        "random (e.g. 0.01 0.05 0.1)")
     p.add_argument("--prompts", type=argument("prompts"), default=d.prompts, help="validation prompts for BLEU/ROUGE")
     p.add_argument("--device", default=d.device, help="auto (default), cpu, cuda or cuda:N, for every run")
     p.add_argument("--precision", choices=("float32", "bf16", "float64"), default=d.precision)
@@ -81,7 +88,8 @@ def cmd_compare(args) -> int:
                                weight_decay=args.weight_decay, clip=args.clip, schedule=args.schedule,
                                decay_after=args.decay_after, decay=args.decay, max_tokens=args.max_tokens,
                                epochs=args.epochs, max_seconds=args.max_seconds, eval_every=args.eval_every,
-                               eval_tokens=args.eval_tokens, prompts=args.prompts, device=args.device,
+                               eval_tokens=args.eval_tokens, patience=args.patience, check_at=args.check_at,
+                               noise=args.noise, prompts=args.prompts, device=args.device,
                                precision=args.precision, compile_elementwise=args.compile_elementwise,
                                cuda_graphs=args.cuda_graphs, out=args.out)
     except ValueError as err:
