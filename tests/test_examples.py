@@ -1,5 +1,7 @@
 """Seconds-long smoke runs of the example and the study scripts (their full runs are in docs/results.md)."""
 
+import contextlib
+import io
 import math
 import subprocess
 import sys
@@ -235,3 +237,33 @@ def test_irregular_sampling_quick_training_lowers_the_error(capsys):
         assert len(runs) == 2 and all(run["mse"] < run["untrained"] for run in runs), (name, runs)
     assert table["nn.GRU, gap as input"][-1] == "–"  # no stability check for nn.GRU
     assert all(table[name][-1].split()[0] in ("stable", "unstable", "expanding") for name in trained if "ODERNN" in name)
+
+
+def test_seeds_study_smoke(tmp_path, monkeypatch):
+    """benchmarks/seeds_study.py (issue 24's study) on a small text and budgets of seconds: every
+    phase runs; the cell's rate is its sweep's best; the run made to fail (forward Euler at Δ = 3)
+    is recorded as diverged, and the check at initialisation called it; the report, asked again,
+    trains nothing and says the same."""
+    text = tmp_path / "verse.txt"
+    text.write_text("".join(f"{k} shall I compare thee to a summer's day? thou art more lovely.\n" for k in range(150)))
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # in this process: its runs are the only new processes
+    import seeds_study
+
+    def script_(*args):
+        with contextlib.redirect_stdout(io.StringIO()) as printed, contextlib.redirect_stderr(io.StringIO()):
+            assert seeds_study.main(list(map(str, args))) == 0
+        return printed.getvalue()
+    study = ["--smoke", text, "--cells", "gru-ode:euler", "--out", tmp_path / "study"]
+    out = script_("all", *study)
+    lines = out.splitlines()
+    sweep = next(line for line in lines if line.startswith("| gru-ode:euler | "))
+    losses = [float(cell.split()[0]) for cell in sweep.strip("|").split("|")[1:3]]
+    best = (2e-3, 3.2e-2)[losses.index(min(losses))]
+    assert f"Chosen rates: gru-ode:euler {best:g}." in out
+    assert "Runs finished: 2 of the sweep, 1 at convergence, 1 made to fail." in out
+    at_init = lines.index(next(line for line in lines if line.startswith("Verdict at initialisation")))
+    assert lines[at_init + 4].startswith("| unstable or marginal step | 1 |")  # the Δ = 3 run: diverged, called
+    finished = next((tmp_path / "study" / "seeds").glob("lr*/runs/*/seed0/compare.json"))
+    stamp = finished.stat().st_mtime_ns
+    again = script_("report", *study)
+    assert again == out[out.index("Runs finished"):] and finished.stat().st_mtime_ns == stamp

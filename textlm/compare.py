@@ -121,7 +121,12 @@ def _spikes(records: list[dict]) -> int:
 
 
 class CompareError(RuntimeError):
-    """A run of the comparison failed; the message names it and quotes its error."""
+    """A run of the comparison failed; the message names it and quotes its error. ``exit_code``:
+    the run's (1: training could not go on, 130/143: interrupted, negative: killed)."""
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path, show: bool = False) -> dict:
@@ -164,7 +169,7 @@ def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path, 
         stdout, stderr = proc.communicate()
     if proc.returncode != 0:
         last = stderr.strip().splitlines()[-1] if stderr.strip() else "no message"
-        raise CompareError(f"{cell} seed {seed} failed (exit {proc.returncode}): {last}")
+        raise CompareError(f"{cell} seed {seed} failed (exit {proc.returncode}): {last}", proc.returncode)
     return json.loads(stdout.strip().splitlines()[-1])
 
 

@@ -1,0 +1,225 @@
+"""The seeds' question at convergence (issue 24): which tableaux and fields make better language
+models, faster and more stably — and does the analytic stability check predict the runs that fail?
+
+    python benchmarks/seeds_study.py sweep      # per cell, 4 learning rates, 1 epoch, seed 0
+    python benchmarks/seeds_study.py seeds      # per cell, its best rate, 3 seeds, to convergence
+    python benchmarks/seeds_study.py fail       # runs made to fail: large steps, rates past the range
+    python benchmarks/seeds_study.py report     # tables, figures and verdicts from what has finished
+    python benchmarks/seeds_study.py all        # the three phases, then the report
+
+**Protocol** (stated in docs/results.md before the numbers). Tiny Shakespeare, character level,
+one layer, about 430,000 parameters for every cell (``odernn compare --params``: each cell gets the
+width closest to it), batch 32 × bptt 64, AdamW, cosine schedule over the budget, clip 1, dropout 0,
+float32 on the CPU.
+
+- *Sweep*: learning rates 5e-4, 2e-3, 8e-3 and 3.2e-2 (factors of 4), one epoch, seed 0. A cell's
+  rate is the sweep's lowest final validation loss.
+- *Seeds*: 3 seeds at that rate, at most 10 epochs, validated on the whole validation split every
+  half epoch, early stopping after 3 validations without a new best (the best weights are the
+  model: test perplexity, BLEU/ROUGE-L, robustness).
+- *Failures on purpose*: explicit tableaux at large steps Δ, and rates past the sweep's range.
+- Every run records the stability check's verdict before training and at 5 % of its budget
+  (``--check-at 0 0.05``), its loss spikes, NaN recoveries, gradient norms and steady-state speed.
+
+Each run is an ``odernn compare`` run in its own process (``textlm.compare.run_one``): a finished
+run is never trained again and an interrupted one resumes exactly, so the study can be stopped at
+any moment and finished later with the same command. ``--jobs N`` runs N at once, one thread each.
+The run folders (metrics, results; checkpoints are ignored by git) are the study's record: every
+number the report prints comes from them.
+
+``--smoke``: the same code on a small text and budgets of seconds (what the tests run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from textlm.compare import CompareConfig, CompareError, _slug, hidden_for_budget, run_one
+
+CELLS = ["torch-rnn", "torch-lstm", "torch-gru",
+         "gru-ode:midpoint", "gru-ode:rk4", "gru-ode:rk4:dt=0.5",  # Δ < 1: a different model
+         "lem", "cornn", "urnn", "antisymmetric:constraint=antisymmetric", "lipschitz",
+         "gru-ode:alexander2",  # implicit: 2-stage SDIRK
+         "gru-ode:dopri5:rtol=1e-3"]  # adaptive: Dormand–Prince with error control
+RATES = [5e-4, 2e-3, 8e-3, 3.2e-2]
+SEEDS = [0, 1, 2]
+# runs made to fail: explicit tableaux whose step leaves the stability region, and rates past the range
+FAILING = [("gru-ode:euler:dt=4", 2e-3), ("gru-ode:rk4:dt=4", 2e-3), ("rnn:euler:dt=3", 2e-3),
+           ("rnn:rk4:dt=2", 2e-3), ("rnn:euler:dt=2", 2e-3), ("gru-ode:midpoint:dt=3", 2e-3),
+           ("lem:dt=3", 2e-3), ("cornn:dt=1", 2e-3), ("torch-gru", 0.128), ("gru-ode:rk4", 0.128),
+           ("rnn:rk4", 0.128), ("lstm:euler", 0.128)]
+FAILURES = ("unstable step", "marginal step")  # the verdicts that say a step amplifies beyond the flow
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The budgets of one study: the real one, or ``--smoke``'s."""
+    base: CompareConfig
+    sweep_epochs: int
+    seed_epochs: int
+    eval_per_epoch: int
+    patience: int
+    rates: tuple = tuple(RATES)
+    seeds: tuple = tuple(SEEDS)
+    failing: tuple = tuple(FAILING)
+
+
+def plan(smoke: bool, data_root: str | None, text: str | None) -> Plan:
+    common = dict(corpus=None if text else "tinyshakespeare", text=text, data_root=data_root, batch_size=32, bptt=64,
+                  optimizer="adamw", schedule="cosine", clip=1.0, dropout=0.0, eval_tokens=None, prompts=20,
+                  check_at=[0.0, 0.05], noise=[0.01, 0.05, 0.1], device="cpu", params=430_000)
+    if smoke:  # two rates, one seed, one failure: the code of every phase on budgets of seconds
+        common.update(batch_size=4, bptt=16, prompts=2, params=3_000)
+        return Plan(CompareConfig(**common), sweep_epochs=1, seed_epochs=2, eval_per_epoch=2, patience=1,
+                    rates=(2e-3, 3.2e-2), seeds=(0,), failing=(("rnn:euler:dt=3", 2e-3),))
+    return Plan(CompareConfig(**common), sweep_epochs=1, seed_epochs=10, eval_per_epoch=2, patience=3)
+
+
+def _steps_per_epoch(config: CompareConfig) -> int:
+    from textlm.data import batchify, load_corpus
+    corpus = load_corpus(config.corpus, config.text, config.level, config.data_root)
+    return (batchify(corpus.train, config.batch_size).shape[1] - 1) // config.bptt
+
+
+def runs(phase: str, p: Plan, out: Path, cells: list[str]) -> list[tuple[CompareConfig, str, int]]:
+    """``(config, cell, seed)`` of every run of ``phase``; each config's ``out`` names its folder."""
+    every = max(1, _steps_per_epoch(p.base) // p.eval_per_epoch)
+    if phase == "sweep":
+        return [(replace(p.base, out=str(out / "sweep" / f"lr{lr:g}"), lr=lr, epochs=p.sweep_epochs, eval_every=every,
+                         noise=[]), cell, 0) for cell in cells for lr in p.rates]
+    if phase == "seeds":
+        chosen = best_rates(out, cells, p.rates)
+        return [(replace(p.base, out=str(out / "seeds" / f"lr{chosen[cell]:g}"), lr=chosen[cell],
+                         epochs=p.seed_epochs, eval_every=every, patience=p.patience), cell, seed)
+                for cell in cells if cell in chosen for seed in p.seeds]
+    if phase == "fail":
+        return [(replace(p.base, out=str(out / "fail" / f"lr{lr:g}"), lr=lr, epochs=p.sweep_epochs, eval_every=every,
+                         noise=[]), cell, 0) for cell, lr in p.failing]
+    raise ValueError(phase)
+
+
+def folder(config: CompareConfig, cell: str, seed: int) -> Path:
+    return Path(config.out) / "runs" / _slug(cell) / f"seed{seed}"
+
+
+def execute(config: CompareConfig, cell: str, seed: int, hidden: int) -> dict:
+    """One run (trained, or read back if finished). A run whose training could not go on (NaNs past
+    the recoveries, a solver failure: exit 1) is recorded as failed, once; an interrupted one is not
+    (it resumes next time)."""
+    run = folder(config, cell, seed)
+    failed = run / "failed.json"
+    if failed.is_file():
+        return json.loads(failed.read_text())
+    try:
+        return run_one(config, cell, seed, hidden)
+    except CompareError as err:
+        if err.exit_code != 1:
+            raise
+        record = {"cell": cell, "seed": seed, "hidden": hidden, "lr": config.lr, "failed": str(err)}
+        run.mkdir(parents=True, exist_ok=True)
+        failed.write_text(json.dumps(record, indent=1))
+        return record
+
+
+def run_phase(phase: str, p: Plan, out: Path, cells: list[str], jobs: int) -> None:
+    from textlm.data import load_corpus
+    corpus = load_corpus(p.base.corpus, p.base.text, p.base.level, p.base.data_root)
+    todo = runs(phase, p, out, cells)
+    widths = {cell: hidden_for_budget(cell, len(corpus.vocab), 1, p.base.params) for _, cell, _ in todo}
+    print(f"{phase}: {len(todo)} runs, {jobs} at a time", file=sys.stderr, flush=True)
+
+    def one(job):
+        config, cell, seed = job
+        row = execute(config, cell, seed, widths[cell])
+        state = "FAILED" if "failed" in row else f"valid ppl {row['valid_ppl']:.3f}"
+        print(f"{phase} {cell} lr {config.lr:g} seed {seed}: {state}", file=sys.stderr, flush=True)
+        return row
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        list(pool.map(one, todo))
+    finally:  # Ctrl-C: no new runs (those in progress save their checkpoints and resume next time)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# -- reading the record back ------------------------------------------------------------------------
+def rows_of(phase_folder: Path) -> list[dict]:
+    """Every finished or failed run under a phase's folder, with its rate."""
+    rows = []
+    for rate in sorted(phase_folder.glob("lr*")):
+        lr = float(rate.name[2:])
+        for path in sorted(rate.glob("runs/*/seed*")):
+            for name in ("compare.json", "failed.json"):
+                if (path / name).is_file():
+                    rows.append({**json.loads((path / name).read_text()), "lr": lr, "folder": str(path)})
+    return rows
+
+
+def best_rates(out: Path, cells: list[str], rates=tuple(RATES)) -> dict[str, float]:
+    """Per cell, the sweep's rate with the lowest final validation loss (finished runs only)."""
+    chosen = {}
+    for cell in cells:
+        mine = [r for r in rows_of(out / "sweep") if r["cell"] == cell and "failed" not in r
+                and math.isfinite(r["valid_loss"])]
+        if {r["lr"] for r in rows_of(out / "sweep") if r["cell"] == cell} >= set(rates) and mine:  # the whole sweep
+            chosen[cell] = min(mine, key=lambda r: r["valid_loss"])["lr"]
+    return chosen
+
+
+def records(row: dict) -> list[dict]:
+    path = Path(row["folder"]) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def unigram_loss(config: CompareConfig) -> float:
+    """Cross-entropy (nats/token) of the validation split under the training split's token frequencies
+    (add-one smoothed): what a model that ignores context scores; a run above it has not trained."""
+    from textlm.data import load_corpus
+    corpus = load_corpus(config.corpus, config.text, config.level, config.data_root)
+    counts = torch.bincount(corpus.train, minlength=len(corpus.vocab)).double() + 1
+    logp = torch.log(counts / counts.sum())
+    return float(-logp[corpus.valid].mean())
+
+
+def outcome(row: dict, unigram: float) -> str:
+    """``diverged`` (failed, non-finite, or validation loss above the unigram model's), ``unstable``
+    (loss spikes or NaN recoveries) or ``trained``."""
+    if "failed" in row or not math.isfinite(row.get("valid_loss", math.inf)) or row["valid_loss"] > unigram:
+        return "diverged"
+    if row.get("spikes", 0) or row.get("nan_recoveries", 0):
+        return "unstable"
+    return "trained"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("phase", choices=("sweep", "seeds", "fail", "report", "all"))
+    parser.add_argument("--out", default="benchmarks/results/seeds_study", help="the study's folder")
+    parser.add_argument("--cells", nargs="+", default=CELLS)
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each (default 2)")
+    parser.add_argument("--data-root", help="the corpora's folder (default: $ODERNN_DATA)")
+    parser.add_argument("--smoke", metavar="TEXT", help="a small text file: the study's code on budgets of seconds")
+    parser.add_argument("--docs", help="the report also replaces the study's section of this Markdown file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # each run's process takes this many threads
+    p = plan(bool(args.smoke), args.data_root, args.smoke)
+    out = Path(args.out)
+    phases = ("sweep", "seeds", "fail") if args.phase == "all" else () if args.phase == "report" else (args.phase,)
+    for phase in phases:
+        run_phase(phase, p, out, args.cells, args.jobs)
+    if args.phase in ("report", "all"):
+        from seeds_study_report import report
+        print(report(p, out, args.cells, args.docs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
