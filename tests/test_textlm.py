@@ -728,6 +728,8 @@ def test_an_interrupted_compare_resumes_its_run_exactly(tmp_path):
             "--max-tokens", str(4 * 16 * steps), "--batch-size", "4", "--bptt", "16", "--eval-every", "50",
             "--eval-tokens", "500", "--prompts", "1", "--check-at", "0", "0.05", "--noise", "0.05", "--no-progress",
             "--precision", "float64", "--out", str(tmp_path / "cut")]
+    args = ["--threads", "1", *args]  # every run of the test on one thread: bit-equal results need the same count
+    torch.set_num_threads(1)  # the straight run below, in this process (the suite restores the count)
     folder = tmp_path / "cut" / "runs" / "gru-ode_euler" / "seed0"
     proc = subprocess.Popen([sys.executable, "-m", "textlm.cli", *args], start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
