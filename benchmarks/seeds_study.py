@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from textlm.compare import CompareConfig, CompareError, _slug, hidden_for_budget, run_one
+from textlm.compare import CompareConfig, CompareError, _slug, hidden_for_budget, read_records, run_one
 
 CELLS = ["torch-rnn", "torch-lstm", "torch-gru",
          "gru-ode:midpoint", "gru-ode:rk4", "gru-ode:rk4:dt=0.5",  # Δ < 1: a different model
@@ -122,7 +122,7 @@ def execute(config: CompareConfig, cell: str, seed: int, hidden: int) -> dict:
     try:
         return run_one(config, cell, seed, hidden)
     except CompareError as err:
-        if err.exit_code != 1:
+        if err.exit_code != 1 or err.crashed:  # interrupted, a bad option, or a bug: not the run's outcome
             raise
         record = {"cell": cell, "seed": seed, "hidden": hidden, "lr": config.lr, "failed": str(err)}
         run.mkdir(parents=True, exist_ok=True)
@@ -176,7 +176,7 @@ def best_rates(out: Path, cells: list[str], rates=tuple(RATES)) -> dict[str, flo
 
 def records(row: dict) -> list[dict]:
     path = Path(row["folder"]) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return read_records(path) if path.is_file() else []
 
 
 def unigram_loss(config: CompareConfig) -> float:

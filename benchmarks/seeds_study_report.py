@@ -108,8 +108,10 @@ def prediction(all_runs: list[dict], unigram: float) -> tuple[list[str], list[di
         fn = table[(False, "diverged")]
         precision = f"{tp / (tp + fp):.2f}" if tp + fp else "—"
         recall = f"{tp / (tp + fn):.2f}" if tp + fn else "—"
+        repeat = (" The verdict before training sees the initial weights only: a cell's sweep runs share them "
+                  "(seed 0), so it repeats across their rates." if index == 0 else "")
         lines += [f"Verdict {when} ({sum(table.values())} runs; precision {precision}, recall {recall} for "
-                  "'diverged'):", "",
+                  f"'diverged').{repeat}", "",
                   "| verdict | diverged | unstable (spikes) | trained |", "|---|---|---|---|",
                   *(f"| {'unstable or marginal step' if p else 'stable or expanding dynamics'} | "
                     + " | ".join(str(table[(p, o)]) for o in ("diverged", "unstable", "trained")) + " |"

@@ -23,6 +23,16 @@ def catalogue():
     return {name: butcher.get(name) for name in butcher.names()}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items):
+    """Building the catalogue takes about 20 s (its Gauss, Radau and Lobatto members are derived
+    exactly): under pytest-xdist (``--dist loadgroup``, pyproject.toml) the tests that use it run on
+    one worker, which builds it once, rather than on every worker."""
+    for item in items:
+        if "catalogue" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("catalogue"))
+
+
 # the standard corpora: CI sets ODERNN_DATA; a developer checkout finds ../shared/data beside it
 _SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 if "ODERNN_DATA" not in os.environ and _SHARED.is_dir():

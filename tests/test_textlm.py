@@ -373,6 +373,21 @@ def test_early_stopping_keeps_the_best_weights_and_resumes_to_the_same_stop(tmp_
     assert (again["step"], again["best_step"], again["valid_loss"]) == (result["step"], best_step, result["valid_loss"])
     other = load_checkpoint(tmp_path / "b" / "run" / "best.pt")["model"]
     assert all(torch.equal(best["model"][k], other[k]) for k in best["model"])
+
+    # Ctrl-C in the middle of the validation that finds the best: the resumed run validates that step again
+    cut = Trainer(early_stopping(tmp_path / "c"))
+    calls, evaluate = {"n": 0}, cut.evaluate
+
+    def interrupted_at_the_best(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == best_step // 6:
+            raise KeyboardInterrupt
+        return evaluate(*args, **kwargs)
+    cut.evaluate = interrupted_at_the_best
+    with pytest.raises(TrainingInterrupted):
+        cut.run()
+    again = Trainer(early_stopping(tmp_path / "c"), resume=True).run()
+    assert (again["step"], again["best_step"], again["valid_loss"]) == (result["step"], best_step, result["valid_loss"])
     with pytest.raises(ValueError, match="--eval-every"):
         config(tmp_path, patience=2)
 

@@ -124,9 +124,9 @@ class CompareError(RuntimeError):
     """A run of the comparison failed; the message names it and quotes its error. ``exit_code``:
     the run's (1: training could not go on, 130/143: interrupted, negative: killed)."""
 
-    def __init__(self, message: str, exit_code: int | None = None):
+    def __init__(self, message: str, exit_code: int | None = None, crashed: bool = False):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code, self.crashed = exit_code, crashed  # crashed: a traceback, not a training failure
 
 
 def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path, show: bool = False) -> dict:
@@ -169,7 +169,8 @@ def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path, 
         stdout, stderr = proc.communicate()
     if proc.returncode != 0:
         last = stderr.strip().splitlines()[-1] if stderr.strip() else "no message"
-        raise CompareError(f"{cell} seed {seed} failed (exit {proc.returncode}): {last}", proc.returncode)
+        raise CompareError(f"{cell} seed {seed} failed (exit {proc.returncode}): {last}", proc.returncode,
+                           "Traceback (most recent call last)" in stderr)
     return json.loads(stdout.strip().splitlines()[-1])
 
 
@@ -206,13 +207,29 @@ def _follow(proc, metrics: Path, label: str, config: CompareConfig) -> None:
             bar.close()
 
 
+def read_records(path: Path) -> list[dict]:
+    """A run's ``metrics.jsonl``, each step's log record once: a run killed without saving (SIGKILL)
+    and resumed from an earlier checkpoint logs the steps since that checkpoint again."""
+    out, last = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if "tokens_per_s" in record:
+            if record["step"] <= last:
+                continue
+            last = record["step"]
+        out.append(record)
+    return out
+
+
 def steady_tokens_per_s(records: list[dict]) -> float | None:
     """Training tokens per second of training time over the logged windows that end after the
     first ``max(20 steps, 5 %)`` of the run (all windows but the first where none does)."""
     windows, previous = [], 0
     for r in records:
-        if "tokens_per_s" in r:
-            windows.append((r["step"], r["tokens"] - previous, r["tokens_per_s"]))
+        if "tokens_per_s" in r:  # a window's own tokens (a resume starts a window afresh)
+            windows.append((r["step"], r.get("window_tokens", r["tokens"] - previous), r["tokens_per_s"]))
             previous = r["tokens"]
     if not windows:
         return None
@@ -236,7 +253,7 @@ def checks(records: list[dict]) -> dict:
     return out
 
 
-def _measure(config: CompareConfig, run: Path) -> dict:
+def _measure(config: CompareConfig, run: Path, best: bool = False) -> dict:
     """Test perplexity, generation metrics, the stability margin and (``noise``) the robustness of
     the trained model in ``run`` — its best weights under early stopping — on the comparison's
     device, in the run's precision (the stability check in float32)."""
@@ -247,7 +264,7 @@ def _measure(config: CompareConfig, run: Path) -> dict:
     from .evaluate import corrupted, evaluate_loss, generation_metrics, perplexity
     from .model import LanguageModel
     from .runtime import Runtime
-    data = load_checkpoint(run / "best.pt" if (run / "best.pt").is_file() else run)
+    data = load_checkpoint(run / "best.pt" if best else run)
     runtime = Runtime.of(config.device, data["config"].get("precision", "float32"))
     model = LanguageModel.from_checkpoint(data, runtime.device)
     vocab = Vocabulary.from_dict(data["vocab"])
@@ -279,13 +296,13 @@ def run_one(config: CompareConfig, cell: str, seed: int, hidden: int, show: bool
     result = _train(config, cell, seed, hidden, run, show)
     if progress is not None:
         progress(f"{cell} seed {seed}: trained; measuring test perplexity, BLEU and ROUGE-L on {config.prompts} prompts")
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_records(run / "metrics.jsonl")
     norms = sorted(r["grad_norm_max"] for r in records if "grad_norm_max" in r)
     row = {"cell": cell, "seed": seed, "hidden": hidden, **result, "spikes": _spikes(records),
            "valid_ppl": perplexity(result["valid_loss"]), "s_per_epoch": result["elapsed"] / result["epochs"],
            "tokens_per_s_overall": result["tokens_per_s"], "tokens_per_s": steady_tokens_per_s(records),
            "grad_norm_median": norms[len(norms) // 2] if norms else None, "grad_norm_max": norms[-1] if norms else None,
-           **checks(records), **_measure(config, run)}
+           **checks(records), **_measure(config, run, best="best_step" in result)}
     tmp = run / ".compare.json.tmp"
     tmp.write_text(json.dumps(row, indent=1))
     tmp.replace(done)

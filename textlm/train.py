@@ -247,6 +247,9 @@ class _Position:
     best_step: int = 0
     stale_evaluations: int = 0  # periodic validations since the best
     stopped_early: bool = False
+    # the last step whose due work (validation, early-stopping decision, checks) is done: a run
+    # interrupted in the middle of it does it again on --resume (None: checkpoints from before)
+    settled: int | None = None
 
 
 class Trainer:
@@ -507,6 +510,8 @@ class Trainer:
         try:
             if p.step == 0 and 0 in (self.config.check_at or ()):
                 self._check(loop, 0.0)
+            if p.settled is not None and p.settled < p.step:  # interrupted in the middle of it
+                self._due(loop)
             while p.step < self.total_steps and not p.stopped_early:
                 if self.deadline is not None and self._out_of_time(loop.step_seconds):
                     break
@@ -541,9 +546,10 @@ class Trainer:
             return
         self.state = self.model.detach_state(state)
         loop.window_grad_norm = max(loop.window_grad_norm, norm.item())
-        self._after_step(loop, bar, x, loss, penalty, lr)
+        # the step's time, without the validation and checks that may follow it
         loop.step_seconds = time.perf_counter() - started if loop.step_seconds is None else \
             0.8 * loop.step_seconds + 0.2 * (time.perf_counter() - started)
+        self._after_step(loop, bar, x, loss, penalty, lr)
         self.position.elapsed = time.perf_counter() - loop.started
         if self.position.step % self.config.checkpoint_every == 0:
             self.save()
@@ -573,6 +579,7 @@ class Trainer:
         p.step += 1
         p.column += c.bptt
         p.tokens += c.batch_size * c.bptt
+        loop.rng = self.runtime.rng_state()  # the step is done: an interruption from here on keeps it
         loop.window_tokens += c.batch_size * c.bptt
         if c.probe_every and p.step % c.probe_every == 0 and self.model.ode_cells():
             self._probe(x)
@@ -580,35 +587,62 @@ class Trainer:
             now = time.perf_counter()
             speed = loop.window_tokens / max(now - loop.window_start, 1e-9)
             loop.record = {"step": p.step, "tokens": p.tokens, "epoch": p.epoch, "train_loss": loss.item(),
-                           "lr": lr, "tokens_per_s": speed, "elapsed": now - loop.started,
-                           "grad_norm_max": loop.window_grad_norm}
+                           "lr": lr, "tokens_per_s": speed, "window_tokens": loop.window_tokens,
+                           "elapsed": now - loop.started, "grad_norm_max": loop.window_grad_norm}
             loop.window_tokens, loop.window_start, loop.window_grad_norm = 0, now, 0.0
             if penalty is not None:
                 loop.record["jac_penalty"] = penalty.item()
             self._log(loop.record)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")
-        if c.eval_every and p.step % c.eval_every == 0 and p.step < self.total_steps and self.rank == 0:
-            with _outside_steps(loop):
-                valid = self.evaluate(tokens=c.eval_tokens)
-                self._log({"step": p.step, "tokens": p.tokens, "valid_loss": valid,
-                           "elapsed": time.perf_counter() - loop.started})
-                if c.patience:
-                    self._keep_best(valid)
-                self.model.train()
-        for fraction in self.config.check_at or ():
-            if fraction > 0 and p.step == max(1, round(fraction * self.total_steps)):
-                self._check(loop, fraction)
+        self._due(loop)
         if bar is not None:
             bar.update(1)
 
-    def _keep_best(self, valid: float) -> None:
+    def _due(self, loop: _Loop) -> None:
+        """The work due after the current step: the periodic validation with the early-stopping
+        decision (every rank learns it), and the stability checks; then the step is settled."""
+        c, p = self.config, self.position
+        if c.eval_every and p.step % c.eval_every == 0 and p.step < self.total_steps:
+            if self.rank == 0:
+                with _outside_steps(loop):
+                    valid = self._validate("periodic validation", c.eval_tokens)
+                    self._log({"step": p.step, "tokens": p.tokens, "valid_loss": valid,
+                               "elapsed": time.perf_counter() - loop.started})
+                    if c.patience:
+                        self._keep_best(valid)
+                    self.model.train()
+            if c.patience and self.world > 1:  # only rank 0 validates: the others stop with it
+                import torch.distributed as dist
+                flag = torch.tensor([float(p.stopped_early)], device=self.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                p.stopped_early = bool(flag.item())
+        for fraction in c.check_at or ():
+            if fraction > 0 and p.step == max(1, round(fraction * self.total_steps)):
+                self._check(loop, fraction)
+        p.settled = p.step
+
+    def _validate(self, what: str, tokens: int | None) -> float:
+        """The validation loss; a solver that fails on the validation text stops the run as it
+        would in training (the state saved, :class:`TrainingError`)."""
+        try:
+            return self.evaluate(tokens=tokens)
+        except (odernn.StepSizeUnderflow, odernn.ImplicitSolveError) as err:
+            self.save()
+            raise TrainingError(f"step {self.position.step}, {what}: {type(err).__name__}: {err}. State saved to "
+                                f"{self.checkpoint_path}") from None
+
+    def _keep_best(self, valid: float, final: bool = False) -> None:
         """Early stopping: a new best periodic validation saves the weights to ``best.pt``; after
-        ``patience`` validations without one, the run stops (the rest of its budget unused)."""
+        ``patience`` validations without one, the run stops (the rest of its budget unused). A
+        non-finite loss is never the best. ``final``: the weights at the end of the budget, a
+        candidate too (they are often the best under a decaying schedule)."""
         p = self.position
-        if p.best_loss is None or valid < p.best_loss:
+        if math.isfinite(valid) and (p.best_loss is None or valid < p.best_loss):
             p.best_loss, p.best_step, p.stale_evaluations = valid, p.step, 0
             save_checkpoint(self._payload(), self.best_path)
+            return
+        if final:
             return
         p.stale_evaluations += 1
         if p.stale_evaluations >= self.config.patience:
@@ -621,13 +655,19 @@ class Trainer:
         import stability
         with _outside_steps(loop):
             tokens = self.corpus.split("valid")[:64][None].to(self.device)
-            with torch.no_grad():
-                layers = self.model.ode_layer_inputs(tokens)
-            for index, cell, inputs in layers:
-                report = stability.check(cell, inputs=inputs.float())
-                self._log({"step": self.position.step, "event": "check", "fraction": fraction, "layer": index,
-                           "verdict": report.verdict, "margin": report.margin})
-            self.model.train()
+            self.model.eval()  # no dropout: the check neither sees one nor draws from the training RNG
+            try:
+                with torch.no_grad():
+                    layers = self.model.ode_layer_inputs(tokens)
+                for index, cell, inputs in layers:
+                    report = stability.check(cell, inputs=inputs.float())
+                    self._log({"step": self.position.step, "event": "check", "fraction": fraction, "layer": index,
+                               "verdict": report.verdict, "margin": report.margin})
+            except Exception as err:  # a state the check cannot read (non-finite weights): said, not fatal
+                self._log({"step": self.position.step, "event": "check", "fraction": fraction,
+                           "error": f"{type(err).__name__}: {str(err)[:300]}"})
+            finally:
+                self.model.train()
 
     def _interrupted(self, loop: _Loop, interrupt: KeyboardInterrupt) -> TrainingInterrupted:
         """Ctrl-C or SIGTERM: the state before the step it interrupted saved, to be redone on --resume."""
@@ -654,6 +694,9 @@ class Trainer:
                   "parameters": sum(q.numel() for q in self.model.parameters()),
                   "nfe_per_token": self.model.nfe_per_token(),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
+        if c.patience and self.rank == 0 and not p.stopped_early and p.step > 0:
+            self._keep_best(self._validate("validation of the final weights", c.eval_tokens), final=True)
+            self.model.train()
         if c.patience and p.best_loss is not None:
             result.update(best_step=p.best_step, stopped_early=p.stopped_early)
             # the run's model is its best one: validated in full, and what generation and tests use
@@ -664,7 +707,11 @@ class Trainer:
 
     def _final_validation(self, result: dict) -> None:
         c, p = self.config, self.position
-        loss, tokens, whole = self._evaluate(progress=c.progress, deadline=self.deadline)
+        try:
+            loss, tokens, whole = self._evaluate(progress=c.progress, deadline=self.deadline)
+        except (odernn.StepSizeUnderflow, odernn.ImplicitSolveError) as err:
+            raise TrainingError(f"step {p.step}, the final validation: {type(err).__name__}: {err}. State saved to "
+                                f"{self.checkpoint_path}") from None
         result["valid_loss"], result["valid_tokens"] = loss, tokens
         if tokens < whole:
             result["valid_cut"] = (f"the final validation covered {tokens:,} of {whole:,} tokens: "
