@@ -54,8 +54,8 @@ def sweep_table(sweep: list[dict], cells: list[str], rates, unigram: float) -> l
                 state = outcome(r, unigram)
                 loss = "failed" if "failed" in r else f"{r['valid_loss']:.3f}"
                 cells_text.append(loss + ("" if state == "trained" else f" ({state})"))
-        trained = [lr for lr, r in mine.items() if outcome(r, unigram) != "diverged"]
-        span = f"{min(trained):g} – {max(trained):g}" if trained else "none"
+        trained = sorted(lr for lr, r in mine.items() if outcome(r, unigram) != "diverged")
+        span = ", ".join(f"{lr:g}" for lr in trained) or "none"
         lines.append(f"| {cell} | " + " | ".join(cells_text) + f" | {span} |")
     return lines
 
