@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace

@@ -119,7 +119,7 @@ def prediction(all_runs: list[dict], unigram: float) -> tuple[list[str], list[di
     return lines, rows
 
 
-def figures(out: Path, sweep: list[dict], seeds: list[dict], cells: list[str], rates, docs_figures: Path) -> list[str]:
+def figures(sweep: list[dict], seeds: list[dict], cells: list[str], docs_figures: Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -175,7 +175,7 @@ def report(plan, out: Path, cells: list[str], docs: str | None = None) -> str:
     target = 1.02 * min(gru) if gru else None
     confusion, predicted = prediction(sweep + fail + seeds, unigram)
     docs_figures = Path(docs).parent / "figures" if docs else out / "figures"
-    pictures = figures(out, sweep, seeds, cells, plan.rates, docs_figures)
+    pictures = figures(sweep, seeds, cells, docs_figures)
     text = [f"Runs finished: {len(sweep)} of the sweep, {len(seeds)} at convergence, {len(fail)} made to fail. "
             f"Unigram model: {unigram:.3f} nats/char (a run above it has diverged).", "",
             "**Learning-rate sweep** (validation loss after one epoch, seed 0; the chosen rate is each "
