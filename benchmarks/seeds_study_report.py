@@ -4,6 +4,7 @@ a cell or a phase without finished runs is said to be missing."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
@@ -32,9 +33,19 @@ def to_target(row: dict, target: float) -> tuple[float | None, float | None]:
     return None, None
 
 
-def verdicts(row: dict) -> tuple[str | None, str | None]:
-    """The check's verdicts at initialisation and at 5 % (a failed run's from its metrics)."""
-    found = row if "check_0" in row else checks(records(row))
+def found_checks(row: dict, logged: bool = False) -> dict:
+    """The check's records of a run (``check_0``, ``check_0.05``): today's (the run's
+    ``recheck.json``, else what it logged, where that was already today's check), or with
+    ``logged`` what the run logged (a failed run's from its metrics)."""
+    again = Path(row["folder"]) / "recheck.json"
+    if not logged and again.is_file():
+        return json.loads(again.read_text())
+    return row if "check_0" in row else checks(records(row))
+
+
+def verdicts(row: dict, logged: bool = False) -> tuple[str | None, str | None]:
+    """The verdicts at initialisation and at 5 % (:func:`found_checks`)."""
+    found = found_checks(row, logged)
     return (found.get("check_0") or {}).get("verdict"), (found.get("check_0.05") or {}).get("verdict")
 
 
@@ -92,31 +103,70 @@ def robustness_table(seeds: list[dict], cells: list[str]) -> list[str]:
     return lines
 
 
+def predicted(check: dict | None, rule: str) -> bool | None:
+    """Whether a check predicts failure by ``rule``: ``"verdict"`` a step fault; ``"drift"`` that,
+    or a field that does not restore large states; ``"far"`` the far field alone (a step that
+    pushes large states out, or a field that does not restore them). ``None`` where there was no
+    check."""
+    if not check:
+        return None
+    drifts = check.get("restoring_far_field") is False
+    if rule == "far":
+        return check.get("far_field") is False or drifts
+    return check["verdict"] in FAILURES or (rule == "drift" and drifts)
+
+
+PREDICTORS = (("the verdict as the runs logged it (the check before the far-field condition)", True, "verdict"),
+              ("today's verdict (with the far-field condition; `seeds_study.py recheck`)", False, "verdict"),
+              ("today's verdict, or its note that the field does not restore large states (the state drifts)",
+               False, "drift"),
+              ("the far field alone: a step that pushes large states out, or a field that does not restore them",
+               False, "far"))
+
+
 def prediction(all_runs: list[dict], unigram: float) -> tuple[list[str], list[dict]]:
-    """The confusion table of the check's verdict (at initialisation and at 5 %) against each ODE
-    run's outcome, with precision and recall of "predicted to fail" for "diverged"."""
-    rows = [r for r in all_runs if verdicts(r)[0] is not None]  # the runs with ODE layers
+    """Confusion tables of each predictor (:data:`PREDICTORS`) at initialisation and at 5 % against
+    each ODE run's outcome, with precision and recall of "predicted to fail" for "diverged"; and
+    the runs today's verdict gets wrong."""
+    rows = [r for r in all_runs if verdicts(r, logged=True)[0] is not None]  # the runs with ODE layers
     lines = []
-    for when, index in (("at initialisation", 0), ("at 5 % of the budget", 1)):
-        table = {(p, o): 0 for p in (True, False) for o in ("diverged", "unstable", "trained")}
-        for r in rows:
-            v = verdicts(r)[index]
-            if v is None:
-                continue
-            table[(v in FAILURES, outcome(r, unigram))] += 1
-        tp, fp = table[(True, "diverged")], table[(True, "unstable")] + table[(True, "trained")]
-        fn = table[(False, "diverged")]
-        precision = f"{tp / (tp + fp):.2f}" if tp + fp else "—"
-        recall = f"{tp / (tp + fn):.2f}" if tp + fn else "—"
-        repeat = (" The verdict before training sees the initial weights only: a cell's sweep runs share them "
-                  "(seed 0), so it repeats across their rates." if index == 0 else "")
-        lines += [f"Verdict {when} ({sum(table.values())} runs; precision {precision}, recall {recall} for "
-                  f"'diverged').{repeat}", "",
-                  "| verdict | diverged | unstable (spikes) | trained |", "|---|---|---|---|",
-                  *(f"| {'unstable or marginal step' if p else 'stable or expanding dynamics'} | "
-                    + " | ".join(str(table[(p, o)]) for o in ("diverged", "unstable", "trained")) + " |"
-                    for p in (True, False)), ""]
-    return lines, rows
+    for title, logged, rule in PREDICTORS:
+        lines += [f"*Predicting with {title}.*", ""]
+        for when, key in (("at initialisation", "check_0"), ("at 5 % of the budget", "check_0.05")):
+            table = {(p, o): 0 for p in (True, False) for o in ("diverged", "unstable", "trained")}
+            for r in rows:
+                p = predicted(found_checks(r, logged).get(key), rule)
+                if p is not None:
+                    table[(p, outcome(r, unigram))] += 1
+            tp, fp = table[(True, "diverged")], table[(True, "unstable")] + table[(True, "trained")]
+            fn = table[(False, "diverged")]
+            precision = f"{tp / (tp + fp):.2f}" if tp + fp else "—"
+            recall = f"{tp / (tp + fn):.2f}" if tp + fn else "—"
+            lines += [f"Verdict {when} ({sum(table.values())} runs; precision {precision}, recall {recall} for "
+                      f"'diverged').", "",
+                      "| predicted | diverged | unstable (spikes) | trained |", "|---|---|---|---|",
+                      *(f"| {'to fail' if p else 'to train'} | "
+                        + " | ".join(str(table[(p, o)]) for o in ("diverged", "unstable", "trained")) + " |"
+                        for p in (True, False)), ""]
+    lines += ["The verdict before training sees the initial weights only: a cell's sweep runs share them (seed 0), "
+              "so it repeats across their rates.", "",
+              "Where today's verdict is wrong (a step fault without divergence, or a divergence without one):", "",
+              "| run | lr | at initialisation | at 5 % | far field: step keeps / flow restores (init; 5 %) | outcome | "
+              "validation loss |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        found = found_checks(r)
+        v0, v5 = ((found.get(k) or {}).get("verdict") for k in ("check_0", "check_0.05"))
+        state = outcome(r, unigram)
+        if any(v in FAILURES for v in (v0, v5) if v is not None) != (state == "diverged"):
+            loss = "failed" if "failed" in r else f"{r['valid_loss']:.3f}"
+            phase = Path(r["folder"]).parts[-5]
+            restored = "; ".join(" / ".join({True: "yes", False: "no", None: "—"}[(found.get(k) or {}).get(c)]
+                                            for c in ("far_field", "restoring_far_field"))
+                                  for k in ("check_0", "check_0.05"))
+            lines.append(f"| {r['cell']} ({phase}, seed {r['seed']}) | {r['lr']:g} | {v0} | {v5 or '—'} | {restored} | "
+                         f"{state} | {loss} |")
+    return lines + [""], rows
 
 
 def figures(sweep: list[dict], seeds: list[dict], cells: list[str], docs_figures: Path) -> list[str]:

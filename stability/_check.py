@@ -26,12 +26,15 @@ HORIZON = 100  # sequence length T of the gradient-growth condition
 
 
 def verdict_of(conditions: list[Condition]) -> str:
-    """The verdict from the conditions with role ``"verdict"``: ``"stable"`` when the step is
-    absolutely stable; else ``"unstable step"`` when it amplifies a mode beyond the exact flow
+    """The verdict from the conditions with role ``"verdict"``: ``"unstable step"`` when the step
+    pushes out a large state that the exact flow pulls back (``far_field``); ``"stable"`` when the
+    step is absolutely stable; else ``"unstable step"`` when it amplifies a mode beyond the exact flow
     (not faithful); else ``"marginal step"`` when a mode that the flow neither expands nor
     contracts leaves the region; else ``"expanding dynamics"``: only modes the flow itself expands
     leave it, and the step amplifies none more than the flow."""
     holds = {c.key: c.holds for c in conditions if c.role == "verdict"}
+    if not holds.get("far_field", True):  # stable near the trajectory, but a large state runs away
+        return "unstable step"
     if holds["absolute_stability"]:
         return "stable"
     if not holds["faithful"]:
@@ -101,8 +104,11 @@ class StabilityReport:
                     f"smaller step would not change ({where})")
         if verdict == "marginal step":
             return f"MARGINAL STEP: {self.condition('neutral_modes').detail}; {self._remedy()}{also} ({where})"
-        return (f"UNSTABLE STEP: {self.condition('faithful').detail} (margin {self.margin:+.4g}); "
-                f"{self._remedy()}{also} ({where})")
+        fault = self.condition("faithful")
+        if fault.holds:  # stable near the trajectory: the far field failed
+            far = self.condition("far_field")
+            return f"UNSTABLE STEP AT LARGE STATES: {far.detail}; {far.remedy}{also} ({where})"
+        return f"UNSTABLE STEP: {fault.detail} (margin {self.margin:+.4g}); {self._remedy()}{also} ({where})"
 
     def _remedy(self) -> str:
         """What brings the amplified modes inside: a Δ only where one exists."""

@@ -5,6 +5,7 @@ the condition does not apply). The ``"verdict"`` conditions decide the report's 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,6 +92,55 @@ def neutral_modes(lin: Linearisation) -> Condition:
                      not drifting.any(), value, "the exact flow keeps |e^{hλ}| = 1 on the imaginary axis; a region "
                      "covers it only over its imaginary stability interval (Hairer & Wanner II, §IV.2)", detail,
                      role="verdict")
+
+
+def far_field(lin: Linearisation) -> Condition | None:
+    """Far from the sampled states the bounded nonlinearities saturate and the field's unbounded
+    part decides. Where the exact flow pulls a large state back (a dissipative field), the step
+    must not push it out: else a state that once leaves its range (a gate saturating, a large
+    update) grows from token to token, however stable the step is near the trajectory."""
+    far = lin.far
+    if far is None:
+        return None
+    name = "large states: the step does not push out a state that the exact flow pulls back"
+    source = ("dissipativity of Runge–Kutta methods: Humphries & Stuart, SIAM J. Numer. Anal. 31 (1994); "
+              "Hairer & Wanner II, §IV.12")
+    if far.error:
+        return Condition("far_field", name, True, math.nan, source, f"not measured: {far.error}", role="verdict")
+    restoring = far.flow < 1
+    pushed = restoring & (far.growth > 1 + FAITHFUL)
+    value = float(far.growth[restoring].max()) if restoring.any() else math.nan
+    where = f"{len(far.growth)} states of norm {far.radius:.3g} driven for {far.tokens} token(s)"
+    remedy = ""
+    if pushed.any():
+        detail = (f"from {int(pushed.sum())} of {where}, which the exact flow pulls back, the step multiplies the norm "
+                  f"by up to {value:.4g} a token: a state that leaves its range runs away")
+        remedy = "a smaller Δ or more steps per token"
+    elif restoring.any():
+        detail = f"the step pulls back, or keeps, every large state the flow pulls back ({where})"
+    else:
+        detail = f"the exact flow pulls back none of {where}: nothing for the step to keep"
+    return Condition("far_field", name, not pushed.any(), value, source, detail, role="verdict", remedy=remedy)
+
+
+def restoring_far_field(lin: Linearisation) -> Condition | None:
+    """Whether the exact flow forgets a large state within the horizon: where it does not, an
+    input that keeps its sign accumulates in a state carried from sequence to sequence (it drifts)."""
+    far = lin.far
+    if far is None or not far.flow.size:
+        return None
+    slowest = float(far.flow.max())
+    memory = math.inf if slowest >= 1 else -1.0 / math.log(slowest)
+    if memory <= lin.horizon:
+        detail = f"a large state relaxes by e within {memory:.3g} tokens"
+    else:
+        detail = (f"the exact flow {'does not pull a large state back' if slowest >= 1 else 'pulls a large state back'}"
+                  f"{'' if slowest >= 1 else f' over {memory:.3g} tokens'} (T = {lin.horizon}): an input that keeps "
+                  "its sign accumulates in a state carried over longer streams, which drifts out of the range the "
+                  "layers after it read")
+    return Condition("restoring_far_field", f"restoring far field: the flow forgets a large state within "
+                     f"T = {lin.horizon} tokens", memory <= lin.horizon, memory,
+                     "input-to-state stability of a dissipative field (Sontag, 1989)", detail)
 
 
 def ode_stability(lin: Linearisation) -> Condition:
@@ -224,6 +274,6 @@ def orthogonal_norms(lin: Linearisation) -> Condition | None:
                      "the tableau damps the orthogonal recurrence")
 
 
-# the report's conditions in their order; the first three decide the verdict
-CONDITIONS = (absolute_stability, faithful, neutral_modes, ode_stability, imaginary_axis, largest_dt,
-              gradient_growth, stiffness, orthogonal_stability, orthogonal_norms)
+# the report's conditions in their order; the first four decide the verdict
+CONDITIONS = (absolute_stability, faithful, neutral_modes, far_field, ode_stability, restoring_far_field,
+              imaginary_axis, largest_dt, gradient_growth, stiffness, orthogonal_stability, orthogonal_norms)

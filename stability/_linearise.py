@@ -65,6 +65,7 @@ class Linearisation:
     jacobians: np.ndarray  # (N, D, D), float64
     eigenvalues: np.ndarray  # (N, D), complex
     progress: Callable[[str], None] = _silent  # told what is being computed, for a progress bar
+    far: "FarField | None" = None  # how the cell treats states far outside the sampled ones
 
     @property
     def step(self) -> float:
@@ -212,21 +213,90 @@ class Linearisation:
 def linearise(cell, inputs=None, dt: float | None = None, samples: int = 16, seed: int = 0,
               horizon: int = 100, progress: Callable[[str], None] = _silent) -> Linearisation:
     """The field's Jacobian and its eigenvalues at ``samples`` states: the zero state and states
-    along a trajectory driven by ``inputs`` (``(T, B, input_size)``; random normal when ``None``)."""
+    along a trajectory driven by ``inputs`` (``(T, B, input_size)``; random normal when ``None``);
+    and the far field (:func:`far_field`) under the same inputs, at the cell's own Δ."""
     generator = torch.Generator().manual_seed(seed)
     progress(f"{samples} states along a trajectory")
-    x, state = _sample_states(cell, inputs, samples, generator)
+    x, state, driven = _sample_states(cell, inputs, samples, generator)
     progress("Jacobians and their eigenvalues")
     with torch.no_grad():
         J = cell.jacobian(x, state).detach().to("cpu", torch.float64)
         lams = torch.linalg.eigvals(J).numpy()
-    return Linearisation(cell, cell.dt if dt is None else float(dt), horizon, J.numpy(), lams, progress)
+    far = None
+    if dt is None or float(dt) == cell.dt:  # the far field runs the cell itself, at its own Δ
+        progress("the far field")
+        scale = float(torch.cat(cell.field.to_blocks(state), dim=-1).norm(dim=-1).max())
+        far = far_field(cell, driven if len(driven) else torch.zeros_like(x[:1, None]), scale, generator)
+    return Linearisation(cell, cell.dt if dt is None else float(dt), horizon, J.numpy(), lams, progress, far)
+
+
+FAR = 1e4  # the far field's radius, in units of the largest sampled state's norm (at least 1)
+
+
+@dataclass(frozen=True)
+class FarField:
+    """What the cell does to states far outside the sampled ones, where the field's bounded
+    nonlinearities saturate and its unbounded part decides: from ``directions`` states of norm
+    ``radius`` driven by ``tokens`` inputs, the ``growth`` of each state's norm per token under the
+    step, ``(‖y_K‖ / ‖y_0‖)^{1/K}``, and under the exact flow (``flow``: classical RK4 at Δ/32).
+    ``error``: why the step could not be measured."""
+
+    growth: np.ndarray
+    flow: np.ndarray
+    tokens: int
+    radius: float
+    error: str = ""
+
+
+FLOW_SUBSTEPS = 32  # RK4 steps per token for the exact flow of the far field
+
+
+def far_field(cell, inputs: torch.Tensor, scale: float, generator: torch.Generator, directions: int = 8) -> FarField:
+    """:class:`FarField` from ``directions`` random directions at ``FAR · max(1, scale)``, driven by
+    ``inputs`` ``(K, B, I)`` (the first of each batch). A growth above 1 at this radius is
+    multiplicative, not the bounded part's additive push, which fades as ``1/radius``."""
+    from odernn import ImplicitSolveError, StepSizeUnderflow
+    reference = next(cell.parameters())
+    sizes = list(cell.field.block_sizes)
+    u = torch.randn(directions, sum(sizes), generator=generator, dtype=torch.float64)
+    radius = FAR * max(1.0, scale)
+    if not radius < torch.finfo(reference.dtype).max ** 0.25:  # room for the growth of K tokens (float16: none)
+        return FarField(np.zeros(0), np.zeros(0), len(inputs), radius,
+                        f"states of norm {radius:.3g} do not fit {reference.dtype} with room to grow")
+    y0 = (radius * u / u.norm(dim=-1, keepdim=True)).to(reference.device, reference.dtype)
+    xs = inputs[:, :1].expand(-1, directions, -1).to(reference.device, reference.dtype)
+
+    def growth(end):
+        return torch.nan_to_num((end.double().norm(dim=-1) / radius) ** (1.0 / len(xs)), nan=math.inf).cpu().numpy()
+
+    with torch.no_grad():
+        y, h = y0, cell.dt / FLOW_SUBSTEPS
+        for x in xs:  # the exact flow, to round-off: the field at fine classical RK4 steps
+            context = cell.field.project(x)
+
+            def f(v):
+                return torch.cat(cell.field(context, cell.field.to_blocks(
+                    cell.field.from_blocks(tuple(torch.split(v, sizes, dim=-1))))), dim=-1)
+            for _ in range(FLOW_SUBSTEPS):
+                k1 = f(y)
+                k2 = f(y + h / 2 * k1)
+                k3 = f(y + h / 2 * k2)
+                k4 = f(y + h * k3)
+                y = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        flow = growth(y)
+        state = cell.field.from_blocks(tuple(torch.split(y0, sizes, dim=-1)))
+        try:
+            for x in xs:
+                state = cell(x, state)
+        except (ImplicitSolveError, StepSizeUnderflow) as err:
+            return FarField(np.zeros(0), flow, len(xs), radius, f"{type(err).__name__}: {str(err)[:200]}")
+    return FarField(growth(torch.cat(cell.field.to_blocks(state), dim=-1)), flow, len(xs), radius)
 
 
 def _sample_states(cell, inputs, samples: int, generator: torch.Generator):
     """The zero state and states along a trajectory driven by ``inputs`` ``(T, B, I)`` (random
     normal inputs when none are given), up to where it leaves the floats; returns ``(x, state)``
-    batches for the Jacobian."""
+    batches for the Jacobian, and the inputs that drove the trajectory ``(T', B, I)``."""
     reference = next(cell.parameters())
     dtype, device = reference.dtype, reference.device
     if inputs is None:
@@ -247,7 +317,7 @@ def _sample_states(cell, inputs, samples: int, generator: torch.Generator):
             states.append(state)
     x = torch.cat(xs)
     blocks = [torch.cat([cell.field.to_blocks(s)[k] for s in states]) for k in range(cell.field.blocks)]
-    return x, cell.field.from_blocks(tuple(blocks))
+    return x, cell.field.from_blocks(tuple(blocks)), inputs[: len(xs) - 1]
 
 
 def ray_limits(tableau, lams: np.ndarray, grid_points: int = 400) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import json
 import math
 import subprocess
 import sys
@@ -262,8 +263,21 @@ def test_seeds_study_smoke(tmp_path, monkeypatch):
     assert f"Chosen rates: gru-ode:euler {best:g}." in out
     assert "Runs finished: 2 of the sweep, 1 at convergence, 1 made to fail." in out
     at_init = lines.index(next(line for line in lines if line.startswith("Verdict at initialisation")))
-    assert lines[at_init + 4].startswith("| unstable or marginal step | 1 |")  # the Δ = 3 run: diverged, called
+    assert lines[at_init + 4].startswith("| to fail | 1 |")  # the Δ = 3 run: diverged, called
     finished = next((tmp_path / "study" / "seeds").glob("lr*/runs/*/seed0/compare.json"))
     stamp = finished.stat().st_mtime_ns
     again = script_("report", *study)
     assert again == out[out.index("Runs finished"):] and finished.stat().st_mtime_ns == stamp
+    # a run whose records predate today's check is checked again on the same weights: the same
+    # verdicts, at initialisation and at 5 % (the run retrained from its seed: deterministic)
+    run = finished.parent
+    logged = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(logged.replace('"far_field"', '"far_field_then"'))
+    script_("recheck", *study)
+    redone = json.loads((run / "recheck.json").read_text())
+    from textlm.compare import checks, read_records
+    logged = checks(read_records(run / "metrics.jsonl"))
+    assert set(logged) == {"check_0", "check_0.05"}
+    for key in logged:
+        assert (redone[key]["verdict"], redone[key]["margin"]) == (logged[key]["verdict"], logged[key]["margin"])
+        assert redone[key]["far_field"] is True  # today's check: the far field measured

@@ -12,10 +12,11 @@ import torch
 from test_cli import run
 from test_stability import linear_cell
 
+import odernn
 import stability
 
-KEYS = ["absolute_stability", "faithful", "neutral_modes", "ode_stability", "imaginary_axis", "largest_dt",
-        "gradient_growth", "stiffness"]
+KEYS = ["absolute_stability", "faithful", "neutral_modes", "far_field", "ode_stability", "restoring_far_field",
+        "imaginary_axis", "largest_dt", "gradient_growth", "stiffness"]
 
 
 def test_the_conditions_have_stable_keys_and_roles():
@@ -23,7 +24,7 @@ def test_the_conditions_have_stable_keys_and_roles():
     report = stability.check(linear_cell(M, "rk4", 1.0), samples=2)
     assert [c.key for c in report.conditions] == KEYS
     assert [c.key for c in report.conditions if c.role == "verdict"] == ["absolute_stability", "faithful",
-                                                                         "neutral_modes"]
+                                                                         "neutral_modes", "far_field"]
     assert {c.role for c in report.conditions} == {"verdict", "info"}
     for c in report.conditions:  # the lookup by key, and by the start of the name as before
         assert report.condition(c.key) is c and report.condition(c.name[:12]) is c
@@ -213,3 +214,65 @@ def test_progress_is_shown_on_a_terminal_only(monkeypatch):
     monkeypatch.setattr("sys.stderr", terminal)
     stability.check(cell, samples=2)  # no label: no bar
     assert pipe.getvalue() == "" and terminal.getvalue() == ""
+
+
+# -- the far field: where the bounded nonlinearities saturate ----------------------------------------
+def _norm_after(cell, state, tokens, x):
+    with torch.no_grad():
+        for _ in range(tokens):
+            state = cell(x, state)
+    return float(state.norm())
+
+
+@pytest.mark.parametrize("tableau, dt", [("euler", 3.0), ("midpoint", 2.5), ("rk4", 3.0)])
+def test_the_far_field_growth_of_a_leaky_tanh_rnn_is_the_stability_function_at_minus_dt(tableau, dt):
+    """f = tanh(…) − h: far out the tanh is bounded and −h decides, so one token multiplies a large
+    state by |R(−Δ)|, the tableau's own constant (euler |1 − 3| = 2, midpoint 1 − 2.5 + 3.125 =
+    1.625, rk4 at −3 1.375), up to the bounded part's push, which fades as 1/radius."""
+    torch.manual_seed(0)
+    cell = odernn.cell(f"rnn:{tableau}:dt={dt:g}", input_size=3, hidden_size=6).double()
+    report = stability.check(cell, samples=4)
+    expected = abs(float(cell.tableau.amplification(np.array([-dt]))[0]))
+    assert report.condition("far_field").value == pytest.approx(expected, rel=1e-3)
+    assert report.verdict == "unstable step" and not report.condition("far_field").holds
+    stable = stability.check(odernn.cell(f"rnn:{tableau}:dt=1", input_size=3, hidden_size=6).double(), samples=4)
+    assert stable.condition("far_field").holds and stable.condition("far_field").value < 1
+
+
+def test_a_step_stable_near_the_trajectory_that_pushes_large_states_out_is_an_unstable_step():
+    """GRU-ODE with the midpoint rule at Δ = 3 and update gates biased shut (z ≈ σ(4)): near the
+    origin 1 − z ≈ 0.018 and every hλ is inside the region, but far out half the gates open, −h
+    decides and R(−3) = 2.5. The verdict says so, and a state put out of range runs away, while
+    the same cell at Δ = 1 pulls it back."""
+    def cell_at(dt):
+        torch.manual_seed(0)
+        cell = odernn.cell(f"gru-ode:midpoint:dt={dt}", input_size=3, hidden_size=8).double()
+        with torch.no_grad():
+            cell.field.bias_hh[8:16] = 4.0  # the update gate z, shut: 1 − z ≈ 0.018 near the origin
+        return cell
+    report = stability.check(cell_at(3), samples=8)
+    assert report.condition("absolute_stability").holds and report.margin > 0
+    assert not report.condition("far_field").holds and report.verdict == "unstable step"
+    assert report.headline().startswith("UNSTABLE STEP AT LARGE STATES: from ")
+    assert "a smaller Δ or more steps per token" in report.headline()
+    _consistent(report)
+    x, state = torch.zeros(1, 3, dtype=torch.float64), torch.full((1, 8), 10.0, dtype=torch.float64)
+    assert _norm_after(cell_at(3), state, 20, x) > 1e3 * float(state.norm())  # runs away
+    assert _norm_after(cell_at(1), state, 20, x) < float(state.norm())  # pulled back
+    assert stability.check(cell_at(1), samples=8).verdict == "stable"
+
+
+def test_a_field_without_a_restoring_term_is_said_to_drift():
+    """AntisymmetricRNN, f = tanh((W − Wᵀ − γI) h + V x + b): nothing pulls a large state back, so
+    a constant input keeps adding to it — the state keeps growing over a carried stream, far past
+    the ‖·‖ ≤ √6 that the leaky tanh-RNN's −h holds (tanh ≤ 1 per unit). The diagnostic says which."""
+    torch.manual_seed(0)
+    drifting = odernn.cell("antisymmetric:euler:dt=0.5", input_size=3, hidden_size=6).double()
+    leaky = odernn.cell("rnn:euler:dt=0.5", input_size=3, hidden_size=6).double()
+    x, zero = torch.ones(1, 3, dtype=torch.float64), torch.zeros(1, 6, dtype=torch.float64)
+    assert _norm_after(drifting, zero, 400, x) > 1.2 * _norm_after(drifting, zero, 100, x) > 6 * math.sqrt(6)
+    assert _norm_after(leaky, zero, 400, x) == pytest.approx(_norm_after(leaky, zero, 100, x), rel=1e-6)
+    assert _norm_after(leaky, zero, 400, x) < math.sqrt(6)
+    memory = stability.check(drifting, samples=4).condition("restoring_far_field")
+    assert not memory.holds and memory.value == math.inf and "accumulates" in memory.detail
+    assert stability.check(leaky, samples=4).condition("restoring_far_field").holds

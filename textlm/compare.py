@@ -133,6 +133,21 @@ def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path, 
     """Train in a child process (resuming if it has a checkpoint); its result, with its own peak
     resident memory (``peak_rss_mb``). ``show``: a progress bar (steps, tokens/s, ETA) read from
     the child's ``metrics.jsonl`` while it runs."""
+    args = train_command(config, cell, seed, hidden, run)
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        if show:
+            _follow(proc, run / "metrics.jsonl", f"{cell} seed {seed}", config)
+        stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        last = stderr.strip().splitlines()[-1] if stderr.strip() else "no message"
+        raise CompareError(f"{cell} seed {seed} failed (exit {proc.returncode}): {last}", proc.returncode,
+                           "Traceback (most recent call last)" in stderr)
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def train_command(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path) -> list[str]:
+    """The ``odernn train`` command line of one comparison run writing to ``run`` (``--resume``
+    where it has a checkpoint)."""
     import torch
     args = [sys.executable, "-m", "textlm.cli", "--threads", str(torch.get_num_threads()), "train", "--out", str(run),
             "--no-progress", "--json", "--device", config.device]
@@ -163,15 +178,7 @@ def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path, 
             args += ["--patience", str(config.patience)]
         if config.check_at:
             args += ["--check-at", *map(str, config.check_at)]
-    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        if show:
-            _follow(proc, run / "metrics.jsonl", f"{cell} seed {seed}", config)
-        stdout, stderr = proc.communicate()
-    if proc.returncode != 0:
-        last = stderr.strip().splitlines()[-1] if stderr.strip() else "no message"
-        raise CompareError(f"{cell} seed {seed} failed (exit {proc.returncode}): {last}", proc.returncode,
-                           "Traceback (most recent call last)" in stderr)
-    return json.loads(stdout.strip().splitlines()[-1])
+    return args
 
 
 def _follow(proc, metrics: Path, label: str, config: CompareConfig) -> None:
@@ -241,15 +248,20 @@ def steady_tokens_per_s(records: list[dict]) -> float | None:
 
 def checks(records: list[dict]) -> dict:
     """The ``--check-at`` verdicts: per fraction of the budget (``check_0`` at initialisation,
-    ``check_0.05`` at 5 %, …), the most severe verdict over the layers and the smallest margin."""
+    ``check_0.05`` at 5 %, …), the most severe verdict over the layers, the smallest margin and,
+    where the check reported them, whether every layer's step keeps large states in
+    (``far_field``) and its field restores them (``restoring_far_field``)."""
     import stability
     order = list(stability.VERDICTS)  # mildest first
     out = {}
-    for r in (r for r in records if r.get("event") == "check"):
+    for r in (r for r in records if r.get("event") == "check" and "verdict" in r):
         seen = out.setdefault(f"check_{r['fraction']:g}", {"verdict": r["verdict"], "margin": r["margin"]})
         if order.index(r["verdict"]) > order.index(seen["verdict"]):
             seen["verdict"] = r["verdict"]
         seen["margin"] = min(seen["margin"], r["margin"])
+        for key in ("far_field", "restoring_far_field"):
+            if key in r:
+                seen[key] = seen.get(key, True) and r[key]
     return out
 
 

@@ -661,8 +661,9 @@ class Trainer:
                     layers = self.model.ode_layer_inputs(tokens)
                 for index, cell, inputs in layers:
                     report = stability.check(cell, inputs=inputs.float())
+                    far = {c.key: c.holds for c in report.conditions if c.key in ("far_field", "restoring_far_field")}
                     self._log({"step": self.position.step, "event": "check", "fraction": fraction, "layer": index,
-                               "verdict": report.verdict, "margin": report.margin})
+                               "verdict": report.verdict, "margin": report.margin, **far})
             except Exception as err:  # a state the check cannot read (non-finite weights): said, not fatal
                 self._log({"step": self.position.step, "event": "check", "fraction": fraction,
                            "error": f"{type(err).__name__}: {str(err)[:300]}"})
