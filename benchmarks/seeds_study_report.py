@@ -85,7 +85,8 @@ def seeds_table(seeds: list[dict], cells: list[str], target: float | None) -> li
                                  _mean_std([r["bleu"] for r in mine], 1), _mean_std([r["rouge_l"] for r in mine]),
                                  _mean_std([r["tokens_per_s"] for r in mine], 0), _mean_std([r["epochs"] for r in mine], 2),
                                  _mean_std([t for t, _ in reach], 0) + (f" ({sum(t is None for t, _ in reach)} never)"
-                                                                          if any(t is None for t, _ in reach) else ""),
+                                                                          if target and any(t is None for t, _ in reach)
+                                                                          else ""),
                                  _mean_std([s for _, s in reach], 0), _mean_std([r.get("grad_norm_median") for r in mine], 2),
                                  _mean_std([r["spikes"] for r in mine], 1), _mean_std([r["nan_recoveries"] for r in mine], 1)])
                      + " |")

@@ -259,9 +259,10 @@ def checks(records: list[dict]) -> dict:
         if order.index(r["verdict"]) > order.index(seen["verdict"]):
             seen["verdict"] = r["verdict"]
         seen["margin"] = min(seen["margin"], r["margin"])
-        for key in ("far_field", "restoring_far_field"):
+        for key in ("far_field", "restoring_far_field"):  # False if a layer fails, else None if one was not measured
             if key in r:
-                seen[key] = seen.get(key, True) and r[key]
+                both = (seen.get(key, True), r[key])
+                seen[key] = False if False in both else None if None in both else True
     return out
 
 

@@ -661,7 +661,9 @@ class Trainer:
                     layers = self.model.ode_layer_inputs(tokens)
                 for index, cell, inputs in layers:
                     report = stability.check(cell, inputs=inputs.float())
-                    far = {c.key: c.holds for c in report.conditions if c.key in ("far_field", "restoring_far_field")}
+                    # the far-field flags; None where it was not measured (an implicit step that cannot solve there)
+                    far = {c.key: None if c.detail.startswith("not measured") else c.holds
+                           for c in report.conditions if c.key in ("far_field", "restoring_far_field")}
                     self._log({"step": self.position.step, "event": "check", "fraction": fraction, "layer": index,
                                "verdict": report.verdict, "margin": report.margin, **far})
             except Exception as err:  # a state the check cannot read (non-finite weights): said, not fatal
