@@ -16,7 +16,7 @@ import resource
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -89,6 +89,28 @@ class RunLock:
 
 def _terminate(signum, frame):
     raise _Terminated  # SIGTERM (a scheduler's stop): save and exit, as Ctrl-C does
+
+
+@contextlib.contextmanager
+def _deferred_interrupts():
+    """Ctrl-C and SIGTERM wait for the end of the block, then act as they would have: a step's
+    commit (the update, the carried state, the position and the RNG state) happens whole or not at
+    all, so the state saved on an interruption is always one a straight run passes through. Off the
+    main thread (no signal handlers there) the block simply runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    # only Python handlers are deferred: an ignored signal stays ignored, a default one acts at once
+    handled = [s for s in (signal.SIGINT, signal.SIGTERM) if callable(signal.getsignal(s))]
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in handled}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    for signum in pending[:1]:  # delivered once, after the block, by the handler that was in place
+        previous[signum](signum, None)
 
 
 @dataclass
@@ -216,12 +238,11 @@ class _Loop:
     started: float  # time.perf_counter() at which the run's elapsed time was 0
     rng: object = None  # the RNG state before the current step: an interrupted step is redone from it
     snapshot: tuple | None = None  # (model, optimizer) state dicts before the last update
-    updating: bool = False  # between the snapshot and the end of optimizer.step: undo on Ctrl-C
+    updating: bool = False  # inside optimizer.step and its finiteness check: undone on an exception
     step_seconds: float | None = None  # a moving average
     window_tokens: int = 0  # tokens since the last log record
     window_start: float = 0.0  # moved on by the time spent outside training steps (validation, checks)
     window_grad_norm: float = 0.0  # the largest gradient norm (before clipping) since the last log record
-    record: dict = field(default_factory=dict)  # the last log record
 
 
 @contextlib.contextmanager
@@ -250,6 +271,7 @@ class _Position:
     # the last step whose due work (validation, early-stopping decision, checks) is done: a run
     # interrupted in the middle of it does it again on --resume (None: checkpoints from before)
     settled: int | None = None
+    train_loss: float | None = None  # the last logged step's loss: the result's, also after a resume
 
 
 class Trainer:
@@ -538,13 +560,17 @@ class Trainer:
             self._recover(loop.snapshot, state_in, lr, "loss" if not torch.isfinite(loss) else "gradient norm")
             return
         loop.snapshot = (_clone(self.model.state_dict()), _clone(self.optimizer.state_dict()))
-        loop.updating = True
-        self.optimizer.step()
-        loop.updating = False
-        if not self._finite_parameters():  # a finite gradient can still step to inf (a huge rate)
-            self._recover(loop.snapshot, state_in, lr, "parameters after the step")
-            return
-        self.state = self.model.detach_state(state)
+        # the commit: a signal waits for its end; an exception inside the update undoes it
+        with _deferred_interrupts():
+            loop.updating = True
+            self.optimizer.step()
+            finite = self._finite_parameters()  # a finite gradient can still step to inf (a huge rate)
+            loop.updating = False
+            if not finite:
+                self._recover(loop.snapshot, state_in, lr, "parameters after the step")
+                return
+            self.state = self.model.detach_state(state)
+            self._advance(loop)
         loop.window_grad_norm = max(loop.window_grad_norm, norm.item())
         # the step's time, without the validation and checks that may follow it
         loop.step_seconds = time.perf_counter() - started if loop.step_seconds is None else \
@@ -553,6 +579,14 @@ class Trainer:
         self.position.elapsed = time.perf_counter() - loop.started
         if self.position.step % self.config.checkpoint_every == 0:
             self.save()
+
+    def _advance(self, loop: _Loop) -> None:
+        """The position moves past the step just taken; an interruption from here on keeps it."""
+        c, p = self.config, self.position
+        p.step += 1
+        p.column += c.bptt
+        p.tokens += c.batch_size * c.bptt
+        loop.rng = self.runtime.rng_state()
 
     def _gradients(self, x, y, state_in):
         """Forward, backward and clipping of one batch from the carried state ``state_in``:
@@ -574,25 +608,22 @@ class Trainer:
         return loss, penalty, state, norm
 
     def _after_step(self, loop: _Loop, bar, x, loss, penalty, lr: float) -> None:
-        """The position advanced; the probe, the log record and the periodic validation when due."""
+        """After the position advanced: the probe, the log record and the periodic validation when due."""
         c, p = self.config, self.position
-        p.step += 1
-        p.column += c.bptt
-        p.tokens += c.batch_size * c.bptt
-        loop.rng = self.runtime.rng_state()  # the step is done: an interruption from here on keeps it
         loop.window_tokens += c.batch_size * c.bptt
         if c.probe_every and p.step % c.probe_every == 0 and self.model.ode_cells():
             self._probe(x)
         if p.step % c.log_every == 0 or p.step == self.total_steps:
             now = time.perf_counter()
             speed = loop.window_tokens / max(now - loop.window_start, 1e-9)
-            loop.record = {"step": p.step, "tokens": p.tokens, "epoch": p.epoch, "train_loss": loss.item(),
+            p.train_loss = loss.item()
+            record = {"step": p.step, "tokens": p.tokens, "epoch": p.epoch, "train_loss": p.train_loss,
                            "lr": lr, "tokens_per_s": speed, "window_tokens": loop.window_tokens,
                            "elapsed": now - loop.started, "grad_norm_max": loop.window_grad_norm}
             loop.window_tokens, loop.window_start, loop.window_grad_norm = 0, now, 0.0
             if penalty is not None:
-                loop.record["jac_penalty"] = penalty.item()
-            self._log(loop.record)
+                record["jac_penalty"] = penalty.item()
+            self._log(record)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")
         self._due(loop)
@@ -676,10 +707,10 @@ class Trainer:
         """Ctrl-C or SIGTERM: the state before the step it interrupted saved, to be redone on --resume."""
         p = self.position
         p.elapsed = time.perf_counter() - loop.started
-        if loop.updating:  # the step was not finished: save the state before it
+        if loop.updating:  # an exception inside the update: the state before it
             self.model.load_state_dict(loop.snapshot[0])
             self.optimizer.load_state_dict(loop.snapshot[1])
-        self.runtime.set_rng_state(loop.rng)
+        self.runtime.set_rng_state(loop.rng)  # a step interrupted before its commit is redone from here
         self.save()
         return TrainingInterrupted(f"interrupted at step {p.step}/{self.total_steps}; checkpoint saved to "
                                    f"{self.checkpoint_path}; continue with --resume",
@@ -691,7 +722,7 @@ class Trainer:
         p.elapsed = time.perf_counter() - loop.started
         self.save()
         result = {"step": p.step, "tokens": p.tokens, "epochs": p.tokens / (self.steps_per_epoch * c.batch_size * c.bptt),
-                  "device": str(self.device), "precision": c.precision, "train_loss": loop.record.get("train_loss"),
+                  "device": str(self.device), "precision": c.precision, "train_loss": p.train_loss,
                   "nan_recoveries": p.nan_recoveries, "elapsed": p.elapsed,
                   "tokens_per_s": p.tokens / max(p.elapsed, 1e-9),
                   "parameters": sum(q.numel() for q in self.model.parameters()),
