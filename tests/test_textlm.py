@@ -835,3 +835,44 @@ def test_ctrl_c_during_a_steps_commit_waits_for_it_and_resumes_exactly(tmp_path)
     a, b = weights(straight), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (again["train_loss"], again["valid_loss"]) == (result["train_loss"], result["valid_loss"])
+
+
+def test_ctrl_c_during_a_nan_recovery_resumes_exactly(tmp_path):
+    """A recovery (the update undone, the rate halved, the batch skipped) is committed whole too: a
+    SIGINT that arrives while it is logged is held until it is done, and the saved RNG state is the
+    one after the skipped batch, so with dropout the resumed run ends as the run never interrupted."""
+    import signal
+
+    def trainer(folder, **kw):
+        t = Trainer(config(folder, precision="float64"), **kw)
+        gradients = t._gradients
+
+        def nan_on_the_fourth_batch(x, y, state_in):
+            loss, penalty, state, norm = gradients(x, y, state_in)
+            return (loss * math.nan if t.position.column == 3 * 16 else loss), penalty, state, norm
+        t._gradients = nan_on_the_fourth_batch
+        return t
+    straight = trainer(tmp_path / "a")
+    result = straight.run()
+    assert result["nan_recoveries"] == 1
+    cut = trainer(tmp_path / "b")
+    log = cut._log
+
+    def ctrl_c_while_the_recovery_is_logged(record):
+        log(record)
+        if record.get("event") == "nan":
+            os.kill(os.getpid(), signal.SIGINT)
+    cut._log = ctrl_c_while_the_recovery_is_logged
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(TrainingInterrupted):
+            cut.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    saved = load_checkpoint(tmp_path / "b" / "run")["position"]
+    assert (saved["nan_recoveries"], saved["column"], saved["lr_scale"]) == (1, 4 * 16, 0.5)
+    resumed = trainer(tmp_path / "b", resume=True)
+    again = resumed.run()
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (again["train_loss"], again["valid_loss"]) == (result["train_loss"], result["valid_loss"])

@@ -471,25 +471,28 @@ class Trainer:
     def _finite_parameters(self) -> bool:
         return bool(torch.stack([torch.isfinite(q).all() for q in self.model.parameters()]).all())
 
-    def _recover(self, snapshot, state_in, lr: float, what: str) -> None:
+    def _recover(self, loop: _Loop, state_in, lr: float, what: str) -> None:
         """A non-finite loss, gradient or updated parameters: undo the last update (the snapshot
-        before it), halve the rate and skip the batch — or stop, with the last good state saved."""
+        before it), halve the rate and skip the batch — or stop, with the last good state saved.
+        Whole or not at all, as a step's commit: a resume goes on from after it."""
         c, p = self.config, self.position
-        p.nan_recoveries += 1
-        self._log({"step": p.step, "event": "nan", "what": what, "lr": lr})
-        if snapshot is not None:
-            self.model.load_state_dict(snapshot[0])
-            self.optimizer.load_state_dict(snapshot[1])
-        if c.on_nan == "stop" or p.nan_recoveries > c.max_nan_recoveries or not self._finite_parameters():
-            if self._finite_parameters():
-                self.save()
-            raise TrainingError(
-                f"step {p.step}: non-finite {what} ({p.nan_recoveries} recoveries so far); stopped with --on-nan "
-                f"{c.on_nan}. Last good state saved to {self.checkpoint_path}; lower --lr, raise --clip, or check "
-                "the cell with 'odernn stability check'")
-        p.lr_scale *= 0.5
-        self.state = self.model.detach_state(state_in)
-        p.column += c.bptt  # skip the batch that produced it
+        with _deferred_interrupts():
+            p.nan_recoveries += 1
+            self._log({"step": p.step, "event": "nan", "what": what, "lr": lr})
+            if loop.snapshot is not None:
+                self.model.load_state_dict(loop.snapshot[0])
+                self.optimizer.load_state_dict(loop.snapshot[1])
+            if c.on_nan == "stop" or p.nan_recoveries > c.max_nan_recoveries or not self._finite_parameters():
+                if self._finite_parameters():
+                    self.save()
+                raise TrainingError(
+                    f"step {p.step}: non-finite {what} ({p.nan_recoveries} recoveries so far); stopped with --on-nan "
+                    f"{c.on_nan}. Last good state saved to {self.checkpoint_path}; lower --lr, raise --clip, or check "
+                    "the cell with 'odernn stability check'")
+            p.lr_scale *= 0.5
+            self.state = self.model.detach_state(state_in)
+            p.column += c.bptt  # skip the batch that produced it
+            loop.rng = self.runtime.rng_state()  # the skipped batch drew from it: an interruption keeps that
 
     def evaluate(self, split: str = "valid", tokens: int | None = None, progress: bool = False) -> float:
         return self._evaluate(split, tokens, progress)[0]
@@ -557,7 +560,7 @@ class Trainer:
         state_in = self.state
         loss, penalty, state, norm = self._gradients(x, y, state_in)
         if not (torch.isfinite(loss) and torch.isfinite(norm)):
-            self._recover(loop.snapshot, state_in, lr, "loss" if not torch.isfinite(loss) else "gradient norm")
+            self._recover(loop, state_in, lr, "loss" if not torch.isfinite(loss) else "gradient norm")
             return
         loop.snapshot = (_clone(self.model.state_dict()), _clone(self.optimizer.state_dict()))
         # the commit: a signal waits for its end; an exception inside the update undoes it
@@ -567,7 +570,7 @@ class Trainer:
             finite = self._finite_parameters()  # a finite gradient can still step to inf (a huge rate)
             loop.updating = False
             if not finite:
-                self._recover(loop.snapshot, state_in, lr, "parameters after the step")
+                self._recover(loop, state_in, lr, "parameters after the step")
                 return
             self.state = self.model.detach_state(state)
             self._advance(loop)
