@@ -213,10 +213,10 @@ class Linearisation:
 
 
 def linearise(cell, inputs=None, dt: float | None = None, samples: int = 16, seed: int = 0,
-              horizon: int = 100, progress: Callable[[str], None] = _silent) -> Linearisation:
+              horizon: int = 100, progress: Callable[[str], None] = _silent, far: bool = True) -> Linearisation:
     """The field's Jacobian and its eigenvalues at ``samples`` states: the zero state and states
     along a trajectory driven by ``inputs`` (``(T, B, input_size)``; random normal when ``None``);
-    and the far field (:func:`far_field`) under the same inputs, at the cell's own Δ."""
+    and (``far``) the far field (:func:`far_field`) under the same inputs, at the same Δ."""
     generator = torch.Generator().manual_seed(seed)
     progress(f"{samples} states along a trajectory")
     x, state, driven = _sample_states(cell, inputs, samples, generator)
@@ -224,12 +224,12 @@ def linearise(cell, inputs=None, dt: float | None = None, samples: int = 16, see
     with torch.no_grad():
         J = cell.jacobian(x, state).detach().to("cpu", torch.float64)
         lams = torch.linalg.eigvals(J).numpy()
-    far = None
-    if dt is None or float(dt) == cell.dt:  # the far field runs the cell itself, at its own Δ
+    measured = None
+    if far:
         progress("the far field")
         scale = float(torch.cat(cell.field.to_blocks(state), dim=-1).norm(dim=-1).max())
-        far = far_field(cell, driven if len(driven) else torch.zeros_like(x[:1, None]), scale, generator)
-    return Linearisation(cell, cell.dt if dt is None else float(dt), horizon, J.numpy(), lams, progress, far)
+        measured = far_field(cell, driven if len(driven) else torch.zeros_like(x[:1, None]), scale, generator, dt)
+    return Linearisation(cell, cell.dt if dt is None else float(dt), horizon, J.numpy(), lams, progress, measured)
 
 
 FAR = 1e4  # the far field's radius, in units of the largest sampled state's norm (at least 1)
@@ -256,12 +256,15 @@ class FarField:
 FLOW_SUBSTEPS = 32
 
 
-def far_field(cell, inputs: torch.Tensor, scale: float, generator: torch.Generator, directions: int = 8) -> FarField:
-    """:class:`FarField` from ``directions`` random directions at ``FAR · max(1, scale)``, driven by
-    ``inputs`` ``(K, B, I)`` (the first of each batch). A growth above 1 at this radius is
-    multiplicative, not the bounded part's additive push, which fades as ``1/radius``."""
+def far_field(cell, inputs: torch.Tensor, scale: float, generator: torch.Generator, dt: float | None = None,
+              directions: int = 8) -> FarField:
+    """:class:`FarField` at the interval ``dt`` (the cell's own when ``None``) from ``directions``
+    random directions at ``FAR · max(1, scale)``, driven by ``inputs`` ``(K, B, I)`` (the first of
+    each batch). A growth above 1 at this radius is multiplicative, not the bounded part's additive
+    push, which fades as ``1/radius``."""
     from odernn import ImplicitSolveError, StepSizeUnderflow
     reference = next(cell.parameters())
+    dt = cell.dt if dt is None else float(dt)
     sizes = list(cell.field.block_sizes)
     u = torch.randn(directions, sum(sizes), generator=generator, dtype=torch.float64)
     radius = FAR * max(1.0, scale)
@@ -278,25 +281,24 @@ def far_field(cell, inputs: torch.Tensor, scale: float, generator: torch.Generat
     cached = parametrize.cached() if parametrize.is_parametrized(cell.field) else contextlib.nullcontext()
     with torch.no_grad(), cached:
         with cell.field.held_structure():
-            flow = _flow_growth(cell, xs, y0, sizes, growth)
+            flow = _flow_growth(cell, xs, y0, sizes, growth, dt)
         state = cell.field.from_blocks(tuple(torch.split(y0, sizes, dim=-1)))
         try:
             for x in xs:
-                state = cell(x, state)
+                state = cell(x, state, dt=dt)
         except (ImplicitSolveError, StepSizeUnderflow) as err:
             return FarField(np.zeros(0), flow, len(xs), radius, f"{type(err).__name__}: {str(err)[:200]}")
     return FarField(growth(torch.cat(cell.field.to_blocks(state), dim=-1)), flow, len(xs), radius)
 
 
-def _flow_growth(cell, xs, y0, sizes, growth):
+def _flow_growth(cell, xs, y0, sizes, growth, dt: float):
     """The exact flow's growth of the far field's states over the tokens ``xs`` (RK4 at Δ/32)."""
-    y, h = y0, cell.dt / FLOW_SUBSTEPS
+    y, h = y0, dt / FLOW_SUBSTEPS
     for x in xs:
         context = cell.field.project(x)
 
         def f(v):
-            return torch.cat(cell.field(context, cell.field.to_blocks(
-                cell.field.from_blocks(tuple(torch.split(v, sizes, dim=-1))))), dim=-1)
+            return torch.cat(cell.field(context, tuple(torch.split(v, sizes, dim=-1))), dim=-1)
         for _ in range(FLOW_SUBSTEPS):
             k1 = f(y)
             k2 = f(y + h / 2 * k1)

@@ -260,6 +260,7 @@ def test_a_step_stable_near_the_trajectory_that_pushes_large_states_out_is_an_un
     assert _norm_after(cell_at(3), state, 20, x) > 1e3 * float(state.norm())  # runs away
     assert _norm_after(cell_at(1), state, 20, x) < float(state.norm())  # pulled back
     assert stability.check(cell_at(1), samples=8).verdict == "stable"
+    assert stability.check(cell_at(1), samples=8, dt=3).verdict == "unstable step"  # judged at the Δ asked for
 
 
 def test_a_field_without_a_restoring_term_is_said_to_drift():

@@ -805,7 +805,8 @@ def test_jac_reg_lowers_the_spread_of_the_step_norms(tmp_path, seed):
         Trainer(config(tmp_path / "torch", cell="torch-gru", jac_reg=1.0))
 
 
-def test_ctrl_c_during_a_steps_commit_waits_for_it_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("update", [5, 6, 8])  # a step, a logged step (log_every 2), the last (logged) step
+def test_ctrl_c_during_a_steps_commit_waits_for_it_and_resumes_exactly(tmp_path, update):
     """A real SIGINT that arrives after the update but before the position has moved past it (here,
     while the new parameters are checked for finiteness) is held until the step's commit is whole:
     the run saves after that step, and the resumed run ends with the weights and the losses of the
@@ -817,24 +818,27 @@ def test_ctrl_c_during_a_steps_commit_waits_for_it_and_resumes_exactly(tmp_path)
     cut = Trainer(config(tmp_path / "b", precision="float64"))
     original, calls = cut._finite_parameters, {"n": 0}
 
-    def ctrl_c_in_the_fifth_commit():
+    def ctrl_c_in_the_commit():
         calls["n"] += 1
-        if calls["n"] == 5:
+        if calls["n"] == update:
             os.kill(os.getpid(), signal.SIGINT)  # delivered at the next bytecode, inside the commit
         return original()
-    cut._finite_parameters = ctrl_c_in_the_fifth_commit
+    cut._finite_parameters = ctrl_c_in_the_commit
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
     try:
         with pytest.raises(TrainingInterrupted, match="--resume"):
             cut.run()
     finally:
         signal.signal(signal.SIGINT, previous)
-    assert load_checkpoint(tmp_path / "b" / "run")["position"]["step"] == 5  # after the commit, not inside it
+    assert load_checkpoint(tmp_path / "b" / "run")["position"]["step"] == update  # after the commit, not inside it
     resumed = Trainer(config(tmp_path / "b", precision="float64"), resume=True)
     again = resumed.run()
     a, b = weights(straight), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (again["train_loss"], again["valid_loss"]) == (result["train_loss"], result["valid_loss"])
+    from textlm.compare import read_records
+    logged = [r["step"] for r in read_records(tmp_path / "b" / "run" / "metrics.jsonl") if "train_loss" in r]
+    assert logged == [2, 4, 6, 8]  # the interrupted step's record too
 
 
 def test_ctrl_c_during_a_nan_recovery_resumes_exactly(tmp_path):

@@ -563,7 +563,8 @@ class Trainer:
             self._recover(loop, state_in, lr, "loss" if not torch.isfinite(loss) else "gradient norm")
             return
         loop.snapshot = (_clone(self.model.state_dict()), _clone(self.optimizer.state_dict()))
-        # the commit: a signal waits for its end; an exception inside the update undoes it
+        # the commit: a signal waits for its end (the step's log record included); an exception
+        # inside the update undoes it
         with _deferred_interrupts():
             loop.updating = True
             self.optimizer.step()
@@ -574,11 +575,12 @@ class Trainer:
                 return
             self.state = self.model.detach_state(state)
             self._advance(loop)
-        loop.window_grad_norm = max(loop.window_grad_norm, norm.item())
-        # the step's time, without the validation and checks that may follow it
-        loop.step_seconds = time.perf_counter() - started if loop.step_seconds is None else \
-            0.8 * loop.step_seconds + 0.2 * (time.perf_counter() - started)
-        self._after_step(loop, bar, x, loss, penalty, lr)
+            loop.window_grad_norm = max(loop.window_grad_norm, norm.item())
+            # the step's time, without the validation and checks that may follow it
+            loop.step_seconds = time.perf_counter() - started if loop.step_seconds is None else \
+                0.8 * loop.step_seconds + 0.2 * (time.perf_counter() - started)
+            self._record(loop, bar, loss, penalty, lr)
+        self._after_step(loop, bar, x)
         self.position.elapsed = time.perf_counter() - loop.started
         if self.position.step % self.config.checkpoint_every == 0:
             self.save()
@@ -610,25 +612,29 @@ class Trainer:
         norm = nn.utils.clip_grad_norm_(self.model.parameters(), c.clip if c.clip > 0 else float("inf"))
         return loss, penalty, state, norm
 
-    def _after_step(self, loop: _Loop, bar, x, loss, penalty, lr: float) -> None:
-        """After the position advanced: the probe, the log record and the periodic validation when due."""
+    def _record(self, loop: _Loop, bar, loss, penalty, lr: float) -> None:
+        """The step's log record, when one is due (part of the step's commit)."""
         c, p = self.config, self.position
         loop.window_tokens += c.batch_size * c.bptt
-        if c.probe_every and p.step % c.probe_every == 0 and self.model.ode_cells():
-            self._probe(x)
         if p.step % c.log_every == 0 or p.step == self.total_steps:
             now = time.perf_counter()
             speed = loop.window_tokens / max(now - loop.window_start, 1e-9)
             p.train_loss = loss.item()
             record = {"step": p.step, "tokens": p.tokens, "epoch": p.epoch, "train_loss": p.train_loss,
-                           "lr": lr, "tokens_per_s": speed, "window_tokens": loop.window_tokens,
-                           "elapsed": now - loop.started, "grad_norm_max": loop.window_grad_norm}
+                      "lr": lr, "tokens_per_s": speed, "window_tokens": loop.window_tokens,
+                      "elapsed": now - loop.started, "grad_norm_max": loop.window_grad_norm}
             loop.window_tokens, loop.window_start, loop.window_grad_norm = 0, now, 0.0
             if penalty is not None:
                 record["jac_penalty"] = penalty.item()
             self._log(record)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")
+
+    def _after_step(self, loop: _Loop, bar, x) -> None:
+        """After the step's commit: the probe and the periodic validation and checks when due."""
+        c, p = self.config, self.position
+        if c.probe_every and p.step % c.probe_every == 0 and self.model.ode_cells():
+            self._probe(x)
         self._due(loop)
         if bar is not None:
             bar.update(1)
@@ -710,7 +716,7 @@ class Trainer:
         """Ctrl-C or SIGTERM: the state before the step it interrupted saved, to be redone on --resume."""
         p = self.position
         p.elapsed = time.perf_counter() - loop.started
-        if loop.updating:  # an exception inside the update: the state before it
+        if loop.updating:  # a KeyboardInterrupt raised inside the update itself: the state before it
             self.model.load_state_dict(loop.snapshot[0])
             self.optimizer.load_state_dict(loop.snapshot[1])
         self.runtime.set_rng_state(loop.rng)  # a step interrupted before its commit is redone from here
