@@ -180,17 +180,32 @@ def recheck(p: Plan, out: Path, cells: list[str], jobs: int) -> None:
         run = folder(config, cell, seed)
         hidden = json.loads(next(run / name for name in ("compare.json", "failed.json")
                                  if (run / name).is_file()).read_text())["hidden"]
+        def logged(metrics: Path) -> dict:
+            try:
+                return checks(read_records(metrics)) if metrics.is_file() else {}
+            except ValueError:  # a line being written
+                return {}
+
         with tempfile.TemporaryDirectory() as scratch:
             metrics = Path(scratch) / "metrics.jsonl"
-            with subprocess.Popen(train_command(config, cell, seed, hidden, Path(scratch)),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
-                while proc.poll() is None:
-                    found = checks(read_records(metrics)) if metrics.is_file() else {}
-                    if f"check_{max(config.check_at):g}" in found:
-                        break
+            proc = subprocess.Popen(train_command(config, cell, seed, hidden, Path(scratch)),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                while proc.poll() is None and f"check_{max(config.check_at):g}" not in logged(metrics):
                     time.sleep(0.5)
-                proc.terminate()
-            found = checks(read_records(metrics)) if metrics.is_file() else {}
+            finally:  # stopped at its last check, or whatever happened here
+                if proc.poll() is None:
+                    proc.terminate()
+                    try:
+                        proc.wait(timeout=120)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+            found = logged(metrics)
+        if "check_0" not in found:  # the command did not get as far as its first check: nothing to record
+            print(f"recheck {cell} lr {config.lr:g} seed {seed}: no check logged (exit {proc.returncode}); "
+                  "not recorded", file=sys.stderr, flush=True)
+            return
         (run / "recheck.json").write_text(json.dumps({"cell": cell, "seed": seed, "lr": config.lr, **found}, indent=1))
         print(f"recheck {cell} lr {config.lr:g} seed {seed}: " + ", ".join(
             f"{k} {v['verdict']}" for k, v in found.items()), file=sys.stderr, flush=True)
