@@ -1,6 +1,7 @@
 """How large a trained model's carried state grows over a stream (issue 24's misprediction analysis):
-the largest |state| of each ODE layer after 512, 1,024, 2,048 and 5,120 validation tokens per
-stream (batch 10, the state carried across chunks of 64, as training and validation carry it).
+the largest |state| over the layers after 512, 1,024, 2,048 and 5,120 validation tokens per stream
+(batch 10, the state carried across chunks of 64, as training and validation carry it; of a state
+with several blocks, the output block: an LSTM's h, not its c).
 
     python benchmarks/state_drift.py RUN_FOLDER_OR_CHECKPOINT ...
 
