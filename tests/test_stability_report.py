@@ -277,3 +277,31 @@ def test_a_field_without_a_restoring_term_is_said_to_drift():
     memory = stability.check(drifting, samples=4).condition("restoring_far_field")
     assert not memory.holds and memory.value == math.inf and "accumulates" in memory.detail
     assert stability.check(leaky, samples=4).condition("restoring_far_field").holds
+
+
+def test_the_far_field_is_not_measured_where_the_dtype_has_no_room():
+    """float16 holds no state of norm 10⁴ with room to grow: the condition says so and holds, and
+    the verdict is the rest's (bfloat16, with float32's range, is measured)."""
+    torch.manual_seed(0)
+    half = odernn.cell("gru-ode:rk4", input_size=3, hidden_size=8).half()
+    far = stability.check(half, samples=4).condition("far_field")
+    assert far.holds and far.detail.startswith("not measured: states of norm 1e+04 do not fit torch.float16")
+    brain = stability.check(odernn.cell("gru-ode:rk4", input_size=3, hidden_size=8).to(torch.bfloat16), samples=4)
+    assert not brain.condition("far_field").detail.startswith("not measured")
+
+
+def test_compare_aggregates_the_far_field_flags_over_layers():
+    """A check fraction's flags over the layers: False if any layer fails, else None if one was not
+    measured (an implicit step at large states), else True; the verdict is the most severe."""
+    from textlm.compare import checks
+
+    def record(layer, verdict, far, restoring=True):
+        return {"event": "check", "fraction": 0.0, "layer": layer, "verdict": verdict, "margin": 0.1 * layer,
+                "far_field": far, "restoring_far_field": restoring}
+    assert checks([record(0, "stable", True), record(1, "unstable step", False)])["check_0"] == \
+        {"verdict": "unstable step", "margin": 0.0, "far_field": False, "restoring_far_field": True}
+    assert checks([record(0, "stable", None), record(1, "stable", True, False)])["check_0"]["far_field"] is None
+    assert checks([record(0, "stable", None), record(1, "stable", False)])["check_0"]["far_field"] is False
+    assert checks([record(0, "stable", True, False)])["check_0"]["restoring_far_field"] is False
+    assert "far_field" not in checks([{"event": "check", "fraction": 0.0, "layer": 0, "verdict": "stable",
+                                       "margin": 0.1}])["check_0"]  # a check from before the far field
