@@ -30,12 +30,11 @@ def drift(path: str, data_root: str | None) -> list[float]:
     run = data.get("config") or {}
     corpus = load_corpus(run.get("corpus"), run.get("text"), run.get("level") or "char", data_root)
     rows = batchify(corpus.split("valid"), 10)
-    state, out, seen = None, [], 0
+    state, out = None, []
     with torch.no_grad():
         for start in range(0, min(rows.shape[1] - 1, MARKS[-1]), 64):
             _, _, state = model(rows[:, start:start + 64], None, state)
-            seen = start + 64
-            if seen in MARKS:
+            if start + 64 in MARKS:
                 layers = [s[0] if isinstance(s, tuple) else s for s in state]
                 out.append(max(float(s.abs().max()) for s in layers))
     return out
