@@ -281,3 +281,21 @@ def test_seeds_study_smoke(tmp_path, monkeypatch):
     for key in logged:
         assert (redone[key]["verdict"], redone[key]["margin"]) == (logged[key]["verdict"], logged[key]["margin"])
         assert redone[key]["far_field"] is True  # today's check: the far field measured
+
+
+def test_seed_claims_judge_by_complete_separation(monkeypatch):
+    """The rule of the seeds study's claim tables: a claim holds against a cell where every seed beats
+    every seed of that cell, and that rule with 3 seeds against 3 is the exact one-sided
+    Mann–Whitney test at p = 1/20 = 0.05 (what docs/results.md says); a target never reached counts
+    as infinite, and where neither cell reached it there is nothing to separate."""
+    from scipy.stats import mannwhitneyu
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from seeds_study_report import separation
+    assert separation([1.0, 2.0, 3.0], [3.5, 4.0, 9.0]) == "better"
+    assert separation([3.5, 4.0, 9.0], [1.0, 2.0, 3.0]) == "worse"
+    assert separation([1.0, 5.0, 3.0], [2.0, 6.0, 7.0]) == "overlap"
+    assert separation([1.0, 2.0, 3.0], [4.0, math.inf, math.inf]) == "better"  # two seeds never reached it
+    assert separation([1.0, math.inf, 3.0], [4.0, 5.0, 6.0]) == "overlap"
+    assert separation([math.inf] * 3, [math.inf] * 3) == "neither"
+    assert mannwhitneyu([1.0, 2.0, 3.0], [3.5, 4.0, 9.0], alternative="less", method="exact").pvalue == pytest.approx(0.05)
+    assert mannwhitneyu([1.0, 5.0, 3.0], [2.0, 6.0, 7.0], alternative="less", method="exact").pvalue > 0.05
