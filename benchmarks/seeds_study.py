@@ -47,6 +47,8 @@ from pathlib import Path
 import torch
 
 from textlm.compare import CompareConfig, CompareError, _slug, hidden_for_budget, read_records, run_one
+from textlm.data import CorpusError
+from textlm.model import ModelError
 
 CELLS = ["torch-rnn", "torch-lstm", "torch-gru",
          "gru-ode:midpoint", "gru-ode:rk4", "gru-ode:rk4:dt=0.5",  # Δ < 1: a different model
@@ -268,23 +270,55 @@ def main(argv=None) -> int:
     parser.add_argument("phase", choices=("sweep", "seeds", "fail", "recheck", "report", "all"))
     parser.add_argument("--out", default="benchmarks/results/seeds_study", help="the study's folder")
     parser.add_argument("--cells", nargs="+", default=CELLS)
-    parser.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each (default 2)")
+    parser.add_argument("--jobs", type=_positive, default=2, help="runs at once, one thread each (default 2)")
     parser.add_argument("--data-root", help="the corpora's folder (default: $ODERNN_DATA)")
     parser.add_argument("--smoke", metavar="TEXT", help="a small text file: the study's code on budgets of seconds")
     parser.add_argument("--docs", help="the report also replaces the study's section of this Markdown file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # each run's process takes this many threads
-    p = plan(bool(args.smoke), args.data_root, args.smoke)
+    try:  # every input checked before hours of training, not after
+        p = plan(bool(args.smoke), args.data_root, args.smoke)
+        _check_inputs(p, args.cells, args.docs)
+    except (ValueError, CorpusError, ModelError) as err:
+        parser.error(str(err))
     out = Path(args.out)
     phases = ("sweep", "seeds", "fail") if args.phase == "all" else () if args.phase in ("report", "recheck") else (args.phase,)
-    for phase in phases:
-        run_phase(phase, p, out, args.cells, args.jobs)
-    if args.phase in ("recheck", "all"):
-        recheck(p, out, args.cells, args.jobs)
+    try:
+        for phase in phases:
+            run_phase(phase, p, out, args.cells, args.jobs)
+        if args.phase in ("recheck", "all"):
+            recheck(p, out, args.cells, args.jobs)
+    except KeyboardInterrupt:
+        print("interrupted: the runs in progress saved their checkpoints; the same command resumes them",
+              file=sys.stderr)
+        return 130
+    except CompareError as err:  # a run interrupted from outside, or one that could not start
+        print(f"{parser.prog}: {err}", file=sys.stderr)
+        return err.exit_code or 1
     if args.phase in ("report", "all"):
         from seeds_study_report import report
         print(report(p, out, args.cells, args.docs))
     return 0
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number of runs at once, at least 1")
+    return int(text)
+
+
+def _check_inputs(p: Plan, cells: list[str], docs: str | None) -> None:
+    """The corpus loads, every cell name builds a model, and ``--docs`` has the study's markers
+    (:class:`ValueError`, :class:`CorpusError` or :class:`ModelError` otherwise)."""
+    from textlm.data import load_corpus
+    from textlm.model import LanguageModel
+    corpus = load_corpus(p.base.corpus, p.base.text, p.base.level, p.base.data_root)
+    for cell in dict.fromkeys(cells):
+        LanguageModel(len(corpus.vocab), cell, layers=1, hidden=2)
+    if docs:
+        from seeds_study_report import END, START
+        if not Path(docs).is_file() or not {START, END} <= set(Path(docs).read_text(errors="replace").split("\n")):
+            raise ValueError(f"--docs {docs}: not a file with the lines {START} and {END} around the study's section")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
+import tempfile
 from pathlib import Path
 
 from seeds_study import FAILURES, best_rates, outcome, records, rows_of, unigram_loss
@@ -294,31 +296,44 @@ def claims(plan, sweep: list[dict], seeds: list[dict], cells: list[str], target:
     return lines
 
 
-def figures(sweep: list[dict], seeds: list[dict], cells: list[str], docs_figures: Path) -> list[str]:
+def figures(sweep: list[dict], seeds: list[dict], cells: list[str], docs_figures: Path,
+            unigram: float, target: float | None = None) -> list[str]:
+    """The sweep (final loss against rate) and the learning curves at convergence (the mean over a
+    cell's seeds, as long as its shortest seed, against tokens and against wall time), each cell in
+    one style in both: the classical cells black, the ODE cells in colour."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
     written = []
     docs_figures.mkdir(parents=True, exist_ok=True)
+    colours = iter(plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors)
+    dashes = iter(("-", "--", ":"))
+    style = {cell: dict(color="black", linestyle=next(dashes), linewidth=1.8) if cell in CLASSICAL
+             else dict(color=next(colours), linestyle="-", linewidth=1.2) for cell in cells}
     if sweep:
-        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+        ceiling = unigram + 0.4  # a diverged run's loss (up to 191 here) would flatten every other line
         for cell in cells:
-            points = sorted((r["lr"], r["valid_loss"]) for r in sweep if r["cell"] == cell and "failed" not in r
-                            and math.isfinite(r["valid_loss"]))
+            points = sorted((r["lr"], min(r["valid_loss"], ceiling) if "failed" not in r and
+                             math.isfinite(r["valid_loss"]) else ceiling) for r in sweep if r["cell"] == cell)
             if points:
-                ax.plot(*zip(*points), "o-", label=cell, markersize=4)
+                ax.plot(*zip(*points), marker="o", label=cell, markersize=4, **style[cell])
+        ax.axhline(unigram, color="grey", linewidth=1, linestyle="-.", label="unigram model (above: diverged)")
+        ax.set_ylim(top=ceiling + 0.05)
         ax.set_xscale("log")
         ax.set_xlabel("learning rate (AdamW)")
-        ax.set_ylabel("validation loss after one epoch (nats/char)")
+        ax.set_ylabel("validation loss after one epoch (nats/char)\n"
+                      f"(diverged and failed runs drawn at {ceiling:.2f})")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        target = docs_figures / "seeds_study_sweep.png"
-        fig.savefig(target, bbox_inches="tight")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        picture = docs_figures / "seeds_study_sweep.png"
+        fig.savefig(picture, bbox_inches="tight")
         plt.close(fig)
-        written.append(target.name)
+        written.append(picture.name)
     if seeds:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), dpi=120)
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), dpi=120)
         for cell in cells:
             curves = [np.array([(q["tokens"], q["elapsed"], q["valid_loss"]) for q in records(r)
                                 if "valid_loss" in q and not q.get("final")])
@@ -329,16 +344,22 @@ def figures(sweep: list[dict], seeds: list[dict], cells: list[str], docs_figures
             length = min(len(c) for c in curves)
             stack = np.stack([c[:length] for c in curves])
             for ax, column in zip(axes, (0, 1)):
-                ax.plot(stack[:, :, column].mean(axis=0), stack[:, :, 2].mean(axis=0), label=cell)
-        for ax, label in zip(axes, ("training tokens", "wall-clock seconds (one CPU thread)")):
+                ax.plot(stack[:, :, column].mean(axis=0), stack[:, :, 2].mean(axis=0), label=cell, **style[cell])
+        for ax, label in zip(axes, ("training tokens", "wall-clock seconds (one CPU thread; log scale)")):
+            if target:
+                ax.axhline(target, color="grey", linestyle="-.", linewidth=1, label="target (2 % above torch-gru)")
             ax.set_xlabel(label)
             ax.set_ylabel("validation loss (nats/char)")
             ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=7)
-        target = docs_figures / "seeds_study_curves.png"
-        fig.savefig(target, bbox_inches="tight")
+        axes[1].set_xscale("log")  # the adaptive and implicit cells take tens of times longer
+        axes[1].xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        axes[1].xaxis.set_major_formatter(ScalarFormatter())
+        axes[1].xaxis.set_minor_formatter(NullFormatter())
+        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        picture = docs_figures / "seeds_study_curves.png"
+        fig.savefig(picture, bbox_inches="tight")
         plt.close(fig)
-        written.append(target.name)
+        written.append(picture.name)
     return written
 
 
@@ -350,7 +371,7 @@ def report(plan, out: Path, cells: list[str], docs: str | None = None) -> str:
     target = 1.02 * min(gru) if gru else None
     confusion, predicted = prediction(sweep + fail + seeds, unigram)
     docs_figures = Path(docs).parent / "figures" if docs else out / "figures"
-    pictures = figures(sweep, seeds, cells, docs_figures)
+    pictures = figures(sweep, seeds, cells, docs_figures, unigram, target)
     text = [f"Runs finished: {len(sweep)} of the sweep, {len(seeds)} at convergence, {len(fail)} made to fail. "
             f"Unigram model: {unigram:.3f} nats/char (a run above it has diverged).", "",
             "**Learning-rate sweep** (validation loss after one epoch, seed 0; the chosen rate is each "
@@ -368,7 +389,8 @@ def report(plan, out: Path, cells: list[str], docs: str | None = None) -> str:
     if docs:
         path = Path(docs)
         page = path.read_text()
-        if START in page and END in page:
-            page = page[:page.index(START) + len(START)] + "\n" + markdown + page[page.index(END):]
-            path.write_text(page)
+        page = page[:page.index(START) + len(START)] + "\n" + markdown + page[page.index(END):]
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as fresh:
+            fresh.write(page)  # atomic: an interrupted report leaves the page as it was
+        os.replace(fresh.name, path)
     return markdown

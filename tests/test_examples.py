@@ -299,3 +299,27 @@ def test_seed_claims_judge_by_complete_separation(monkeypatch):
     assert separation([math.inf] * 3, [math.inf] * 3) == "neither"
     assert mannwhitneyu([1.0, 2.0, 3.0], [3.5, 4.0, 9.0], alternative="less", method="exact").pvalue == pytest.approx(0.05)
     assert mannwhitneyu([1.0, 5.0, 3.0], [2.0, 6.0, 7.0], alternative="less", method="exact").pvalue > 0.05
+
+
+@pytest.mark.parametrize("args, said", [
+    (["sweep", "--cells", "gru-ode:nosuch"], "unknown method 'nosuch'"),
+    (["sweep", "--cells", "no-such-cell"], "no-such-cell"),
+    (["sweep", "--jobs", "0"], "--jobs"),
+    (["report", "--docs", "{tmp}/missing.md"], "seeds-study:begin"),
+    (["report", "--docs", "{tmp}/plain.md"], "seeds-study:begin"),
+    (["sweep", "--smoke", "{tmp}/missing.txt"], "no such file"),
+    (["sweep", "--data-root", "{tmp}"], "not found"),
+])
+def test_seeds_study_refuses_bad_input_before_training(tmp_path, monkeypatch, capsys, args, said):
+    """benchmarks/seeds_study.py checks every input before hours of training: one line on stderr,
+    exit 2, no traceback, nothing written to the study's folder."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import seeds_study
+    (tmp_path / "plain.md").write_text("a page without the study's markers\n")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args] + ["--out", str(tmp_path / "study")]
+    with pytest.raises(SystemExit) as stopped:
+        seeds_study.main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+    assert not (tmp_path / "study").exists()
