@@ -75,8 +75,8 @@ def sweep_table(sweep: list[dict], cells: list[str], rates, unigram: float) -> l
 
 def seeds_table(seeds: list[dict], cells: list[str], target: float | None) -> list[str]:
     lines = ["| cell | lr | seeds | best valid ppl | test ppl | BLEU | ROUGE-L | tokens/s (steady) | epochs | "
-             "tokens to target | seconds to target | grad norm (median) | loss spikes | NaN recoveries |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "tokens to target | seconds to target | grad norm (median) | grad norm (max) | loss spikes | NaN recoveries |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cell in cells:
         mine = [r for r in seeds if r["cell"] == cell and "failed" not in r]
         if not mine:
@@ -90,6 +90,7 @@ def seeds_table(seeds: list[dict], cells: list[str], target: float | None) -> li
                                                                           if target and any(t is None for t, _ in reach)
                                                                           else ""),
                                  _mean_std([s for _, s in reach], 0), _mean_std([r.get("grad_norm_median") for r in mine], 2),
+                                 _mean_std([r.get("grad_norm_max") for r in mine], 1),
                                  _mean_std([r["spikes"] for r in mine], 1), _mean_std([r["nan_recoveries"] for r in mine], 1)])
                      + " |")
     return lines
@@ -119,37 +120,70 @@ def predicted(check: dict | None, rule: str) -> bool | None:
     return check["verdict"] in FAILURES or (rule == "drift" and drifts)
 
 
-PREDICTORS = (("the verdict as the runs logged it (the check before the far-field condition)", True, "verdict"),
-              ("today's verdict (with the far-field condition; `seeds_study.py recheck`)", False, "verdict"),
-              ("today's verdict, or its note that the field does not restore large states (the state drifts)",
-               False, "drift"),
-              ("the far field alone: a step that pushes large states out, or a field that does not restore them",
-               False, "far"))
+PREDICTORS = (  # (short name, what it is, read the verdicts the runs logged, rule of :func:`predicted`)
+    ("the logged verdict", "the verdict as the runs logged it (the check before the far-field condition)", True, "verdict"),
+    ("today's verdict", "today's verdict (with the far-field condition; `seeds_study.py recheck`)", False, "verdict"),
+    ("verdict or drift note", "today's verdict, or its note that the field does not restore large states (the state "
+     "drifts)", False, "drift"),
+    ("far field alone", "the far field alone: a step that pushes large states out, or a field that does not restore "
+     "them", False, "far"))
+
+
+OUTCOMES = ("diverged", "unstable", "trained")
+
+
+def confusion(rows: list[dict], unigram: float, logged: bool, rule: str, key: str) -> dict:
+    """``{(predicted to fail, outcome): runs}`` of one predictor at one check (``check_0``, ``check_0.05``)."""
+    table = {(p, o): 0 for p in (True, False) for o in OUTCOMES}
+    for r in rows:
+        p = predicted(found_checks(r, logged).get(key), rule)
+        if p is not None:
+            table[(p, outcome(r, unigram))] += 1
+    return table
+
+
+def precision_recall(table: dict) -> tuple[str, str]:
+    tp, fp = table[(True, "diverged")], table[(True, "unstable")] + table[(True, "trained")]
+    fn = table[(False, "diverged")]
+    return (f"{tp / (tp + fp):.2f}" if tp + fp else "—"), (f"{tp / (tp + fn):.2f}" if tp + fn else "—")
+
+
+CHECKS = (("at initialisation", "check_0"), ("at 5 % of the budget", "check_0.05"))
 
 
 def prediction(all_runs: list[dict], unigram: float) -> tuple[list[str], list[dict]]:
     """Confusion tables of each predictor (:data:`PREDICTORS`) at initialisation and at 5 % against
-    each ODE run's outcome, with precision and recall of "predicted to fail" for "diverged"; and
-    the runs today's verdict gets wrong."""
+    each ODE run's outcome, with precision and recall of "predicted to fail" for "diverged"; a
+    summary that keeps the runs at convergence apart (the far-field condition was designed after
+    the sweep and the failures: on those runs its figures are in-sample); and the runs today's
+    verdict gets wrong."""
     rows = [r for r in all_runs if verdicts(r, logged=True)[0] is not None]  # the runs with ODE layers
-    lines = []
-    for title, logged, rule in PREDICTORS:
+    at_convergence = [r for r in rows if Path(r["folder"]).parts[-5] == "seeds"]
+    lines = ["In sample and out of it: each predictor's calls (runs predicted to fail that diverged), false "
+             "alarms (predicted to fail, did not diverge) and misses (diverged, not predicted), on the sweep and "
+             "the failures (which the far-field condition was designed after) and on the runs at convergence "
+             "(which it had not seen).", "",
+             "| predictor | check | sweep and failures: calls / false alarms / misses | "
+             "at convergence: calls / false alarms / misses |", "|---|---|---|---|"]
+    for name, _, logged, rule in PREDICTORS[1:]:
+        for when, key in CHECKS:
+            counts = []
+            for subset in ([r for r in rows if r not in at_convergence], at_convergence):
+                t = confusion(subset, unigram, logged, rule, key)
+                counts.append(f"{t[(True, 'diverged')]} / {t[(True, 'unstable')] + t[(True, 'trained')]} / "
+                              f"{t[(False, 'diverged')]} (of {sum(t.values())})")
+            lines.append(f"| {name} | {when} | " + " | ".join(counts) + " |")
+    lines.append("")
+    for _, title, logged, rule in PREDICTORS:
         lines += [f"*Predicting with {title}.*", ""]
-        for when, key in (("at initialisation", "check_0"), ("at 5 % of the budget", "check_0.05")):
-            table = {(p, o): 0 for p in (True, False) for o in ("diverged", "unstable", "trained")}
-            for r in rows:
-                p = predicted(found_checks(r, logged).get(key), rule)
-                if p is not None:
-                    table[(p, outcome(r, unigram))] += 1
-            tp, fp = table[(True, "diverged")], table[(True, "unstable")] + table[(True, "trained")]
-            fn = table[(False, "diverged")]
-            precision = f"{tp / (tp + fp):.2f}" if tp + fp else "—"
-            recall = f"{tp / (tp + fn):.2f}" if tp + fn else "—"
+        for when, key in CHECKS:
+            table = confusion(rows, unigram, logged, rule, key)
+            precision, recall = precision_recall(table)
             lines += [f"Verdict {when} ({sum(table.values())} runs; precision {precision}, recall {recall} for "
                       f"'diverged').", "",
                       "| predicted | diverged | unstable (spikes) | trained |", "|---|---|---|---|",
                       *(f"| {'to fail' if p else 'to train'} | "
-                        + " | ".join(str(table[(p, o)]) for o in ("diverged", "unstable", "trained")) + " |"
+                        + " | ".join(str(table[(p, o)]) for o in OUTCOMES) + " |"
                         for p in (True, False)), ""]
     lines += ["The verdict before training sees the initial weights only: a cell's sweep runs share them (seed 0), "
               "so it repeats across their rates.", "",
@@ -256,8 +290,13 @@ def claims(plan, sweep: list[dict], seeds: list[dict], cells: list[str], target:
             if more < 0 or (more == 0 and jolts > 0):
                 return "does not hold"
             return "no difference" if more == 0 and jolts == 0 else "inconclusive"
-        return (lambda cell: f"{rates_that_train(cell)} of {len(plan.rates)} rates; "
-                             f"{sum(per_seed(seeds, cell, spikes)):g} spikes or recoveries"), judge
+        def value(cell):
+            jolts = per_seed(seeds, cell, spikes)
+            failed = sum(map(math.isinf, jolts))
+            return (f"{rates_that_train(cell)} of {len(plan.rates)} rates; "
+                    f"{sum(j for j in jolts if math.isfinite(j)):g} spikes or recoveries"
+                    + (f"; {failed} seeds failed" if failed else ""))
+        return value, judge
 
     table = [("**Lower perplexity**: test perplexity of the best weights (whole test split).", pair(lambda r: r["test_ppl"], 3)),
              ("**Faster convergence, in tokens** (the abstract): training tokens to the common target; where "
