@@ -218,14 +218,15 @@ def recheck(p: Plan, out: Path, cells: list[str], jobs: int) -> None:
 
 # -- reading the record back ------------------------------------------------------------------------
 def rows_of(phase_folder: Path) -> list[dict]:
-    """Every finished or failed run under a phase's folder, with its rate."""
+    """Every finished or failed run under a phase's folder, with its rate and phase (the folder's name)."""
     rows = []
     for rate in sorted(phase_folder.glob("lr*")):
         lr = float(rate.name[2:])
         for path in sorted(rate.glob("runs/*/seed*")):
             for name in ("compare.json", "failed.json"):
                 if (path / name).is_file():
-                    rows.append({**json.loads((path / name).read_text()), "lr": lr, "folder": str(path)})
+                    rows.append({**json.loads((path / name).read_text()), "lr": lr, "folder": str(path),
+                                 "phase": phase_folder.name})
     return rows
 
 
@@ -275,10 +276,19 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", metavar="TEXT", help="a small text file: the study's code on budgets of seconds")
     parser.add_argument("--docs", help="the report also replaces the study's section of this Markdown file")
     args = parser.parse_args(argv)
+    args.cells = list(dict.fromkeys(args.cells))  # a cell named twice is one cell
     torch.set_num_threads(1)  # each run's process takes this many threads
+    try:
+        return _study(args, parser)
+    except KeyboardInterrupt:
+        print("interrupted: the runs in progress saved their checkpoints; the same command resumes them",
+              file=sys.stderr)
+        return 130
+
+
+def _study(args, parser) -> int:
     try:  # every input checked before hours of training, not after
-        p = plan(bool(args.smoke), args.data_root, args.smoke)
-        _check_inputs(p, args.cells, args.docs)
+        p = _check_inputs(args)
     except (ValueError, CorpusError, ModelError) as err:
         parser.error(str(err))
     out = Path(args.out)
@@ -288,10 +298,6 @@ def main(argv=None) -> int:
             run_phase(phase, p, out, args.cells, args.jobs)
         if args.phase in ("recheck", "all"):
             recheck(p, out, args.cells, args.jobs)
-    except KeyboardInterrupt:
-        print("interrupted: the runs in progress saved their checkpoints; the same command resumes them",
-              file=sys.stderr)
-        return 130
     except CompareError as err:  # a run interrupted from outside, or one that could not start
         print(f"{parser.prog}: {err}", file=sys.stderr)
         return err.exit_code or 1
@@ -302,23 +308,38 @@ def main(argv=None) -> int:
 
 
 def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: a whole number of runs at once, at least 1")
     return int(text)
 
 
-def _check_inputs(p: Plan, cells: list[str], docs: str | None) -> None:
-    """The corpus loads, every cell name builds a model, and ``--docs`` has the study's markers
-    (:class:`ValueError`, :class:`CorpusError` or :class:`ModelError` otherwise)."""
+def _check_inputs(args) -> Plan:
+    """The study's plan, once its inputs hold: the text or corpus loads and gives every split and at
+    least one step an epoch, every cell name builds a model, ``--out`` is a folder (or not there
+    yet) and ``--docs`` a UTF-8 page with the study's section (:class:`ValueError`,
+    :class:`CorpusError` or :class:`ModelError` otherwise)."""
+    from seeds_study_report import section
     from textlm.data import load_corpus
     from textlm.model import LanguageModel
+    if args.smoke and not Path(args.smoke).is_file():
+        raise ValueError(f"--smoke {args.smoke}: not a file; give a small UTF-8 text")
+    p = plan(bool(args.smoke), args.data_root, args.smoke)
     corpus = load_corpus(p.base.corpus, p.base.text, p.base.level, p.base.data_root)
-    for cell in dict.fromkeys(cells):
+    empty = [name for name in ("valid", "test") if len(getattr(corpus, name)) < 2]
+    if empty:
+        raise ValueError(f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} too short to measure")
+    if _steps_per_epoch(p.base) < 1:
+        raise ValueError(f"the training split is too short for one step of {p.base.batch_size} × {p.base.bptt} tokens")
+    for cell in args.cells:
         LanguageModel(len(corpus.vocab), cell, layers=1, hidden=2)
-    if docs:
-        from seeds_study_report import END, START
-        if not Path(docs).is_file() or not {START, END} <= set(Path(docs).read_text(errors="replace").split("\n")):
-            raise ValueError(f"--docs {docs}: not a file with the lines {START} and {END} around the study's section")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: not a folder")
+    if args.docs:
+        try:
+            section(Path(args.docs).read_text(encoding="utf-8"), args.docs)
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"--docs {args.docs}: {getattr(err, 'strerror', None) or err}") from None
+    return p
 
 
 if __name__ == "__main__":

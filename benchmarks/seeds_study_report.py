@@ -15,6 +15,19 @@ from seeds_study import FAILURES, best_rates, outcome, records, rows_of, unigram
 from textlm.compare import checks
 
 START, END = "<!-- seeds-study:begin -->", "<!-- seeds-study:end -->"
+
+
+def section(page: str, name: str) -> tuple[str, str, str]:
+    """``page`` cut at its study section: up to and with the line :data:`START`, the lines between,
+    and from the line :data:`END` on (:class:`ValueError` where the two lines are not there once
+    each, in that order)."""
+    lines = page.splitlines(keepends=True)
+    bare = [line.rstrip("\r\n") for line in lines]
+    if bare.count(START) != 1 or bare.count(END) != 1 or bare.index(START) > bare.index(END):
+        raise ValueError(f"--docs {name}: give a page with one line {START} and, after it, one line {END}; "
+                         "the study's section goes between them")
+    begin, end = bare.index(START) + 1, bare.index(END)
+    return "".join(lines[:begin]), "".join(lines[begin:end]), "".join(lines[end:])
 NOISE = ("0.01", "0.05", "0.1")
 
 
@@ -27,10 +40,27 @@ def _mean_std(values, digits=3) -> str:
     return f"{statistics.fmean(values):,.{digits}f} ± {statistics.stdev(values):,.{digits}f}"
 
 
-def to_target(row: dict, target: float) -> tuple[float | None, float | None]:
-    """Training tokens and wall-clock seconds at the first periodic validation at or below ``target``."""
+def validations(row: dict) -> list[dict]:
+    """A run's periodic validations, one per step (a run resumed from a checkpoint logs again those
+    after it: the last one counts), in step order; then, where the final weights are the best ones,
+    their validation on the whole split (the periodic ones stop before the last step)."""
+    periodic, final = {}, None
     for r in records(row):
-        if "valid_loss" in r and not r.get("final") and r["valid_loss"] <= target:
+        if "valid_loss" in r:
+            if r.get("final"):
+                final = r
+            else:
+                periodic[r["step"]] = r
+    found = [periodic[step] for step in sorted(periodic)]
+    if final is not None and row.get("best_step") == row.get("step") == final["step"] and final["step"] not in periodic:
+        found.append(final)
+    return found
+
+
+def to_target(row: dict, target: float) -> tuple[float | None, float | None]:
+    """Training tokens and wall-clock seconds at the first validation at or below ``target``."""
+    for r in validations(row):
+        if r["valid_loss"] <= target:
             return r["tokens"], r["elapsed"]
     return None, None
 
@@ -158,17 +188,19 @@ def prediction(all_runs: list[dict], unigram: float) -> tuple[list[str], list[di
     the sweep and the failures: on those runs its figures are in-sample); and the runs today's
     verdict gets wrong."""
     rows = [r for r in all_runs if verdicts(r, logged=True)[0] is not None]  # the runs with ODE layers
-    at_convergence = [r for r in rows if Path(r["folder"]).parts[-5] == "seeds"]
+    at_convergence = [r for r in rows if r["phase"] == "seeds"]
     lines = ["In sample and out of it: each predictor's calls (runs predicted to fail that diverged), false "
              "alarms (predicted to fail, did not diverge) and misses (diverged, not predicted), on the sweep and "
              "the failures (which the far-field condition was designed after) and on the runs at convergence "
-             "(which it had not seen).", "",
+             "(which it had not seen; at initialisation without seed 0, whose initial weights are those of the "
+             "sweep). A run that failed before 5 % of its budget has no check there.", "",
              "| predictor | check | sweep and failures: calls / false alarms / misses | "
              "at convergence: calls / false alarms / misses |", "|---|---|---|---|"]
     for name, _, logged, rule in PREDICTORS[1:]:
         for when, key in CHECKS:
             counts = []
-            for subset in ([r for r in rows if r not in at_convergence], at_convergence):
+            unseen = [r for r in at_convergence if key != "check_0" or r["seed"] != 0]
+            for subset in ([r for r in rows if r not in at_convergence], unseen):
                 t = confusion(subset, unigram, logged, rule, key)
                 counts.append(f"{t[(True, 'diverged')]} / {t[(True, 'unstable')] + t[(True, 'trained')]} / "
                               f"{t[(False, 'diverged')]} (of {sum(t.values())})")
@@ -197,11 +229,10 @@ def prediction(all_runs: list[dict], unigram: float) -> tuple[list[str], list[di
         state = outcome(r, unigram)
         if any(v in FAILURES for v in (v0, v5) if v is not None) != (state == "diverged"):
             loss = "failed" if "failed" in r else f"{r['valid_loss']:.3f}"
-            phase = Path(r["folder"]).parts[-5]
             restored = "; ".join(" / ".join({True: "yes", False: "no", None: "—"}[(found.get(k) or {}).get(c)]
                                             for c in ("far_field", "restoring_far_field"))
                                   for k in ("check_0", "check_0.05"))
-            lines.append(f"| {r['cell']} ({phase}, seed {r['seed']}) | {r['lr']:g} | {v0} | {v5 or '—'} | {restored} | "
+            lines.append(f"| {r['cell']} ({r['phase']}, seed {r['seed']}) | {r['lr']:g} | {v0} | {v5 or '—'} | {restored} | "
                          f"{state} | {loss} |")
     return lines + [""], rows
 
@@ -211,13 +242,17 @@ CLASSICAL = ("torch-rnn", "torch-lstm", "torch-gru")
 SOLVERS = ("gru-ode:alexander2", "gru-ode:dopri5:rtol=1e-3")  # the same field as gru-ode:rk4, other steps
 
 
-def separation(mine: list[float], theirs: list[float]) -> str:
+def separation(mine: list[float | None], theirs: list[float | None]) -> str:
     """``"better"`` where every seed of ``mine`` is below every seed of ``theirs`` (lower is better),
     ``"worse"`` where every one is above, ``"overlap"`` otherwise; ``"neither"`` where no seed of
-    either has a finite value (a target neither reached). With 3 seeds against 3, a complete
-    separation is the one-sided exact Mann–Whitney test at p = 1/20 = 0.05; a seed that never
-    reached a target counts as infinite."""
-    if not any(map(math.isfinite, mine + theirs)):
+    either has a finite value (a target neither reached), ``"missing"`` where a seed was not
+    measured (``None`` or NaN). With 3 seeds against 3, a complete separation is the one-sided exact
+    Mann–Whitney test at p = 1/20 = 0.05; a seed that never reached a target, or failed, counts as
+    infinite."""
+    values = mine + theirs
+    if any(v is None or math.isnan(v) for v in values):
+        return "missing"
+    if not any(map(math.isfinite, values)):
         return "neither"
     if max(mine) < min(theirs):
         return "better"
@@ -226,107 +261,124 @@ def separation(mine: list[float], theirs: list[float]) -> str:
     return "overlap"
 
 
-JUDGED = {"better": "holds", "worse": "does not hold", "overlap": "inconclusive"}
+JUDGED = {"better": "holds", "worse": "does not hold", "overlap": "inconclusive", "missing": "not measured",
+          "neither": "inconclusive"}
 
 
-def per_seed(seeds: list[dict], cell: str, measure) -> list[float]:
-    """``measure`` of each of a cell's runs at convergence (a failed run: infinite)."""
-    return [math.inf if "failed" in r else measure(r) for r in seeds if r["cell"] == cell]
+def per_seed(seeds: list[dict], cell: str, measure) -> list[float | None]:
+    """``measure`` of each of a cell's runs at convergence: infinite for a failed run, or a value
+    that diverged (NaN); ``None`` where the run did not measure it."""
+    def one(r):
+        if "failed" in r:
+            return math.inf
+        value = measure(r)
+        return None if value is None else math.inf if math.isnan(value) else value
+    return [one(r) for r in seeds if r["cell"] == cell]
 
 
-def _finite(values: list[float], digits: int) -> str:
-    finite = [v for v in values if math.isfinite(v)]
-    never = len(values) - len(finite)
-    return (_mean_std(finite, digits) if finite else "never") + (f" ({never} never)" if finite and never else "")
+def _values(values: list[float | None], digits: int, infinite: str) -> str:
+    """Mean ± std of the finite values, and how many seeds were ``infinite`` or not measured."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    text = _mean_std(finite, digits) if finite else infinite if values else "—"
+    if finite or len(values) > 1:
+        for count, said in ((sum(v is not None and math.isinf(v) for v in values), infinite),
+                            (sum(v is None for v in values), "not measured")):
+            if count and finite:
+                text += f" ({count} {said})"
+    return text
 
 
 def claims(plan, sweep: list[dict], seeds: list[dict], cells: list[str], target: float | None,
            unigram: float) -> list[str]:
     """Each seed claim, per ODE cell against each classical cell, judged by :func:`separation` of
-    the per-seed values (where a cell has all its seeds; "waiting" otherwise)."""
-    complete = {c for c in cells if len(per_seed(seeds, c, lambda r: 0)) >= len(plan.seeds)}
+    the per-seed values (where both cells have all their seeds at convergence)."""
+    complete = {c for c in cells if {r["seed"] for r in seeds if r["cell"] == c} >= set(plan.seeds)}
     ode = [c for c in cells if c not in CLASSICAL]
 
     def loss_at_one_epoch(r):
-        periodic = [q["valid_loss"] for q in records(r) if "valid_loss" in q and not q.get("final")]
-        return periodic[plan.eval_per_epoch - 1] if len(periodic) >= plan.eval_per_epoch else math.inf
+        found = validations(r)
+        return found[plan.eval_per_epoch - 1]["valid_loss"] if len(found) >= plan.eval_per_epoch else math.inf
 
-    def tokens(r):
-        return (to_target(r, target)[0] if target else None) or math.inf
-
-    def seconds(r):
-        return (to_target(r, target)[1] if target else None) or math.inf
-
-    def spikes(r):
-        return r["spikes"] + r["nan_recoveries"]
+    def reached(column):  # tokens (0) or seconds (1) to the target; infinite where never reached
+        def measure(r):
+            if target is None:
+                return None
+            found = to_target(r, target)[column]
+            return math.inf if found is None else found
+        return measure
 
     def fragility(r):
-        return r.get("valid_ppl_noise_0.1", math.nan) / r["valid_ppl"]
+        noisy = r.get("valid_ppl_noise_0.1")
+        return None if noisy is None else noisy / r["valid_ppl"]
+
+    def events(cell):  # spikes, NaN recoveries and failed seeds over the seeds at convergence
+        return sum(1 if "failed" in r else r["spikes"] + r["nan_recoveries"] for r in seeds if r["cell"] == cell)
 
     def rates_that_train(cell):
         return sum(outcome(r, unigram) != "diverged" for r in sweep if r["cell"] == cell)
 
-    def pair(measure, digits, fallback=None):
+    def pair(measure, digits, infinite, fallback=None):
         def judge(cell, other):
-            mine, theirs = per_seed(seeds, cell, measure), per_seed(seeds, other, measure)
-            found = separation(mine, theirs)
+            found = separation(per_seed(seeds, cell, measure), per_seed(seeds, other, measure))
             if found == "neither" and fallback:
-                found = separation(per_seed(seeds, cell, fallback), per_seed(seeds, other, fallback))
-                return JUDGED.get(found, "inconclusive") + " (neither reached it; loss after one epoch)"
-            return JUDGED.get(found, "inconclusive")
+                again = separation(per_seed(seeds, cell, fallback), per_seed(seeds, other, fallback))
+                return JUDGED[again] + " (neither reached it; loss after one epoch)"
+            return JUDGED[found]
+
         def value(cell):
-            text = _finite(per_seed(seeds, cell, measure), digits)
-            if fallback and text.startswith("never"):
-                text += f"; {_mean_std(per_seed(seeds, cell, fallback))} after one epoch"
+            text = _values(per_seed(seeds, cell, measure), digits, infinite)
+            if fallback and text.startswith(infinite):
+                text += f"; {_values(per_seed(seeds, cell, fallback), 3, 'failed')} after one epoch"
             return text
         return value, judge
 
     def stability():
-        def judge(cell, other):
-            more = rates_that_train(cell) - rates_that_train(other)
-            jolts = sum(per_seed(seeds, cell, spikes)) - sum(per_seed(seeds, other, spikes))
-            if more > 0 and jolts <= 0:
+        def judge(cell, other):  # dominance: more rates and no more events, or no fewer rates and fewer events
+            more, fewer = rates_that_train(cell) - rates_that_train(other), events(other) - events(cell)
+            if more == fewer == 0:
+                return "does not hold (a tie)"
+            if more >= 0 and fewer >= 0:
                 return "holds"
-            if more < 0 or (more == 0 and jolts > 0):
+            if more <= 0 and fewer <= 0:
                 return "does not hold"
-            return "no difference" if more == 0 and jolts == 0 else "inconclusive"
-        def value(cell):
-            jolts = per_seed(seeds, cell, spikes)
-            failed = sum(map(math.isinf, jolts))
-            return (f"{rates_that_train(cell)} of {len(plan.rates)} rates; "
-                    f"{sum(j for j in jolts if math.isfinite(j)):g} spikes or recoveries"
-                    + (f"; {failed} seeds failed" if failed else ""))
-        return value, judge
+            return "inconclusive"
+        return (lambda cell: f"{rates_that_train(cell)} of {len(plan.rates)} rates; {events(cell)} events"), judge
 
-    table = [("**Lower perplexity**: test perplexity of the best weights (whole test split).", pair(lambda r: r["test_ppl"], 3)),
+    table = [("**Lower perplexity**: test perplexity of the best weights (whole test split).",
+              pair(lambda r: r["test_ppl"], 3, "failed")),
              ("**Faster convergence, in tokens** (the abstract): training tokens to the common target; where "
-              "neither cell reached it, the validation loss after one epoch.", pair(tokens, 0, loss_at_one_epoch)),
-             ("**Faster convergence, in wall time**: seconds to the common target (one CPU thread per run).",
-              pair(seconds, 0)),
-             ("**More stable** (the abstract): learning rates of the sweep that train (of "
-              f"{len(plan.rates)}); then loss spikes and NaN recoveries over the seeds at convergence. Holds "
-              "where the cell trains at more rates without more spikes.", stability()),
+              "neither cell reached it, the validation loss after one epoch.",
+              pair(reached(0), 0, "never", loss_at_one_epoch)),
+             ("**Faster convergence, in wall time**: seconds to the common target (one CPU thread per run; the "
+              "machine's load moves these by up to ±25 %, see the status above).", pair(reached(1), 0, "never")),
+             ("**More stable** (the abstract; not per seed): the learning rates of the sweep at which the cell "
+              f"trains (of {len(plan.rates)}, one seed each), and its events at convergence (loss spikes, NaN "
+              "recoveries and failed runs, summed over the seeds). Holds where the cell trains at no fewer rates "
+              "with fewer events, or at more rates with no more events; does not hold the other way round or "
+              "on a tie (nothing shows it more stable); inconclusive where the two measures disagree.",
+              stability()),
              ("**More robust** (Yan et al.): validation perplexity with 10 % of the input characters "
-              "replaced, over the clean one (lower: more robust).", pair(fragility, 3))]
-    lines = ["Each ODE cell against each classical cell, per seed (rule fixed before the runs at convergence "
-             "were complete: a claim *holds* against a cell where every seed beats every seed of that cell, "
-             "*does not hold* where every seed loses, and is *inconclusive* where they overlap; with 3 seeds "
-             "each, a complete separation is the one-sided exact Mann–Whitney test at p = 0.05).", ""]
+              "replaced, over the clean one (lower: more robust).", pair(fragility, 3, "failed"))]
+    lines = ["Each ODE cell against each classical cell (rule fixed before the runs at convergence were complete: "
+             "a claim *holds* against a cell where every seed beats every seed of that cell, *does not hold* "
+             "where every seed loses, and is *inconclusive* where they overlap; with 3 seeds each, a complete "
+             "separation is the one-sided exact Mann–Whitney test at p = 0.05; a failed seed, or a target never "
+             "reached, counts as the worst value).", ""]
     for title, (value, judge) in table:
         lines += [title, "", "| cell | value | " + " | ".join(f"against {c}" for c in CLASSICAL) + " |",
                   "|---|---|" + "---|" * len(CLASSICAL)]
         for cell in [c for c in CLASSICAL if c in cells] + ode:
-            if cell not in complete:
-                continue
-            verdicts_ = ["—" if cell in CLASSICAL or other not in complete else judge(cell, other) for other in CLASSICAL]
-            lines.append(f"| {cell} | {value(cell)} | " + " | ".join(verdicts_) + " |")
+            if cell in complete:
+                lines.append(f"| {cell} | {value(cell)} | " + " | ".join(
+                    "—" if cell in CLASSICAL or other not in complete else judge(cell, other) for other in CLASSICAL)
+                    + " |")
         lines.append("")
     waiting = [c for c in cells if c not in complete]
     if waiting:
         lines += ["Waiting for their runs at convergence: " + ", ".join(waiting) + ".", ""]
     solvers = [c for c in SOLVERS if c in complete]
     if "gru-ode:rk4" in complete and solvers:
-        value, judge = pair(lambda r: r["test_ppl"], 3)
+        value, judge = pair(lambda r: r["test_ppl"], 3, "failed")
         lines += ["**Implicit and adaptive steps** (the same GRU-ODE field at Δ = 1 as `gru-ode:rk4`; the claim: they "
                   "train it better): " + "; ".join(
                       f"{c}: test perplexity {value(c)} against {value('gru-ode:rk4')}, {judge(c, 'gru-ode:rk4')}; "
@@ -374,8 +426,7 @@ def figures(sweep: list[dict], seeds: list[dict], cells: list[str], docs_figures
     if seeds:
         fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), dpi=120)
         for cell in cells:
-            curves = [np.array([(q["tokens"], q["elapsed"], q["valid_loss"]) for q in records(r)
-                                if "valid_loss" in q and not q.get("final")])
+            curves = [np.array([(q["tokens"], q["elapsed"], q["valid_loss"]) for q in validations(r)])
                       for r in seeds if r["cell"] == cell and "failed" not in r]
             curves = [c for c in curves if len(c)]
             if not curves:
@@ -404,8 +455,11 @@ def figures(sweep: list[dict], seeds: list[dict], cells: list[str], docs_figures
 
 def report(plan, out: Path, cells: list[str], docs: str | None = None) -> str:
     unigram = unigram_loss(plan.base)
-    sweep, seeds, fail = rows_of(out / "sweep"), rows_of(out / "seeds"), rows_of(out / "fail")
+    sweep, fail = rows_of(out / "sweep"), rows_of(out / "fail")
     chosen = best_rates(out, cells, plan.rates)
+    # the runs at convergence of this plan: each cell's chosen rate and seeds (a rerun sweep that chose
+    # another rate leaves the earlier runs on disk; they are not this study's)
+    seeds = [r for r in rows_of(out / "seeds") if chosen.get(r["cell"]) == r["lr"] and r["seed"] in plan.seeds]
     gru = [r["valid_loss"] for r in seeds if r["cell"] == "torch-gru" and "failed" not in r]
     target = 1.02 * min(gru) if gru else None
     confusion, predicted = prediction(sweep + fail + seeds, unigram)
@@ -427,9 +481,12 @@ def report(plan, out: Path, cells: list[str], docs: str | None = None) -> str:
     markdown = "\n".join(text) + "\n"
     if docs:
         path = Path(docs)
-        page = path.read_text()
-        page = page[:page.index(START) + len(START)] + "\n" + markdown + page[page.index(END):]
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as fresh:
-            fresh.write(page)  # atomic: an interrupted report leaves the page as it was
-        os.replace(fresh.name, path)
+        before, _, after = section(path.read_text(encoding="utf-8"), docs)
+        fresh = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp")
+        try:  # atomic: an interrupted report leaves the page as it was
+            with fresh:
+                fresh.write(before + markdown + after)
+            os.replace(fresh.name, path)
+        finally:
+            Path(fresh.name).unlink(missing_ok=True)
     return markdown

@@ -302,24 +302,102 @@ def test_seed_claims_judge_by_complete_separation(monkeypatch):
 
 
 @pytest.mark.parametrize("args, said", [
-    (["sweep", "--cells", "gru-ode:nosuch"], "unknown method 'nosuch'"),
-    (["sweep", "--cells", "no-such-cell"], "no-such-cell"),
-    (["sweep", "--jobs", "0"], "--jobs"),
-    (["report", "--docs", "{tmp}/missing.md"], "seeds-study:begin"),
-    (["report", "--docs", "{tmp}/plain.md"], "seeds-study:begin"),
-    (["sweep", "--smoke", "{tmp}/missing.txt"], "no such file"),
+    (["sweep", "--smoke", "{tmp}/verse.txt", "--cells", "gru-ode:nosuch"], "unknown method 'nosuch'"),
+    (["sweep", "--smoke", "{tmp}/verse.txt", "--cells", "no-such-cell"], "no-such-cell"),
+    (["sweep", "--jobs", "0"], "at least 1"),
+    (["sweep", "--jobs", "²"], "at least 1"),
+    (["report", "--smoke", "{tmp}/verse.txt", "--docs", "{tmp}/missing.md"], "No such file"),
+    (["report", "--smoke", "{tmp}/verse.txt", "--docs", "{tmp}/plain.md"], "seeds-study:begin"),
+    (["report", "--smoke", "{tmp}/verse.txt", "--docs", "{tmp}/reversed.md"], "after it"),
+    (["report", "--smoke", "{tmp}/verse.txt", "--docs", "{tmp}/latin1.md"], "utf-8"),
+    (["report", "--smoke", "{tmp}/verse.txt", "--out", "{tmp}/plain.md"], "not a folder"),
+    (["sweep", "--smoke", "{tmp}/missing.txt"], "--smoke"),
+    (["sweep", "--smoke", "{tmp}/tiny.txt"], "too short"),
     (["sweep", "--data-root", "{tmp}"], "not found"),
 ])
 def test_seeds_study_refuses_bad_input_before_training(tmp_path, monkeypatch, capsys, args, said):
     """benchmarks/seeds_study.py checks every input before hours of training: one line on stderr,
-    exit 2, no traceback, nothing written to the study's folder."""
+    exit 2, nothing written to the study's folder."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import seeds_study
+    from seeds_study_report import END, START
+    (tmp_path / "verse.txt").write_text("".join(f"{k} shall I compare thee to a summer's day?\n" for k in range(150)))
+    (tmp_path / "tiny.txt").write_text("abcdefg")
     (tmp_path / "plain.md").write_text("a page without the study's markers\n")
-    argv = [a.replace("{tmp}", str(tmp_path)) for a in args] + ["--out", str(tmp_path / "study")]
+    (tmp_path / "reversed.md").write_text(f"{END}\n{START}\n")
+    (tmp_path / "latin1.md").write_bytes(f"{START}\ncaf\xe9\n{END}\n".encode("latin-1"))
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    argv += [] if "--out" in argv else ["--out", str(tmp_path / "study")]
     with pytest.raises(SystemExit) as stopped:
         seeds_study.main(argv)
     assert stopped.value.code == 2
-    err = capsys.readouterr().err
-    assert said in err and "Traceback" not in err
+    assert said in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "study").exists()
+
+
+def test_seed_claims_tables(tmp_path, monkeypatch):
+    """The claim tables on made-up runs whose verdicts are known: a cell that beats every seed of
+    every classical cell holds; a seed that diverged (NaN perplexity) or failed is the worst value,
+    not a value skipped; a measure a run lacks is "not measured"; where neither cell reached the
+    target, the loss after one epoch decides; a resumed run's repeated validations count once; the
+    stability rule's tie and its disagreement."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import dataclasses
+    import seeds_study
+    from seeds_study_report import claims, validations
+    text = tmp_path / "verse.txt"
+    text.write_text("some verse\n" * 50)
+    plan = dataclasses.replace(seeds_study.plan(True, None, str(text)), seeds=(0, 1, 2), rates=(1e-3, 1e-2))
+
+    def run(cell, seed, test_ppl, curve, *, noise=True, resumed=False, **extra):
+        """A finished run: its validations (the last at the final step, the best) and its results."""
+        folder = tmp_path / cell / str(seed)
+        folder.mkdir(parents=True)
+        lines = [{"step": k + 1, "tokens": 100 * (k + 1), "elapsed": 10.0 * (k + 1), "valid_loss": loss}
+                 for k, loss in enumerate(curve)]
+        if resumed:  # the first validation logged twice: an earlier value, then the one that counts
+            lines.insert(0, {**lines[0], "valid_loss": 0.1})
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        row = {"cell": cell, "seed": seed, "lr": 1e-2, "folder": str(folder), "phase": "seeds", "test_ppl": test_ppl,
+               "valid_ppl": 5.0, "valid_loss": curve[-1], "spikes": 0, "nan_recoveries": 0, "step": len(curve),
+               "best_step": len(curve), **extra}
+        if noise:
+            row["valid_ppl_noise_0.1"] = 10.0 + test_ppl  # fragility tracks the test perplexity here
+        return row
+
+    seeds = []
+    for k in range(3):
+        seeds += [run("torch-rnn", k, 5.0 + k / 10, [2.0, 1.8, 1.6]),           # never reaches 1.0
+                  run("torch-lstm", k, 4.5 + k / 10, [2.0, 1.5, 0.9]),          # at 300 tokens
+                  run("torch-gru", k, 4.8 + k / 10, [2.0, 1.6, 0.95 + k / 100]),
+                  run("fast", k, 4.0 + k / 10, [1.5, 0.9, 0.8], resumed=k == 0),  # at 200 tokens
+                  run("slow", k, 5.5 + k / 10, [1.9, 1.7, 1.5], noise=False, spikes=1)]
+    # a seed that diverged (NaN perplexity), second in order: max() and min() would skip it
+    seeds += [run("fast2", k, [4.0, math.nan, 4.2][k], [1.5, 0.9, 0.8]) for k in range(3)]
+    sweep = [{"cell": c, "lr": lr, "valid_loss": 1.0, "spikes": 0, "nan_recoveries": 0}
+             for c in ("torch-rnn", "torch-lstm", "torch-gru", "fast", "fast2") for lr in plan.rates]
+    sweep += [{"cell": "slow", "lr": 1e-3, "valid_loss": 1.0}, {"cell": "slow", "lr": 1e-2, "failed": "NaN"}]
+    sweep[0] = {"cell": "torch-rnn", "lr": 1e-3, "valid_loss": 99.0}  # torch-rnn diverged at one rate
+    cells = ["torch-rnn", "torch-lstm", "torch-gru", "fast", "fast2", "slow"]
+    lines = claims(plan, sweep, seeds, cells, 1.0, unigram=3.0)
+
+    def row(claim, cell):
+        start = next(k for k, line in enumerate(lines) if line.startswith(f"**{claim}"))
+        found = next(line for line in lines[start:] if line.startswith(f"| {cell} |"))
+        return [part.strip() for part in found.strip("|").split("|")][2:]
+    assert row("Lower perplexity", "fast") == ["holds", "holds", "holds"]
+    # 4.0, inf, 4.2: the diverged seed is the worst, so no complete separation from anyone
+    assert row("Lower perplexity", "fast2") == ["inconclusive"] * 3
+    assert row("Lower perplexity", "slow") == ["does not hold"] * 3
+    assert row("Faster convergence, in tokens", "fast") == ["holds", "holds", "holds"]
+    assert row("Faster convergence, in tokens", "slow") == [
+        "holds (neither reached it; loss after one epoch)", "does not hold", "does not hold"]  # 1.7 < 1.8
+    assert row("More robust", "slow") == ["not measured"] * 3
+    assert row("More robust", "fast") == ["holds", "holds", "holds"]
+    # fast: 2 rates, 0 events; torch-rnn 1 rate: holds; torch-lstm/gru 2 rates: a tie
+    assert row("More stable", "fast") == ["holds", "does not hold (a tie)", "does not hold (a tie)"]
+    # slow: 1 rate and 3 spikes against torch-rnn's 1 rate and none: does not hold; fewer rates too
+    assert row("More stable", "slow") == ["does not hold"] * 3
+    # the resumed run's first validation counts once, with the value logged last
+    resumed = next(r for r in seeds if r["cell"] == "fast" and r["seed"] == 0)
+    assert [v["valid_loss"] for v in validations(resumed)] == [1.5, 0.9, 0.8]
