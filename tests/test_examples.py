@@ -374,11 +374,13 @@ def test_seed_claims_tables(tmp_path, monkeypatch):
                   run("slow", k, 5.5 + k / 10, [1.9, 1.7, 1.5], noise=False, spikes=1)]
     # a seed that diverged (NaN perplexity), second in order: max() and min() would skip it
     seeds += [run("fast2", k, [4.0, math.nan, 4.2][k], [1.5, 0.9, 0.8]) for k in range(3)]
+    # a model above the unigram loss that ignores its input: noise costs it nothing (ratio below 1)
+    seeds += [dict(run("ignores", k, 40.0, [3.5, 3.5, 3.5]), valid_ppl=60.0) for k in range(3)]
     sweep = [{"cell": c, "lr": lr, "valid_loss": 1.0, "spikes": 0, "nan_recoveries": 0}
              for c in ("torch-rnn", "torch-lstm", "torch-gru", "fast", "fast2") for lr in plan.rates]
     sweep += [{"cell": "slow", "lr": 1e-3, "valid_loss": 1.0}, {"cell": "slow", "lr": 1e-2, "failed": "NaN"}]
     sweep[0] = {"cell": "torch-rnn", "lr": 1e-3, "valid_loss": 99.0}  # torch-rnn diverged at one rate
-    cells = ["torch-rnn", "torch-lstm", "torch-gru", "fast", "fast2", "slow"]
+    cells = ["torch-rnn", "torch-lstm", "torch-gru", "fast", "fast2", "slow", "ignores"]
     lines = claims(plan, sweep, seeds, cells, 1.0, unigram=3.0)
 
     def row(claim, cell):
@@ -394,6 +396,8 @@ def test_seed_claims_tables(tmp_path, monkeypatch):
         "holds (neither reached it; loss after one epoch)", "does not hold", "does not hold"]  # 1.7 < 1.8
     assert row("More robust", "slow") == ["not measured"] * 3
     assert row("More robust", "fast") == ["holds", "holds", "holds"]
+    assert row("More robust, relative", "fast") == ["holds", "holds", "holds"]
+    assert row("More robust, relative", "ignores") == ["not judged (diverged)"] * 3  # 50 / 60 < 1 says nothing
     # fast: 2 rates, 0 events; torch-rnn 1 rate: holds; torch-lstm/gru 2 rates: a tie
     assert row("More stable", "fast") == ["holds", "does not hold (a tie)", "does not hold (a tie)"]
     # slow: 1 rate and 3 spikes against torch-rnn's 1 rate and none: does not hold; fewer rates too
