@@ -280,10 +280,10 @@ def _values(values: list[float | None], digits: int, infinite: str) -> str:
     """Mean ± std of the finite values, and how many seeds were ``infinite`` or not measured."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     text = _mean_std(finite, digits) if finite else infinite if values else "—"
-    if finite or len(values) > 1:
+    if finite:
         for count, said in ((sum(v is not None and math.isinf(v) for v in values), infinite),
                             (sum(v is None for v in values), "not measured")):
-            if count and finite:
+            if count:
                 text += f" ({count} {said})"
     return text
 
@@ -346,8 +346,8 @@ def claims(plan, sweep: list[dict], seeds: list[dict], cells: list[str], target:
             return "inconclusive"
         return (lambda cell: f"{rates_that_train(cell)} of {len(plan.rates)} rates; {events(cell)} events"), judge
 
-    table = [("**Lower perplexity**: test perplexity of the best weights (whole test split).",
-              pair(lambda r: r["test_ppl"], 3, "failed")),
+    perplexity = pair(lambda r: r["test_ppl"], 3, "failed")
+    table = [("**Lower perplexity**: test perplexity of the best weights (whole test split).", perplexity),
              ("**Faster convergence, in tokens** (the abstract): training tokens to the common target; where "
               "neither cell reached it, the validation loss after one epoch.",
               pair(reached(0), 0, "never", loss_at_one_epoch)),
@@ -385,7 +385,7 @@ def claims(plan, sweep: list[dict], seeds: list[dict], cells: list[str], target:
         lines += ["Waiting for their runs at convergence: " + ", ".join(waiting) + ".", ""]
     solvers = [c for c in SOLVERS if c in complete]
     if "gru-ode:rk4" in complete and solvers:
-        value, judge = pair(lambda r: r["test_ppl"], 3, "failed")
+        value, judge = perplexity
         lines += ["**Implicit and adaptive steps** (the same GRU-ODE field at Δ = 1 as `gru-ode:rk4`; the claim: they "
                   "train it better): " + "; ".join(
                       f"{c}: test perplexity {value(c)} against {value('gru-ode:rk4')}, {judge(c, 'gru-ode:rk4')}; "
