@@ -3,7 +3,7 @@ models, faster and more stably — and does the analytic stability check predict
 
     python benchmarks/seeds_study.py sweep      # per cell, 4 learning rates, 1 epoch, seed 0
     python benchmarks/seeds_study.py seeds      # per cell, its best rate, 3 seeds, to convergence
-    python benchmarks/seeds_study.py fail       # runs made to fail: large steps, rates past the range
+    python benchmarks/seeds_study.py fail       # runs made to fail: large steps, rates, initial weights
     python benchmarks/seeds_study.py recheck    # the check of today on runs whose records predate it
     python benchmarks/seeds_study.py report     # tables, figures and verdicts from what has finished
     python benchmarks/seeds_study.py all        # the three phases, the recheck, then the report
@@ -18,7 +18,8 @@ float32 on the CPU.
 - *Seeds*: 3 seeds at that rate, at most 10 epochs, validated on the whole validation split every
   half epoch, early stopping after 3 validations without a new best (the best weights are the
   model: test perplexity, BLEU/ROUGE-L, robustness).
-- *Failures on purpose*: explicit tableaux at large steps Δ, and rates past the sweep's range.
+- *Failures on purpose*: explicit tableaux at large steps Δ, rates past the sweep's range, and
+  recurrent weights scaled up at initialisation (``--init-gain``).
 - Every run records the stability check's verdict before training and at 5 % of its budget
   (``--check-at 0 0.05``), its loss spikes, NaN recoveries, gradient norms and steady-state speed.
 - *Recheck*: runs whose records predate the check's far-field condition are checked again by
@@ -59,11 +60,15 @@ CELLS = ["torch-rnn", "torch-lstm", "torch-gru",
          "gru-ode:dopri5:rtol=1e-3"]  # adaptive: Dormand–Prince with error control
 RATES = [5e-4, 2e-3, 8e-3, 3.2e-2]
 SEEDS = [0, 1, 2]
-# runs made to fail: explicit tableaux whose step leaves the stability region, and rates past the range
-FAILING = [("gru-ode:euler:dt=4", 2e-3), ("gru-ode:rk4:dt=4", 2e-3), ("rnn:euler:dt=3", 2e-3),
-           ("rnn:rk4:dt=2", 2e-3), ("rnn:euler:dt=2", 2e-3), ("gru-ode:midpoint:dt=3", 2e-3),
-           ("lem:dt=3", 2e-3), ("cornn:dt=1", 2e-3), ("torch-gru", 0.128), ("gru-ode:rk4", 0.128),
-           ("rnn:rk4", 0.128), ("lstm:euler", 0.128)]
+# runs made to fail: (cell, rate, initial recurrent gain): explicit tableaux whose step leaves the
+# stability region, rates past the range, and recurrent weights scaled up at initialisation (added
+# after the rest: the kind of failure the check before training sees in the weights themselves)
+FAILING = [("gru-ode:euler:dt=4", 2e-3, 1), ("gru-ode:rk4:dt=4", 2e-3, 1), ("rnn:euler:dt=3", 2e-3, 1),
+           ("rnn:rk4:dt=2", 2e-3, 1), ("rnn:euler:dt=2", 2e-3, 1), ("gru-ode:midpoint:dt=3", 2e-3, 1),
+           ("lem:dt=3", 2e-3, 1), ("cornn:dt=1", 2e-3, 1), ("torch-gru", 0.128, 1), ("gru-ode:rk4", 0.128, 1),
+           ("rnn:rk4", 0.128, 1), ("lstm:euler", 0.128, 1),
+           ("rnn:euler", 2e-3, 2), ("rnn:euler", 2e-3, 4), ("gru-ode:rk4", 2e-3, 4), ("gru-ode:rk4", 2e-3, 8),
+           ("lstm:euler", 2e-3, 4), ("lstm:euler", 2e-3, 8)]
 FAILURES = ("unstable step", "marginal step")  # the verdicts that say a step amplifies beyond the flow
 
 
@@ -87,7 +92,7 @@ def plan(smoke: bool, data_root: str | None, text: str | None) -> Plan:
     if smoke:  # two rates, one seed, one failure: the code of every phase on budgets of seconds
         common.update(batch_size=4, bptt=16, prompts=2, params=3_000)
         return Plan(CompareConfig(**common), sweep_epochs=1, seed_epochs=2, eval_per_epoch=2, patience=1,
-                    rates=(2e-3, 3.2e-2), seeds=(0,), failing=(("rnn:euler:dt=3", 2e-3),))
+                    rates=(2e-3, 3.2e-2), seeds=(0,), failing=(("rnn:euler:dt=3", 2e-3, 1), ("rnn:euler", 2e-3, 8)))
     return Plan(CompareConfig(**common), sweep_epochs=1, seed_epochs=10, eval_per_epoch=2, patience=3)
 
 
@@ -109,9 +114,20 @@ def runs(phase: str, p: Plan, out: Path, cells: list[str]) -> list[tuple[Compare
                          epochs=p.seed_epochs, eval_every=every, patience=p.patience), cell, seed)
                 for cell in cells if cell in chosen for seed in p.seeds]
     if phase == "fail":
-        return [(replace(p.base, out=str(out / "fail" / f"lr{lr:g}"), lr=lr, epochs=p.sweep_epochs, eval_every=every,
-                         noise=[]), cell, 0) for cell, lr in p.failing]
+        return [(replace(p.base, out=str(out / "fail" / rate_folder(lr, gain)), lr=lr, init_gain=float(gain),
+                         epochs=p.sweep_epochs, eval_every=every, noise=[]), cell, 0) for cell, lr, gain in p.failing]
     raise ValueError(phase)
+
+
+def rate_folder(lr: float, gain: float = 1) -> str:
+    """The folder of a phase's runs at one rate (and initial recurrent gain, where not 1)."""
+    return f"lr{lr:g}" + (f"_gain{gain:g}" if gain != 1 else "")
+
+
+def _rate_and_gain(name: str) -> tuple[float, float]:
+    """The inverse of :func:`rate_folder`."""
+    rate, _, gain = name[2:].partition("_gain")
+    return float(rate), float(gain or 1)
 
 
 def folder(config: CompareConfig, cell: str, seed: int) -> Path:
@@ -131,7 +147,8 @@ def execute(config: CompareConfig, cell: str, seed: int, hidden: int) -> dict:
     except CompareError as err:
         if err.exit_code != 1 or err.crashed:  # interrupted, a bad option, or a bug: not the run's outcome
             raise
-        record = {"cell": cell, "seed": seed, "hidden": hidden, "lr": config.lr, "failed": str(err)}
+        record = {"cell": cell, "seed": seed, "hidden": hidden, "lr": config.lr, "init_gain": config.init_gain,
+                  "failed": str(err)}
         run.mkdir(parents=True, exist_ok=True)
         failed.write_text(json.dumps(record, indent=1))
         return record
@@ -148,7 +165,8 @@ def run_phase(phase: str, p: Plan, out: Path, cells: list[str], jobs: int) -> No
         config, cell, seed = job
         row = execute(config, cell, seed, widths[cell])
         state = "FAILED" if "failed" in row else f"valid ppl {row['valid_ppl']:.3f}"
-        print(f"{phase} {cell} lr {config.lr:g} seed {seed}: {state}", file=sys.stderr, flush=True)
+        gain = f" init gain {config.init_gain:g}" if config.init_gain != 1 else ""
+        print(f"{phase} {cell} lr {config.lr:g}{gain} seed {seed}: {state}", file=sys.stderr, flush=True)
         return row
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
@@ -218,15 +236,16 @@ def recheck(p: Plan, out: Path, cells: list[str], jobs: int) -> None:
 
 # -- reading the record back ------------------------------------------------------------------------
 def rows_of(phase_folder: Path) -> list[dict]:
-    """Every finished or failed run under a phase's folder, with its rate and phase (the folder's name)."""
+    """Every finished or failed run under a phase's folder, with its rate, initial recurrent gain and
+    phase (from the folders' names)."""
     rows = []
     for rate in sorted(phase_folder.glob("lr*")):
-        lr = float(rate.name[2:])
+        lr, gain = _rate_and_gain(rate.name)
         for path in sorted(rate.glob("runs/*/seed*")):
             for name in ("compare.json", "failed.json"):
                 if (path / name).is_file():
-                    rows.append({**json.loads((path / name).read_text()), "lr": lr, "folder": str(path),
-                                 "phase": phase_folder.name})
+                    rows.append({**json.loads((path / name).read_text()), "lr": lr, "init_gain": gain,
+                                 "folder": str(path), "phase": phase_folder.name})
     return rows
 
 

@@ -81,6 +81,25 @@ def verdicts(row: dict, logged: bool = False) -> tuple[str | None, str | None]:
     return (found.get("check_0") or {}).get("verdict"), (found.get("check_0.05") or {}).get("verdict")
 
 
+def label(row: dict) -> str:
+    """A run's cell, with its initial recurrent gain where it is not 1."""
+    gain = row.get("init_gain", 1)
+    return row["cell"] + (f", recurrent weights ×{gain:g} at initialisation" if gain != 1 else "")
+
+
+def fail_table(fail: list[dict], unigram: float) -> list[str]:
+    """Every run made to fail: the check's verdicts (today's) and margins before training and at
+    5 %, and what became of it."""
+    lines = ["| run | lr | at initialisation (margin) | at 5 % (margin) | outcome | validation loss |",
+             "|---|---|---|---|---|---|"]
+    for r in fail:
+        found = found_checks(r)
+        at = [f"{c['verdict']} ({c['margin']:+.2f})" if (c := found.get(k)) else "—" for k in ("check_0", "check_0.05")]
+        loss = "failed" if "failed" in r else f"{r['valid_loss']:.3f}"
+        lines.append(f"| {label(r)} | {r['lr']:g} | {at[0]} | {at[1]} | {outcome(r, unigram)} | {loss} |")
+    return lines
+
+
 def sweep_table(sweep: list[dict], cells: list[str], rates, unigram: float) -> list[str]:
     lines = ["| cell | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | rates that train |",
              "|---|" + "---|" * (len(rates) + 1)]
@@ -188,19 +207,22 @@ def prediction(all_runs: list[dict], unigram: float) -> tuple[list[str], list[di
     the sweep and the failures: on those runs its figures are in-sample); and the runs today's
     verdict gets wrong."""
     rows = [r for r in all_runs if verdicts(r, logged=True)[0] is not None]  # the runs with ODE layers
-    at_convergence = [r for r in rows if r["phase"] == "seeds"]
+    # what the far-field condition was not designed on: the runs at convergence, and the runs made to
+    # fail by their initial weights (added after it)
+    later = [r for r in rows if r["phase"] == "seeds" or r.get("init_gain", 1) != 1]
     lines = ["In sample and out of it: each predictor's calls (runs predicted to fail that diverged), false "
              "alarms (predicted to fail, did not diverge) and misses (diverged, not predicted), on the sweep and "
-             "the failures (which the far-field condition was designed after) and on the runs at convergence "
-             "(which it had not seen; at initialisation without seed 0, whose initial weights are those of the "
-             "sweep). A run that failed before 5 % of its budget has no check there.", "",
-             "| predictor | check | sweep and failures: calls / false alarms / misses | "
-             "at convergence: calls / false alarms / misses |", "|---|---|---|---|"]
+             "the failures by step and rate (which the far-field condition was designed after), and on the runs "
+             "it had not seen: those at convergence (at initialisation without seed 0, whose initial weights are "
+             "those of the sweep) and those made to fail by their initial recurrent weights. A run that failed "
+             "before 5 % of its budget has no check there.", "",
+             "| predictor | check | sweep, failures by step and rate: calls / false alarms / misses | "
+             "at convergence, failures by initial weights: calls / false alarms / misses |", "|---|---|---|---|"]
     for name, _, logged, rule in PREDICTORS[1:]:
         for when, key in CHECKS:
             counts = []
-            unseen = [r for r in at_convergence if key != "check_0" or r["seed"] != 0]
-            for subset in ([r for r in rows if r not in at_convergence], unseen):
+            unseen = [r for r in later if key != "check_0" or r["phase"] != "seeds" or r["seed"] != 0]
+            for subset in ([r for r in rows if r not in later], unseen):
                 t = confusion(subset, unigram, logged, rule, key)
                 counts.append(f"{t[(True, 'diverged')]} / {t[(True, 'unstable')] + t[(True, 'trained')]} / "
                               f"{t[(False, 'diverged')]} (of {sum(t.values())})")
@@ -232,7 +254,7 @@ def prediction(all_runs: list[dict], unigram: float) -> tuple[list[str], list[di
             restored = "; ".join(" / ".join({True: "yes", False: "no", None: "—"}[(found.get(k) or {}).get(c)]
                                             for c in ("far_field", "restoring_far_field"))
                                   for k in ("check_0", "check_0.05"))
-            lines.append(f"| {r['cell']} ({r['phase']}, seed {r['seed']}) | {r['lr']:g} | {v0} | {v5 or '—'} | {restored} | "
+            lines.append(f"| {label(r)} ({r['phase']}, seed {r['seed']}) | {r['lr']:g} | {v0} | {v5 or '—'} | {restored} | "
                          f"{state} | {loss} |")
     return lines + [""], rows
 
@@ -483,7 +505,10 @@ def report(plan, out: Path, cells: list[str], docs: str | None = None) -> str:
             "**Robustness** (validation perplexity with a fraction of the input characters replaced):", "",
             *robustness_table(seeds, cells), "",
             "**The seed claims**", "", *claims(plan, sweep, seeds, cells, target, unigram),
-            "**Does the stability check predict failure?**", "", *confusion,
+            "**Does the stability check predict failure?**", "",
+            "The runs made to fail (one epoch, seed 0; today's check, with the margin of the sampled spectrum: "
+            "below 0, the step amplifies near the trajectory; an unstable step with a positive margin is the far "
+            "field's, a step that pushes large states out):", "", *fail_table(fail, unigram), "", *confusion,
             *(f"![{name}](figures/{name})" for name in pictures)]
     markdown = "\n".join(text) + "\n"
     if docs:

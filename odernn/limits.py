@@ -209,6 +209,7 @@ DECAY = Real(0.0, 1.0, low_open=True)
 WEIGHT = Real(0.0, 1e6)               # weight decay, clipping, the Jacobian penalty's λ
 TEMPERATURE = Real(0.0, 1_000.0, low_open=True)
 SECONDS = Real(0.0, 1e7, low_open=True)
+GAIN = Real(0.0, 1e3, low_open=True)  # a factor on initial weights
 COEFFICIENT = Real(-1e6, 1e6)         # a field's own constants: γ, ε, α, β, init_std
 AXIS = Real(-1e6, 1e6)                # plot windows
 FILE = Location("file")
@@ -250,6 +251,7 @@ TABLE = {  # kind: (what it bounds, where)
     "WEIGHT": (WEIGHT, "--weight-decay, --clip, --jac-reg"),
     "TEMPERATURE": (TEMPERATURE, "generate/evaluate --temperature"),
     "SECONDS": (SECONDS, "--max-seconds"),
+    "GAIN": (GAIN, "--init-gain (a factor on the initial recurrent weights)"),
     "COEFFICIENT": (COEFFICIENT, "a field's constants: spec gamma=, epsilon=, alpha=, beta=, init_std=, damping="),
     "AXIS": (AXIS, "tableau plot --xlim, --ylim"),
     "EIGEN_WORK": (f"at most {EIGEN_WORK:.0e}", "stability check/plot: --samples × (blocks × hidden size)³, "

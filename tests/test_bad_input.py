@@ -165,6 +165,8 @@ TRAIN_CASES = [
     (["--out", "EMPTYDIR", "--resume"], "no checkpoint"),
     (["--corpus", "tinyshakespeare", "--cell", "gru-ode:rk4:steps=0"], "steps"),
     (["--corpus", "tinyshakespeare", "--bptt", "60000", "--train-tokens", "5000"], "longer than"),
+    (["--corpus", "tinyshakespeare", "--init-gain", "0"], "--init-gain: must be a finite number in (0, 1000]"),
+    (["--corpus", "tinyshakespeare", "--cell", "urnn", "--init-gain", "4"], "no free recurrent weight"),
 ]
 
 

@@ -242,9 +242,9 @@ def test_irregular_sampling_quick_training_lowers_the_error(capsys):
 
 def test_seeds_study_smoke(tmp_path, monkeypatch):
     """benchmarks/seeds_study.py (issue 24's study) on a small text and budgets of seconds: every
-    phase runs; the cell's rate is its sweep's best; the run made to fail (forward Euler at Δ = 3)
-    is recorded as diverged, and the check at initialisation called it; the report, asked again,
-    trains nothing and says the same."""
+    phase runs; the cell's rate is its sweep's best; the runs made to fail (forward Euler at Δ = 3,
+    and recurrent weights ×8 at initialisation) are recorded as diverged, and the check at
+    initialisation called them; the report, asked again, trains nothing and says the same."""
     text = tmp_path / "verse.txt"
     text.write_text("".join(f"{k} shall I compare thee to a summer's day? thou art more lovely.\n" for k in range(150)))
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # in this process: its runs are the only new processes
@@ -261,9 +261,13 @@ def test_seeds_study_smoke(tmp_path, monkeypatch):
     losses = [float(cell.split()[0]) for cell in sweep.strip("|").split("|")[1:3]]
     best = (2e-3, 3.2e-2)[losses.index(min(losses))]
     assert f"Chosen rates: gru-ode:euler {best:g}." in out
-    assert "Runs finished: 2 of the sweep, 1 at convergence, 1 made to fail." in out
+    assert "Runs finished: 2 of the sweep, 1 at convergence, 2 made to fail." in out
     at_init = lines.index(next(line for line in lines if line.startswith("Verdict at initialisation")))
-    assert lines[at_init + 4].startswith("| to fail | 1 |")  # the Δ = 3 run: diverged, called
+    assert lines[at_init + 4].startswith("| to fail | 2 |")  # the Δ = 3 run and the ×8 weights: diverged, called
+    # the run made to fail by its initial weights: its own folder, named in the table, diverged
+    assert (tmp_path / "study" / "fail" / "lr0.002_gain8" / "runs" / "rnn_euler" / "seed0" / "compare.json").is_file()
+    assert any(line.startswith("| rnn:euler, recurrent weights ×8 at initialisation | 0.002 | unstable step")
+               and "| diverged |" in line for line in lines)
     finished = next((tmp_path / "study" / "seeds").glob("lr*/runs/*/seed0/compare.json"))
     stamp = finished.stat().st_mtime_ns
     again = script_("report", *study)

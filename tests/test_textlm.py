@@ -324,6 +324,44 @@ def interrupt_in_fifth_update(trainer, update: int = 5):
         trainer.run()
 
 
+@pytest.mark.parametrize("cell, layers, scaled", [
+    ("gru-ode:rk4", 2, {"layers.0.0.weight_hh", "layers.0.1.weight_hh"}),
+    ("lem", 1, {"layers.0.0.weight_hh_y", "layers.0.0.weight_hh_z"}),
+    ("cornn", 1, {"layers.0.0.base.weight_hh"}),  # not its order weights 𝒲: the option names weight_hh
+    (["torch-lstm", "rnn:euler"], 2, {"layers.0.weight_hh_l0", "layers.1.0.weight_hh"})])
+def test_the_recurrent_weights_are_those_pytorch_names_weight_hh(cell, layers, scaled):
+    model = LanguageModel(vocab_size=7, cell=cell, layers=layers, hidden=4)
+    assert set(model.recurrent_weights()) == scaled
+
+
+def test_init_gain_scales_the_recurrent_weights_and_nothing_else(tmp_path):
+    """``--init-gain G`` (a large initial recurrent scale, the runs made to fail in issue 24's
+    study): the recurrent weights are the same seed's times G, bit for bit, in a PyTorch layer and
+    in an ODE layer; every other weight is the same seed's; a resumed run keeps its checkpoint's
+    weights (not scaled again)."""
+    cell, layers = ["torch-lstm", "rnn:euler"], 2
+    plain = Trainer(config(tmp_path / "a", cell=cell, layers=layers))
+    gained = Trainer(config(tmp_path / "b", cell=cell, layers=layers, init_gain=3.0))
+    recurrent = gained.model.recurrent_weights()
+    before = dict(plain.model.named_parameters())
+    for name, weight in gained.model.named_parameters():
+        factor = 3.0 if any(weight is w for w in recurrent.values()) else 1.0
+        assert torch.equal(weight, before[name] * factor), name
+    gained.run()
+    resumed = Trainer(config(tmp_path / "b", cell=cell, layers=layers, init_gain=3.0), resume=True)
+    assert all(torch.equal(w, weights(gained)[k]) for k, w in weights(resumed).items())
+
+
+@pytest.mark.parametrize("cell", ["urnn", "antisymmetric", "lipschitz"])
+def test_init_gain_refuses_a_cell_without_free_recurrent_weights(cell):
+    """URNN's recurrent weight is orthogonal (its scale is its constraint's), antisymmetric's and
+    Lipschitz's have their own structure: scaling nothing silently would be a run that is not what
+    it says, so it is refused with the reason."""
+    model = LanguageModel(vocab_size=7, cell=cell, hidden=4)
+    with pytest.raises(ModelError, match="no free recurrent weight named weight_hh"):
+        model.scale_recurrent_weights(2.0)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("precision", ["float64", "bf16"])
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, device, precision):

@@ -62,6 +62,7 @@ class CompareConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     clip: float = 1.0
+    init_gain: float = 1.0  # the recurrent weights at initialisation × this (train --init-gain)
     schedule: str = "cosine"
     decay_after: int = 4
     decay: float = 0.5
@@ -162,7 +163,8 @@ def train_command(config: CompareConfig, cell: str, seed: int, hidden: int, run:
                  "--dropout", str(config.dropout), "--grad", config.grad, "--batch-size", str(config.batch_size),
                  "--bptt", str(config.bptt), "--optimizer", config.optimizer, "--lr", str(config.lr),
                  "--momentum", str(config.momentum), "--weight-decay", str(config.weight_decay),
-                 "--clip", str(config.clip), "--schedule", config.schedule, "--decay-after", str(config.decay_after),
+                 "--clip", str(config.clip), "--init-gain", str(config.init_gain), "--schedule", config.schedule,
+                 "--decay-after", str(config.decay_after),
                  "--decay", str(config.decay), "--precision", config.precision,
                  *(["--compile-elementwise"] if config.compile_elementwise else []),
                  *(["--cuda-graphs"] if config.cuda_graphs else []),

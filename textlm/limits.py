@@ -22,7 +22,7 @@ KINDS = {
     # optimisation
     "batch_size": L.BATCH, "bptt": L.BPTT, "lr": L.RATE, "weight_decay": L.WEIGHT, "momentum": L.PROBABILITY,
     "warmup": L.CADENCE, "min_lr_ratio": L.FRACTION, "decay_after": L.CADENCE, "decay": L.DECAY, "clip": L.WEIGHT,
-    "jac_reg": L.WEIGHT, "max_tokens": L.TOKENS, "epochs": L.EPOCHS, "max_seconds": L.SECONDS, "seed": L.SEED,
+    "jac_reg": L.WEIGHT, "init_gain": L.GAIN, "max_tokens": L.TOKENS, "epochs": L.EPOCHS, "max_seconds": L.SECONDS, "seed": L.SEED,
     "seeds": L.SEED, "max_nan_recoveries": L.RECOVERIES,
     # bookkeeping
     "eval_every": L.CADENCE, "eval_tokens": L.TOKENS, "checkpoint_every": L.PERIOD, "log_every": L.PERIOD,

@@ -371,6 +371,34 @@ class LanguageModel(nn.Module):
     def ode_cells(self) -> list:
         return [cell for cell in self.layer_cells() if cell is not None]
 
+    def recurrent_weights(self) -> dict[str, nn.Parameter]:
+        """The weights through which each layer's state enters its next step, by name: those
+        PyTorch names ``weight_hh`` (``nn.RNN``, ``nn.GRU``, ``nn.LSTM``, and the ODE fields that keep
+        their layout: ``weight_hh``, LEM's ``weight_hh_y`` and ``weight_hh_z``, coRNN's
+        ``base.weight_hh``). A parametrised one (URNN's orthogonal ``weight_hh``) is not among them:
+        its scale is fixed by its constraint. Fields with other structure (antisymmetric,
+        Lipschitz) have none of these names, and give none."""
+        found = {}
+        for g, stack in enumerate(self.layers):
+            modules = [(f"{k}.", cell.field) for k, cell in enumerate(stack.cells)] or [("", stack.rnn)]
+            for prefix, module in modules:
+                found.update({f"layers.{g}.{prefix}{name}": p for name, p in module.named_parameters()
+                              if name.rsplit(".", 1)[-1].startswith("weight_hh")})
+        return found
+
+    def scale_recurrent_weights(self, gain: float) -> None:
+        """Multiply :meth:`recurrent_weights` by ``gain`` (a large initial recurrent scale, the
+        classical way to make a recurrent network's training unstable); a model without such
+        weights is refused rather than left as it was."""
+        weights = self.recurrent_weights()
+        if not weights:
+            raise ModelError(f"{', '.join(dict.fromkeys(self.config.cell))}: no free recurrent weight named weight_hh "
+                             "to scale (--init-gain scales the weights PyTorch's recurrent layers name so; a "
+                             "constrained one, such as URNN's orthogonal weight_hh, keeps its scale)")
+        with torch.no_grad():
+            for weight in weights.values():
+                weight.mul_(gain)
+
     def implicit(self) -> bool:
         """Whether an ODE layer's tableau is implicit (its stage equations give first derivatives only)."""
         return any(isinstance(cell.scheme, odernn.ImplicitScheme) for cell in self.ode_cells())

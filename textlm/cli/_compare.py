@@ -49,6 +49,8 @@ def register(sub, formatter) -> None:
     p.add_argument("--momentum", type=argument("momentum"), default=d.momentum, help="SGD momentum")
     p.add_argument("--weight-decay", type=argument("weight_decay"), default=d.weight_decay)
     p.add_argument("--clip", type=argument("clip"), default=d.clip, help="gradient-norm clipping (0: none)")
+    p.add_argument("--init-gain", type=argument("init_gain"), default=d.init_gain, metavar="G",
+                   help="as in 'odernn train': the recurrent weights × G at initialisation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar per run (a line per finished run stays)")
     p.add_argument("--schedule", choices=("cosine", "constant", "step"), default=d.schedule,
                    help="as in 'odernn train'")
@@ -85,7 +87,8 @@ def cmd_compare(args) -> int:
                                cells=args.cells, seeds=args.seeds, params=args.params, hidden=args.hidden,
                                layers=args.layers, dropout=args.dropout, grad=args.grad, batch_size=args.batch_size,
                                bptt=args.bptt, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-                               weight_decay=args.weight_decay, clip=args.clip, schedule=args.schedule,
+                               weight_decay=args.weight_decay, clip=args.clip, init_gain=args.init_gain,
+                               schedule=args.schedule,
                                decay_after=args.decay_after, decay=args.decay, max_tokens=args.max_tokens,
                                epochs=args.epochs, max_seconds=args.max_seconds, eval_every=args.eval_every,
                                eval_tokens=args.eval_tokens, patience=args.patience, check_at=args.check_at,
