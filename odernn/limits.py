@@ -209,7 +209,7 @@ DECAY = Real(0.0, 1.0, low_open=True)
 WEIGHT = Real(0.0, 1e6)               # weight decay, clipping, the Jacobian penalty's λ
 TEMPERATURE = Real(0.0, 1_000.0, low_open=True)
 SECONDS = Real(0.0, 1e7, low_open=True)
-GAIN = Real(0.0, 1e3, low_open=True)  # a factor on initial weights
+GAIN = Real(1e-3, 1e3)  # a factor on initial weights (not so small that float32 weights underflow)
 COEFFICIENT = Real(-1e6, 1e6)         # a field's own constants: γ, ε, α, β, init_std
 AXIS = Real(-1e6, 1e6)                # plot windows
 FILE = Location("file")

@@ -165,7 +165,7 @@ TRAIN_CASES = [
     (["--out", "EMPTYDIR", "--resume"], "no checkpoint"),
     (["--corpus", "tinyshakespeare", "--cell", "gru-ode:rk4:steps=0"], "steps"),
     (["--corpus", "tinyshakespeare", "--bptt", "60000", "--train-tokens", "5000"], "longer than"),
-    (["--corpus", "tinyshakespeare", "--init-gain", "0"], "--init-gain: must be a finite number in (0, 1000]"),
+    (["--corpus", "tinyshakespeare", "--init-gain", "0"], "--init-gain: must be a finite number in [0.001, 1000]"),
     (["--corpus", "tinyshakespeare", "--cell", "urnn", "--init-gain", "4"], "no free recurrent weight"),
 ]
 
@@ -276,6 +276,14 @@ def test_two_runs_on_one_folder_are_refused(tmp_path):
 def test_compare_with_an_unknown_cell(tmp_path):
     code, _, err = run("compare", "--cells", "torch-gru", "gru-odd", "--out", str(tmp_path))
     assert code == 2 and "--cells gru-odd" in err and err.count("\n") == 1
+
+
+def test_compare_refuses_an_init_gain_a_cell_cannot_take_before_training(tmp_path):
+    """The cell without free recurrent weights is named before any run trains (not after the
+    others have: the same command again would fail the same way)."""
+    code, _, err = run("compare", "--cells", "torch-gru", "urnn", "--init-gain", "4", "--out", str(tmp_path))
+    assert code == 2 and "--cells urnn with --init-gain" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()
 
 
 # --- interrupts ----------------------------------------------------------------------------------

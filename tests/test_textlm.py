@@ -325,13 +325,19 @@ def interrupt_in_fifth_update(trainer, update: int = 5):
 
 
 @pytest.mark.parametrize("cell, layers, scaled", [
-    ("gru-ode:rk4", 2, {"layers.0.0.weight_hh", "layers.0.1.weight_hh"}),
-    ("lem", 1, {"layers.0.0.weight_hh_y", "layers.0.0.weight_hh_z"}),
-    ("cornn", 1, {"layers.0.0.base.weight_hh"}),  # not its order weights 𝒲: the option names weight_hh
-    (["torch-lstm", "rnn:euler"], 2, {"layers.0.weight_hh_l0", "layers.1.0.weight_hh"})])
-def test_the_recurrent_weights_are_those_pytorch_names_weight_hh(cell, layers, scaled):
+    ("gru-ode:rk4", 2, {"layers.0.rnn.weight_hh_l0", "layers.0.rnn.weight_hh_l1"}),
+    ("lem", 1, {"layers.0.rnn.weight_hh_y_l0", "layers.0.rnn.weight_hh_z_l0"}),
+    ("cornn", 1, {"layers.0.rnn.base_weight_hh_l0", "layers.0.rnn.order_weights_0_l0"}),  # W and 𝒲
+    ("rnn:order=3", 1, {"layers.0.rnn.base_weight_hh_l0", "layers.0.rnn.order_weights_0_l0",
+                        "layers.0.rnn.order_weights_1_l0"}),
+    ("unicornn", 1, {"layers.0.rnn.weight_hh_l0"}),  # its diagonal
+    (["torch-lstm", "rnn:euler"], 2, {"layers.0.rnn.weight_hh_l0", "layers.1.rnn.weight_hh_l0"})])
+def test_the_recurrent_weights_are_the_free_weights_on_the_state(cell, layers, scaled):
+    """The weights ``--init-gain`` scales: PyTorch's ``weight_hh`` (kept by the ODE fields with its
+    layout) and a higher-order field's ``order_weights``, by the model's own parameter names."""
     model = LanguageModel(vocab_size=7, cell=cell, layers=layers, hidden=4)
     assert set(model.recurrent_weights()) == scaled
+    assert all(model.get_parameter(name) is weight for name, weight in model.recurrent_weights().items())
 
 
 def test_init_gain_scales_the_recurrent_weights_and_nothing_else(tmp_path):
@@ -352,14 +358,18 @@ def test_init_gain_scales_the_recurrent_weights_and_nothing_else(tmp_path):
     assert all(torch.equal(w, weights(gained)[k]) for k, w in weights(resumed).items())
 
 
-@pytest.mark.parametrize("cell", ["urnn", "antisymmetric", "lipschitz"])
-def test_init_gain_refuses_a_cell_without_free_recurrent_weights(cell):
-    """URNN's recurrent weight is orthogonal (its scale is its constraint's), antisymmetric's and
-    Lipschitz's have their own structure: scaling nothing silently would be a run that is not what
-    it says, so it is refused with the reason."""
-    model = LanguageModel(vocab_size=7, cell=cell, hidden=4)
-    with pytest.raises(ModelError, match="no free recurrent weight named weight_hh"):
+@pytest.mark.parametrize("cell", ["urnn", "antisymmetric", "lipschitz", "rnn:constraint=spectral",
+                                  ["torch-gru", "urnn"]])
+def test_init_gain_refuses_a_layer_without_free_recurrent_weights(cell):
+    """URNN's recurrent weight is orthogonal and a spectral constraint's is bounded (their scales
+    are their constraints'), antisymmetric's and Lipschitz's have their own structure: scaling
+    nothing silently, or one layer of two, would be a run that is not what it says, so it is
+    refused with the layer and the reason, before any weight changes."""
+    model = LanguageModel(vocab_size=7, cell=cell, layers=1 if isinstance(cell, str) else 2, hidden=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ModelError, match=r"(urnn|antisymmetric|lipschitz|spectral): no free recurrent weight"):
         model.scale_recurrent_weights(2.0)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("device", DEVICES)

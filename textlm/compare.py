@@ -461,7 +461,9 @@ def compare(config: CompareConfig, progress=print, bars: bool = False) -> tuple[
     devices = sorted({r.get("device", "cpu") for r in rows})
     header = (f"{corpus.name} ({corpus.level} level), {config.layers} layer(s), batch {config.batch_size} × bptt "
               f"{config.bptt}, {'SGD' if config.optimizer == 'sgd' else 'AdamW'} lr {config.lr:g} {schedule}, clip "
-              f"{config.clip:g}, dropout {config.dropout:g}, grad {config.grad}, {config.precision} on "
+              f"{config.clip:g}, dropout {config.dropout:g}, grad {config.grad}"
+              + (f", recurrent weights ×{config.init_gain:g} at initialisation" if config.init_gain != 1 else "")
+              + f", {config.precision} on "
               f"{', '.join(devices)}, budget {budget} per run, seeds {', '.join(map(str, config.seeds))}"
               + (f", parameter budget {config.params:,}" if config.params else f", hidden {config.hidden}")
               + (f", early stopping after {config.patience} validations without a new best" if config.patience else "")

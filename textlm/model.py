@@ -176,6 +176,14 @@ def _first_block(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output[0]
 
 
+def _recurrent(name: str) -> bool:
+    """Whether a field's parameter ``name`` is a free recurrent weight (see
+    :meth:`LanguageModel.recurrent_weights_per_layer`)."""
+    parts = name.split(".")
+    return "parametrizations" not in parts and any(part.startswith("weight_hh") or part == "order_weights"
+                                                   for part in parts)
+
+
 class RecurrentStack(nn.Module):
     """``layers`` equal recurrent layers over ``(T, B, ·)``: ``forward(x, state) -> (output, state)``
     with ``state`` in ``nn.GRU``'s layout ``(layers, B, H)`` (a tuple for two-block cells)."""
@@ -372,31 +380,39 @@ class LanguageModel(nn.Module):
         return [cell for cell in self.layer_cells() if cell is not None]
 
     def recurrent_weights(self) -> dict[str, nn.Parameter]:
-        """The weights through which each layer's state enters its next step, by name: those
-        PyTorch names ``weight_hh`` (``nn.RNN``, ``nn.GRU``, ``nn.LSTM``, and the ODE fields that keep
-        their layout: ``weight_hh``, LEM's ``weight_hh_y`` and ``weight_hh_z``, coRNN's
-        ``base.weight_hh``). A parametrised one (URNN's orthogonal ``weight_hh``) is not among them:
-        its scale is fixed by its constraint. Fields with other structure (antisymmetric,
-        Lipschitz) have none of these names, and give none."""
-        found = {}
-        for g, stack in enumerate(self.layers):
-            modules = [(f"{k}.", cell.field) for k, cell in enumerate(stack.cells)] or [("", stack.rnn)]
-            for prefix, module in modules:
-                found.update({f"layers.{g}.{prefix}{name}": p for name, p in module.named_parameters()
-                              if name.rsplit(".", 1)[-1].startswith("weight_hh")})
-        return found
+        """The free weights through which the layers' states enter their next steps, by parameter
+        name (:meth:`recurrent_weights_per_layer`, merged)."""
+        return {name: weight for _, weights in self.recurrent_weights_per_layer() for name, weight in weights.items()}
+
+    def recurrent_weights_per_layer(self) -> list[tuple[str, dict[str, nn.Parameter]]]:
+        """``(spec, weights)`` of each layer: the free weights through which its state enters its
+        next step, by parameter name. They are those PyTorch names ``weight_hh`` (``nn.RNN``,
+        ``nn.GRU``, ``nn.LSTM``, and the ODE fields that keep their layout: LEM's ``weight_hh_y`` and
+        ``weight_hh_z``, UnICORNN's diagonal ``weight_hh``) and a higher-order field's
+        ``order_weights`` (coRNN's 𝒲, on its second block). A constrained weight (URNN's orthogonal
+        one, ``constraint=spectral``) is not free: its scale is its constraint's. Fields with other
+        structure (antisymmetric, Lipschitz) have none."""
+        names = {id(p): name for name, p in self.named_parameters()}
+        layers = []
+        for stack in self.layers:
+            if stack.cells:
+                for cell in stack.cells:
+                    layers.append((stack.spec, [p for name, p in cell.field.named_parameters() if _recurrent(name)]))
+            else:  # a PyTorch layer
+                layers += [(stack.spec, [getattr(stack.rnn, f"weight_hh_l{k}")]) for k in range(stack.layers)]
+        return [(spec, {names[id(p)]: p for p in weights}) for spec, weights in layers]
 
     def scale_recurrent_weights(self, gain: float) -> None:
         """Multiply :meth:`recurrent_weights` by ``gain`` (a large initial recurrent scale, the
-        classical way to make a recurrent network's training unstable); a model without such
-        weights is refused rather than left as it was."""
-        weights = self.recurrent_weights()
-        if not weights:
-            raise ModelError(f"{', '.join(dict.fromkeys(self.config.cell))}: no free recurrent weight named weight_hh "
-                             "to scale (--init-gain scales the weights PyTorch's recurrent layers name so; a "
-                             "constrained one, such as URNN's orthogonal weight_hh, keeps its scale)")
+        classical way to make a recurrent network's training unstable). A layer without such
+        weights is refused rather than left as it was: the run would not be what it says."""
+        for spec, weights in self.recurrent_weights_per_layer():
+            if not weights:
+                raise ModelError(f"{spec}: no free recurrent weight to scale (--init-gain scales the weights "
+                                 "PyTorch names weight_hh and a higher-order field's order_weights; a constrained "
+                                 "one, such as URNN's orthogonal weight_hh, keeps its scale)")
         with torch.no_grad():
-            for weight in weights.values():
+            for weight in self.recurrent_weights().values():
                 weight.mul_(gain)
 
     def implicit(self) -> bool:

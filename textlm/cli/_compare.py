@@ -100,7 +100,7 @@ def cmd_compare(args) -> int:
     from textlm.runtime import Runtime
     Runtime.of(config.device, config.precision)  # no CUDA: one line now, not one per run
     import odernn
-    from textlm.model import TORCH_CELLS
+    from textlm.model import TORCH_CELLS, LanguageModel, ModelError
     for cell in config.cells:  # fail before hours of training, not in the middle
         if cell.lower() not in TORCH_CELLS:
             try:
@@ -108,6 +108,11 @@ def cmd_compare(args) -> int:
                 odernn.cell(cell, 2, 2)
             except odernn.CellSpecError as err:
                 raise CLIError(f"--cells {cell}: {err}") from None
+        if config.init_gain != 1.0:
+            try:
+                LanguageModel(vocab_size=2, cell=cell, layers=config.layers, hidden=2).scale_recurrent_weights(1.0)
+            except ModelError as err:
+                raise CLIError(f"--cells {cell} with --init-gain: {err}") from None
     try:
         rows, markdown = compare(config, progress=lambda line: print(line, file=sys.stderr, flush=True),
                                  bars=not args.no_progress)

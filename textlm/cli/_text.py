@@ -78,8 +78,9 @@ def _options(p, defaults) -> None:
     opt.add_argument("--warmup", type=argument("warmup"), default=defaults.warmup, help="warm-up steps")
     opt.add_argument("--clip", type=argument("clip"), default=defaults.clip, help="gradient-norm clipping (0: none)")
     opt.add_argument("--init-gain", type=argument("init_gain"), default=defaults.init_gain, metavar="G",
-                     help="multiply the recurrent weights (those PyTorch names weight_hh) by G at initialisation: a "
-                          "large initial recurrent scale, to see whether training stays stable (default 1)")
+                     help="multiply the recurrent weights (those PyTorch names weight_hh, and a higher-order "
+                          "field's order_weights) by G at initialisation: a large initial recurrent scale, to see "
+                          "whether training stays stable (default 1)")
     opt.add_argument("--jac-reg", type=argument("jac_reg"), default=defaults.jac_reg, metavar="λ",
                      help="add λ·(‖vᵀ ∂y⁺/∂y‖ − 1)², a random unit v, at each batch's starting states: pulls each "
                           "ODE cell's step amplification towards 1 (stability.jacobian_penalty; 0: off)")
