@@ -310,6 +310,17 @@ def _values(values: list[float | None], digits: int, infinite: str) -> str:
     return text
 
 
+def _glance(verdicts: list[str]) -> str:
+    """One cell of the at-a-glance table: the verdicts against the classical cells, grouped."""
+    groups = {}
+    for other, verdict in zip(CLASSICAL, verdicts):
+        key = "a tie" if verdict.endswith("(a tie)") else verdict.split(" (")[0]
+        groups.setdefault(key, []).append(other.removeprefix("torch-"))
+    if len(groups) == 1:
+        return f"{next(iter(groups))} (all {len(CLASSICAL)})"
+    return "; ".join(f"{verdict} ({', '.join(others)})" for verdict, others in groups.items())
+
+
 def claims(plan, sweep: list[dict], seeds: list[dict], cells: list[str], target: float | None,
            unigram: float) -> list[str]:
     """Each seed claim, per ODE cell against each classical cell, judged by :func:`separation` of
@@ -369,6 +380,8 @@ def claims(plan, sweep: list[dict], seeds: list[dict], cells: list[str], target:
         return (lambda cell: f"{rates_that_train(cell)} of {len(plan.rates)} rates; {events(cell)} events"), judge
 
     perplexity = pair(lambda r: r["test_ppl"], 3, "failed")
+    short = ["lower perplexity", "faster, in tokens", "faster, in wall time", "more stable", "more robust",
+             "more robust, relative"]
     table = [("**Lower perplexity**: test perplexity of the best weights (whole test split).", perplexity),
              ("**Faster convergence, in tokens** (the abstract): training tokens to the common target; where "
               "neither cell reached it, the validation loss after one epoch.",
@@ -393,6 +406,14 @@ def claims(plan, sweep: list[dict], seeds: list[dict], cells: list[str], target:
              "where every seed loses, and is *inconclusive* where they overlap; with 3 seeds each, a complete "
              "separation is the one-sided exact Mann–Whitney test at p = 0.05; a failed seed, or a target never "
              "reached, counts as the worst value).", ""]
+    judged = [c for c in ode if c in complete]
+    if judged and all(c in complete for c in CLASSICAL):
+        lines += ["**At a glance**: each claim's verdicts against the three classical cells (the tables below give "
+                  "the numbers).", "", "| cell | " + " | ".join(short) + " |", "|---|" + "---|" * len(short)]
+        for cell in judged:
+            lines.append(f"| {cell} | " + " | ".join(_glance([judge(cell, other) for other in CLASSICAL])
+                                                   for _, (_, judge) in table) + " |")
+        lines.append("")
     for title, (value, judge) in table:
         lines += [title, "", "| cell | value | " + " | ".join(f"against {c}" for c in CLASSICAL) + " |",
                   "|---|---|" + "---|" * len(CLASSICAL)]

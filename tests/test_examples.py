@@ -392,6 +392,11 @@ def test_seed_claims_tables(tmp_path, monkeypatch):
         found = next(line for line in lines[start:] if line.startswith(f"| {cell} |"))
         return [part.strip() for part in found.strip("|").split("|")][2:]
     assert row("Lower perplexity", "fast") == ["holds", "holds", "holds"]
+    glance = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ")[1:] for line in lines
+              if line.startswith("| ") and line.count("|") == 8}  # the at-a-glance table: six claims
+    assert glance["fast"][:2] == ["holds (all 3)", "holds (all 3)"]
+    assert glance["fast2"][0] == "inconclusive (all 3)"
+    assert glance["slow"][1] == "holds (rnn); does not hold (lstm, gru)"
     # 4.0, inf, 4.2: the diverged seed is the worst, so no complete separation from anyone
     assert row("Lower perplexity", "fast2") == ["inconclusive"] * 3
     assert row("Lower perplexity", "slow") == ["does not hold"] * 3
