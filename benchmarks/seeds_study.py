@@ -5,8 +5,9 @@ models, faster and more stably — and does the analytic stability check predict
     python benchmarks/seeds_study.py seeds      # per cell, its best rate, 3 seeds, to convergence
     python benchmarks/seeds_study.py fail       # runs made to fail: large steps, rates, initial weights
     python benchmarks/seeds_study.py recheck    # the check of today on runs whose records predate it
+    python benchmarks/seeds_study.py probe      # the training-time probe at 5 % of every run, on its weights
     python benchmarks/seeds_study.py report     # tables, figures and verdicts from what has finished
-    python benchmarks/seeds_study.py all        # the three phases, the recheck, then the report
+    python benchmarks/seeds_study.py all        # the three phases, the recheck, the probe, then the report
 
 **Protocol** (stated in docs/results.md before the numbers). Tiny Shakespeare, character level,
 one layer, about 430,000 parameters for every cell (``odernn compare --params``: each cell gets the
@@ -24,6 +25,9 @@ float32 on the CPU.
   (``--check-at 0 0.05``), its loss spikes, NaN recoveries, gradient norms and steady-state speed.
 - *Recheck*: runs whose records predate the check's far-field condition are checked again by
   today's code on the same weights (retrained from their seed to 5 %, in a scratch folder).
+- *Probe*: the training-time probe (``stability.Probe``) at 5 % of every run's budget, on the
+  run's own weights there (retrained the same way); added after the runs, since the issue asks for
+  the probe's verdict beside the check's.
 
 Each run is an ``odernn compare`` run in its own process (``textlm.compare.run_one``): a finished
 run is never trained again and an interrupted one resumes exactly, so the study can be stopped at
@@ -175,60 +179,116 @@ def run_phase(phase: str, p: Plan, out: Path, cells: list[str], jobs: int) -> No
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def recheck(p: Plan, out: Path, cells: list[str], jobs: int) -> None:
-    """The check's verdicts of every finished run whose records predate the far-field condition
-    (their check records lack ``far_field``), measured again by the code of today on the same
-    weights: the run's own ``odernn train`` command, in a scratch folder, from its seed to 5 % of
-    its budget (training is deterministic on one thread), stopped there. Written to the run's
-    ``recheck.json``; the report prefers it to the verdicts the run logged."""
+def _finished_ode_runs(p: Plan, out: Path, cells: list[str], skip) -> list[tuple[CompareConfig, str, int]]:
+    """``(config, cell, seed)`` of every finished or failed run with ODE layers (a logged check)
+    for which ``skip(run folder, its logged checks)`` is false."""
     todo = []
     for phase in ("sweep", "seeds", "fail"):
         for config, cell, seed in runs(phase, p, out, cells) if phase != "seeds" or (out / "sweep").is_dir() else ():
             run = folder(config, cell, seed)
             logged = [r for r in records({"folder": str(run)}) if r.get("event") == "check"]
-            if (run / "recheck.json").is_file() or not logged or "far_field" in logged[0]:
-                continue  # a recheck done, a torch run (no ODE layer), or checks by today's code
+            if not logged or skip(run, logged):
+                continue  # a torch run (no ODE layer), or one done already
             if (run / "compare.json").is_file() or (run / "failed.json").is_file():
                 todo.append((config, cell, seed))
+    return todo
+
+
+def _retrain(config: CompareConfig, cell: str, seed: int, extra: list[str], reached) -> tuple[list[dict], int | None]:
+    """The run's own ``odernn train`` command (with ``extra`` options that do not change its
+    training), in a scratch folder, from its seed until ``reached(records)`` (training is
+    deterministic on one thread, so the weights on the way are the run's own), stopped there:
+    ``(its records, its exit code if it ended first)``."""
+    import subprocess
+    import tempfile
+    from textlm.compare import train_command
+    run = folder(config, cell, seed)
+    hidden = json.loads(next(run / name for name in ("compare.json", "failed.json")
+                             if (run / name).is_file()).read_text())["hidden"]
+
+    def logged(metrics: Path) -> list[dict]:
+        try:
+            return read_records(metrics) if metrics.is_file() else []
+        except ValueError:  # a line being written
+            return []
+
+    with tempfile.TemporaryDirectory() as scratch:
+        metrics = Path(scratch) / "metrics.jsonl"
+        proc = subprocess.Popen(train_command(config, cell, seed, hidden, Path(scratch)) + extra,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while proc.poll() is None and not reached(logged(metrics)):
+                time.sleep(0.5)
+        finally:  # stopped where it was wanted, or whatever happened here
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        return logged(metrics), proc.returncode
+
+
+def recheck(p: Plan, out: Path, cells: list[str], jobs: int) -> None:
+    """The check's verdicts of every finished run whose records predate the far-field condition
+    (their check records lack ``far_field``), measured again by the code of today on the same
+    weights (:func:`_retrain` to the run's last check). Written to the run's ``recheck.json``; the
+    report prefers it to the verdicts the run logged."""
+    from textlm.compare import checks
+    todo = _finished_ode_runs(p, out, cells, lambda run, logged: (run / "recheck.json").is_file()
+                              or "far_field" in logged[0])
     print(f"recheck: {len(todo)} runs", file=sys.stderr, flush=True)
 
     def one(job):
         config, cell, seed = job
-        import subprocess
-        import tempfile
-        from textlm.compare import checks, train_command
-        run = folder(config, cell, seed)
-        hidden = json.loads(next(run / name for name in ("compare.json", "failed.json")
-                                 if (run / name).is_file()).read_text())["hidden"]
-        def logged(metrics: Path) -> dict:
-            try:
-                return checks(read_records(metrics)) if metrics.is_file() else {}
-            except ValueError:  # a line being written
-                return {}
-
-        with tempfile.TemporaryDirectory() as scratch:
-            metrics = Path(scratch) / "metrics.jsonl"
-            proc = subprocess.Popen(train_command(config, cell, seed, hidden, Path(scratch)),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                while proc.poll() is None and f"check_{max(config.check_at):g}" not in logged(metrics):
-                    time.sleep(0.5)
-            finally:  # stopped at its last check, or whatever happened here
-                if proc.poll() is None:
-                    proc.terminate()
-                    try:
-                        proc.wait(timeout=120)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
-            found = logged(metrics)
+        last = f"check_{max(config.check_at):g}"
+        found, code = _retrain(config, cell, seed, [], lambda records: last in checks(records))
+        found = checks(found)
         if "check_0" not in found:  # the command did not get as far as its first check: nothing to record
-            print(f"recheck {cell} lr {config.lr:g} seed {seed}: no check logged (exit {proc.returncode}); "
-                  "not recorded", file=sys.stderr, flush=True)
+            print(f"recheck {cell} lr {config.lr:g} seed {seed}: no check logged (exit {code}); not recorded",
+                  file=sys.stderr, flush=True)
             return
+        run = folder(config, cell, seed)
         (run / "recheck.json").write_text(json.dumps({"cell": cell, "seed": seed, "lr": config.lr, **found}, indent=1))
         print(f"recheck {cell} lr {config.lr:g} seed {seed}: " + ", ".join(
             f"{k} {v['verdict']}" for k, v in found.items()), file=sys.stderr, flush=True)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(one, todo))
+
+
+def probe(p: Plan, out: Path, cells: list[str], jobs: int) -> None:
+    """The training-time probe (``stability.Probe``, ``odernn train --probe-every``: the margin
+    ``1 − max |R(hλ)|`` of the largest and rightmost eigenvalues of each ODE layer's field at the
+    training batch's carried state) at 5 % of every finished run's budget, the step of its check
+    there, on the run's own weights (:func:`_retrain`). Written to the run's ``probe.json``
+    (``{"probe_0.05": {"step", "margin"}}``; no entry where the run ended before)."""
+    from textlm.compare import checks
+    todo = _finished_ode_runs(p, out, cells, lambda run, logged: (run / "probe.json").is_file())
+    print(f"probe: {len(todo)} runs", file=sys.stderr, flush=True)
+    steps = _steps_per_epoch(p.base)
+
+    def one(job):
+        config, cell, seed = job
+        at = max(1, round(0.05 * config.epochs * steps))  # as train's --check-at 0.05
+        # until the check at 5 % that follows the probe at the same step: the check is the witness
+        # that these are the run's own weights (it must equal the one the run logged)
+        found, code = _retrain(config, cell, seed, ["--probe-every", str(at)],
+                               lambda records: "check_0.05" in checks(records))
+        margins = [r["margin"] for r in found if r.get("event") == "probe" and r["step"] == at]
+        record = {"cell": cell, "seed": seed, "lr": config.lr}
+        if margins:
+            record["probe_0.05"] = {"step": at, "margin": min(margins)}  # the worst layer's
+            record["witness"] = checks(found).get("check_0.05")
+        elif code != 1:  # interrupted, or a bug: not the run's outcome (exit 1: training could not go on)
+            print(f"probe {cell} lr {config.lr:g} seed {seed}: no probe logged (exit {code}); not recorded",
+                  file=sys.stderr, flush=True)
+            return
+        run = folder(config, cell, seed)
+        (run / "probe.json").write_text(json.dumps(record, indent=1))
+        print(f"probe {cell} lr {config.lr:g} seed {seed}: " + (f"margin {min(margins):+.3f}" if margins else
+              f"ended before step {at} (exit {code})"), file=sys.stderr, flush=True)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(one, todo))
@@ -287,7 +347,7 @@ def outcome(row: dict, unigram: float) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("phase", choices=("sweep", "seeds", "fail", "recheck", "report", "all"))
+    parser.add_argument("phase", choices=("sweep", "seeds", "fail", "recheck", "probe", "report", "all"))
     parser.add_argument("--out", default="benchmarks/results/seeds_study", help="the study's folder")
     parser.add_argument("--cells", nargs="+", default=CELLS)
     parser.add_argument("--jobs", type=_positive, default=2, help="runs at once, one thread each (default 2)")
@@ -311,12 +371,15 @@ def _study(args, parser) -> int:
     except (ValueError, CorpusError, ModelError) as err:
         parser.error(str(err))
     out = Path(args.out)
-    phases = ("sweep", "seeds", "fail") if args.phase == "all" else () if args.phase in ("report", "recheck") else (args.phase,)
+    phases = ("sweep", "seeds", "fail") if args.phase == "all" else \
+        (args.phase,) if args.phase in ("sweep", "seeds", "fail") else ()
     try:
         for phase in phases:
             run_phase(phase, p, out, args.cells, args.jobs)
         if args.phase in ("recheck", "all"):
             recheck(p, out, args.cells, args.jobs)
+        if args.phase in ("probe", "all"):
+            probe(p, out, args.cells, args.jobs)
     except CompareError as err:  # a run interrupted from outside, or one that could not start
         print(f"{parser.prog}: {err}", file=sys.stderr)
         return err.exit_code or 1

@@ -71,8 +71,13 @@ def found_checks(row: dict, logged: bool = False) -> dict:
     ``logged`` what the run logged (a failed run's from its metrics)."""
     again = Path(row["folder"]) / "recheck.json"
     if not logged and again.is_file():
-        return json.loads(again.read_text())
-    return row if "check_0" in row else checks(records(row))
+        found = json.loads(again.read_text())
+    else:
+        found = row if "check_0" in row else checks(records(row))
+    probed = Path(row["folder"]) / "probe.json"  # the training-time probe at 5 % (seeds_study.py probe)
+    if not logged and probed.is_file():
+        found = {**found, **{k: v for k, v in json.loads(probed.read_text()).items() if k.startswith("probe_")}}
+    return found
 
 
 def verdicts(row: dict, logged: bool = False) -> tuple[str | None, str | None]:
@@ -90,13 +95,14 @@ def label(row: dict) -> str:
 def fail_table(fail: list[dict], unigram: float) -> list[str]:
     """Every run made to fail: the check's verdicts (today's) and margins before training and at
     5 %, and what became of it."""
-    lines = ["| run | lr | at initialisation (margin) | at 5 % (margin) | outcome | validation loss |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| run | lr | at initialisation (margin) | at 5 % (margin) | probe at 5 % (margin) | outcome | "
+             "validation loss |", "|---|---|---|---|---|---|---|"]
     for r in fail:
         found = found_checks(r)
         at = [f"{c['verdict']} ({c['margin']:+.2f})" if (c := found.get(k)) else "—" for k in ("check_0", "check_0.05")]
+        probed = f"{found['probe_0.05']['margin']:+.2f}" if "probe_0.05" in found else "—"
         loss = "failed" if "failed" in r else f"{r['valid_loss']:.3f}"
-        lines.append(f"| {label(r)} | {r['lr']:g} | {at[0]} | {at[1]} | {outcome(r, unigram)} | {loss} |")
+        lines.append(f"| {label(r)} | {r['lr']:g} | {at[0]} | {at[1]} | {probed} | {outcome(r, unigram)} | {loss} |")
     return lines
 
 
@@ -159,23 +165,34 @@ def robustness_table(seeds: list[dict], cells: list[str]) -> list[str]:
 def predicted(check: dict | None, rule: str) -> bool | None:
     """Whether a check predicts failure by ``rule``: ``"verdict"`` a step fault; ``"drift"`` that,
     or a field that does not restore large states; ``"far"`` the far field alone (a step that
-    pushes large states out, or a field that does not restore them). ``None`` where there was no
-    check."""
+    pushes large states out, or a field that does not restore them); ``"probe"`` the probe's margin
+    below 0. ``None`` where there was no check."""
     if not check:
         return None
+    if rule == "probe":
+        return check["margin"] < 0
     drifts = check.get("restoring_far_field") is False
     if rule == "far":
         return check.get("far_field") is False or drifts
     return check["verdict"] in FAILURES or (rule == "drift" and drifts)
 
 
-PREDICTORS = (  # (short name, what it is, read the verdicts the runs logged, rule of :func:`predicted`)
-    ("the logged verdict", "the verdict as the runs logged it (the check before the far-field condition)", True, "verdict"),
-    ("today's verdict", "today's verdict (with the far-field condition; `seeds_study.py recheck`)", False, "verdict"),
+CHECKS = (("at initialisation", "check_0"), ("at 5 % of the budget", "check_0.05"))
+PROBE = (("at 5 % of the budget", "probe_0.05"),)  # the probe runs during training only
+
+PREDICTORS = (  # (short name, what it is, read the verdicts the runs logged, rule of :func:`predicted`, when)
+    ("the logged verdict", "the verdict as the runs logged it (the check before the far-field condition)", True,
+     "verdict", CHECKS),
+    ("today's verdict", "today's verdict (with the far-field condition; `seeds_study.py recheck`)", False, "verdict",
+     CHECKS),
     ("verdict or drift note", "today's verdict, or its note that the field does not restore large states (the state "
-     "drifts)", False, "drift"),
+     "drifts)", False, "drift", CHECKS),
     ("far field alone", "the far field alone: a step that pushes large states out, or a field that does not restore "
-     "them", False, "far"))
+     "them", False, "far", CHECKS),
+    ("the probe", "the training-time probe: `stability.Probe`'s margin below 0 (the largest and rightmost "
+     "eigenvalues of the field at the training batch's carried state, scaled by the step, outside the stability "
+     "region; `odernn train --probe-every`, measured by `seeds_study.py probe` on each run's weights at 5 %)",
+     False, "probe", PROBE))
 
 
 OUTCOMES = ("diverged", "unstable", "trained")
@@ -197,9 +214,6 @@ def precision_recall(table: dict) -> tuple[str, str]:
     return (f"{tp / (tp + fp):.2f}" if tp + fp else "—"), (f"{tp / (tp + fn):.2f}" if tp + fn else "—")
 
 
-CHECKS = (("at initialisation", "check_0"), ("at 5 % of the budget", "check_0.05"))
-
-
 def prediction(all_runs: list[dict], unigram: float) -> tuple[list[str], list[dict]]:
     """Confusion tables of each predictor (:data:`PREDICTORS`) at initialisation and at 5 % against
     each ODE run's outcome, with precision and recall of "predicted to fail" for "diverged"; a
@@ -218,8 +232,8 @@ def prediction(all_runs: list[dict], unigram: float) -> tuple[list[str], list[di
              "before 5 % of its budget has no check there.", "",
              "| predictor | check | sweep, failures by step and rate: calls / false alarms / misses | "
              "at convergence, failures by initial weights: calls / false alarms / misses |", "|---|---|---|---|"]
-    for name, _, logged, rule in PREDICTORS[1:]:
-        for when, key in CHECKS:
+    for name, _, logged, rule, when_checked in PREDICTORS[1:]:
+        for when, key in when_checked:
             counts = []
             unseen = [r for r in later if key != "check_0" or r["phase"] != "seeds" or r["seed"] != 0]
             for subset in ([r for r in rows if r not in later], unseen):
@@ -228,9 +242,9 @@ def prediction(all_runs: list[dict], unigram: float) -> tuple[list[str], list[di
                               f"{t[(False, 'diverged')]} (of {sum(t.values())})")
             lines.append(f"| {name} | {when} | " + " | ".join(counts) + " |")
     lines.append("")
-    for _, title, logged, rule in PREDICTORS:
+    for _, title, logged, rule, when_checked in PREDICTORS:
         lines += [f"*Predicting with {title}.*", ""]
-        for when, key in CHECKS:
+        for when, key in when_checked:
             table = confusion(rows, unigram, logged, rule, key)
             precision, recall = precision_recall(table)
             lines += [f"Verdict {when} ({sum(table.values())} runs; precision {precision}, recall {recall} for "

@@ -244,7 +244,8 @@ def test_seeds_study_smoke(tmp_path, monkeypatch):
     """benchmarks/seeds_study.py (issue 24's study) on a small text and budgets of seconds: every
     phase runs; the cell's rate is its sweep's best; the runs made to fail (forward Euler at Δ = 3,
     and recurrent weights ×8 at initialisation) are recorded as diverged, and the check at
-    initialisation called them; the report, asked again, trains nothing and says the same."""
+    initialisation called them; the probe at 5 % ran on each run's own weights; the report, asked
+    again, trains nothing and says the same."""
     text = tmp_path / "verse.txt"
     text.write_text("".join(f"{k} shall I compare thee to a summer's day? thou art more lovely.\n" for k in range(150)))
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # in this process: its runs are the only new processes
@@ -272,6 +273,14 @@ def test_seeds_study_smoke(tmp_path, monkeypatch):
     stamp = finished.stat().st_mtime_ns
     again = script_("report", *study)
     assert again == out[out.index("Runs finished"):] and finished.stat().st_mtime_ns == stamp
+    from textlm.compare import checks, read_records
+    # the probe at 5 % ran on each ODE run's own weights: its witness, the check at the same step, is
+    # the check the run logged (none where the run failed before 5 %, as the Δ = 3 one did)
+    probed = sorted((tmp_path / "study").glob("*/*/runs/*/seed0/probe.json"))
+    assert len(probed) == 5 and "*Predicting with the training-time probe" in out
+    for path in probed:
+        record, at_5 = json.loads(path.read_text()), checks(read_records(path.parent / "metrics.jsonl")).get("check_0.05")
+        assert record.get("witness") == at_5 and ("probe_0.05" in record) == (at_5 is not None), path
     # a run whose records predate today's check is checked again on the same weights: the same
     # verdicts, at initialisation and at 5 % (the run retrained from its seed: deterministic)
     run = finished.parent
@@ -279,7 +288,6 @@ def test_seeds_study_smoke(tmp_path, monkeypatch):
     (run / "metrics.jsonl").write_text(logged.replace('"far_field"', '"far_field_then"'))
     script_("recheck", *study)
     redone = json.loads((run / "recheck.json").read_text())
-    from textlm.compare import checks, read_records
     logged = checks(read_records(run / "metrics.jsonl"))
     assert set(logged) == {"check_0", "check_0.05"}
     for key in logged:
