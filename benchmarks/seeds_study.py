@@ -183,7 +183,7 @@ def _finished_ode_runs(p: Plan, out: Path, cells: list[str], skip) -> list[tuple
     """``(config, cell, seed)`` of every finished or failed run with ODE layers (a logged check)
     for which ``skip(run folder, its logged checks)`` is false."""
     todo = []
-    for phase in ("sweep", "seeds", "fail"):
+    for phase in ("sweep", "fail", "seeds"):  # the short runs first
         for config, cell, seed in runs(phase, p, out, cells) if phase != "seeds" or (out / "sweep").is_dir() else ():
             run = folder(config, cell, seed)
             logged = [r for r in records({"folder": str(run)}) if r.get("event") == "check"]
