@@ -272,10 +272,14 @@ def probe(p: Plan, out: Path, cells: list[str], jobs: int) -> None:
     def one(job):
         config, cell, seed = job
         at = max(1, round(0.05 * config.epochs * steps))  # as train's --check-at 0.05
-        # until the check at 5 % that follows the probe at the same step: the check is the witness
-        # that these are the run's own weights (it must equal the one the run logged)
-        found, code = _retrain(config, cell, seed, ["--probe-every", str(at)],
-                               lambda records: "check_0.05" in checks(records))
+        run = folder(config, cell, seed)
+        if (run / "failed.json").is_file() and max((r.get("step", 0) for r in records({"folder": str(run)})),
+                                                   default=0) < at:
+            found, code = [], 1  # it failed before 5 % (deterministic: so would its retraining)
+        else:  # until the check at 5 % that follows the probe at the same step: the check is the witness
+            # that these are the run's own weights (it must equal the one the run logged)
+            found, code = _retrain(config, cell, seed, ["--probe-every", str(at)],
+                                   lambda records: "check_0.05" in checks(records))
         margins = [r["margin"] for r in found if r.get("event") == "probe" and r["step"] == at]
         record = {"cell": cell, "seed": seed, "lr": config.lr}
         if margins:
@@ -285,7 +289,6 @@ def probe(p: Plan, out: Path, cells: list[str], jobs: int) -> None:
             print(f"probe {cell} lr {config.lr:g} seed {seed}: no probe logged (exit {code}); not recorded",
                   file=sys.stderr, flush=True)
             return
-        run = folder(config, cell, seed)
         (run / "probe.json").write_text(json.dumps(record, indent=1))
         print(f"probe {cell} lr {config.lr:g} seed {seed}: " + (f"margin {min(margins):+.3f}" if margins else
               f"ended before step {at} (exit {code})"), file=sys.stderr, flush=True)
