@@ -151,8 +151,7 @@ def execute(config: CompareConfig, cell: str, seed: int, hidden: int) -> dict:
     except CompareError as err:
         if err.exit_code != 1 or err.crashed:  # interrupted, a bad option, or a bug: not the run's outcome
             raise
-        record = {"cell": cell, "seed": seed, "hidden": hidden, "lr": config.lr, "init_gain": config.init_gain,
-                  "failed": str(err)}
+        record = {"cell": cell, "seed": seed, "hidden": hidden, "lr": config.lr, "failed": str(err)}
         run.mkdir(parents=True, exist_ok=True)
         failed.write_text(json.dumps(record, indent=1))
         return record

@@ -406,14 +406,16 @@ class LanguageModel(nn.Module):
         """Multiply :meth:`recurrent_weights` by ``gain`` (a large initial recurrent scale, the
         classical way to make a recurrent network's training unstable). A layer without such
         weights is refused rather than left as it was: the run would not be what it says."""
-        for spec, weights in self.recurrent_weights_per_layer():
+        layers = self.recurrent_weights_per_layer()
+        for spec, weights in layers:
             if not weights:
                 raise ModelError(f"{spec}: no free recurrent weight to scale (--init-gain scales the weights "
                                  "PyTorch names weight_hh and a higher-order field's order_weights; a constrained "
                                  "one, such as URNN's orthogonal weight_hh, keeps its scale)")
         with torch.no_grad():
-            for weight in self.recurrent_weights().values():
-                weight.mul_(gain)
+            for _, weights in layers:
+                for weight in weights.values():
+                    weight.mul_(gain)
 
     def implicit(self) -> bool:
         """Whether an ODE layer's tableau is implicit (its stage equations give first derivatives only)."""

@@ -144,7 +144,7 @@ class TrainConfig(ModelOptions):
     decay: float = 0.5  # the factor per later epoch, for schedule "step"
     clip: float = 1.0
     jac_reg: float = 0.0  # weight λ of stability.jacobian_penalty at each batch's starting states (0: off)
-    init_gain: float = 1.0  # the recurrent weights (weight_hh) at initialisation × this (a large scale, to test stability)
+    init_gain: float = 1.0  # LanguageModel.recurrent_weights at initialisation × this (a large scale, to test stability)
     max_tokens: int = 200_000
     epochs: int | None = None  # a budget in passes over the training streams (overrides max_tokens)
     max_seconds: float | None = None  # wall-clock budget (training time, summed over resumes)

@@ -110,7 +110,7 @@ def cmd_compare(args) -> int:
                 raise CLIError(f"--cells {cell}: {err}") from None
         if config.init_gain != 1.0:
             try:
-                LanguageModel(vocab_size=2, cell=cell, layers=config.layers, hidden=2).scale_recurrent_weights(1.0)
+                LanguageModel(vocab_size=2, cell=cell, layers=config.layers, hidden=2).scale_recurrent_weights(config.init_gain)
             except ModelError as err:
                 raise CLIError(f"--cells {cell} with --init-gain: {err}") from None
     try:
