@@ -138,7 +138,7 @@ def training_checks(checks: Checks, device, graphs: list[bool]) -> None:
     for cuda_graphs in graphs:
         with tempfile.TemporaryDirectory() as folder:
             def config(name):
-                return TrainConfig(corpus="tinyshakespeare", train_tokens=20_000, cell="gru-ode:midpoint", layers=2,
+                return TrainConfig(corpus="tinyshakespeare", train_tokens=20_000, valid_tokens=2000, cell="gru-ode:midpoint", layers=2,
                                    hidden=32, batch_size=8, bptt=16, max_tokens=8 * 16 * 10, dropout=0.2,
                                    out=str(Path(folder) / name), progress=False, eval_tokens=2000,
                                    device=str(device), cuda_graphs=cuda_graphs)

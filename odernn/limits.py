@@ -230,7 +230,7 @@ TABLE = {  # kind: (what it bounds, where)
     "PROJECTION": (PROJECTION, "spec proj_size=, ODERNN proj_size (and below hidden_size)"),
     "BATCH": (BATCH, "--batch-size"),
     "BPTT": (BPTT, "--bptt"),
-    "TOKENS": (TOKENS, "--max-tokens, --train-tokens, --eval-tokens"),
+    "TOKENS": (TOKENS, "--max-tokens, --train-tokens, --valid-tokens, --eval-tokens"),
     "PARAMETERS": (PARAMETERS, "compare --params (a parameter budget)"),
     "EPOCHS": (EPOCHS, "--epochs"),
     "CADENCE": (CADENCE, "--eval-every, --probe-every, --patience, --warmup, --decay-after (0: off)"),

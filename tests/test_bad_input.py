@@ -194,7 +194,7 @@ def test_bad_training_input(tmp_path, args, message):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
-    Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=5000, cell="gru-ode:euler", hidden=8, batch_size=4,
+    Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=5000, valid_tokens=2000, cell="gru-ode:euler", hidden=8, batch_size=4,
                         bptt=16, max_tokens=256, out=str(out), progress=False, eval_tokens=200, device="cpu")).run()
     return out
 
@@ -294,7 +294,7 @@ STEPS = 80
 def _start(out: Path, *extra):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "textlm.cli", "train", "--corpus", "tinyshakespeare",
-                             "--train-tokens", "20000", "--cell", "gru-ode:euler", "--hidden", "16", "--batch-size", "8",
+                             "--train-tokens", "20000", "--valid-tokens", "2000", "--cell", "gru-ode:euler", "--hidden", "16", "--batch-size", "8",
                              "--bptt", "16", "--max-tokens", str(8 * 16 * STEPS), "--checkpoint-every", "1",
                              "--no-progress",
                              "--eval-tokens", "500", "--out", str(out), *extra],

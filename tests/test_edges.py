@@ -118,7 +118,7 @@ def test_float_says_when_even_the_numerical_analysis_cannot_finish(files, monkey
 
 def test_a_mismatched_checkpoint_is_one_line(tmp_path):
     from textlm.train import TrainConfig, Trainer
-    Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=5000, cell="gru-ode:euler", hidden=8, batch_size=4,
+    Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=5000, valid_tokens=2000, cell="gru-ode:euler", hidden=8, batch_size=4,
                         bptt=16, max_tokens=128, out=str(tmp_path), progress=False, eval_tokens=200)).run()
     data = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     data["model"] = {k.replace("weight_hh", "weight_xx"): v for k, v in data["model"].items()}

@@ -96,10 +96,16 @@ def test_sequence_speed_smoke():
     assert all(value > 0 for group in results["ratios"].values() for value in group.values())
 
 
-def test_sequence_speed_gpu_table_code_runs_on_the_cpu():
+def test_sequence_speed_gpu_table_code_runs_on_the_cpu(monkeypatch):
     """The GPU table's code (every way of running a layer, bf16 under autocast, the language-model
     rows) exercised on the CPU at toy sizes, so that ``--device cuda`` runs on a GPU machine
-    unchanged; the figures themselves need a GPU."""
+    unchanged; the figures themselves need a GPU. The compiled ways run their functions uncompiled
+    here: on a CPU ``torch.compile`` would build C++ kernels (about 40 s of this suite on a cold
+    cache) that the compiled-math tests of test_runtime.py already hold equal to the eager engine,
+    and a GPU builds Triton ones instead."""
+    from odernn import _engine
+    monkeypatch.setattr(_engine, "_compiled", lambda function: function)
+    monkeypatch.setattr(_engine._FieldMath, "_compiled", {})  # nothing uncompiled outlives the test
     import importlib.util
     spec = importlib.util.spec_from_file_location("sequence_speed", ROOT / "benchmarks" / "sequence_speed.py")
     module = importlib.util.module_from_spec(spec)

@@ -47,7 +47,7 @@ def test_cuda_without_cuda_says_so(name):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    trainer = Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=8000, cell="gru-ode:midpoint", hidden=16,
+    trainer = Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=8000, valid_tokens=2000, cell="gru-ode:midpoint", hidden=16,
                                   batch_size=4, bptt=16, max_tokens=4 * 16 * 4, out=str(out), progress=False,
                                   eval_tokens=500, precision="bf16", device="cpu"))
     trainer.run()
@@ -169,7 +169,7 @@ def test_token_by_token_solves_run_whole_in_float32_under_autocast(spec, grad):
 def test_bf16_training_follows_float32_training(tmp_path):
     losses = {}
     for precision in ("float32", "bf16"):
-        trainer = Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=20_000, cell="gru-ode:rk4", hidden=32,
+        trainer = Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=20_000, valid_tokens=2000, cell="gru-ode:rk4", hidden=32,
                                       batch_size=8, bptt=16, max_tokens=8 * 16 * 20, lr=1e-2,
                                       out=str(tmp_path / precision),
                                       progress=False, eval_tokens=2000, log_every=1, precision=precision,
@@ -199,7 +199,7 @@ def test_every_layer_kind_trains_under_bf16_autocast_on_a_cpu(cell):
 # --- the learning-rate schedule -----------------------------------------------------------------
 
 def test_step_schedule_halves_the_rate_every_epoch_after_the_first_k(tmp_path):
-    trainer = Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=2000, cell="torch-gru", hidden=8,
+    trainer = Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=2000, valid_tokens=2000, cell="torch-gru", hidden=8,
                                   batch_size=4, bptt=16, epochs=4, optimizer="sgd", lr=1.0, schedule="step",
                                   decay_after=2, decay=0.5, out=str(tmp_path), progress=False, log_every=1,
                                   eval_tokens=200, device="cpu"))
@@ -213,7 +213,7 @@ def test_step_schedule_halves_the_rate_every_epoch_after_the_first_k(tmp_path):
 
 
 def test_a_float64_run_extends_by_epochs_and_evaluates_in_bf16(tmp_path):
-    settings = dict(corpus="tinyshakespeare", train_tokens=2000, cell="gru-ode:euler", hidden=8, batch_size=4,
+    settings = dict(corpus="tinyshakespeare", train_tokens=2000, valid_tokens=2000, cell="gru-ode:euler", hidden=8, batch_size=4,
                     bptt=16, epochs=1, out=str(tmp_path), progress=False, eval_tokens=200, device="cpu",
                     precision="float64")
     first = Trainer(TrainConfig(**settings)).run()
@@ -243,9 +243,20 @@ def test_compiled_elementwise_math_equals_the_eager_engine(spec):
     assert counters["stats"]["unique_graphs"] >= 4  # the four elementwise functions did compile
 
 
-def test_compiled_math_keeps_no_field_alive():
+def _traced_not_built(monkeypatch):
+    """``torch.compile`` with Dynamo's ``eager`` backend: the same tracing, guards and recompile
+    limit, without building C++ kernels (seconds each on a cold cache), for the tests of what the
+    engine does around the compiled functions rather than of their numbers."""
+    import functools
+    from odernn import _engine
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    monkeypatch.setattr(_engine._FieldMath, "_compiled", {})  # nothing traced here outlives the test
+
+
+def test_compiled_math_keeps_no_field_alive(monkeypatch):
     import gc
     import weakref
+    _traced_not_built(monkeypatch)
     rnn = odernn.ODERNN("gru-ode:euler", 3, 4, fused=False, compile_elementwise=True)
     rnn(torch.randn(2, 1, 3))
     field = weakref.ref(rnn.cells[0].field)
@@ -254,8 +265,9 @@ def test_compiled_math_keeps_no_field_alive():
     assert field() is None
 
 
-def test_compiled_math_falls_back_to_eager_at_the_recompile_limit():
+def test_compiled_math_falls_back_to_eager_at_the_recompile_limit(monkeypatch):
     import torch._dynamo
+    _traced_not_built(monkeypatch)
     # torch's own patch: pytest's monkeypatch (9.2) deletes a config module's attribute on undo,
     # which hides it from Dynamo for the rest of the process
     with torch._dynamo.config.patch(recompile_limit=1):
@@ -368,7 +380,7 @@ def test_cuda_equals_cpu_float64_to_float32_round_off(spec, options, monkeypatch
 
 @cuda
 def test_a_model_trained_on_cuda_evaluates_and_generates_on_the_cpu(tmp_path):
-    trainer = Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=8000, cell="gru-ode:rk4", hidden=16,
+    trainer = Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=8000, valid_tokens=2000, cell="gru-ode:rk4", hidden=16,
                                   batch_size=4, bptt=16, max_tokens=4 * 16 * 4, out=str(tmp_path), progress=False,
                                   eval_tokens=500, device="cuda"))
     result = trainer.run()

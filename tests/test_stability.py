@@ -285,15 +285,18 @@ def _urnn_with_a_reflection(spec, H=4):
 def test_the_orthogonal_limit_is_attained_by_a_reflection():
     """The analytic limit for every orthogonal W equals the sampled limit of a W that reaches the
     disc's far point −2, and a simulation amplifies perturbations just past it."""
-    cell = _urnn_with_a_reflection("urnn:rk4")
+    cell = _urnn_with_a_reflection("urnn:rk4").double()
     limit = stability.unit_disc_limit(cell.tableau)
     assert stability.max_stable_dt(cell) == pytest.approx(limit, rel=1e-4)
     report = stability.check(cell, dt=1.05 * limit)
     assert not report.stable and not report.condition("orthogonal W: stable").verdict
-    x = torch.randn(40, 1, 3)
+    # float64 and a fixed input: in float32 the 1e-6 perturbation is rounded away in about half the
+    # random inputs once the state has grown, and the test's outcome then depended on test order.
+    x = torch.randn(40, 1, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     for factor, grows in ((0.95, False), (1.05, True)):
         with torch.no_grad():
-            a, b = torch.ones(1, 4), torch.ones(1, 4) + 1e-6 * torch.tensor([[1.0, -1.0, 0.0, 0.0]])
+            a = torch.ones(1, 4, dtype=torch.float64)
+            b = a + 1e-6 * torch.tensor([[1.0, -1.0, 0.0, 0.0]], dtype=torch.float64)
             for token in x:
                 a, b = cell(token, a, dt=factor * limit), cell(token, b, dt=factor * limit)
         assert ((a - b).norm() > 1e-6) == grows

@@ -179,7 +179,7 @@ def expanding_checkpoint(tmp_path_factory):
     at the zero state (hλ = 1, |R| = 2 < e), contracting where it saturates: expanding dynamics."""
     from textlm import TrainConfig, Trainer, load_checkpoint, save_checkpoint
     out = tmp_path_factory.mktemp("expanding")
-    Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=5000, cell="rnn:euler:dt=0.5", hidden=8, batch_size=4,
+    Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=5000, valid_tokens=2000, cell="rnn:euler:dt=0.5", hidden=8, batch_size=4,
                         bptt=16, max_tokens=256, out=str(out), progress=False, eval_tokens=200, device="cpu")).run()
     data = load_checkpoint(out / "checkpoint.pt")
     key = "layers.0.rnn.weight_hh_l0"

@@ -294,7 +294,7 @@ def test_a_checkpoint_in_the_previous_format_loads(tmp_path, tableaux):
 # --- trainer ------------------------------------------------------------------------------------
 
 def config(tmp_path, **overrides):
-    values = dict(corpus="tinyshakespeare", train_tokens=20_000, cell="gru-ode:midpoint", hidden=16, batch_size=4,
+    values = dict(corpus="tinyshakespeare", train_tokens=20_000, valid_tokens=2000, cell="gru-ode:midpoint", hidden=16, batch_size=4,
                   bptt=16, max_tokens=4 * 16 * 8, dropout=0.2, out=str(tmp_path / "run"), progress=False,
                   eval_tokens=2000, checkpoint_every=100, log_every=2, precision="float64")
     values.update(overrides)
@@ -562,14 +562,32 @@ def test_max_seconds_bounds_training_and_the_final_validation(tmp_path):
     enough, the validation is cut where the budget ends and says so; the whole run stays within
     the budget and one validation chunk."""
     import time
-    trainer = Trainer(config(tmp_path, cell="gru-ode:gauss-2", hidden=48, train_tokens=None, max_tokens=10 ** 7,
-                             max_seconds=4.0, eval_tokens=None))
+    trainer = Trainer(config(tmp_path, cell="gru-ode:gauss-2", hidden=48, train_tokens=None, valid_tokens=None,
+                             max_tokens=10 ** 7, max_seconds=4.0, eval_tokens=None))
     start = time.perf_counter()
     result = trainer.run()
     assert time.perf_counter() - start <= 4.0 + 2.0
     whole = len(trainer.corpus.valid) - 1
     assert result["valid_tokens"] < whole and "--max-seconds 4 budget ended" in result["valid_cut"]
     assert result["step"] >= 1 and math.isfinite(result["valid_loss"])
+
+
+def test_valid_tokens_cuts_the_validation_split_in_every_validation_and_on_resume(tmp_path):
+    """``--valid-tokens N``: the periodic validations (early stopping's too) and the final one read
+    the first N validation tokens of the corpus, and a resumed run keeps the cut."""
+    full = load_corpus("tinyshakespeare").valid
+    trainer = Trainer(config(tmp_path, valid_tokens=600, eval_tokens=None, eval_every=4, max_tokens=4 * 16 * 6))
+    result = trainer.run()
+    from textlm.evaluate import evaluate_within
+    expected, tokens, _ = evaluate_within(trainer.model, full[:600])
+    assert result["valid_tokens"] == tokens and result["valid_loss"] == pytest.approx(expected, rel=1e-12)
+    assert evaluate_loss(trainer.model, full[:2000]) != pytest.approx(expected, rel=1e-6)
+    periodic = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+                if "valid_loss" in r and not r.get("final")]
+    assert periodic  # its model is gone; that it read the cut split: the resumed run below
+    resumed = Trainer(config(tmp_path, max_tokens=4 * 16 * 8), resume=True, max_tokens=4 * 16 * 8)
+    assert resumed.config.valid_tokens == 600 and len(resumed.corpus.valid) == 600
+    assert resumed.run()["valid_tokens"] == tokens
 
 
 def test_a_model_trained_on_a_tableau_file_keeps_its_method(tmp_path, monkeypatch):
@@ -688,7 +706,7 @@ def _ddp_worker_fast_rank_1(rank, world, rendezvous, cfg, target):
 
 def test_train_generate_evaluate_from_the_command_line(tmp_path):
     out = tmp_path / "cli"
-    code, stdout, err = run("train", "--corpus", "tinyshakespeare", "--train-tokens", "20000", "--cell", "gru-ode:euler",
+    code, stdout, err = run("train", "--corpus", "tinyshakespeare", "--train-tokens", "20000", "--valid-tokens", "2000", "--cell", "gru-ode:euler",
                             "--hidden", "24", "--batch-size", "8", "--bptt", "16", "--max-tokens", "2048",
                             "--eval-tokens", "2000", "--out", str(out), "--no-progress", "--sample-length", "40")
     assert code == 0, err
@@ -823,7 +841,7 @@ def test_an_interrupted_compare_resumes_its_run_exactly(tmp_path):
 
 def test_resume_keeps_or_extends_the_budget(tmp_path):
     common = ["--no-progress", "--json", "--out", str(tmp_path)]
-    code, out, err = run("train", "--corpus", "tinyshakespeare", "--train-tokens", "20000", "--hidden", "8",
+    code, out, err = run("train", "--corpus", "tinyshakespeare", "--train-tokens", "20000", "--valid-tokens", "2000", "--hidden", "8",
                          "--batch-size", "4", "--bptt", "16", "--max-tokens", "256", "--eval-tokens", "500", *common)
     assert code == 0, err
     assert json.loads(out)["step"] == 4

@@ -15,7 +15,7 @@ __all__ = ["KINDS", "argument", "check", "check_fields"]
 KINDS = {
     # model and data
     "hidden": L.WIDTH, "embed": L.WIDTH, "input_size": L.WIDTH, "hidden_size": L.WIDTH, "layers": L.LAYERS,
-    "dropout": L.PROBABILITY, "train_tokens": L.TOKENS, "params": L.PARAMETERS,
+    "dropout": L.PROBABILITY, "train_tokens": L.TOKENS, "valid_tokens": L.TOKENS, "params": L.PARAMETERS,
     "vocab_size": L.TOKENS,  # the language model's (a corpus has at most as many token types as tokens)
     # gradients
     "adjoint_steps": L.STEPS, "adjoint_rtol": L.TOLERANCE, "adjoint_atol": L.TOLERANCE,

@@ -16,7 +16,7 @@ import resource
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -125,6 +125,7 @@ class TrainConfig(ModelOptions):
     level: str | None = None
     data_root: str | None = None
     train_tokens: int | None = None  # use only the first N training tokens (quick runs, tests)
+    valid_tokens: int | None = None  # use only the first N validation tokens, the final validation's too (quick runs, tests)
     # device and precision
     precision: str = "float32"  # float32, bf16 (autocast, float32 master weights) or float64
     device: str = "auto"  # auto, cpu, cuda, cuda:N; a run records the device it resolved to
@@ -297,6 +298,8 @@ class Trainer:
         config.device = str(self.device)
         self.config = config
         self.corpus = corpus or load_corpus(config.corpus, config.text, config.level, config.data_root)
+        if config.valid_tokens is not None:
+            self.corpus = replace(self.corpus, valid=self.corpus.valid[: config.valid_tokens])
         if saved is not None and Vocabulary.from_dict(saved["vocab"]).tokens != self.corpus.vocab.tokens:
             raise CheckpointError("the corpus's vocabulary differs from the checkpoint's: resume with the same data")
         torch.manual_seed(config.seed)

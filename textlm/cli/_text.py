@@ -35,6 +35,8 @@ def _options(p, defaults) -> None:
     data.add_argument("--level", choices=("char", "word"), help="tokens of --text (default char)")
     data.add_argument("--data-root", metavar="DIR", type=argument("data_root"), help="where corpora live (else $ODERNN_DATA, else ~/.cache/odernn)")
     data.add_argument("--train-tokens", type=argument("train_tokens"), help="use only the first N training tokens")
+    data.add_argument("--valid-tokens", type=argument("valid_tokens"),
+                      help="use only the first N validation tokens, in the final validation too (quick runs)")
     model = p.add_argument_group("model")
     model.add_argument("--cell", default=defaults.cell, help=f"cell spec of every layer (default {defaults.cell})")
     model.add_argument("--layers", type=argument("layers"), default=defaults.layers)
