@@ -273,6 +273,24 @@ def test_two_runs_on_one_folder_are_refused(tmp_path):
     assert code == 2 and "another run is writing to" in err and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("held", [("checkpoint.pt", "metrics.jsonl", "result.json"), ("metrics.jsonl",)])
+def test_a_new_run_refuses_a_folder_that_holds_one(tmp_path, held):
+    """``train`` without ``--resume`` into a run's folder is refused in one line before it writes:
+    it would replace the run's checkpoint and mix its records into the run's ``metrics.jsonl``.
+    The same where a run left only its records (killed before its first checkpoint)."""
+    args = ["train", "--text", str(tmp_path / "verse.txt"), "--out", str(tmp_path / "run"), "--no-progress",
+            "--max-tokens", "128", "--hidden", "8", "--batch-size", "4", "--bptt", "16", "--valid-tokens", "200"]
+    (tmp_path / "verse.txt").write_text("".join(f"{k} shall I compare thee to a summer's day?\n" for k in range(40)))
+    code, _, err = run(*args)
+    assert code == 0, err
+    for name in {"checkpoint.pt", "metrics.jsonl", "result.json"} - set(held):
+        (tmp_path / "run" / name).unlink()
+    before = {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir() if path.is_file()}
+    code, _, err = run(*args)
+    assert code == 2 and "holds a run already" in err and "--resume" in err and err.count("\n") == 1, err
+    assert {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir() if path.is_file()} == before
+
+
 def test_compare_with_an_unknown_cell(tmp_path):
     code, _, err = run("compare", "--cells", "torch-gru", "gru-odd", "--out", str(tmp_path))
     assert code == 2 and "--cells gru-odd" in err and err.count("\n") == 1

@@ -796,6 +796,25 @@ def test_compare_tabulates_and_resumes(tmp_path):
     assert code == 2 and "gru-odd" in err
 
 
+def test_compare_restarts_a_run_that_left_records_but_no_checkpoint_with_them_set_aside(tmp_path):
+    """A run folder with records and no checkpoint (a run killed before its first checkpoint, or
+    its checkpoint lost with its machine): the run starts again from its seed, and its earlier
+    records move to ``superseded-0/``, so that ``metrics.jsonl`` holds one run's records."""
+    from textlm.compare import checks, read_records
+    folder = tmp_path / "c" / "runs" / "gru-ode_euler" / "seed0"
+    folder.mkdir(parents=True)
+    earlier = '{"step": 0, "event": "check", "fraction": 0, "verdict": "stable", "margin": 9.0}\n'
+    (folder / "metrics.jsonl").write_text(earlier)
+    code, _, err = run("compare", "--text", _small_corpus(tmp_path), "--cells", "gru-ode:euler", "--seeds", "0",
+                       "--hidden", "8", "--max-tokens", "640", "--batch-size", "4", "--bptt", "16", "--eval-tokens",
+                       "500", "--prompts", "1", "--check-at", "0", "--no-progress", "--out", str(tmp_path / "c"))
+    assert code == 0, err
+    assert (folder / "superseded-0" / "metrics.jsonl").read_text() == earlier
+    logged = read_records(folder / "metrics.jsonl")
+    assert sum(r.get("event") == "check" for r in logged) == 1 and checks(logged)["check_0"]["margin"] != 9.0
+    assert (folder / "compare.json").is_file()
+
+
 def test_an_interrupted_compare_resumes_its_run_exactly(tmp_path):
     """Ctrl-C in the middle of a run: the comparison stops, the run keeps its checkpoint and no
     result; the same command again finishes that run, to the weights and losses of the same run

@@ -26,6 +26,7 @@ replaced by random others (:func:`textlm.evaluate.corrupted`; the targets stay c
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import statistics
@@ -134,6 +135,8 @@ def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path, 
     """Train in a child process (resuming if it has a checkpoint); its result, with its own peak
     resident memory (``peak_rss_mb``). ``show``: a progress bar (steps, tokens/s, ETA) read from
     the child's ``metrics.jsonl`` while it runs."""
+    if not (run / "checkpoint.pt").is_file():
+        _set_aside(run)
     args = train_command(config, cell, seed, hidden, run)
     with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         if show:
@@ -144,6 +147,18 @@ def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path, 
         raise CompareError(f"{cell} seed {seed} failed (exit {proc.returncode}): {last}", proc.returncode,
                            "Traceback (most recent call last)" in stderr)
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _set_aside(run: Path) -> None:
+    """The records of an earlier start of a run that left no checkpoint (killed before its first,
+    or its checkpoint lost with the machine) move to ``superseded-K/``: the run starts again from
+    its seed, in a folder that holds no other run's records (``train`` refuses one that does)."""
+    earlier = [run / name for name in ("metrics.jsonl", "result.json") if (run / name).exists()]
+    if earlier:
+        k = next(k for k in itertools.count() if not (run / f"superseded-{k}").exists())
+        (run / f"superseded-{k}").mkdir()
+        for path in earlier:
+            path.rename(run / f"superseded-{k}" / path.name)
 
 
 def train_command(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path) -> list[str]:

@@ -205,6 +205,15 @@ def _run_folder(out: str) -> Path:
     return folder
 
 
+def _refuse_another_runs_folder(folder: Path) -> None:
+    """A new run does not write over one that is there: its checkpoint would be replaced and its
+    records mixed with the new run's in one ``metrics.jsonl``."""
+    held = [name for name in ("checkpoint.pt", "metrics.jsonl", "result.json") if (folder / name).exists()]
+    if held:
+        raise ValueError(f"--out {folder} holds a run already ({', '.join(held)}): --resume continues it; "
+                         "give another --out for a new run")
+
+
 def _resumed(saved: dict, given: TrainConfig, out: Path, max_tokens: int | None, epochs: int | None,
              device: str | None, world: int) -> TrainConfig:
     """The configuration of a run resumed from ``saved``: the run's own, with its budget extended to
@@ -290,6 +299,8 @@ class Trainer:
         self.checkpoint_path = self.out / "checkpoint.pt"
         self.best_path = self.out / "best.pt"  # with --patience: the weights of the best periodic validation
         saved = None
+        if not resume:
+            _refuse_another_runs_folder(self.out)
         if resume:
             saved = load_checkpoint(self.checkpoint_path)
             config = _resumed(saved, config, self.out, max_tokens, epochs, device, self.world)
