@@ -32,8 +32,12 @@ float32 on the CPU.
 Each run is an ``odernn compare`` run in its own process (``textlm.compare.run_one``): a finished
 run is never trained again and an interrupted one resumes exactly, so the study can be stopped at
 any moment and finished later with the same command. ``--jobs N`` runs N at once, one thread each.
-The run folders (metrics, results; checkpoints are ignored by git) are the study's record: every
-number the report prints comes from them.
+The run folders (metrics, results) are the study's record: every number the report prints comes
+from them. Checkpoints are ignored by git, except those of unfinished runs at the end of a working
+session: a run of the implicit or adaptive cell takes longer than a session's machine lasts, and a
+run whose checkpoint is lost starts again from its seed (its earlier records set aside). So at a
+session's end, with the study paused, the unfinished runs' ``*.pt`` are committed
+(``git add -f``), and a finished run's are dropped from the index (``git rm --cached``).
 
 ``--smoke``: the same code on a small text and budgets of seconds (what the tests run).
 """
