@@ -291,6 +291,14 @@ def test_a_new_run_refuses_a_folder_that_holds_one(tmp_path, held):
     assert {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir() if path.is_file()} == before
 
 
+@pytest.mark.parametrize("saved", ["{not json", "[1, 2]", "\u0000\u0001"])
+def test_compare_on_a_folder_whose_config_is_not_a_comparisons(tmp_path, saved):
+    (tmp_path / "config.json").write_text(saved)
+    code, _, err = run("compare", "--cells", "torch-gru", "--out", str(tmp_path))
+    assert code == 2 and "not a comparison's configuration" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_compare_with_an_unknown_cell(tmp_path):
     code, _, err = run("compare", "--cells", "torch-gru", "gru-odd", "--out", str(tmp_path))
     assert code == 2 and "--cells gru-odd" in err and err.count("\n") == 1

@@ -792,6 +792,18 @@ def test_compare_tabulates_and_resumes(tmp_path):
     stamp = finished.stat().st_mtime_ns
     code, again, _ = run(*args)  # everything finished: nothing is trained again
     assert code == 0 and finished.stat().st_mtime_ns == stamp and again == stdout
+    # other settings on the same --out would put the finished runs in the new comparison's table
+    other = list(args)
+    other[other.index("--bptt") + 1] = "8"
+    code, _, err = run(*other, "--lr", "0.01")
+    assert code == 2 and "--bptt 16 there, 8 given, --lr 0.002 there, 0.01 given" in err and err.count("\n") == 1, err
+    assert finished.stat().st_mtime_ns == stamp
+    # a setting the saved configuration predates counts as its default; more seeds extend it
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["init_gain"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    code, again, _ = run(*args)
+    assert code == 0 and again == stdout
     code, _, err = run("compare", "--cells", "gru-odd", "--out", str(tmp_path / "x"))
     assert code == 2 and "gru-odd" in err
 

@@ -455,10 +455,45 @@ def _stability_plot(config: CompareConfig, rows: list[dict]) -> list[Path]:
     return written
 
 
+# what may differ between two commands on one --out: more cells or seeds, a larger budget, the device
+EXTENSIBLE = ("cells", "seeds", "max_tokens", "epochs", "max_seconds", "device", "data_root", "out",
+              "compile_elementwise", "cuda_graphs")
+
+
+def refuse_other_settings(config: CompareConfig) -> None:
+    """A comparison run again on its ``--out`` takes its finished runs as they are: with other
+    settings (a rate, a width, a corpus) its table would mix runs of two configurations, so it is
+    refused in one line. A setting the saved configuration predates counts as its default."""
+    saved = Path(config.out) / "config.json"
+    if not saved.is_file():
+        return
+    try:
+        before = json.loads(saved.read_text())
+        before = dict(before) if isinstance(before, dict) else None
+    except (OSError, ValueError):
+        before = None
+    if before is None:
+        raise ValueError(f"--out {saved.parent}: its config.json is not a comparison's configuration; "
+                         "give another --out")
+    defaults = asdict(CompareConfig())
+    given = asdict(config)
+    differ = [name for name in given if name not in EXTENSIBLE and before.get(name, defaults[name]) != given[name]]
+    if differ:
+        said = ", ".join(f"--{n.replace('_', '-')} {_shown(before.get(n, defaults[n]))} there, {_shown(given[n])} given"
+                         for n in differ)
+        raise ValueError(f"--out {saved.parent} holds a comparison with other settings ({said}); only the cells, "
+                         "seeds, budget and device may change between commands on one --out: give another --out")
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def compare(config: CompareConfig, progress=print, bars: bool = False) -> tuple[list[dict], str]:
     from .data import load_corpus
     corpus = load_corpus(config.corpus, config.text, config.level, config.data_root)
     out = Path(config.out)
+    refuse_other_settings(config)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
     rows = []

@@ -79,7 +79,7 @@ def register(sub, formatter) -> None:
 
 
 def cmd_compare(args) -> int:
-    from textlm.compare import CompareConfig, CompareError, compare, plots
+    from textlm.compare import CompareConfig, CompareError, compare, plots, refuse_other_settings
     if args.corpus is None and args.text is None:
         args.corpus = "tinyshakespeare"
     try:
@@ -95,6 +95,7 @@ def cmd_compare(args) -> int:
                                noise=args.noise, prompts=args.prompts, device=args.device,
                                precision=args.precision, compile_elementwise=args.compile_elementwise,
                                cuda_graphs=args.cuda_graphs, out=args.out)
+        refuse_other_settings(config)
     except ValueError as err:
         raise CLIError(str(err)) from None
     from textlm.runtime import Runtime
