@@ -166,6 +166,8 @@ TRAIN_CASES = [
     (["--corpus", "tinyshakespeare", "--cell", "gru-ode:rk4:steps=0"], "steps"),
     (["--corpus", "tinyshakespeare", "--bptt", "60000", "--train-tokens", "5000"], "longer than"),
     (["--corpus", "tinyshakespeare", "--init-gain", "0"], "--init-gain: must be a finite number in [0.001, 1000]"),
+    (["--corpus", "tinyshakespeare", "--valid-tokens", "1"], "--valid-tokens 1: a validation needs at least 2 tokens"),
+    (["--corpus", "tinyshakespeare", "--valid-tokens", "0"], "--valid-tokens: must be an integer in 1"),
     (["--corpus", "tinyshakespeare", "--cell", "urnn", "--init-gain", "4"], "no free recurrent weight"),
 ]
 

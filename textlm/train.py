@@ -310,6 +310,9 @@ class Trainer:
         self.config = config
         self.corpus = corpus or load_corpus(config.corpus, config.text, config.level, config.data_root)
         if config.valid_tokens is not None:
+            if config.valid_tokens < 2:
+                raise ValueError(f"--valid-tokens {config.valid_tokens}: a validation needs at least 2 tokens "
+                                 "(one read, one predicted)")
             self.corpus = replace(self.corpus, valid=self.corpus.valid[: config.valid_tokens])
         if saved is not None and Vocabulary.from_dict(saved["vocab"]).tokens != self.corpus.vocab.tokens:
             raise CheckpointError("the corpus's vocabulary differs from the checkpoint's: resume with the same data")
