@@ -35,8 +35,10 @@ def main():
     trained = "gru-ode:dopri5:rtol=1e-3:atol=1e-5"
     config = TrainConfig(corpus="tinyshakespeare", cell=trained, hidden=args.hidden, max_tokens=args.tokens,
                          out=args.out, progress=False, checkpoint_every=10**9, eval_tokens=args.eval_tokens)
-    if (Path(args.out) / "result.json").is_file():
+    if (Path(args.out) / "checkpoint.pt").is_file():  # a finished run is reused, an interrupted one finished
         trainer = Trainer(config, resume=True)
+        if not (Path(args.out) / "result.json").is_file():
+            trainer.run()
     else:
         trainer = Trainer(config)
         trainer.run()

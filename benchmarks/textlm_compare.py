@@ -49,6 +49,10 @@ def main():
     if args.one:
         print(json.dumps(one(args.one, args.tokens, os.path.join(args.out, args.one.replace(":", "_")))))
         return
+    held = [cell for cell in args.cells if any(os.path.exists(os.path.join(args.out, cell.replace(":", "_"), name))
+                                               for name in ("checkpoint.pt", "metrics.jsonl"))]
+    if held:  # every row is measured here, in one process per cell: an earlier run cannot be read back
+        sys.exit(f"textlm_compare.py: --out {args.out} holds earlier runs of {', '.join(held)}: give another --out")
     rows = []
     for cell in args.cells:
         proc = subprocess.run([sys.executable, __file__, "--one", cell, "--tokens", str(args.tokens), "--out", args.out],

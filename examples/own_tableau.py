@@ -93,7 +93,10 @@ def train_one(spec: str, args, out: Path) -> dict:
                                 cell=spec, hidden=args.hidden, batch_size=args.batch_size, bptt=args.bptt,
                                 lr=args.lr, max_tokens=args.max_tokens, seed=args.seed, device="cpu",
                                 out=str(out / spec.replace("/", "_").replace(":", "_")), progress=False)
-    trainer = textlm.Trainer(config)
+    try:
+        trainer = textlm.Trainer(config)
+    except ValueError as err:  # a configuration refused: an --out that holds an earlier run, a budget
+        raise ExampleError(str(err)) from None
     (cell,) = trainer.model.ode_cells()
     before = stability.check(cell)  # at the initial weights of this run
     result = trainer.run()

@@ -262,17 +262,28 @@ def test_resume_with_another_models_data_is_refused(tmp_path, trained):
     assert code == 2 and "vocabulary differs" in err and err.count("\n") == 1, err
 
 
-def test_two_runs_on_one_folder_are_refused(tmp_path):
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_two_runs_on_one_folder_are_refused(tmp_path, command):
+    """A run is writing there (its records already in place): a second ``train`` is told so rather
+    than that the folder holds a run, and a ``compare`` restarting that run leaves its records alone."""
+    folder = tmp_path / "run" / "runs" / "gru-ode_euler" / "seed0" if command == "compare" else tmp_path / "run"
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text('{"step": 0}\n')
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom textlm.train import RunLock\n"
-                               f"with RunLock({str(tmp_path / 'run')!r}):\n    print('held', flush=True)\n"
+                               f"with RunLock({str(folder)!r}):\n    print('held', flush=True)\n"
                                "    sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"  # another process is training there
-        code, _, err = run("train", "--corpus", "tinyshakespeare", "--out", str(tmp_path / "run"), "--no-progress",
-                           "--max-tokens", "256", "--hidden", "8")
+        if command == "train":
+            code, _, err = run("train", "--corpus", "tinyshakespeare", "--out", str(tmp_path / "run"), "--no-progress",
+                               "--max-tokens", "256", "--hidden", "8")
+        else:
+            code, _, err = run("compare", "--corpus", "tinyshakespeare", "--cells", "gru-ode:euler", "--seeds", "0",
+                               "--out", str(tmp_path / "run"), "--no-progress")
     finally:
         holder.communicate("", timeout=30)
     assert code == 2 and "another run is writing to" in err and err.count("\n") == 1, err
+    assert (folder / "metrics.jsonl").read_text() == '{"step": 0}\n'
 
 
 @pytest.mark.parametrize("held", [("checkpoint.pt", "metrics.jsonl", "result.json"), ("metrics.jsonl",)])
@@ -289,7 +300,9 @@ def test_a_new_run_refuses_a_folder_that_holds_one(tmp_path, held):
         (tmp_path / "run" / name).unlink()
     before = {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir() if path.is_file()}
     code, _, err = run(*args)
-    assert code == 2 and "holds a run already" in err and "--resume" in err and err.count("\n") == 1, err
+    said = ("holds a run already", "--resume continues it") if "checkpoint.pt" in held else \
+        ("holds the records of a run that left no checkpoint", "move them away")
+    assert code == 2 and all(words in err for words in said) and err.count("\n") == 1, err
     assert {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir() if path.is_file()} == before
 
 

@@ -243,20 +243,26 @@ def test_compiled_elementwise_math_equals_the_eager_engine(spec):
     assert counters["stats"]["unique_graphs"] >= 4  # the four elementwise functions did compile
 
 
-def _traced_not_built(monkeypatch):
+@pytest.fixture
+def traced_not_built(monkeypatch):
     """``torch.compile`` with Dynamo's ``eager`` backend: the same tracing, guards and recompile
     limit, without building C++ kernels (seconds each on a cold cache), for the tests of what the
-    engine does around the compiled functions rather than of their numbers."""
+    engine does around the compiled functions rather than of their numbers. Nothing traced here
+    outlives the test: neither the engine's functions nor Dynamo's cache entries for them (an
+    entry for another backend would use up one of a later compile's recompiles)."""
     import functools
+
+    import torch._dynamo
     from odernn import _engine
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
-    monkeypatch.setattr(_engine._FieldMath, "_compiled", {})  # nothing traced here outlives the test
+    monkeypatch.setattr(_engine._FieldMath, "_compiled", {})
+    yield
+    torch._dynamo.reset()
 
 
-def test_compiled_math_keeps_no_field_alive(monkeypatch):
+def test_compiled_math_keeps_no_field_alive(traced_not_built):
     import gc
     import weakref
-    _traced_not_built(monkeypatch)
     rnn = odernn.ODERNN("gru-ode:euler", 3, 4, fused=False, compile_elementwise=True)
     rnn(torch.randn(2, 1, 3))
     field = weakref.ref(rnn.cells[0].field)
@@ -265,9 +271,8 @@ def test_compiled_math_keeps_no_field_alive(monkeypatch):
     assert field() is None
 
 
-def test_compiled_math_falls_back_to_eager_at_the_recompile_limit(monkeypatch):
+def test_compiled_math_falls_back_to_eager_at_the_recompile_limit(traced_not_built):
     import torch._dynamo
-    _traced_not_built(monkeypatch)
     # torch's own patch: pytest's monkeypatch (9.2) deletes a config module's attribute on undo,
     # which hides it from Dynamo for the rest of the process
     with torch._dynamo.config.patch(recompile_limit=1):

@@ -798,7 +798,7 @@ def test_compare_tabulates_and_resumes(tmp_path):
     code, _, err = run(*other, "--lr", "0.01")
     assert code == 2 and "--bptt 16 there, 8 given, --lr 0.002 there, 0.01 given" in err and err.count("\n") == 1, err
     assert finished.stat().st_mtime_ns == stamp
-    # a setting the saved configuration predates counts as its default; more seeds extend it
+    # a setting the saved configuration predates counts as its default
     saved = json.loads((tmp_path / "config.json").read_text())
     del saved["init_gain"]
     (tmp_path / "config.json").write_text(json.dumps(saved))

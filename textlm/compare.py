@@ -136,7 +136,12 @@ def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path, 
     resident memory (``peak_rss_mb``). ``show``: a progress bar (steps, tokens/s, ETA) read from
     the child's ``metrics.jsonl`` while it runs."""
     if not (run / "checkpoint.pt").is_file():
-        _set_aside(run)
+        from .train import RunInUse, RunLock
+        try:
+            with RunLock(run):  # not the records of a run another command is training there
+                _set_aside(run)
+        except RunInUse as err:
+            raise CompareError(f"{cell} seed {seed}: {err}", 2) from None
     args = train_command(config, cell, seed, hidden, run)
     with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         if show:
@@ -167,7 +172,7 @@ def train_command(config: CompareConfig, cell: str, seed: int, hidden: int, run:
     import torch
     args = [sys.executable, "-m", "textlm.cli", "--threads", str(torch.get_num_threads()), "train", "--out", str(run),
             "--no-progress", "--json", "--device", config.device]
-    # the budget on a resume too: a comparison rerun with a larger one extends its unfinished runs
+    # the budget on a resume too (the same: compare refuses another one on the same --out)
     args += ["--epochs", str(config.epochs)] if config.epochs else ["--max-tokens", str(config.max_tokens)]
     if config.data_root:
         args += ["--data-root", config.data_root]
@@ -455,9 +460,9 @@ def _stability_plot(config: CompareConfig, rows: list[dict]) -> list[Path]:
     return written
 
 
-# what may differ between two commands on one --out: more cells or seeds, a larger budget, the device
-EXTENSIBLE = ("cells", "seeds", "max_tokens", "epochs", "max_seconds", "device", "data_root", "out",
-              "compile_elementwise", "cuda_graphs")
+# what may differ between two commands on one --out: the cells and seeds, and where and how fast
+# they run (not the budget: a finished run is not extended, so its table would mix two budgets)
+EXTENSIBLE = {"cells", "seeds", "device", "data_root", "out", "compile_elementwise", "cuda_graphs"}
 
 
 def refuse_other_settings(config: CompareConfig) -> None:
@@ -477,12 +482,14 @@ def refuse_other_settings(config: CompareConfig) -> None:
                          "give another --out")
     defaults = asdict(CompareConfig())
     given = asdict(config)
-    differ = [name for name in given if name not in EXTENSIBLE and before.get(name, defaults[name]) != given[name]]
+    unused = {"hidden"} if given["params"] is not None else set()  # --params gives each cell its width
+    differ = [name for name in given if name not in EXTENSIBLE | unused
+              and before.get(name, defaults[name]) != given[name]]
     if differ:
         said = ", ".join(f"--{n.replace('_', '-')} {_shown(before.get(n, defaults[n]))} there, {_shown(given[n])} given"
                          for n in differ)
         raise ValueError(f"--out {saved.parent} holds a comparison with other settings ({said}); only the cells, "
-                         "seeds, budget and device may change between commands on one --out: give another --out")
+                         "seeds and device may change between commands on one --out: give another --out")
 
 
 def _shown(value) -> str:

@@ -175,6 +175,9 @@ class TrainConfig(ModelOptions):
             problems.append("--patience counts periodic validations: give --eval-every too")
         if self.precision not in PRECISIONS:
             problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.valid_tokens == 1:  # below 1: the limits
+            problems.append(f"--valid-tokens {self.valid_tokens}: a validation needs at least 2 tokens "
+                            "(one read, one predicted)")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -209,9 +212,12 @@ def _refuse_another_runs_folder(folder: Path) -> None:
     """A new run does not write over one that is there: its checkpoint would be replaced and its
     records mixed with the new run's in one ``metrics.jsonl``."""
     held = [name for name in ("checkpoint.pt", "metrics.jsonl", "result.json") if (folder / name).exists()]
-    if held:
+    if "checkpoint.pt" in held:
         raise ValueError(f"--out {folder} holds a run already ({', '.join(held)}): --resume continues it; "
                          "give another --out for a new run")
+    if held:
+        raise ValueError(f"--out {folder} holds the records of a run that left no checkpoint "
+                         f"({', '.join(held)}): move them away to start again there, or give another --out")
 
 
 def _resumed(saved: dict, given: TrainConfig, out: Path, max_tokens: int | None, epochs: int | None,
@@ -299,8 +305,9 @@ class Trainer:
         self.checkpoint_path = self.out / "checkpoint.pt"
         self.best_path = self.out / "best.pt"  # with --patience: the weights of the best periodic validation
         saved = None
-        if not resume:
-            _refuse_another_runs_folder(self.out)
+        if not resume and self.rank == 0:  # under the lock: a run writing there is named as such
+            with RunLock(self.out):
+                _refuse_another_runs_folder(self.out)
         if resume:
             saved = load_checkpoint(self.checkpoint_path)
             config = _resumed(saved, config, self.out, max_tokens, epochs, device, self.world)
@@ -310,9 +317,6 @@ class Trainer:
         self.config = config
         self.corpus = corpus or load_corpus(config.corpus, config.text, config.level, config.data_root)
         if config.valid_tokens is not None:
-            if config.valid_tokens < 2:
-                raise ValueError(f"--valid-tokens {config.valid_tokens}: a validation needs at least 2 tokens "
-                                 "(one read, one predicted)")
             self.corpus = replace(self.corpus, valid=self.corpus.valid[: config.valid_tokens])
         if saved is not None and Vocabulary.from_dict(saved["vocab"]).tokens != self.corpus.vocab.tokens:
             raise CheckpointError("the corpus's vocabulary differs from the checkpoint's: resume with the same data")
