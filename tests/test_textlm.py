@@ -827,6 +827,21 @@ def test_compare_restarts_a_run_that_left_records_but_no_checkpoint_with_them_se
     assert (folder / "compare.json").is_file()
 
 
+def test_compare_settings_on_one_out_are_compared_as_its_runs_see_them(tmp_path):
+    """Fractions are sets (``--check-at 0.5 0`` is ``--check-at 0 0.5``), ``--hidden`` does not count
+    under ``--params`` (each cell gets its own width), more cells and seeds extend the comparison; a
+    budget, a rate or another fraction does not."""
+    from textlm.compare import CompareConfig, refuse_other_settings
+    saved = CompareConfig(out=str(tmp_path), check_at=[0.5, 0.0], noise=[0.1, 0.01], params=8000, seeds=[0])
+    (tmp_path / "config.json").write_text(json.dumps(asdict(saved)))
+    refuse_other_settings(CompareConfig(out=str(tmp_path), check_at=[0.0, 0.5], noise=[0.01, 0.1], params=8000,
+                                        hidden=64, seeds=[0, 1], cells=["torch-gru"]))
+    for other in ({"check_at": [0.0]}, {"max_tokens": 2_000_000}, {"lr": 1e-2}, {"params": 9000}):
+        given = CompareConfig(**{**asdict(saved), **other})
+        with pytest.raises(ValueError, match="holds a comparison with other settings"):
+            refuse_other_settings(given)
+
+
 def test_an_interrupted_compare_resumes_its_run_exactly(tmp_path):
     """Ctrl-C in the middle of a run: the comparison stops, the run keeps its checkpoint and no
     result; the same command again finishes that run, to the weights and losses of the same run

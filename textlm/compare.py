@@ -26,6 +26,7 @@ replaced by random others (:func:`textlm.evaluate.corrupted`; the targets stay c
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -483,8 +484,14 @@ def refuse_other_settings(config: CompareConfig) -> None:
     defaults = asdict(CompareConfig())
     given = asdict(config)
     unused = {"hidden"} if given["params"] is not None else set()  # --params gives each cell its width
-    differ = [name for name in given if name not in EXTENSIBLE | unused
-              and before.get(name, defaults[name]) != given[name]]
+
+    def same(name) -> bool:
+        a, b = before.get(name, defaults[name]), given[name]
+        if name in ("check_at", "noise") and isinstance(a, list) and isinstance(b, list):  # sets of fractions
+            with contextlib.suppress(TypeError):
+                return sorted(a) == sorted(b)
+        return a == b
+    differ = [name for name in given if name not in EXTENSIBLE | unused and not same(name)]
     if differ:
         said = ", ".join(f"--{n.replace('_', '-')} {_shown(before.get(n, defaults[n]))} there, {_shown(given[n])} given"
                          for n in differ)
