@@ -49,8 +49,9 @@ def main():
     if args.one:
         print(json.dumps(one(args.one, args.tokens, os.path.join(args.out, args.one.replace(":", "_")))))
         return
+    from textlm.train import RUN_FILES
     held = [cell for cell in args.cells if any(os.path.exists(os.path.join(args.out, cell.replace(":", "_"), name))
-                                               for name in ("checkpoint.pt", "metrics.jsonl"))]
+                                               for name in RUN_FILES)]
     if held:  # every row is measured here, in one process per cell: an earlier run cannot be read back
         sys.exit(f"textlm_compare.py: --out {args.out} holds earlier runs of {', '.join(held)}: give another --out")
     rows = []

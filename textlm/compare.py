@@ -159,7 +159,8 @@ def _set_aside(run: Path) -> None:
     """The records of an earlier start of a run that left no checkpoint (killed before its first,
     or its checkpoint lost with the machine) move to ``superseded-K/``: the run starts again from
     its seed, in a folder that holds no other run's records (``train`` refuses one that does)."""
-    earlier = [run / name for name in ("metrics.jsonl", "result.json") if (run / name).exists()]
+    from .train import RUN_FILES
+    earlier = [run / name for name in RUN_FILES if (run / name).exists()]
     if earlier:
         k = next(k for k in itertools.count() if not (run / f"superseded-{k}").exists())
         (run / f"superseded-{k}").mkdir()
@@ -474,27 +475,25 @@ def refuse_other_settings(config: CompareConfig) -> None:
     if not saved.is_file():
         return
     try:
-        before = json.loads(saved.read_text())
-        before = dict(before) if isinstance(before, dict) else None
+        stored = json.loads(saved.read_text())
     except (OSError, ValueError):
-        before = None
-    if before is None:
+        stored = None
+    if not isinstance(stored, dict):
         raise ValueError(f"--out {saved.parent}: its config.json is not a comparison's configuration; "
                          "give another --out")
-    defaults = asdict(CompareConfig())
     given = asdict(config)
+    before = {**asdict(CompareConfig()), **stored}
     unused = {"hidden"} if given["params"] is not None else set()  # --params gives each cell its width
 
     def same(name) -> bool:
-        a, b = before.get(name, defaults[name]), given[name]
+        a, b = before[name], given[name]
         if name in ("check_at", "noise") and isinstance(a, list) and isinstance(b, list):  # sets of fractions
             with contextlib.suppress(TypeError):
                 return sorted(a) == sorted(b)
         return a == b
     differ = [name for name in given if name not in EXTENSIBLE | unused and not same(name)]
     if differ:
-        said = ", ".join(f"--{n.replace('_', '-')} {_shown(before.get(n, defaults[n]))} there, {_shown(given[n])} given"
-                         for n in differ)
+        said = ", ".join(f"--{n.replace('_', '-')} {_shown(before[n])} there, {_shown(given[n])} given" for n in differ)
         raise ValueError(f"--out {saved.parent} holds a comparison with other settings ({said}); only the cells, "
                          "seeds and device may change between commands on one --out: give another --out")
 
@@ -505,9 +504,9 @@ def _shown(value) -> str:
 
 def compare(config: CompareConfig, progress=print, bars: bool = False) -> tuple[list[dict], str]:
     from .data import load_corpus
+    refuse_other_settings(config)
     corpus = load_corpus(config.corpus, config.text, config.level, config.data_root)
     out = Path(config.out)
-    refuse_other_settings(config)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
     rows = []

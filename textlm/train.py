@@ -208,10 +208,13 @@ def _run_folder(out: str) -> Path:
     return folder
 
 
+RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "result.json")  # what a run writes into its --out
+
+
 def _refuse_another_runs_folder(folder: Path) -> None:
     """A new run does not write over one that is there: its checkpoint would be replaced and its
     records mixed with the new run's in one ``metrics.jsonl``."""
-    held = [name for name in ("checkpoint.pt", "metrics.jsonl", "result.json") if (folder / name).exists()]
+    held = [name for name in RUN_FILES if (folder / name).exists()]
     if "checkpoint.pt" in held:
         raise ValueError(f"--out {folder} holds a run already ({', '.join(held)}): --resume continues it; "
                          "give another --out for a new run")
