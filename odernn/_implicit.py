@@ -24,12 +24,16 @@ right-hand sides (at B = 32, D = 128: 0.1 ms against 1.9 ms for 32 per-sample LU
 instead of a loop of 32). Its chord iteration converges to the same solution, at rate
 ``ρ(I − P_b⁻¹ M_b)``: for the GRU-ODE field at initialisation about 0.08 at Δ = 1 (0.29 with the
 plain mean Jacobian, whose diagonal misses each sample's gates). Where it contracts less than
-twofold per iteration, the step factors per sample, as the per-token cell does. Which matrix
-iterates changes how many iterations a step takes, never what it converges to: every stage is
-solved to the per-token cell's tolerance.
+twofold per iteration, the step factors per sample, as the per-token cell does. Where even that
+chord iteration cannot reach the tolerance within its budget at the rate it shows (``J₀`` far from
+the stages' Jacobians: a state that moves far within a long step, as a trained stiff cell's does),
+the stage goes to Newton–Krylov below, whose Jacobians are the iterate's. Which matrix iterates
+changes how many iterations a step takes, never what it converges to: every stage is solved to the
+per-token cell's tolerance.
 
 ``newton=krylov`` makes no factorisation (``auto``, from a state width of 150, where the shared
-factorisation does not converge: per-sample factorisations were measured slower there): Newton's method with each update from batched GMRES (:func:`gmres`) on the
+factorisation does not converge: per-sample factorisations were measured slower there; every plan,
+where its factorisations do not converge): Newton's method with each update from batched GMRES (:func:`gmres`) on the
 structured Jacobian–vector products (:meth:`FieldLinearisation.jvp`, one product with ``W``), the
 linear solves to ``√tol``; the backward solves its transposed systems by GMRES on the
 vector–Jacobian products, to ``tol``, with a direct solve where GMRES does not get there.
@@ -72,6 +76,10 @@ _SLOW_RATE = 0.5  # ... or until the update shrinks by less than this per iterat
 # (the structured Jacobian's mean and N̄⁻¹) costs about three chord iterations; at this rate a
 # step needs about two iterations more than at the 0.02–0.05 of a fresh one (docs/speed.md)
 _REFRESH_RATE = 0.2
+# the per-sample chord iteration hands over to Newton–Krylov once, at the rate measured after this
+# many iterations, it cannot reach the tolerance within its budget (J₀ is far from the stages'
+# Jacobians: a state that moves far within the step, as a trained stiff cell's does)
+_RATE_AFTER = 3
 _KRYLOV_ITERATIONS = 60  # GMRES iterations per linear solve at most (no restarts)
 _KRYLOV_FROM = 150  # state width D from which newton=auto solves matrix-free (measured: docs/speed.md)
 
@@ -79,14 +87,15 @@ _KRYLOV_FROM = 150  # state width D from which newton=auto solves matrix-free (m
 def newton_plan(cell, choice: str | None = None) -> tuple[tuple[str, ...], bool]:
     """``(the chord factorisations a step tries in order, whether Newton–Krylov follows)`` for the
     cell's ``newton=`` (or ``choice``): ``dense`` tries the batch-shared factorisation, then one
-    per sample; ``krylov`` factors nothing; ``auto`` (the default) is ``dense`` below a state
-    width of ``_KRYLOV_FROM`` and the shared factorisation then Newton–Krylov from there, where
-    Krylov iterations (``D²``) were measured faster than per-sample factorisations (``D³``)."""
+    per sample, then Newton–Krylov where neither converges; ``krylov`` factors nothing; ``auto``
+    (the default) is ``dense`` below a state width of ``_KRYLOV_FROM`` and the shared
+    factorisation then Newton–Krylov from there, where Krylov iterations (``D²``) were measured
+    faster than per-sample factorisations (``D³``)."""
     choice = choice or getattr(cell.scheme, "newton", "auto")  # (a cell pickled before the option: auto)
     if choice == "krylov":
         return (), True
     if choice == "dense" or sum(cell.field.block_sizes) < _KRYLOV_FROM:
-        return ("shared", "samples"), False
+        return ("shared", "samples"), True
     return ("shared",), True
 
 
@@ -515,7 +524,8 @@ class ImplicitTokenProgram:
     def _iterate(self, residual_of, K, make, solve, tol, per_iteration: int):
         """Chord iterations ``K ← K + P⁻¹ (F(K) − K)`` with each of ``self.chord``'s factorisations in
         turn (``make(kind)``): the batch-shared one (cheap: the batch is its right-hand sides) while
-        it contracts at least twofold per iteration, then one per sample, to the tolerance.
+        it contracts at least twofold per iteration, then one per sample, to the tolerance (or,
+        where Newton–Krylov follows, until its rate shows it cannot get there in its budget).
         ``(K, the factorisation, field evaluations, the last relative update)``; ``K`` is ``None``
         where none converged."""
         evaluations, error = 0, float("inf")
@@ -526,7 +536,7 @@ class ImplicitTokenProgram:
             shared = kind != "samples"
             budget = _SHARED_ITERATIONS if shared else self.max_iterations
             trial, previous, slowest = K, None, 0.0
-            for _ in range(budget):
+            for iteration in range(1, budget + 1):
                 delta = solve(factors, residual_of(trial))
                 evaluations += per_iteration
                 trial = trial + delta
@@ -534,9 +544,13 @@ class ImplicitTokenProgram:
                 if error <= tol or not error == error:
                     break
                 if previous is not None:
-                    slowest = max(slowest, error / previous)
+                    rate = error / previous
+                    slowest = max(slowest, rate)
                     if shared and slowest > _SLOW_RATE:
                         break  # the batch's Jacobians differ too much for one matrix
+                    if (not shared and self.krylov and iteration >= _RATE_AFTER
+                            and (rate >= 1 or error * rate ** (budget - iteration) > tol)):
+                        break  # J₀ is too far from the stages' Jacobians to get there: Newton–Krylov
                 previous = error
             if shared and (slowest > _REFRESH_RATE or not error <= tol):
                 for kept in _factorisations(factors):  # the next step (or this one, below) builds it afresh

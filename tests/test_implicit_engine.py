@@ -249,6 +249,41 @@ def test_auto_follows_the_shared_factorisation_with_newton_krylov_on_wide_states
         assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max())
 
 
+@pytest.mark.parametrize("spec, gain, scale", [("rnn:alexander2:dt=2", 6, 1), ("gru-ode:alexander2:dt=4", 4, 1),
+                                               ("lstm:alexander2:dt=4", 6, 1), ("rnn:radau-iia-3:dt=2", 4, 1)])
+def test_where_the_chord_iteration_cannot_converge_in_its_budget_newton_krylov_solves_the_step(spec, gain, scale,
+                                                                                              monkeypatch):
+    """Strong recurrent weights and a long step: the state moves far within the step, so the chord
+    iteration with ``J₀`` at the step's start contracts slowly. With its default budget of 50
+    iterations the per-token cell gives up (and gets there with 5,000); the
+    engine's dense plan hands such stages to Newton–Krylov (Jacobians at the iterate) and gives the
+    per-token cell's solution with the larger budget, outputs and every gradient."""
+    torch.manual_seed(0)
+    rnn = odernn.ODERNN(spec + TIGHT, 3, 4, dtype=torch.float64)
+    assert newton_plan(rnn.cells[0]) == (("shared", "samples"), True)
+    with torch.no_grad():
+        rnn.weight_hh_l0.mul_(gain)
+    x = (scale * torch.randn(4, 3, 3, dtype=torch.float64)).requires_grad_()
+    blocks = tuple(torch.zeros(3, 4, dtype=torch.float64, requires_grad=True) for _ in range(rnn.cells[0].t))
+    calls = {"krylov": 0}
+    original = ImplicitTokenProgram._newton_krylov
+
+    def counted(self, *args, **kwargs):
+        calls["krylov"] += 1
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(ImplicitTokenProgram, "_newton_krylov", counted)
+    inputs = [x, *blocks, *rnn.parameters()]
+    ours = _gradients(_engine_run(rnn, x, blocks), inputs)
+    assert calls["krylov"] > 0
+    cell = rnn.cells[0]
+    with pytest.raises(odernn.ImplicitSolveError, match="did not converge in 50"):
+        _reference_loop(cell, x, blocks)
+    cell.scheme.max_iterations = 5000
+    reference = _gradients(_reference_loop(cell, x, blocks), inputs)
+    for a, b in zip(ours, reference):
+        assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max()), spec
+
+
 def test_second_derivatives_are_refused_and_torch_func_takes_the_per_token_cell():
     rnn, x, blocks = _problem("gru-ode:radau-iia-3", T=3)
     out, _ = _engine_run(rnn, x, blocks)
@@ -280,7 +315,7 @@ def test_batched_gmres_solves_each_row_to_its_tolerance():
 
 
 def test_newton_option_chooses_the_linear_solves_and_refuses_what_it_cannot_mean():
-    dense, wide = (("shared", "samples"), False), (("shared",), True)
+    dense, wide = (("shared", "samples"), True), (("shared",), True)
     assert newton_plan(odernn.cell("gru-ode:alexander2", 3, 64)) == dense
     assert newton_plan(odernn.cell("gru-ode:alexander2", 3, 256)) == wide  # auto: from D = 150 on
     assert newton_plan(odernn.cell("lstm:alexander2", 3, 80)) == wide  # D = 2 × 80
