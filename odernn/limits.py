@@ -143,7 +143,8 @@ class Location:
         if self.role == "folder" and mode is not None and not is_folder:
             raise ValueError(f"{name} {text}: is a file, not a directory")
         if self.role == "file or folder" and not (is_file or is_folder):
-            raise ValueError(f"{name} {text}: no such file or folder")
+            why = "no such file or folder" if mode is None else "not a regular file or a folder (a device or a pipe)"
+            raise ValueError(f"{name} {text}: {why}")
         if self.role == "output":
             folder = os.path.dirname(os.path.abspath(path))
             if is_folder:

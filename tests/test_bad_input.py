@@ -221,6 +221,13 @@ def _rewritten(path, good, change):
     torch.save(data, path)
 
 
+@pytest.mark.parametrize("command", [["evaluate"], ["generate"], ["stability", "check"]])
+def test_a_device_given_as_a_checkpoint_is_named_one(command):
+    code, _, err = run(*command, "/dev/null")
+    assert code == 2 and "/dev/null" in err and "not a regular file" in err and "(a device or a pipe)" in err, err
+    assert err.count("\n") == 1
+
+
 @pytest.mark.parametrize("what, make, message", CHECKPOINT_CASES, ids=[c[0] for c in CHECKPOINT_CASES])
 @pytest.mark.parametrize("command", ["evaluate", "generate", "stability"])
 def test_bad_checkpoints(tmp_path, trained, what, make, message, command, capfd):
@@ -317,6 +324,20 @@ def test_compare_on_a_folder_whose_config_is_not_a_comparisons(tmp_path, saved):
 def test_compare_with_an_unknown_cell(tmp_path):
     code, _, err = run("compare", "--cells", "torch-gru", "gru-odd", "--out", str(tmp_path))
     assert code == 2 and "--cells gru-odd" in err and err.count("\n") == 1
+    assert "or PyTorch's own: torch-rnn, torch-lstm, torch-gru" in err and "separated by spaces" not in err
+
+
+@pytest.mark.parametrize("cells", ["torch-gru,torch-lstm", "gru-ode:rk4,gru-ode:midpoint"])
+def test_compare_with_cells_written_as_one_says_how_to_give_several(tmp_path, cells):
+    code, _, err = run("compare", "--cells", cells, "--out", str(tmp_path))
+    assert code == 2 and f"--cells {cells}:" in err and "(several cells are separated by spaces: --cells A B)" in err
+    assert err.count("\n") == 1 and not (tmp_path / "runs").exists()
+
+
+def test_train_with_an_unknown_cell_names_pytorchs_too(tmp_path):
+    (tmp_path / "verse.txt").write_text("".join(f"{k} shall I compare thee to a summer's day?\n" for k in range(40)))
+    code, _, err = run("train", "--text", str(tmp_path / "verse.txt"), "--cell", "gru-odd", "--out", str(tmp_path / "r"))
+    assert code == 2 and "unknown cell field 'gru-odd'" in err and "torch-gru" in err and err.count("\n") == 1, err
 
 
 def test_compare_refuses_an_init_gain_a_cell_cannot_take_before_training(tmp_path):

@@ -80,7 +80,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
+        raise CheckpointError(f"no checkpoint at {path}" + ("" if not path.exists() else
+                                                            ": not a regular file (a device or a pipe)"))
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # zip, pickle and unpickler-policy errors all mean "not a good checkpoint"

@@ -41,6 +41,12 @@ class ModelError(ValueError):
     """A model option that cannot work (the message says why)."""
 
 
+def cell_spec_message(err: Exception) -> str:
+    """A cell spec's error as the language model's commands give it: they also take PyTorch's own cells."""
+    text = str(err)
+    return text + f"; or PyTorch's own: {', '.join(TORCH_CELLS)}" if text.startswith("unknown cell field") else text
+
+
 def _digest(entries: dict) -> str:
     return hashlib.sha256(json.dumps(entries, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
@@ -202,7 +208,7 @@ class RecurrentStack(nn.Module):
             self.rnn = odernn.ODERNN(cells, input_size, hidden_size, layers, dropout=dropout, grad=grad, adjoint=adjoint,
                                      **speed)
         except odernn.CellSpecError as err:
-            raise ModelError(str(err)) from None
+            raise ModelError(cell_spec_message(err)) from None
         except (ValueError, KeyError, butcher.UnknownMethodError) as err:  # an unusable adjoint solver
             raise ModelError(f"{spec}: {'adjoint: ' if grad == 'adjoint' else ''}{err}") from None
 

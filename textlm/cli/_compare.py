@@ -101,14 +101,16 @@ def cmd_compare(args) -> int:
     from textlm.runtime import Runtime
     Runtime.of(config.device, config.precision)  # no CUDA: one line now, not one per run
     import odernn
-    from textlm.model import TORCH_CELLS, LanguageModel, ModelError
+    from textlm.model import TORCH_CELLS, LanguageModel, ModelError, cell_spec_message
     for cell in config.cells:  # fail before hours of training, not in the middle
         if cell.lower() not in TORCH_CELLS:
             try:
                 odernn.parse_spec(cell)
                 odernn.cell(cell, 2, 2)
             except odernn.CellSpecError as err:
-                raise CLIError(f"--cells {cell}: {err}") from None
+                several = any("," in part for part in cell.split(":")[:2])  # the field or tableau part
+                raise CLIError(f"--cells {cell}: {cell_spec_message(err)}" + (
+                    " (several cells are separated by spaces: --cells A B)" if several else "")) from None
         if config.init_gain != 1.0:
             try:
                 LanguageModel(vocab_size=2, cell=cell, layers=config.layers, hidden=2).scale_recurrent_weights(config.init_gain)
