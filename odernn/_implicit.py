@@ -33,9 +33,11 @@ per-token cell's tolerance.
 
 ``newton=krylov`` makes no factorisation (``auto``, from a state width of 150, where the shared
 factorisation does not converge: per-sample factorisations were measured slower there; every plan,
-where its factorisations do not converge): Newton's method with each update from batched GMRES (:func:`gmres`) on the
-structured Jacobian–vector products (:meth:`FieldLinearisation.jvp`, one product with ``W``), the
-linear solves to ``√tol``; the backward solves its transposed systems by GMRES on the
+where its factorisations do not converge): Newton's method with each update from batched GMRES
+(:func:`gmres`) on the structured Jacobian–vector products (:meth:`FieldLinearisation.jvp`, one
+product with ``W``), the linear solves to ``√tol``; where that does not converge, again with each step
+shortened per sample by a line search where it does not decrease that sample's residual (Armijo's
+backtracking); the backward solves its transposed systems by GMRES on the
 vector–Jacobian products, to ``tol``, with a direct solve where GMRES does not get there.
 
 The backward pass is the implicit function theorem's (the discrete adjoint of the converged step).
@@ -80,6 +82,7 @@ _REFRESH_RATE = 0.2
 # many iterations, it cannot reach the tolerance within its budget (J₀ is far from the stages'
 # Jacobians: a state that moves far within the step, as a trained stiff cell's does)
 _RATE_AFTER = 3
+_HALVINGS = 10  # of a step by Newton–Krylov's line search (its second try), at most: then taken as it is
 _KRYLOV_ITERATIONS = 60  # GMRES iterations per linear solve at most (no restarts)
 _KRYLOV_FROM = 150  # state width D from which newton=auto solves matrix-free (measured: docs/speed.md)
 
@@ -578,22 +581,23 @@ class ImplicitTokenProgram:
     def _newton_krylov(self, system, K, tol, per_iteration: int = 1):
         """``K`` with ``F(K) = K`` by Newton's method, each update from ``(residual, apply) = system(K)``
         by GMRES with Jacobian–vector products (matrix-free: no factorisation); the linear solves to
-        ``√tol`` (at least 1e-2), so that Newton converges by that factor or faster per iteration."""
+        ``√tol`` (at least 1e-2), so that Newton converges by that factor or faster per iteration.
+        Where it does not converge in its budget, it starts again from ``K`` with a line search
+        (:func:`_line_search`): from a poor first guess plain Newton can wander for its whole
+        budget beside a well-conditioned solution (a trained GRU-ODE under SDIRK, docs/results.md
+        §9), while a line search alone can crawl where plain Newton's full steps get there; so
+        plain Newton first, and every solve it finishes is as it was."""
         eta = min(1e-2, max(tol ** 0.5, tol))
-        evaluations, error = 0, float("inf")
-        for _ in range(self.max_iterations):
-            G, apply = system(K)
-            evaluations += per_iteration
-            delta, _ = gmres(apply, G, eta, min(_KRYLOV_ITERATIONS, G.shape[-1]))
-            K = K + delta
-            error = relative_update(delta, K)
-            if error <= tol or not error == error:
-                break
-        if not error <= tol:
-            raise ImplicitSolveError(
-                f"{self.name}: the stage equations did not converge in {self.max_iterations} Newton–Krylov "
-                f"iterations (relative update {error:.2e} > tolerance {tol:.1e}); try a smaller dt or more steps")
-        return K, evaluations
+        evaluations = 0
+        for halvings in (0, _HALVINGS):
+            solved, count, error = _newton(system, K, tol, eta, self.max_iterations, halvings)
+            evaluations += count * per_iteration
+            if solved is not None:
+                return solved, evaluations
+        raise ImplicitSolveError(
+            f"{self.name}: the stage equations did not converge in {self.max_iterations} Newton–Krylov "
+            f"iterations, with or without a line search (relative update {error:.2e} > tolerance {tol:.1e}); "
+            "try a smaller dt or more steps")
 
     def _lower(self, yf, f0, start, context, h, W, b, sizes, tape):
         """Stage by stage (``A`` lower triangular)."""
@@ -666,9 +670,9 @@ class ImplicitTokenProgram:
             F, act, _, Y = self._evaluate(stage_context, values(Kt.reshape(B, s, D)).reshape(B * s, D), sizes, W, b)
             linear = FieldLinearisation(self.field, act, Y, W)
 
-            def apply(v):  # (I − h A ⊗ J_j) v
-                Jv = linear.jvp(v.reshape(B * s, D)).reshape(B, s, D)
-                return v - (hb * torch.einsum("ij,bjd->bid", A, Jv)).reshape(B, s * D)
+            def apply(v):  # stage i: v_i − h J_i Σ_j a_ij v_j, with J_i the field's Jacobian at stage i's value
+                combined = torch.einsum("ij,bjd->bid", A, v.reshape(B, s, D)).reshape(B * s, D)
+                return v - (hb * linear.jvp(combined).reshape(B, s, D)).reshape(B, s * D)
             return F.reshape(B, s * D) - Kt, apply
 
         def make(kind):  # one factorisation per eigenvalue, a conjugate pair's shared
@@ -842,6 +846,46 @@ def _direct(J, scale, rhs):
     s = scale.reshape(-1, 1, 1) if isinstance(scale, torch.Tensor) else scale
     M = torch.eye(J.shape[-1], dtype=J.dtype, device=J.device) - s * J.transpose(-1, -2)
     return torch.linalg.lu_solve(*lu_factor(M), rhs[..., None])[..., 0]
+
+
+def _newton(system, K, tol, eta, budget: int, halvings: int):
+    """Newton–Krylov from ``K`` for at most ``budget`` iterations, each step through
+    :func:`_line_search` with at most ``halvings`` (0: the full step, plain Newton):
+    ``(the solution or None, field evaluations, the last relative update)``."""
+    G, apply = system(K)
+    evaluations, error = 1, float("inf")
+    for _ in range(budget):
+        delta, _ = gmres(apply, G, eta, min(_KRYLOV_ITERATIONS, G.shape[-1]))
+        error = relative_update(delta, K + delta)
+        if error <= tol:
+            return K + delta, evaluations, error
+        if not error == error:
+            break
+        K, G, apply, tries = _line_search(system, K, G, delta, tol, eta, halvings)
+        evaluations += tries
+    return None, evaluations, error
+
+
+def _line_search(system, K, G, delta, tol, eta, halvings: int = 0):
+    """Armijo's backtracking for the inexact Newton step ``delta`` from ``K`` (residual ``G``), row by
+    row: a row's step is halved (at most ``halvings`` times; none: the full step) until its residual norm falls by the
+    factor ``1 − 1e-4·α·(1 − eta)`` (Eisenstat & Walker's condition for a step solved to ``eta``), or
+    the row's full step is already within the tolerance (round-off is no reason to shorten it).
+    ``(the new K, its residual and Jacobian product, field evaluations)``: the full step, where
+    every row takes it, costs one evaluation, which the next Newton iteration uses."""
+    if not halvings:
+        trial = K + delta
+        return (trial, *system(trial), 1)
+    norm = G.norm(dim=-1, keepdim=True)
+    settled = delta.abs().amax(dim=-1, keepdim=True) <= tol * (1 + (K + delta).abs().max())
+    alpha = torch.ones_like(norm)
+    for halving in range(halvings + 1):
+        trial = K + alpha * delta
+        G_trial, apply = system(trial)
+        enough = settled | (G_trial.norm(dim=-1, keepdim=True) <= (1 - 1e-4 * (1 - eta) * alpha) * norm)
+        if bool(enough.all()) or halving == halvings:
+            return trial, G_trial, apply, halving + 1
+        alpha = torch.where(enough, alpha, alpha / 2)
 
 
 def _krylov_or(operator, rhs, tol, fallback):

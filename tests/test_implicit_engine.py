@@ -284,6 +284,76 @@ def test_where_the_chord_iteration_cannot_converge_in_its_budget_newton_krylov_s
         assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max()), spec
 
 
+def test_newton_krylov_tries_again_with_a_line_search_where_plain_newton_does_not_converge():
+    """``arctan(K) = 0`` from ``K = ±2, 3, 10``: Newton's full steps overshoot and |K| grows without
+    bound (the classic divergence); the second try from the same start, each row's step halved until
+    its residual falls, converges to 0. A row that plain Newton solves (0.5) is solved either way."""
+    program = ImplicitTokenProgram(odernn.cell("gru-ode:alexander2:tol=1e-12", 1, 4))
+    K0 = torch.tensor([[2.0], [-2.0], [3.0], [10.0], [0.5]], dtype=torch.float64)
+
+    def system(K):  # F(K) = K − arctan(K): residual F − K, and (I − ∂F/∂K) v = v / (1 + K²)
+        return -torch.atan(K), lambda v, K=K: v / (1 + K.square())
+    solved, count, _ = odernn._implicit._newton(system, K0, 1e-12, 1e-6, 50, halvings=0)
+    assert solved is None  # plain Newton diverges
+    K, evaluations = program._newton_krylov(system, K0, 1e-12)
+    assert K.abs().max() <= 1e-12 and evaluations > count
+    plain, _, _ = odernn._implicit._newton(system, K0[4:], 1e-12, 1e-6, 50, halvings=0)
+    assert plain.abs().max() <= 1e-12
+
+
+def test_newton_krylov_solves_a_trained_like_stage_plain_newton_cannot(monkeypatch):
+    """Strong recurrent weights and Δ = 4 under SDIRK: plain Newton–Krylov wanders for its whole
+    budget on some token (as on the study's trained GRU-ODEs, docs/results.md §9), and the per-token
+    cell's chord iteration fails too; with the line search every stage equation holds to 1e-10 at
+    the solution, and the gradient along a random direction is the central difference's."""
+    torch.manual_seed(0)
+    rnn = odernn.ODERNN("rnn:alexander2:newton=krylov:dt=4:tol=1e-12", 3, 4, dtype=torch.float64)
+    with torch.no_grad():
+        rnn.weight_hh_l0.mul_(8)
+    x = torch.randn(4, 3, 3, dtype=torch.float64)
+    monkeypatch.setattr(odernn._implicit, "_HALVINGS", 0)  # the second try as plain as the first
+    with pytest.raises(odernn.ImplicitSolveError, match="with or without a line search"):
+        rnn(x)
+    monkeypatch.undo()
+    solves, original = [], ImplicitTokenProgram._newton_krylov
+
+    def kept(self, system, K, tol, per_iteration=1):
+        solved = original(self, system, K, tol, per_iteration)
+        solves.append((system, solved[0]))
+        return solved
+    monkeypatch.setattr(ImplicitTokenProgram, "_newton_krylov", kept)
+    out = rnn(x.requires_grad_())[0]
+    assert solves and all(system(K)[0].abs().max() <= 1e-10 * (1 + K.abs().max()) for system, K in solves)
+    weights, direction, eps = torch.randn_like(out), torch.randn_like(x), 1e-6
+    (grad,) = torch.autograd.grad((weights * out).sum(), x)
+    with torch.no_grad():
+        difference = ((weights * rnn(x + eps * direction)[0]).sum() - (weights * rnn(x - eps * direction)[0]).sum()) / (2 * eps)
+    assert abs(float((grad * direction).sum()) - float(difference)) <= 1e-6 * (1 + abs(float(difference)))
+
+
+def test_newton_krylovs_jacobian_product_is_the_residuals_derivative(monkeypatch):
+    """For stage-by-stage and coupled tableaux, ``apply`` is ``−∂G/∂K`` of the residual
+    ``G(K) = F(K) − K`` (autograd's, at an iterate away from the solution): stage ``i`` of a coupled
+    system has ``h J(Y_i) Σ_j a_ij v_j``, the Jacobian at its own value (it once had ``J(Y_j)``: Newton
+    then converged at most linearly)."""
+    systems, original = [], ImplicitTokenProgram._newton_krylov
+
+    def kept(self, system, K, tol, per_iteration=1):
+        systems.append((system, K))
+        return original(self, system, K, tol, per_iteration)
+    monkeypatch.setattr(ImplicitTokenProgram, "_newton_krylov", kept)
+    for spec in ("gru-ode:alexander2", "lstm:radau-iia-3", "gru-ode:gauss-2", "cornn:kvaerno4:dt=0.3"):
+        rnn, x, blocks = _problem(spec + ":newton=krylov")
+        with torch.no_grad():
+            _engine_run(rnn, x.detach(), tuple(b.detach() for b in blocks))
+        system, K = systems[-1]
+        K = K + 0.1 * torch.randn_like(K)
+        v = torch.randn_like(K)
+        _, apply = system(K)
+        _, derivative = torch.autograd.functional.jvp(lambda k: system(k)[0], K, v)
+        assert (apply(v) + derivative).abs().max() <= 1e-10 * (1 + derivative.abs().max()), spec
+
+
 def test_second_derivatives_are_refused_and_torch_func_takes_the_per_token_cell():
     rnn, x, blocks = _problem("gru-ode:radau-iia-3", T=3)
     out, _ = _engine_run(rnn, x, blocks)
@@ -304,7 +374,7 @@ def test_a_stage_system_that_does_not_converge_raises_the_per_token_cells_error(
     monkeypatch.setattr(odernn._implicit, "_SHARED_ITERATIONS", 1)
     rnn = odernn.ODERNN("gru-ode:gauss-2" + TIGHT, 3, 4, dtype=torch.float64)
     rnn.cells[0].scheme.max_iterations = 1
-    with pytest.raises(odernn.ImplicitSolveError, match=r"in 1 Newton–Krylov iterations .*tolerance 1\.0e-14"):
+    with pytest.raises(odernn.ImplicitSolveError, match=r"in 1 Newton–Krylov iterations, with or without a line search .*tolerance 1\.0e-14"):
         rnn(torch.randn(2, 1, 3, dtype=torch.float64))
 
 
