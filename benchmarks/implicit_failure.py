@@ -1,0 +1,130 @@
+"""Why an implicit run stopped on ``ImplicitSolveError`` (issue 24: the seeds study's SDIRK GRU-ODEs).
+
+A run that stops saves its last good state (its checkpoint: weights, carried state, position). This
+replays the batch it stopped on with plain Newton–Krylov alone (as the engine solved before
+2026-12-07) and with the engine of today (plain Newton, then a line search), names the token and the
+samples whose stage equations were not solved, and solves those samples' stage equations in float64
+with Powell's hybrid method (``scipy.optimize.root``), from ``f(base)`` and then from random
+starts. A residual near zero at a well-conditioned ``I − h a_ii J`` (its smallest
+singular value printed) means a solution was there for a solver to find: the stop was the solver's,
+not the method's. Lower-triangular (DIRK) tableaux only.
+
+    python benchmarks/implicit_failure.py RUN_FOLDER_OR_CHECKPOINT ... [--data-root DIR] [--starts 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+
+
+def replay(path: str, data_root: str | None, starts: int) -> None:
+    import odernn
+    import odernn._implicit as implicit
+    from scipy.optimize import root
+    from textlm.checkpoint import load_checkpoint
+    from textlm.data import batchify, load_corpus
+    from textlm.model import LanguageModel
+
+    data = load_checkpoint(path)
+    run, position = data.get("config") or {}, data["position"]
+    corpus = load_corpus(run.get("corpus"), run.get("text"), run.get("level") or "char", data_root)
+    rows = batchify(corpus.split("train"), int(run.get("batch_size", 32)))
+    bptt, column = int(run.get("bptt", 64)), position["column"]
+    batch = (rows[:, column:column + bptt], rows[:, column + 1:column + bptt + 1])
+    print(f"{path}: step {position['step']}, columns {column}–{column + bptt} of each stream")
+
+    seen = {}
+    token, newton = implicit.ImplicitTokenProgram.token, implicit.ImplicitTokenProgram._newton_krylov
+
+    def kept_token(self, y, context, h, *rest, **kwargs):
+        seen.update(y=y, context=context, h=h, t=seen.get("next", 0), next=seen.get("next", 0) + 1)
+        return token(self, y, context, h, *rest, **kwargs)
+
+    def kept_newton(self, system, K, tol, per_iteration=1):
+        seen.update(system=system, K=K, tol=tol)
+        return newton(self, system, K, tol, per_iteration)
+    implicit.ImplicitTokenProgram.token, implicit.ImplicitTokenProgram._newton_krylov = kept_token, kept_newton
+    halvings = implicit._HALVINGS
+    for label, tries in (("plain Newton–Krylov", 0), ("Newton–Krylov, then with a line search", halvings)):
+        implicit._HALVINGS = tries
+        seen.clear()
+        model = LanguageModel.from_checkpoint(data, "cpu").train()
+        try:
+            with torch.no_grad():
+                model(*batch, data.get("state"))
+            print(f"  {label}: the batch is solved")
+        except odernn.ImplicitSolveError as err:
+            print(f"  {label}: token {seen['t']} not solved ({str(err).split(';')[0]})")
+            failed = dict(seen)
+    implicit._HALVINGS = halvings
+    if "failed" not in locals():
+        return
+    # the samples plain Newton leaves unsolved at that stage: its own iterations, row by row
+    system, K, tol = failed["system"], failed["K"].detach(), failed["tol"]
+    with torch.no_grad():
+        for _ in range(50):
+            G, apply = system(K)
+            delta, _ = implicit.gmres(apply, G, min(1e-2, tol ** 0.5), min(60, G.shape[-1]))
+            K = K + delta
+    unsolved = (delta.abs().amax(dim=-1) > tol * (1 + K.abs().max())).nonzero().flatten().tolist()
+    print(f"  samples plain Newton leaves unsolved at that stage: {unsolved}")
+
+    cell = model.layers[0].cells[0].double()
+    A, _, _, _ = cell.tableau.to_numpy()
+    h = float(failed["h"]) if not isinstance(failed["h"], torch.Tensor) else float(failed["h"].flatten()[0])
+    context = failed["context"].double()
+    generator = np.random.default_rng(0)
+    for sample in unsolved:
+        y0 = failed["y"][0][sample:sample + 1].double()
+        ctx = context[sample:sample + 1]
+
+        def f(Y):
+            return cell.field(ctx, (Y,))[0]
+        stages = []
+        for i in range(len(A)):
+            base = y0 + h * sum(A[i][j] * stages[j] for j in range(i)) if i else y0
+            a = A[i][i]
+
+            def residual(k, base=base, a=a):
+                K_ = torch.tensor(k)[None]
+                return (f(base + h * a * K_) - K_)[0].detach().numpy()
+
+            def jacobian(k, base=base, a=a):
+                return torch.autograd.functional.jacobian(
+                    lambda v: (f(base + h * a * v[None]) - v[None])[0], torch.tensor(k)).numpy()
+            best = None
+            for start in range(starts):
+                k0 = f(base)[0].detach().numpy() if start == 0 else generator.normal(0, 2, base.shape[1])
+                solution = root(residual, k0, jac=jacobian, method="hybr")
+                size = float(np.abs(residual(solution.x)).max())
+                if best is None or size < best[0]:
+                    best = (size, solution.x, start)
+                if size < 1e-8:  # hybr stops at its step tolerance, ~1e-9 here
+                    break
+            size, k, start = best
+            sigma = np.linalg.svd(jacobian(k), compute_uv=False)[-1]
+            where = "f(base)" if start == 0 else f"random start {start}"
+            print(f"  sample {sample}, stage {i + 1}: float64 residual {size:.1e} (from {where}); "
+                  f"smallest singular value of I − h a_ii J there {sigma:.2f}")
+            stages.append(torch.tensor(k)[None])
+    implicit.ImplicitTokenProgram.token, implicit.ImplicitTokenProgram._newton_krylov = token, newton
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run folders (their checkpoint.pt) or checkpoint files")
+    parser.add_argument("--data-root", help="the corpora's folder (default: $ODERNN_DATA)")
+    parser.add_argument("--starts", type=int, default=12, help="starts of the float64 solve per stage (default 12)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    for path in args.runs:
+        replay(path, args.data_root, args.starts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
