@@ -868,8 +868,9 @@ def _newton(system, K, tol, eta, budget: int, halvings: int):
 
 def _line_search(system, K, G, delta, tol, eta, halvings: int = 0):
     """Armijo's backtracking for the inexact Newton step ``delta`` from ``K`` (residual ``G``), row by
-    row: a row's step is halved (at most ``halvings`` times; none: the full step) until its residual norm falls by the
-    factor ``1 − 1e-4·α·(1 − eta)`` (Eisenstat & Walker's condition for a step solved to ``eta``), or
+    row: a row's step is halved (at most ``halvings`` times; none: the full step) until its residual
+    norm falls by the factor ``1 − 1e-4·α·(1 − eta)`` (Eisenstat & Walker's condition for a step
+    solved to ``eta``), or
     the row's full step is already within the tolerance (round-off is no reason to shorten it).
     ``(the new K, its residual and Jacobian product, field evaluations)``: the full step, where
     every row takes it, costs one evaluation, which the next Newton iteration uses."""
