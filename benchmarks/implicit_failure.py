@@ -10,6 +10,11 @@ singular value printed) means a solution was there for a solver to find: the sto
 not the method's. Lower-triangular (DIRK) tableaux only.
 
     python benchmarks/implicit_failure.py RUN_FOLDER_OR_CHECKPOINT ... [--data-root DIR] [--starts 12]
+    python benchmarks/implicit_failure.py --grid
+
+``--grid``: 80 small layers (4 units, 3 inputs, batch 3, 4 tokens, float64) with strong recurrent
+weights (× 8 or × 16) and long steps (Δ = 4 or 8), under SDIRK and Radau IIA-3 with Newton–Krylov:
+how many the engine solves without its continuation in the step, and how many with it.
 """
 
 from __future__ import annotations
@@ -114,13 +119,46 @@ def replay(path: str, data_root: str | None, starts: int) -> None:
     implicit.ImplicitTokenProgram.token, implicit.ImplicitTokenProgram._newton_krylov = token, newton
 
 
+def grid() -> None:
+    import odernn
+    import odernn._implicit as implicit
+    continuation, counts = implicit._CONTINUATION, {}
+    for spec in ("gru-ode:alexander2", "rnn:alexander2", "lstm:alexander2", "gru-ode:radau-iia-3", "rnn:radau-iia-3"):
+        for dt in (4, 8):
+            for gain in (8, 16):
+                for scale in (1, 3):
+                    for seed in (0, 1):
+                        torch.manual_seed(seed)
+                        rnn = odernn.ODERNN(f"{spec}:newton=krylov:dt={dt}:tol=1e-12", 3, 4, dtype=torch.float64)
+                        with torch.no_grad():
+                            rnn.weight_hh_l0.mul_(gain)
+                        x = scale * torch.randn(4, 3, 3, dtype=torch.float64)
+                        outcome = []
+                        for tries in ((1.0,), continuation):  # (1.0,): a third try that repeats the second
+                            implicit._CONTINUATION = tries
+                            try:
+                                rnn(x)
+                                outcome.append("solved")
+                            except odernn.ImplicitSolveError:
+                                outcome.append("not solved")
+                        counts[tuple(outcome)] = counts.get(tuple(outcome), 0) + 1
+    implicit._CONTINUATION = continuation
+    for (before, after), count in sorted(counts.items()):
+        print(f"{count:3d} layers: {before} without continuation, {after} with it")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="run folders (their checkpoint.pt) or checkpoint files")
+    parser.add_argument("runs", nargs="*", help="run folders (their checkpoint.pt) or checkpoint files")
+    parser.add_argument("--grid", action="store_true", help="the 80 small layers of the docstring instead")
     parser.add_argument("--data-root", help="the corpora's folder (default: $ODERNN_DATA)")
     parser.add_argument("--starts", type=int, default=12, help="starts of the float64 solve per stage (default 12)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.grid:
+        grid()
+    elif not args.runs:
+        parser.error("give run folders or checkpoints, or --grid")
     for path in args.runs:
         replay(path, args.data_root, args.starts)
     return 0

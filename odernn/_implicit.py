@@ -37,7 +37,8 @@ where its factorisations do not converge): Newton's method with each update from
 (:func:`gmres`) on the structured Jacobian–vector products (:meth:`FieldLinearisation.jvp`, one
 product with ``W``), the linear solves to ``√tol``; where that does not converge, again with each step
 shortened per sample by a line search where it does not decrease that sample's residual (Armijo's
-backtracking); the backward solves its transposed systems by GMRES on the
+backtracking), and then by continuation in the step (the stage equations at fractions of ``h``,
+each solved from the last); the backward solves its transposed systems by GMRES on the
 vector–Jacobian products, to ``tol``, with a direct solve where GMRES does not get there.
 
 The backward pass is the implicit function theorem's (the discrete adjoint of the converged step).
@@ -83,6 +84,7 @@ _REFRESH_RATE = 0.2
 # Jacobians: a state that moves far within the step, as a trained stiff cell's does)
 _RATE_AFTER = 3
 _HALVINGS = 10  # of a step by Newton–Krylov's line search (its second try), at most: then taken as it is
+_CONTINUATION = (0.25, 0.5, 0.75, 1.0)  # its third try: the stage equations at these fractions of h in turn
 _KRYLOV_ITERATIONS = 60  # GMRES iterations per linear solve at most (no restarts)
 _KRYLOV_FROM = 150  # state width D from which newton=auto solves matrix-free (measured: docs/speed.md)
 
@@ -594,10 +596,20 @@ class ImplicitTokenProgram:
             evaluations += count * per_iteration
             if solved is not None:
                 return solved, evaluations
+        # continuation in the step: the stage equations at τ·h for each τ of _CONTINUATION, each
+        # solved from the last solution (τ → 0 is the explicit limit), to the branch at τ = 1
+        for tau in _CONTINUATION:
+            K, count, error = _newton(lambda Kt, tau=tau: system(Kt, tau), K, tol, eta, self.max_iterations,
+                                      _HALVINGS)
+            evaluations += count * per_iteration
+            if K is None:
+                break
+        else:
+            return K, evaluations
         raise ImplicitSolveError(
             f"{self.name}: the stage equations did not converge in {self.max_iterations} Newton–Krylov "
-            f"iterations, with or without a line search (relative update {error:.2e} > tolerance {tol:.1e}); "
-            "try a smaller dt or more steps")
+            f"iterations, with or without a line search or continuation in the step (relative update "
+            f"{error:.2e} > tolerance {tol:.1e}); try a smaller dt or more steps")
 
     def _lower(self, yf, f0, start, context, h, W, b, sizes, tape):
         """Stage by stage (``A`` lower triangular)."""
@@ -619,10 +631,11 @@ class ImplicitTokenProgram:
                     last["evaluation"] = self._evaluate(context, _axpy(base, h * a, Kt), sizes, W, b)
                     return last["evaluation"][0] - Kt
 
-                def system(Kt, base=base, a=a, last=last):
-                    last["evaluation"] = F, act, _, Y = self._evaluate(context, _axpy(base, h * a, Kt), sizes, W, b)
+                def system(Kt, tau=1, base=base, a=a, last=last):  # tau < 1: the continuation's h·tau
+                    ha = h * a if tau == 1 else h * a * tau
+                    last["evaluation"] = F, act, _, Y = self._evaluate(context, _axpy(base, ha, Kt), sizes, W, b)
                     linear = FieldLinearisation(self.field, act, Y, W)
-                    return F - Kt, lambda v: v - (h * a) * linear.jvp(v)
+                    return F - Kt, lambda v: v - ha * linear.jvp(v)
                 guess = K[-1] if K else f0
                 if not terms and self.chord and self.chord[0] == "shared":
                     # from the step's start, the linearly implicit predictor (I − h a J₀)⁻¹ f(y):
@@ -666,13 +679,15 @@ class ImplicitTokenProgram:
 
         K0 = f0[:, None, :].expand(B, s, D).contiguous()
 
-        def system(Kt):  # the stacked stages (B, s·D), for Newton–Krylov
-            F, act, _, Y = self._evaluate(stage_context, values(Kt.reshape(B, s, D)).reshape(B * s, D), sizes, W, b)
+        def system(Kt, tau=1):  # the stacked stages (B, s·D), for Newton–Krylov; tau < 1: h·tau
+            step = hb if tau == 1 else hb * tau
+            Yf = (yf[:, None, :] + step * torch.einsum("ij,bjd->bid", A, Kt.reshape(B, s, D))).reshape(B * s, D)
+            F, act, _, Y = self._evaluate(stage_context, Yf, sizes, W, b)
             linear = FieldLinearisation(self.field, act, Y, W)
 
             def apply(v):  # stage i: v_i − h J_i Σ_j a_ij v_j, with J_i the field's Jacobian at stage i's value
                 combined = torch.einsum("ij,bjd->bid", A, v.reshape(B, s, D)).reshape(B * s, D)
-                return v - (hb * linear.jvp(combined).reshape(B, s, D)).reshape(B, s * D)
+                return v - (step * linear.jvp(combined).reshape(B, s, D)).reshape(B, s * D)
             return F.reshape(B, s * D) - Kt, apply
 
         def make(kind):  # one factorisation per eigenvalue, a conjugate pair's shared

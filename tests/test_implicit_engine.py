@@ -301,17 +301,24 @@ def test_newton_krylov_tries_again_with_a_line_search_where_plain_newton_does_no
     assert plain.abs().max() <= 1e-12
 
 
-def test_newton_krylov_solves_a_trained_like_stage_plain_newton_cannot(monkeypatch):
-    """Strong recurrent weights and Δ = 4 under SDIRK: plain Newton–Krylov wanders for its whole
-    budget on some token (as on the study's trained GRU-ODEs, docs/results.md §9), and the per-token
-    cell's chord iteration fails too; with the line search every stage equation holds to 1e-10 at
-    the solution, and the gradient along a random direction is the central difference's."""
+@pytest.mark.parametrize("spec, dt, gain, scale, without", [
+    ("rnn:alexander2", 4, 8, 1, {"_HALVINGS": 0, "_CONTINUATION": (1.0,)}),  # the line search solves it
+    ("rnn:alexander2", 4, 16, 1, {"_CONTINUATION": (1.0,)}),  # continuation in the step solves it
+    ("rnn:radau-iia-3", 8, 8, 3, {"_CONTINUATION": (1.0,)}),  # a coupled tableau: continuation solves it
+])
+def test_newton_krylov_solves_stages_plain_newton_cannot(spec, dt, gain, scale, without, monkeypatch):
+    """Strong recurrent weights and long steps: plain Newton–Krylov wanders for its whole budget on
+    some token (as on the study's trained SDIRK GRU-ODEs, docs/results.md §9), and so does the
+    per-token cell's chord iteration. Without the try that solves it the layer raises; with it,
+    every stage equation holds to 1e-10 at the solution, and the gradient along a random direction
+    is the central difference's."""
     torch.manual_seed(0)
-    rnn = odernn.ODERNN("rnn:alexander2:newton=krylov:dt=4:tol=1e-12", 3, 4, dtype=torch.float64)
+    rnn = odernn.ODERNN(f"{spec}:newton=krylov:dt={dt}:tol=1e-12", 3, 4, dtype=torch.float64)
     with torch.no_grad():
-        rnn.weight_hh_l0.mul_(8)
-    x = torch.randn(4, 3, 3, dtype=torch.float64)
-    monkeypatch.setattr(odernn._implicit, "_HALVINGS", 0)  # the second try as plain as the first
+        rnn.weight_hh_l0.mul_(gain)
+    x = scale * torch.randn(4, 3, 3, dtype=torch.float64)
+    for name, value in without.items():
+        monkeypatch.setattr(odernn._implicit, name, value)
     with pytest.raises(odernn.ImplicitSolveError, match="with or without a line search"):
         rnn(x)
     monkeypatch.undo()
