@@ -2,7 +2,8 @@
 
 A run that stops saves its last good state (its checkpoint: weights, carried state, position). This
 replays the batch it stopped on with plain Newton–Krylov alone (as the engine solved before
-2026-12-07) and with the engine of today (plain Newton, then a line search), names the token and the
+2026-12-07) and with the engine of today (plain Newton, then a line search, then continuation in the
+step), names the token and the
 samples whose stage equations were not solved, and solves those samples' stage equations in float64
 with Powell's hybrid method (``scipy.optimize.root``), from ``f(base)`` and then from random
 starts. A residual near zero at a well-conditioned ``I − h a_ii J`` (its smallest
@@ -53,9 +54,11 @@ def replay(path: str, data_root: str | None, starts: int) -> None:
         seen.update(system=system, K=K, tol=tol)
         return newton(self, system, K, tol, per_iteration)
     implicit.ImplicitTokenProgram.token, implicit.ImplicitTokenProgram._newton_krylov = kept_token, kept_newton
-    halvings = implicit._HALVINGS
-    for label, tries in (("plain Newton–Krylov", 0), ("Newton–Krylov, then with a line search", halvings)):
-        implicit._HALVINGS = tries
+    engine = implicit._HALVINGS, implicit._CONTINUATION
+    failed = None
+    for label, (halvings, continuation) in (("plain Newton–Krylov", (0, (1.0,))),
+                                            ("the engine's tries (plain, line search, continuation)", engine)):
+        implicit._HALVINGS, implicit._CONTINUATION = halvings, continuation  # (1.0,): no continuation
         seen.clear()
         model = LanguageModel.from_checkpoint(data, "cpu").train()
         try:
@@ -65,16 +68,17 @@ def replay(path: str, data_root: str | None, starts: int) -> None:
         except odernn.ImplicitSolveError as err:
             print(f"  {label}: token {seen['t']} not solved ({str(err).split(';')[0]})")
             failed = dict(seen)
-    implicit._HALVINGS = halvings
-    if "failed" not in locals():
+    implicit._HALVINGS, implicit._CONTINUATION = engine
+    if failed is None:
         return
-    # the samples plain Newton leaves unsolved at that stage: its own iterations, row by row
+    # the samples plain Newton leaves unsolved at that stage: its iterations (as _newton's), row by row
     system, K, tol = failed["system"], failed["K"].detach(), failed["tol"]
     with torch.no_grad():
-        for _ in range(50):
-            G, apply = system(K)
-            delta, _ = implicit.gmres(apply, G, min(1e-2, tol ** 0.5), min(60, G.shape[-1]))
+        G, apply = system(K)
+        for _ in range(model.layers[0].cells[0].scheme.max_iterations):
+            delta, _ = implicit.gmres(apply, G, min(1e-2, tol ** 0.5), min(implicit._KRYLOV_ITERATIONS, G.shape[-1]))
             K = K + delta
+            G, apply = system(K)
     unsolved = (delta.abs().amax(dim=-1) > tol * (1 + K.abs().max())).nonzero().flatten().tolist()
     print(f"  samples plain Newton leaves unsolved at that stage: {unsolved}")
 

@@ -871,32 +871,32 @@ def _newton(system, K, tol, eta, budget: int, halvings: int):
     evaluations, error = 1, float("inf")
     for _ in range(budget):
         delta, _ = gmres(apply, G, eta, min(_KRYLOV_ITERATIONS, G.shape[-1]))
-        error = relative_update(delta, K + delta)
+        full = K + delta
+        error = relative_update(delta, full)
         if error <= tol:
-            return K + delta, evaluations, error
+            return full, evaluations, error
         if not error == error:
             break
-        K, G, apply, tries = _line_search(system, K, G, delta, tol, eta, halvings)
+        K, G, apply, tries = _line_search(system, K, G, delta, full, tol, eta, halvings)
         evaluations += tries
     return None, evaluations, error
 
 
-def _line_search(system, K, G, delta, tol, eta, halvings: int = 0):
-    """Armijo's backtracking for the inexact Newton step ``delta`` from ``K`` (residual ``G``), row by
-    row: a row's step is halved (at most ``halvings`` times; none: the full step) until its residual
-    norm falls by the factor ``1 − 1e-4·α·(1 − eta)`` (Eisenstat & Walker's condition for a step
-    solved to ``eta``), or
-    the row's full step is already within the tolerance (round-off is no reason to shorten it).
+def _line_search(system, K, G, delta, full, tol, eta, halvings: int = 0):
+    """Armijo's backtracking for the inexact Newton step ``delta`` from ``K`` (residual ``G``; ``full``
+    is ``K + delta``), row by row: a row's step is halved (at most ``halvings`` times; none: the full
+    step) until its residual norm falls by the factor ``1 − 1e-4·α·(1 − eta)`` (Eisenstat & Walker's
+    condition for a step solved to ``eta``), or the row's full step is already within the tolerance
+    (round-off is no reason to shorten it).
     ``(the new K, its residual and Jacobian product, field evaluations)``: the full step, where
     every row takes it, costs one evaluation, which the next Newton iteration uses."""
     if not halvings:
-        trial = K + delta
-        return (trial, *system(trial), 1)
+        return (full, *system(full), 1)
     norm = G.norm(dim=-1, keepdim=True)
-    settled = delta.abs().amax(dim=-1, keepdim=True) <= tol * (1 + (K + delta).abs().max())
+    settled = delta.abs().amax(dim=-1, keepdim=True) <= tol * (1 + full.abs().max())
     alpha = torch.ones_like(norm)
     for halving in range(halvings + 1):
-        trial = K + alpha * delta
+        trial = full if halving == 0 else K + alpha * delta
         G_trial, apply = system(trial)
         enough = settled | (G_trial.norm(dim=-1, keepdim=True) <= (1 - 1e-4 * (1 - eta) * alpha) * norm)
         if bool(enough.all()) or halving == halvings:

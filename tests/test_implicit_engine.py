@@ -193,6 +193,20 @@ def _programs(monkeypatch, **options):
     return made
 
 
+def _newton_krylov_solves(monkeypatch) -> list[dict]:
+    """Every Newton–Krylov solve the engine starts from now on: its ``system``, its first ``guess``
+    and, once it returns, its ``solution``."""
+    solves, original = [], ImplicitTokenProgram._newton_krylov
+
+    def kept(self, system, K, tol, per_iteration=1):
+        solves.append({"system": system, "guess": K})
+        solved = original(self, system, K, tol, per_iteration)
+        solves[-1]["solution"] = solved[0]
+        return solved
+    monkeypatch.setattr(ImplicitTokenProgram, "_newton_krylov", kept)
+    return solves
+
+
 def test_one_factorisation_serves_the_batch_while_it_contracts_and_per_sample_ones_where_it_does_not(monkeypatch):
     """Alike states: one batch-shared matrix, made at the first token and kept, solves every token;
     gaps that turn large and inputs that turn diverse half-way make it stop contracting, and later
@@ -232,19 +246,13 @@ def test_auto_follows_the_shared_factorisation_with_newton_krylov_on_wide_states
     torch.manual_seed(6)
     rnn = odernn.ODERNN("gru-ode:alexander2" + TIGHT, 3, 160, dtype=torch.float64)
     x = torch.randn(3, 4, 3, dtype=torch.float64, requires_grad=True)
-    calls = {"krylov": 0}
-    original = ImplicitTokenProgram._newton_krylov
-
-    def counted(self, *args, **kwargs):
-        calls["krylov"] += 1
-        return original(self, *args, **kwargs)
-    monkeypatch.setattr(ImplicitTokenProgram, "_newton_krylov", counted)
+    solves = _newton_krylov_solves(monkeypatch)
     results = []
     for solver in ("auto", "dense"):
         _programs(monkeypatch, solver=solver)
         out = rnn(x)[0]
         results.append([out.detach(), *torch.autograd.grad(out.square().sum(), [x, *rnn.parameters()])])
-    assert calls["krylov"] == 2 * 3  # both stages of each token, with auto only
+    assert len(solves) == 2 * 3  # both stages of each token, with auto only
     for a, b in zip(*results):
         assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max())
 
@@ -265,16 +273,10 @@ def test_where_the_chord_iteration_cannot_converge_in_its_budget_newton_krylov_s
         rnn.weight_hh_l0.mul_(gain)
     x = (scale * torch.randn(4, 3, 3, dtype=torch.float64)).requires_grad_()
     blocks = tuple(torch.zeros(3, 4, dtype=torch.float64, requires_grad=True) for _ in range(rnn.cells[0].t))
-    calls = {"krylov": 0}
-    original = ImplicitTokenProgram._newton_krylov
-
-    def counted(self, *args, **kwargs):
-        calls["krylov"] += 1
-        return original(self, *args, **kwargs)
-    monkeypatch.setattr(ImplicitTokenProgram, "_newton_krylov", counted)
+    solves = _newton_krylov_solves(monkeypatch)
     inputs = [x, *blocks, *rnn.parameters()]
     ours = _gradients(_engine_run(rnn, x, blocks), inputs)
-    assert calls["krylov"] > 0
+    assert solves
     cell = rnn.cells[0]
     with pytest.raises(odernn.ImplicitSolveError, match="did not converge in 50"):
         _reference_loop(cell, x, blocks)
@@ -322,15 +324,12 @@ def test_newton_krylov_solves_stages_plain_newton_cannot(spec, dt, gain, scale, 
     with pytest.raises(odernn.ImplicitSolveError, match="with or without a line search"):
         rnn(x)
     monkeypatch.undo()
-    solves, original = [], ImplicitTokenProgram._newton_krylov
-
-    def kept(self, system, K, tol, per_iteration=1):
-        solved = original(self, system, K, tol, per_iteration)
-        solves.append((system, solved[0]))
-        return solved
-    monkeypatch.setattr(ImplicitTokenProgram, "_newton_krylov", kept)
+    solves = _newton_krylov_solves(monkeypatch)
     out = rnn(x.requires_grad_())[0]
-    assert solves and all(system(K)[0].abs().max() <= 1e-10 * (1 + K.abs().max()) for system, K in solves)
+    for solve in solves:
+        K = solve["solution"]
+        assert solve["system"](K)[0].abs().max() <= 1e-10 * (1 + K.abs().max())
+    assert solves
     weights, direction, eps = torch.randn_like(out), torch.randn_like(x), 1e-6
     (grad,) = torch.autograd.grad((weights * out).sum(), x)
     with torch.no_grad():
@@ -344,17 +343,12 @@ def test_newton_krylovs_jacobian_product_is_the_residuals_derivative(monkeypatch
     ``G(K) = F(K) − K`` (autograd's, at an iterate away from the solution): stage ``i`` of a coupled
     system has ``h J(Y_i) Σ_j a_ij v_j``, the Jacobian at its own value (it once had ``J(Y_j)``: Newton
     then converged at most linearly)."""
-    systems, original = [], ImplicitTokenProgram._newton_krylov
-
-    def kept(self, system, K, tol, per_iteration=1):
-        systems.append((system, K))
-        return original(self, system, K, tol, per_iteration)
-    monkeypatch.setattr(ImplicitTokenProgram, "_newton_krylov", kept)
+    solves = _newton_krylov_solves(monkeypatch)
     for spec in ("gru-ode:alexander2", "lstm:radau-iia-3", "gru-ode:gauss-2", "cornn:kvaerno4:dt=0.3"):
         rnn, x, blocks = _problem(spec + ":newton=krylov")
         with torch.no_grad():
             _engine_run(rnn, x.detach(), tuple(b.detach() for b in blocks))
-        system, K = systems[-1]
+        system, K = solves[-1]["system"], solves[-1]["guess"]
         K = K + 0.1 * torch.randn_like(K)
         v = torch.randn_like(K)
         _, apply = system(K)
