@@ -15,7 +15,10 @@ not the method's. Lower-triangular (DIRK) tableaux only.
 
 ``--grid``: 80 small layers (4 units, 3 inputs, batch 3, 4 tokens, float64) with strong recurrent
 weights (× 8 or × 16) and long steps (Δ = 4 or 8), under SDIRK and Radau IIA-3 with Newton–Krylov:
-how many the engine solves without its continuation in the step, and how many with it.
+how many the engine solves without its continuation in the step, how many with it, how many the
+per-token cell solves (the same tries, its Newton's linear systems by LU), and whether the two
+give the same outputs where both solve (at steps this long the stage equations can have several
+solutions, and two solvers' paths can reach different ones).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 def replay(path: str, data_root: str | None, starts: int) -> None:
     import odernn
     import odernn._implicit as implicit
+    import odernn._newton as newton_tries
     from scipy.optimize import root
     from textlm.checkpoint import load_checkpoint
     from textlm.data import batchify, load_corpus
@@ -54,21 +58,20 @@ def replay(path: str, data_root: str | None, starts: int) -> None:
         seen.update(system=system, K=K, tol=tol)
         return newton(self, system, K, tol, per_iteration)
     implicit.ImplicitTokenProgram.token, implicit.ImplicitTokenProgram._newton_krylov = kept_token, kept_newton
-    engine = implicit._HALVINGS, implicit._CONTINUATION
+    engine = newton_tries.HALVINGS, newton_tries.CONTINUATION
     failed = None
     for label, (halvings, continuation) in (("plain Newton–Krylov", (0, (1.0,))),
                                             ("the engine's tries (plain, line search, continuation)", engine)):
-        implicit._HALVINGS, implicit._CONTINUATION = halvings, continuation  # (1.0,): no continuation
+        newton_tries.HALVINGS, newton_tries.CONTINUATION = halvings, continuation  # (1.0,): no continuation
         seen.clear()
         model = LanguageModel.from_checkpoint(data, "cpu").train()
-        try:
-            with torch.no_grad():
-                model(*batch, data.get("state"))
+        try:  # as training runs it: with a graph (the engine records its tape), then backward
+            model(*batch, data.get("state"))[1].backward()
             print(f"  {label}: the batch is solved")
         except odernn.ImplicitSolveError as err:
             print(f"  {label}: token {seen['t']} not solved ({str(err).split(';')[0]})")
             failed = dict(seen)
-    implicit._HALVINGS, implicit._CONTINUATION = engine
+    newton_tries.HALVINGS, newton_tries.CONTINUATION = engine
     if failed is None:
         return
     # the samples plain Newton leaves unsolved at that stage: its iterations (as _newton's), row by row
@@ -125,8 +128,8 @@ def replay(path: str, data_root: str | None, starts: int) -> None:
 
 def grid() -> None:
     import odernn
-    import odernn._implicit as implicit
-    continuation, counts = implicit._CONTINUATION, {}
+    import odernn._newton as newton_tries
+    continuation, counts, gaps = newton_tries.CONTINUATION, {}, []
     for spec in ("gru-ode:alexander2", "rnn:alexander2", "lstm:alexander2", "gru-ode:radau-iia-3", "rnn:radau-iia-3"):
         for dt in (4, 8):
             for gain in (8, 16):
@@ -137,18 +140,35 @@ def grid() -> None:
                         with torch.no_grad():
                             rnn.weight_hh_l0.mul_(gain)
                         x = scale * torch.randn(4, 3, 3, dtype=torch.float64)
-                        outcome = []
+                        outcome, outputs = [], []
                         for tries in ((1.0,), continuation):  # (1.0,): a third try that repeats the second
-                            implicit._CONTINUATION = tries
+                            newton_tries.CONTINUATION = tries
                             try:
-                                rnn(x)
+                                outputs.append(rnn(x)[0].detach())  # with a graph, as in training
                                 outcome.append("solved")
                             except odernn.ImplicitSolveError:
                                 outcome.append("not solved")
+                        newton_tries.CONTINUATION = continuation
+                        cell, state, per_token = rnn.cells[0], None, []
+                        try:
+                            with torch.no_grad():
+                                for t in range(x.shape[0]):
+                                    state = cell(x[t], state)
+                                    per_token.append(cell.field.to_blocks(state)[cell.field.output_block])
+                            outcome.append("solved")
+                        except odernn.ImplicitSolveError:
+                            outcome.append("not solved")
                         counts[tuple(outcome)] = counts.get(tuple(outcome), 0) + 1
-    implicit._CONTINUATION = continuation
-    for (before, after), count in sorted(counts.items()):
-        print(f"{count:3d} layers: {before} without continuation, {after} with it")
+                        if outcome[1:] == ["solved", "solved"]:
+                            gaps.append(float((outputs[-1] - torch.stack(per_token)).abs().max()))
+    for (before, after, per_token), count in sorted(counts.items()):
+        print(f"{count:3d} layers: {before} without continuation, {after} with it; "
+              f"{per_token} by the per-token cell (Newton's linear systems by LU)")
+    apart = [gap for gap in gaps if gap > 1e-9]
+    print(f"solved by both the engine and the per-token cell: {len(gaps)} layers; outputs equal to "
+          f"{max([gap for gap in gaps if gap <= 1e-9], default=0):.0e} in {len(gaps) - len(apart)}, "
+          f"apart by {', '.join(f'{gap:.2f}' for gap in sorted(apart))} in {len(apart)} (different "
+          "solutions of the same stage equations)")
 
 
 def main(argv=None) -> int:

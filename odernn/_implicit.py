@@ -65,7 +65,8 @@ import numpy as np
 import torch
 
 from ._linalg import lu_factor
-from ._stepping import ImplicitSolveError, largest_magnitudes, relative_update
+from ._newton import largest_magnitudes, newton_with_fallbacks, relative_update
+from ._stepping import ImplicitSolveError
 
 __all__ = ["FieldLinearisation", "ImplicitTokenProgram", "StageFacts", "gmres", "newton_plan", "stage_facts",
            "stage_structure", "structured_jacobian"]
@@ -83,8 +84,6 @@ _REFRESH_RATE = 0.2
 # many iterations, it cannot reach the tolerance within its budget (J₀ is far from the stages'
 # Jacobians: a state that moves far within the step, as a trained stiff cell's does)
 _RATE_AFTER = 3
-_HALVINGS = 10  # of a step by Newton–Krylov's line search (its second try), at most: then taken as it is
-_CONTINUATION = (0.25, 0.5, 0.75, 1.0)  # its third try: the stage equations at these fractions of h in turn
 _KRYLOV_ITERATIONS = 60  # GMRES iterations per linear solve at most (no restarts)
 _KRYLOV_FROM = 150  # state width D from which newton=auto solves matrix-free (measured: docs/speed.md)
 
@@ -581,35 +580,20 @@ class ImplicitTokenProgram:
         return solved, None, evaluations + more
 
     def _newton_krylov(self, system, K, tol, per_iteration: int = 1):
-        """``K`` with ``F(K) = K`` by Newton's method, each update from ``(residual, apply) = system(K)``
-        by GMRES with Jacobian–vector products (matrix-free: no factorisation); the linear solves to
-        ``√tol`` (at least 1e-2), so that Newton converges by that factor or faster per iteration.
-        Where it does not converge in its budget, it starts again from ``K`` with a line search
-        (:func:`_line_search`): from a poor first guess plain Newton can wander for its whole
-        budget beside a well-conditioned solution (a trained GRU-ODE under SDIRK, docs/results.md
-        §9), while a line search alone can crawl where plain Newton's full steps get there; so
-        plain Newton first, and every solve it finishes is as it was."""
+        """``K`` with ``F(K) = K`` by Newton's method and its fallbacks (``odernn._newton``), each
+        update from ``(residual, apply) = system(K)`` by GMRES with Jacobian–vector products
+        (matrix-free: no factorisation); the linear solves to ``√tol`` (at least 1e-2), so that
+        Newton converges by that factor or faster per iteration."""
         eta = min(1e-2, max(tol ** 0.5, tol))
-        evaluations = 0
-        for halvings in (0, _HALVINGS):
-            solved, count, error = _newton(system, K, tol, eta, self.max_iterations, halvings)
-            evaluations += count * per_iteration
-            if solved is not None:
-                return solved, evaluations
-        # continuation in the step: the stage equations at τ·h for each τ of _CONTINUATION, each
-        # solved from the last solution (τ → 0 is the explicit limit), to the branch at τ = 1
-        for tau in _CONTINUATION:
-            K, count, error = _newton(lambda Kt, tau=tau: system(Kt, tau), K, tol, eta, self.max_iterations,
-                                      _HALVINGS)
-            evaluations += count * per_iteration
-            if K is None:
-                break
-        else:
-            return K, evaluations
-        raise ImplicitSolveError(
-            f"{self.name}: the stage equations did not converge in {self.max_iterations} Newton–Krylov "
-            f"iterations, with or without a line search or continuation in the step (relative update "
-            f"{error:.2e} > tolerance {tol:.1e}); try a smaller dt or more steps")
+        width = min(_KRYLOV_ITERATIONS, K.shape[-1])
+        solved, evaluations, error = newton_with_fallbacks(
+            system, K, tol, self.max_iterations, lambda apply, G: gmres(apply, G, eta, width)[0], eta)
+        if solved is None:
+            raise ImplicitSolveError(
+                f"{self.name}: the stage equations did not converge in {self.max_iterations} Newton–Krylov "
+                f"iterations, with or without a line search or continuation in the step (relative update "
+                f"{error:.2e} > tolerance {tol:.1e}); try a smaller dt or more steps")
+        return solved, evaluations * per_iteration
 
     def _lower(self, yf, f0, start, context, h, W, b, sizes, tape):
         """Stage by stage (``A`` lower triangular)."""
@@ -861,47 +845,6 @@ def _direct(J, scale, rhs):
     s = scale.reshape(-1, 1, 1) if isinstance(scale, torch.Tensor) else scale
     M = torch.eye(J.shape[-1], dtype=J.dtype, device=J.device) - s * J.transpose(-1, -2)
     return torch.linalg.lu_solve(*lu_factor(M), rhs[..., None])[..., 0]
-
-
-def _newton(system, K, tol, eta, budget: int, halvings: int):
-    """Newton–Krylov from ``K`` for at most ``budget`` iterations, each step through
-    :func:`_line_search` with at most ``halvings`` (0: the full step, plain Newton):
-    ``(the solution or None, field evaluations, the last relative update)``."""
-    G, apply = system(K)
-    evaluations, error = 1, float("inf")
-    for _ in range(budget):
-        delta, _ = gmres(apply, G, eta, min(_KRYLOV_ITERATIONS, G.shape[-1]))
-        full = K + delta
-        error = relative_update(delta, full)
-        if error <= tol:
-            return full, evaluations, error
-        if not error == error:
-            break
-        K, G, apply, tries = _line_search(system, K, G, delta, full, tol, eta, halvings)
-        evaluations += tries
-    return None, evaluations, error
-
-
-def _line_search(system, K, G, delta, full, tol, eta, halvings: int = 0):
-    """Armijo's backtracking for the inexact Newton step ``delta`` from ``K`` (residual ``G``; ``full``
-    is ``K + delta``), row by row: a row's step is halved (at most ``halvings`` times; none: the full
-    step) until its residual norm falls by the factor ``1 − 1e-4·α·(1 − eta)`` (Eisenstat & Walker's
-    condition for a step solved to ``eta``), or the row's full step is already within the tolerance
-    (round-off is no reason to shorten it).
-    ``(the new K, its residual and Jacobian product, field evaluations)``: the full step, where
-    every row takes it, costs one evaluation, which the next Newton iteration uses."""
-    if not halvings:
-        return (full, *system(full), 1)
-    norm = G.norm(dim=-1, keepdim=True)
-    settled = delta.abs().amax(dim=-1, keepdim=True) <= tol * (1 + full.abs().max())
-    alpha = torch.ones_like(norm)
-    for halving in range(halvings + 1):
-        trial = full if halving == 0 else K + alpha * delta
-        G_trial, apply = system(trial)
-        enough = settled | (G_trial.norm(dim=-1, keepdim=True) <= (1 - 1e-4 * (1 - eta) * alpha) * norm)
-        if bool(enough.all()) or halving == halvings:
-            return trial, G_trial, apply, halving + 1
-        alpha = torch.where(enough, alpha, alpha / 2)
 
 
 def _krylov_or(operator, rhs, tol, fallback):

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from ._linalg import lu_factor, solve
+from ._newton import newton_with_fallbacks, relative_update
 
 Blocks = tuple[torch.Tensor, ...]
 Field = Callable[[Blocks], Blocks]
@@ -183,18 +184,6 @@ def field_jacobians(field, context, Y: torch.Tensor, sizes) -> torch.Tensor:
     return torch.func.vmap(torch.func.jacrev(single))(Y, context)
 
 
-def largest_magnitudes(delta: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
-    """``(max|δ|, max|x|)`` in one reduction and one host synchronisation (``δ`` and ``x`` of one
-    shape): an implicit solve tests convergence with them once per iteration."""
-    return tuple(torch.stack((delta, x)).abs().amax(dim=tuple(range(1, delta.dim() + 1))).tolist())
-
-
-def relative_update(delta: torch.Tensor, x: torch.Tensor) -> float:
-    """``max|δ| / (1 + max|x|)``: the convergence test of every implicit stage solve."""
-    big, size = largest_magnitudes(delta, x)
-    return big / (1 + size)
-
-
 def second_derivatives_refused(name: str) -> "ImplicitSolveError":
     """The error of every path asked to differentiate an implicit step's gradient again."""
     return ImplicitSolveError(
@@ -250,7 +239,11 @@ class ImplicitScheme:
     """An implicit (or diagonally implicit) tableau: the stage equations
     ``K = F(K) := f(y + h (A ⊗ I) K)`` are solved by simplified Newton — the iteration matrix
     ``I − h A ⊗ ∂f/∂y(y)`` is formed from per-sample Jacobians and LU-factored once per step — to
-    the relative tolerance ``tol`` (max-norm of the update). Gradients go through the converged
+    the relative tolerance ``tol`` (max-norm of the update). Where that does not converge in
+    ``max_iterations`` (``J(y)`` far from the stages' Jacobians: a state that moves far within the
+    step), Newton's method with the Jacobians at the iterate takes over, then with a line search,
+    then with continuation in the step (``odernn._newton``, the sequence engine's fallbacks too).
+    Gradients go through the converged
     stages by the implicit function theorem: the backward pass solves
     ``(I − ∂F/∂K)ᵀ w = ∂L/∂K`` with the exact Jacobians at the stage values, and never
     differentiates through the iterations.
@@ -288,16 +281,16 @@ class ImplicitScheme:
 
         eye = torch.eye(s * D, dtype=yf.dtype, device=yf.device)
 
-        def kron(Js):  # Js (B, s, D, D): Jacobian at each stage value → h (a_ij J_i) as (B, sD, sD)
-            blocks = hb[..., None, None] * A[None, :, :, None, None] * Js[:, :, None]  # (B, s, s, D, D)
+        def kron(Js, tau=1):  # Js (B, s, D, D): Jacobian at each stage value → h (a_ij J_i) as (B, sD, sD)
+            blocks = (hb * tau)[..., None, None] * A[None, :, :, None, None] * Js[:, :, None]  # (B, s, s, D, D)
             return blocks.permute(0, 1, 3, 2, 4).reshape(B, s * D, s * D)
 
         with torch.no_grad():
             J0 = field_jacobians(field, context, yf, sizes)  # (B, D, D) at y
             M = eye - kron(J0[:, None].expand(B, s, D, D))
             lu = lu_factor(M)
-            K = torch.cat(field(context, y), dim=-1)[:, None, :].expand(B, s, D).clone()
-            evaluations, error = 1, float("inf")
+            guess = torch.cat(field(context, y), dim=-1)[:, None, :].expand(B, s, D).clone()
+            K, evaluations, error = guess, 1, float("inf")
             for _ in range(self.max_iterations):
                 G = K - F(K)
                 evaluations += s
@@ -309,10 +302,27 @@ class ImplicitScheme:
                 if error <= tol:
                     break
             if not error <= tol:
-                raise ImplicitSolveError(
-                    f"{self.name}: the stage equations did not converge in {self.max_iterations} simplified-"
-                    f"Newton iterations (relative update {error:.2e} > tolerance {tol:.1e}); try a smaller dt "
-                    "or more steps")
+                # J₀ far from the stages' Jacobians (a state that moves far within the step): Newton
+                # with the Jacobians at the iterate, as the sequence engine does (odernn._newton)
+                def system(flat, tau=1):
+                    Kt = flat.reshape(B, s, D)
+                    Y = (yf[:, None, :] + (hb * tau) * torch.einsum("ij,bjd->bid", A, Kt)).reshape(B * s, D)
+                    G = torch.cat(field(stage_context, tuple(Y.split(sizes, dim=-1))), dim=-1).reshape(B, s * D)
+                    Js = field_jacobians(field, stage_context, Y, sizes).reshape(B, s, D, D)
+                    return G - flat, lu_factor(eye - kron(Js, tau))
+
+                def newton_update(factors, G):
+                    return torch.linalg.lu_solve(*factors, G[..., None])[..., 0]
+                solved, count, newton_error = newton_with_fallbacks(
+                    system, guess.reshape(B, s * D), tol, self.max_iterations, newton_update)
+                evaluations += count * s
+                if solved is None:
+                    raise ImplicitSolveError(
+                        f"{self.name}: the stage equations did not converge in {self.max_iterations} simplified-"
+                        f"Newton iterations (relative update {error:.2e} > tolerance {tol:.1e}) nor in "
+                        f"{self.max_iterations} Newton iterations with or without a line search or continuation "
+                        f"in the step ({newton_error:.2e}); try a smaller dt or more steps")
+                K = solved.reshape(B, s, D)
         self.evaluations = evaluations
         K = K.detach()
         if torch.is_grad_enabled() or any(map(_may_carry_tangent, (yf, context, *field.parameters()))):

@@ -262,10 +262,10 @@ def test_auto_follows_the_shared_factorisation_with_newton_krylov_on_wide_states
 def test_where_the_chord_iteration_cannot_converge_in_its_budget_newton_krylov_solves_the_step(spec, gain, scale,
                                                                                               monkeypatch):
     """Strong recurrent weights and a long step: the state moves far within the step, so the chord
-    iteration with ``J₀`` at the step's start contracts slowly. With its default budget of 50
-    iterations the per-token cell gives up (and gets there with 5,000); the
-    engine's dense plan hands such stages to Newton–Krylov (Jacobians at the iterate) and gives the
-    per-token cell's solution with the larger budget, outputs and every gradient."""
+    iteration with ``J₀`` at the step's start contracts slowly. In its default budget of 50
+    iterations the per-token cell's chord iteration does not get there (it does in 5,000), and the
+    cell hands over to Newton's method (Jacobians at the iterate, LU); the engine's dense plan hands
+    such stages to Newton–Krylov. All three give the same outputs and gradients."""
     torch.manual_seed(0)
     rnn = odernn.ODERNN(spec + TIGHT, 3, 4, dtype=torch.float64)
     assert newton_plan(rnn.cells[0]) == (("shared", "samples"), True)
@@ -278,12 +278,35 @@ def test_where_the_chord_iteration_cannot_converge_in_its_budget_newton_krylov_s
     ours = _gradients(_engine_run(rnn, x, blocks), inputs)
     assert solves
     cell = rnn.cells[0]
-    with pytest.raises(odernn.ImplicitSolveError, match="did not converge in 50"):
+    newton = _per_token_newton_solves(monkeypatch)
+    by_newton = _gradients(_reference_loop(cell, x, blocks), inputs)
+    assert newton
+    monkeypatch.setattr(odernn._stepping, "newton_with_fallbacks", _refused)
+    with pytest.raises(AssertionError, match="the chord iteration was to converge"):
         _reference_loop(cell, x, blocks)
     cell.scheme.max_iterations = 5000
-    reference = _gradients(_reference_loop(cell, x, blocks), inputs)
-    for a, b in zip(ours, reference):
-        assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max()), spec
+    by_chord = _gradients(_reference_loop(cell, x, blocks), inputs)
+    for a, b, c in zip(ours, by_newton, by_chord):
+        assert (a - c).abs().max() <= 1e-10 * (1 + c.abs().max()), spec
+        assert (b - c).abs().max() <= 1e-10 * (1 + c.abs().max()), spec
+
+
+def _refused(*args, **kwargs):
+    raise AssertionError("the chord iteration was to converge")
+
+
+def _per_token_newton_solves(monkeypatch) -> list[dict]:
+    """Every stage solve the per-token cell hands to Newton's method from now on: its ``system``
+    and, once it returns, its ``solution``."""
+    solves, original = [], odernn._newton.newton_with_fallbacks
+
+    def kept(system, K, *args, **kwargs):
+        solves.append({"system": system})
+        solved = original(system, K, *args, **kwargs)
+        solves[-1]["solution"] = solved[0]
+        return solved
+    monkeypatch.setattr(odernn._stepping, "newton_with_fallbacks", kept)
+    return solves
 
 
 def test_newton_krylov_tries_again_with_a_line_search_where_plain_newton_does_not_converge():
@@ -295,32 +318,34 @@ def test_newton_krylov_tries_again_with_a_line_search_where_plain_newton_does_no
 
     def system(K):  # F(K) = K − arctan(K): residual F − K, and (I − ∂F/∂K) v = v / (1 + K²)
         return -torch.atan(K), lambda v, K=K: v / (1 + K.square())
-    solved, count, _ = odernn._implicit._newton(system, K0, 1e-12, 1e-6, 50, halvings=0)
+    gmres_update = lambda apply, G: gmres(apply, G, 1e-6, 1)[0]  # noqa: E731 (1 × 1 systems)
+    solved, count, _ = odernn._newton.newton(system, K0, 1e-12, 50, gmres_update, 1e-6)
     assert solved is None  # plain Newton diverges
     K, evaluations = program._newton_krylov(system, K0, 1e-12)
     assert K.abs().max() <= 1e-12 and evaluations > count
-    plain, _, _ = odernn._implicit._newton(system, K0[4:], 1e-12, 1e-6, 50, halvings=0)
+    plain, _, _ = odernn._newton.newton(system, K0[4:], 1e-12, 50, gmres_update, 1e-6)
     assert plain.abs().max() <= 1e-12
 
 
 @pytest.mark.parametrize("spec, dt, gain, scale, without", [
-    ("rnn:alexander2", 4, 8, 1, {"_HALVINGS": 0, "_CONTINUATION": (1.0,)}),  # the line search solves it
-    ("rnn:alexander2", 4, 16, 1, {"_CONTINUATION": (1.0,)}),  # continuation in the step solves it
-    ("rnn:radau-iia-3", 8, 8, 3, {"_CONTINUATION": (1.0,)}),  # a coupled tableau: continuation solves it
+    ("rnn:alexander2", 4, 8, 1, {"HALVINGS": 0, "CONTINUATION": (1.0,)}),  # the line search solves it
+    ("rnn:alexander2", 4, 16, 1, {"CONTINUATION": (1.0,)}),  # continuation in the step solves it
+    ("rnn:radau-iia-3", 8, 8, 3, {"CONTINUATION": (1.0,)}),  # a coupled tableau: continuation solves it
 ])
 def test_newton_krylov_solves_stages_plain_newton_cannot(spec, dt, gain, scale, without, monkeypatch):
     """Strong recurrent weights and long steps: plain Newton–Krylov wanders for its whole budget on
     some token (as on the study's trained SDIRK GRU-ODEs, docs/results.md §9), and so does the
     per-token cell's chord iteration. Without the try that solves it the layer raises; with it,
-    every stage equation holds to 1e-10 at the solution, and the gradient along a random direction
-    is the central difference's."""
+    every stage equation holds to 1e-10 at the solution, the gradient along a random direction
+    is the central difference's, and the per-token cell (whose Newton's method takes the same
+    tries, its linear systems by LU) gives the same outputs."""
     torch.manual_seed(0)
     rnn = odernn.ODERNN(f"{spec}:newton=krylov:dt={dt}:tol=1e-12", 3, 4, dtype=torch.float64)
     with torch.no_grad():
         rnn.weight_hh_l0.mul_(gain)
     x = scale * torch.randn(4, 3, 3, dtype=torch.float64)
     for name, value in without.items():
-        monkeypatch.setattr(odernn._implicit, name, value)
+        monkeypatch.setattr(odernn._newton, name, value)
     with pytest.raises(odernn.ImplicitSolveError, match="with or without a line search"):
         rnn(x)
     monkeypatch.undo()
@@ -336,6 +361,12 @@ def test_newton_krylov_solves_stages_plain_newton_cannot(spec, dt, gain, scale, 
         ahead, behind = (weights * rnn(x + eps * direction)[0]).sum(), (weights * rnn(x - eps * direction)[0]).sum()
         difference = (ahead - behind) / (2 * eps)
     assert abs(float((grad * direction).sum()) - float(difference)) <= 1e-6 * (1 + abs(float(difference)))
+    cell = rnn.cells[0]
+    zero = tuple(torch.zeros(3, 4, dtype=torch.float64) for _ in range(cell.t))
+    newton = _per_token_newton_solves(monkeypatch)
+    with torch.no_grad():
+        reference = _reference_loop(cell, x.detach(), zero)[0]
+    assert newton and (out.detach() - reference).abs().max() <= 1e-10 * (1 + reference.abs().max())
 
 
 def test_newton_krylovs_jacobian_product_is_the_residuals_derivative(monkeypatch):

@@ -389,6 +389,12 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, device
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(v.dtype == (torch.float64 if precision == "float64" else torch.float32) for v in a.values()
                if v.is_floating_point())  # bf16 keeps float32 master weights
+    # each start on the run names the machine that ran the steps after it (speeds are its own)
+    from textlm.compare import read_records
+    starts = [r for r in read_records(tmp_path / "b" / "run" / "metrics.jsonl") if "machine" in r]
+    assert [(r["event"], r["step"]) for r in starts] == [("start", 0), ("resume", 4)]
+    assert all(r["machine"]["device"] == str(straight.device) and r["machine"]["threads"] == torch.get_num_threads()
+               and r["machine"]["torch"] == torch.__version__ and r["machine"]["cpu"] for r in starts)
 
 
 def early_stopping(tmp_path, **overrides):

@@ -70,6 +70,19 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     return torch.device("cuda", index)
 
 
+def _cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux; ``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
 @dataclass(frozen=True)
 class Runtime:
     """A resolved device and a precision: ``Runtime.of("auto", "bf16")``."""
@@ -101,6 +114,16 @@ class Runtime:
             # recurrent matrix once per sequence), and CUDA-graph capture refuses the cache
             return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
         return contextlib.nullcontext()
+
+    def machine(self) -> dict:
+        """What runs the steps, for the run's record: a speed is this machine's, and a run resumed
+        in another session may run on another (the ``"event": "start"`` and ``"resume"`` records
+        of ``metrics.jsonl``)."""
+        facts = {"device": str(self.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                 "cores": os.cpu_count(), "cpu": _cpu_name()}
+        if self.device.type == "cuda":
+            facts["gpu"] = torch.cuda.get_device_name(self.device)
+        return facts
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":

@@ -553,6 +553,7 @@ class Trainer:
             from tqdm import tqdm
             bar = tqdm(total=self.total_steps, initial=p.step, unit="step", dynamic_ncols=True,
                        desc=f"{c.cell} {c.grad}")
+        self._log({"step": p.step, "event": "resume" if p.step else "start", "machine": self.runtime.machine()})
         loop = _Loop(started=time.perf_counter() - p.elapsed, rng=self.runtime.rng_state())
         loop.window_start = time.perf_counter()
         # --max-seconds bounds the whole command: training stops early enough for the final
