@@ -74,7 +74,7 @@ def replay(path: str, data_root: str | None, starts: int) -> None:
     newton_tries.HALVINGS, newton_tries.CONTINUATION = engine
     if failed is None:
         return
-    # the samples plain Newton leaves unsolved at that stage: its iterations (as _newton's), row by row
+    # the samples plain Newton leaves unsolved at that stage: odernn._newton.newton's iterations, row by row
     system, K, tol = failed["system"], failed["K"].detach(), failed["tol"]
     with torch.no_grad():
         G, apply = system(K)

@@ -272,16 +272,18 @@ class ImplicitScheme:
         stage_context = context.repeat_interleave(s, dim=0)  # (B·s, …): one row per stage value
         tol = self.tol if self.tol is not None else (1e-12 if yf.dtype == torch.float64 else 1e-5)
 
-        def stage_values(K):  # (B, s, D)
-            return yf[:, None, :] + hb * torch.einsum("ij,bjd->bid", A, K)
+        def stage_values(K, tau=1):  # (B·s, D); tau < 1: the step tau·h (Newton's continuation)
+            return (yf[:, None, :] + (hb * tau) * torch.einsum("ij,bjd->bid", A, K)).reshape(B * s, D)
+
+        def field_at(Y):  # f at the stage values (B·s, D) → (B, s, D)
+            return torch.cat(field(stage_context, tuple(Y.split(sizes, dim=-1))), dim=-1).reshape(B, s, D)
 
         def F(K):
-            Y = stage_values(K).reshape(B * s, D)
-            return torch.cat(field(stage_context, tuple(Y.split(sizes, dim=-1))), dim=-1).reshape(B, s, D)
+            return field_at(stage_values(K))
 
         eye = torch.eye(s * D, dtype=yf.dtype, device=yf.device)
 
-        def kron(Js, tau=1):  # Js (B, s, D, D): Jacobian at each stage value → h (a_ij J_i) as (B, sD, sD)
+        def kron(Js, tau=1):  # Js (B, s, D, D): Jacobian at each stage value → tau h (a_ij J_i) as (B, sD, sD)
             blocks = (hb * tau)[..., None, None] * A[None, :, :, None, None] * Js[:, :, None]  # (B, s, s, D, D)
             return blocks.permute(0, 1, 3, 2, 4).reshape(B, s * D, s * D)
 
@@ -304,12 +306,10 @@ class ImplicitScheme:
             if not error <= tol:
                 # J₀ far from the stages' Jacobians (a state that moves far within the step): Newton
                 # with the Jacobians at the iterate, as the sequence engine does (odernn._newton)
-                def system(flat, tau=1):
-                    Kt = flat.reshape(B, s, D)
-                    Y = (yf[:, None, :] + (hb * tau) * torch.einsum("ij,bjd->bid", A, Kt)).reshape(B * s, D)
-                    G = torch.cat(field(stage_context, tuple(Y.split(sizes, dim=-1))), dim=-1).reshape(B, s * D)
+                def system(flat, tau=1):  # odernn._newton's: the residual F − K and the LU of I − ∂F/∂K
+                    Y = stage_values(flat.reshape(B, s, D), tau)
                     Js = field_jacobians(field, stage_context, Y, sizes).reshape(B, s, D, D)
-                    return G - flat, lu_factor(eye - kron(Js, tau))
+                    return field_at(Y).reshape(B, s * D) - flat, lu_factor(eye - kron(Js, tau))
 
                 def newton_update(factors, G):
                     return torch.linalg.lu_solve(*factors, G[..., None])[..., 0]
@@ -328,7 +328,7 @@ class ImplicitScheme:
         if torch.is_grad_enabled() or any(map(_may_carry_tangent, (yf, context, *field.parameters()))):
             FK = F(K)  # = K at the solution; its graph carries ∂F/∂θ, ∂F/∂y, ∂F/∂x
             if FK.requires_grad or _may_carry_tangent(FK):
-                Y = stage_values(K).reshape(B * s, D).detach()
+                Y = stage_values(K).detach()
                 named = list(field.named_parameters())  # the backward solves with these, whatever the field holds then
 
                 def implicit_gradient(grad):

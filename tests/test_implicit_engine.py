@@ -193,18 +193,30 @@ def _programs(monkeypatch, **options):
     return made
 
 
-def _newton_krylov_solves(monkeypatch) -> list[dict]:
-    """Every Newton–Krylov solve the engine starts from now on: its ``system``, its first ``guess``
-    and, once it returns, its ``solution``."""
-    solves, original = [], ImplicitTokenProgram._newton_krylov
+def _solves(monkeypatch, owner, name: str, method: bool) -> list[dict]:
+    """Every solve ``owner.name(…, system, K, …)`` starts from now on (a method of the engine's
+    program, or ``odernn._newton.newton_with_fallbacks`` as the per-token cell calls it): its
+    ``system``, its first ``guess`` and, once it returns, its ``solution``."""
+    solves, original = [], getattr(owner, name)
 
-    def kept(self, system, K, tol, per_iteration=1):
+    def kept(*args, **kwargs):
+        system, K = args[method:method + 2]
         solves.append({"system": system, "guess": K})
-        solved = original(self, system, K, tol, per_iteration)
+        solved = original(*args, **kwargs)
         solves[-1]["solution"] = solved[0]
         return solved
-    monkeypatch.setattr(ImplicitTokenProgram, "_newton_krylov", kept)
+    monkeypatch.setattr(owner, name, kept)
     return solves
+
+
+def _newton_krylov_solves(monkeypatch) -> list[dict]:
+    """The engine's Newton–Krylov solves (see :func:`_solves`)."""
+    return _solves(monkeypatch, ImplicitTokenProgram, "_newton_krylov", method=True)
+
+
+def _per_token_newton_solves(monkeypatch) -> list[dict]:
+    """The stage solves the per-token cell hands to Newton's method (see :func:`_solves`)."""
+    return _solves(monkeypatch, odernn._stepping, "newton_with_fallbacks", method=False)
 
 
 def test_one_factorisation_serves_the_batch_while_it_contracts_and_per_sample_ones_where_it_does_not(monkeypatch):
@@ -293,20 +305,6 @@ def test_where_the_chord_iteration_cannot_converge_in_its_budget_newton_krylov_s
 
 def _refused(*args, **kwargs):
     raise AssertionError("the chord iteration was to converge")
-
-
-def _per_token_newton_solves(monkeypatch) -> list[dict]:
-    """Every stage solve the per-token cell hands to Newton's method from now on: its ``system``
-    and, once it returns, its ``solution``."""
-    solves, original = [], odernn._newton.newton_with_fallbacks
-
-    def kept(system, K, *args, **kwargs):
-        solves.append({"system": system})
-        solved = original(system, K, *args, **kwargs)
-        solves[-1]["solution"] = solved[0]
-        return solved
-    monkeypatch.setattr(odernn._stepping, "newton_with_fallbacks", kept)
-    return solves
 
 
 def test_newton_krylov_tries_again_with_a_line_search_where_plain_newton_does_not_converge():
