@@ -2,7 +2,7 @@
 rtol 1e-3), then evaluated with other solvers — other tolerances, fixed-step tableaux, more or
 fewer steps — on the same weights: validation loss against field evaluations per token.
 
-    python benchmarks/accuracy_vs_compute.py [--tokens 200000] [--hidden 128]
+    python benchmarks/accuracy_vs_compute.py [--tokens 200000] [--hidden 128] [--text FILE]
 
 The trade-off the neural-ODE literature advertises (spend fewer evaluations at test time, accept
 a higher loss) measured instead of asserted.
@@ -31,9 +31,11 @@ def main():
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--eval-tokens", type=int, default=20_000)
     parser.add_argument("--out", default="runs/accuracy_vs_compute")
+    parser.add_argument("--text", help="a UTF-8 text file instead of Tiny Shakespeare (the tests' smoke run: "
+                        "training ends with a validation of the whole split)")
     args = parser.parse_args()
     trained = "gru-ode:dopri5:rtol=1e-3:atol=1e-5"
-    config = TrainConfig(corpus="tinyshakespeare", cell=trained, hidden=args.hidden, max_tokens=args.tokens,
+    config = TrainConfig(corpus=None if args.text else "tinyshakespeare", text=args.text, cell=trained, hidden=args.hidden, max_tokens=args.tokens,
                          out=args.out, progress=False, checkpoint_every=10**9, eval_tokens=args.eval_tokens)
     if (Path(args.out) / "checkpoint.pt").is_file():  # a finished run is reused, an interrupted one finished
         trainer = Trainer(config, resume=True)
@@ -44,7 +46,7 @@ def main():
         trainer.run()
     state = trainer.model.state_dict()
     valid = trainer.corpus.valid
-    print(f"trained: {trained}, hidden {args.hidden}, {args.tokens:,} tokens of tinyshakespeare; evaluated on the "
+    print(f"trained: {trained}, hidden {args.hidden}, {args.tokens:,} tokens of {trainer.corpus.name}; evaluated on the "
           f"first {args.eval_tokens:,} validation characters\n")
     print("| solver at test time | field evaluations / token | validation loss (nats/char) | perplexity |")
     print("|---|---|---|---|")

@@ -2,8 +2,9 @@
 
 A run that stops saves its last good state (its checkpoint: weights, carried state, position). This
 replays the batch it stopped on with plain Newton–Krylov alone (as the engine solved before
-2026-12-07) and with the engine of today (plain Newton, then a line search, then continuation in the
-step), names the token and the
+2026-12-07), with its three tries on GMRES updates (plain Newton, then a line search, then
+continuation in the step: the engine before its LU updates) and with the engine of today (those tries
+again with LU updates where they fail), names the token and the
 samples whose stage equations were not solved, and solves those samples' stage equations in float64
 with Powell's hybrid method (``scipy.optimize.root``), from ``f(base)`` and then from random
 starts. A residual near zero at a well-conditioned ``I − h a_ii J`` (its smallest
@@ -15,7 +16,8 @@ not the method's. Lower-triangular (DIRK) tableaux only.
 
 ``--grid``: 80 small layers (4 units, 3 inputs, batch 3, 4 tokens, float64) with strong recurrent
 weights (× 8 or × 16) and long steps (Δ = 4 or 8), under SDIRK and Radau IIA-3 with Newton–Krylov:
-how many the engine solves without its continuation in the step, how many with it, how many the
+how many the engine's tries with GMRES updates solve without continuation in the step, how many
+with it, how many the engine solves (those tries again with LU updates where they fail), how many the
 per-token cell solves (the same tries, its Newton's linear systems by LU), and whether the two
 give the same outputs where both solve (at steps this long the stage equations can have several
 solutions, and two solvers' paths can reach different ones).
@@ -58,11 +60,14 @@ def replay(path: str, data_root: str | None, starts: int) -> None:
         seen.update(system=system, K=K, tol=tol)
         return newton(self, system, K, tol, per_iteration)
     implicit.ImplicitTokenProgram.token, implicit.ImplicitTokenProgram._newton_krylov = kept_token, kept_newton
-    engine = newton_tries.HALVINGS, newton_tries.CONTINUATION
+    engine = newton_tries.HALVINGS, newton_tries.CONTINUATION, implicit.NEWTON_UPDATES
     failed = None
-    for label, (halvings, continuation) in (("plain Newton–Krylov", (0, (1.0,))),
-                                            ("the engine's tries (plain, line search, continuation)", engine)):
-        newton_tries.HALVINGS, newton_tries.CONTINUATION = halvings, continuation  # (1.0,): no continuation
+    for label, (halvings, continuation, updates) in (
+            ("plain Newton–Krylov", (0, (1.0,), ("gmres",))),
+            ("the tries with GMRES updates (plain, line search, continuation)", (*engine[:2], ("gmres",))),
+            ("the engine's tries (those, then with LU updates)", engine)):
+        # (1.0,): no continuation
+        newton_tries.HALVINGS, newton_tries.CONTINUATION, implicit.NEWTON_UPDATES = halvings, continuation, updates
         seen.clear()
         model = LanguageModel.from_checkpoint(data, "cpu").train()
         try:  # as training runs it: with a graph (the engine records its tape), then backward
@@ -71,7 +76,7 @@ def replay(path: str, data_root: str | None, starts: int) -> None:
         except odernn.ImplicitSolveError as err:
             print(f"  {label}: token {seen['t']} not solved ({str(err).split(';')[0]})")
             failed = dict(seen)
-    newton_tries.HALVINGS, newton_tries.CONTINUATION = engine
+    newton_tries.HALVINGS, newton_tries.CONTINUATION, implicit.NEWTON_UPDATES = engine
     if failed is None:
         return
     # the samples plain Newton leaves unsolved at that stage: odernn._newton.newton's iterations, row by row
@@ -128,8 +133,9 @@ def replay(path: str, data_root: str | None, starts: int) -> None:
 
 def grid() -> None:
     import odernn
+    import odernn._implicit as implicit
     import odernn._newton as newton_tries
-    continuation, counts, gaps = newton_tries.CONTINUATION, {}, []
+    continuation, updates, counts, gaps = newton_tries.CONTINUATION, implicit.NEWTON_UPDATES, {}, []
     for spec in ("gru-ode:alexander2", "rnn:alexander2", "lstm:alexander2", "gru-ode:radau-iia-3", "rnn:radau-iia-3"):
         for dt in (4, 8):
             for gain in (8, 16):
@@ -141,14 +147,15 @@ def grid() -> None:
                             rnn.weight_hh_l0.mul_(gain)
                         x = scale * torch.randn(4, 3, 3, dtype=torch.float64)
                         outcome, outputs = [], []
-                        for tries in ((1.0,), continuation):  # (1.0,): a third try that repeats the second
-                            newton_tries.CONTINUATION = tries
+                        # (1.0,): a third try that repeats the second; ("gmres",): no LU updates
+                        for tries, ways in (((1.0,), ("gmres",)), (continuation, ("gmres",)), (continuation, updates)):
+                            newton_tries.CONTINUATION, implicit.NEWTON_UPDATES = tries, ways
                             try:
                                 outputs.append(rnn(x)[0].detach())  # with a graph, as in training
                                 outcome.append("solved")
                             except odernn.ImplicitSolveError:
                                 outcome.append("not solved")
-                        newton_tries.CONTINUATION = continuation
+                        newton_tries.CONTINUATION, implicit.NEWTON_UPDATES = continuation, updates
                         cell, state, per_token = rnn.cells[0], None, []
                         try:
                             with torch.no_grad():
@@ -159,11 +166,11 @@ def grid() -> None:
                         except odernn.ImplicitSolveError:
                             outcome.append("not solved")
                         counts[tuple(outcome)] = counts.get(tuple(outcome), 0) + 1
-                        if outcome[1:] == ["solved", "solved"]:
+                        if outcome[2:] == ["solved", "solved"]:
                             gaps.append(float((outputs[-1] - torch.stack(per_token)).abs().max()))
-    for (before, after, per_token), count in sorted(counts.items()):
-        print(f"{count:3d} layers: {before} without continuation, {after} with it; "
-              f"{per_token} by the per-token cell (Newton's linear systems by LU)")
+    for (before, after, lu, per_token), count in sorted(counts.items()):
+        print(f"{count:3d} layers: {before} by GMRES updates without continuation, {after} with it, {lu} "
+              f"by the engine (then LU updates); {per_token} by the per-token cell (Newton's linear systems by LU)")
     apart = [gap for gap in gaps if gap > 1e-9]
     print(f"solved by both the engine and the per-token cell: {len(gaps)} layers; outputs equal to "
           f"{max([gap for gap in gaps if gap <= 1e-9], default=0):.0e} in {len(gaps) - len(apart)}, "

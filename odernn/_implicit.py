@@ -64,7 +64,7 @@ from dataclasses import dataclass, field as dataclass_field
 import numpy as np
 import torch
 
-from ._linalg import lu_factor
+from ._linalg import lu_factor, solve as linear_solve
 from ._newton import largest_magnitudes, newton_with_fallbacks, relative_update
 from ._stepping import ImplicitSolveError
 
@@ -85,6 +85,11 @@ _REFRESH_RATE = 0.2
 # Jacobians: a state that moves far within the step, as a trained stiff cell's does)
 _RATE_AFTER = 3
 _KRYLOV_ITERATIONS = 60  # GMRES iterations per linear solve at most (no restarts)
+# how Newton–Krylov's updates are solved, each way with every try of odernn._newton before the next:
+# GMRES (matrix-free, inexact, at most _KRYLOV_ITERATIONS), then LU of the operator assembled column
+# by column (N products a matrix: paid only where GMRES's updates stall, as they did at the seeds
+# study's SDIRK stop with 257 units, docs/results.md §9, and exact Newton converged)
+NEWTON_UPDATES = ("gmres", "lu")
 _KRYLOV_FROM = 150  # state width D from which newton=auto solves matrix-free (measured: docs/speed.md)
 
 
@@ -310,6 +315,14 @@ def structured_jacobian(field, act, Y: tuple, W) -> torch.Tensor:
     """``∂f/∂y`` ``(B, D, D)`` at the state blocks ``Y`` with the activations ``act`` computed there
     (``W`` the field's recurrent matrix): :class:`FieldLinearisation` as a matrix."""
     return FieldLinearisation(field, act, Y, W).matrix()
+
+
+def assembled(apply, rows: torch.Tensor) -> torch.Tensor:
+    """The matrices ``(B, N, N)`` of the linear operator ``apply`` on rows like ``rows`` ``(B, N)``
+    (each row its own matrix), one product per column."""
+    B, N = rows.shape
+    unit = torch.eye(N, dtype=rows.dtype, device=rows.device)
+    return torch.stack([apply(unit[j].expand(B, N).contiguous()) for j in range(N)], dim=-1)
 
 
 def gmres(apply, rhs: torch.Tensor, rtol: float, max_iterations: int) -> tuple[torch.Tensor, float]:
@@ -582,17 +595,26 @@ class ImplicitTokenProgram:
     def _newton_krylov(self, system, K, tol, per_iteration: int = 1):
         """``K`` with ``F(K) = K`` by Newton's method and its fallbacks (``odernn._newton``), each
         update from ``(residual, apply) = system(K)`` by GMRES with Jacobian–vector products
-        (matrix-free: no factorisation); the linear solves to ``√tol`` (at least 1e-2), so that
-        Newton converges by that factor or faster per iteration."""
+        (matrix-free: no factorisation) to ``√tol`` (at least 1e-2), so that Newton converges by
+        that factor or faster per iteration; where that does not converge, each update by LU
+        (:data:`NEWTON_UPDATES`)."""
         eta = min(1e-2, max(tol ** 0.5, tol))
         width = min(_KRYLOV_ITERATIONS, K.shape[-1])
-        solved, evaluations, error = newton_with_fallbacks(
-            system, K, tol, self.max_iterations, lambda apply, G: gmres(apply, G, eta, width)[0], eta)
+        updates = {"gmres": (lambda apply, G: gmres(apply, G, eta, width)[0], eta),
+                   "lu": (lambda apply, G: linear_solve(assembled(apply, G), G[..., None])[..., 0], 0.0)}
+        solved, evaluations = None, 0
+        for name in NEWTON_UPDATES:
+            solved, more, error = newton_with_fallbacks(system, K, tol, self.max_iterations, *updates[name])
+            evaluations += more
+            if solved is not None:
+                break
         if solved is None:
             raise ImplicitSolveError(
-                f"{self.name}: the stage equations did not converge in {self.max_iterations} Newton–Krylov "
-                f"iterations, with or without a line search or continuation in the step (relative update "
-                f"{error:.2e} > tolerance {tol:.1e}); try a smaller dt or more steps")
+                f"{self.name}: the stage equations did not converge in {self.max_iterations} Newton "
+                f"iterations, with or without a line search or continuation in the step, their linear "
+                f"systems solved by {' or by '.join(map(str.upper, NEWTON_UPDATES))} (relative update "
+                f"{error:.2e} > tolerance {tol:.1e}); "
+                f"try a smaller dt or more steps")
         return solved, evaluations * per_iteration
 
     def _lower(self, yf, f0, start, context, h, W, b, sizes, tape):

@@ -29,10 +29,15 @@ def catalogue():
 def pytest_collection_modifyitems(items):
     """Building the catalogue takes about 7 s (its Gauss, Radau and Lobatto members are derived
     exactly): under pytest-xdist (``--dist loadgroup``, pyproject.toml) the tests that use it run on
-    one worker, which builds it once, rather than on every worker."""
+    one worker, which builds it once, rather than on every worker.
+
+    The tests marked ``slow`` (5–55 s each, half the suite's time) run first: the workers take
+    tests from one queue in this order, and a long test taken last would leave the other worker
+    idle for its length (longest first is the classic remedy)."""
     for item in items:
         if "catalogue" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("catalogue"))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
 
 
 # the standard corpora: CI sets ODERNN_DATA; a developer checkout finds ../shared/data beside it

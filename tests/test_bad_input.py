@@ -269,6 +269,7 @@ def test_resume_with_another_models_data_is_refused(tmp_path, trained):
     assert code == 2 and "vocabulary differs" in err and err.count("\n") == 1, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["train", "compare"])
 def test_two_runs_on_one_folder_are_refused(tmp_path, command):
     """A run is writing there (its records already in place): a second ``train`` is told so rather
@@ -389,6 +390,7 @@ def test_resume_refuses_options_that_contradict_the_run(tmp_path, trained):
     assert json.loads(stdout)["tokens"] == 512
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)])
 def test_a_signal_during_training_leaves_a_checkpoint_that_resumes(tmp_path, sig, code):
     """With a checkpoint every step, the signal also lands during checkpoint writes."""

@@ -29,6 +29,7 @@ def run(*args):
     return code, out.getvalue(), err.getvalue()
 
 
+@pytest.mark.slow
 def test_help_explains_every_command():
     code, out, _ = run_process("--help")
     assert code == 0 and "tableau" in out

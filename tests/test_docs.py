@@ -215,6 +215,7 @@ def _corpus(load, *args):
     return load(*args)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch):
     data = Path(os.environ.get("ODERNN_DATA", "~/.cache/odernn")).expanduser().resolve()

@@ -35,6 +35,7 @@ def rows(markdown: str) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_digits_resnet_rknet_odenet_smoke():
     table = rows(script(ROOT / "examples" / "digits_ode_net.py", "--epochs", "1", "--limit", "64",
                         "--batch-size", "32", "--steps", "4"))
@@ -44,6 +45,7 @@ def test_digits_resnet_rknet_odenet_smoke():
     assert table["rk-net"][1] == table["ode-net"][1]  # the same network, trained differently
 
 
+@pytest.mark.slow
 def test_adjoint_study_smoke():
     out = script(ROOT / "benchmarks" / "adjoint_study.py", "--quick")
     table = rows(out)
@@ -51,9 +53,12 @@ def test_adjoint_study_smoke():
     assert float(table["adjoint, backward rk4, 1 step"][0]) > 1  # the stiff backward pass: the gradient is wrong
 
 
+@pytest.mark.slow
 def test_accuracy_vs_compute_smoke(tmp_path):
+    text = tmp_path / "verse.txt"  # not Tiny Shakespeare: training ends with a validation of the whole split
+    text.write_text("".join(f"{k} shall I compare thee to a summer's day? thou art more lovely.\n" for k in range(150)))
     out = script(ROOT / "benchmarks" / "accuracy_vs_compute.py", "--tokens", "1024", "--hidden", "8",
-                 "--eval-tokens", "200", "--out", tmp_path / "run")
+                 "--eval-tokens", "200", "--text", text, "--out", tmp_path / "run")
     table = rows(out)
     evaluations = {k: float(v[0]) for k, v in table.items()}
     assert evaluations["euler"] == 1 and evaluations["rk4:steps=2"] == 8  # exact counts of fixed-step solvers
@@ -246,6 +251,7 @@ def test_irregular_sampling_quick_training_lowers_the_error(capsys):
     assert all(table[name][-1].split()[0] in ("stable", "unstable", "expanding") for name in trained if "ODERNN" in name)
 
 
+@pytest.mark.slow
 def test_seeds_study_smoke(tmp_path, monkeypatch):
     """benchmarks/seeds_study.py (issue 24's study) on a small text and budgets of seconds: every
     phase runs; the cell's rate is its sweep's best; the runs made to fail (forward Euler at Δ = 3,

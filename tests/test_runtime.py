@@ -87,6 +87,7 @@ def test_a_run_resumes_on_its_own_device_unless_told_otherwise(checkpoint, tmp_p
     assert load_checkpoint(run_dir)["config"]["device"] == "cpu"
 
 
+@pytest.mark.slow
 def test_a_run_records_its_device_and_precision(checkpoint):
     data = load_checkpoint(checkpoint)
     assert data["config"]["device"] == "cpu" and data["config"]["precision"] == "bf16"

@@ -213,6 +213,7 @@ def train(spec, iterations=60, seed=0, hidden=16):
 
 @pytest.mark.parametrize("spec, constraint", [("rnn:rk4:dt=2", "spectral"), ("rnn:euler:dt=1.5", "spectral"),
                                               ("antisymmetric:euler", "antisymmetric")])
+@pytest.mark.slow
 def test_a_cell_trained_with_a_constraint_stays_verified_stable(spec, constraint):
     free = train(spec)
     constrained = train(f"{spec}:constraint={constraint}")

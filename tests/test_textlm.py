@@ -403,6 +403,7 @@ def early_stopping(tmp_path, **overrides):
                   dropout=0.0, eval_every=6, log_every=6, patience=2, lr=2e-2, **overrides)
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_the_best_weights_and_resumes_to_the_same_stop(tmp_path):
     """``--patience 2``: the run stops two validations after its best, with the rest of its budget
     unused; best.pt holds the weights of the best validation, and the run's final validation (on
@@ -563,6 +564,7 @@ def test_checkpoints_with_non_finite_weights_or_negative_counts_are_refused(tmp_
         load_checkpoint(tmp_path / "negative.pt")
 
 
+@pytest.mark.slow
 def test_max_seconds_bounds_training_and_the_final_validation(tmp_path):
     """An implicit cell whose full validation takes longer than the budget: training stops early
     enough, the validation is cut where the budget ends and says so; the whole run stays within
@@ -682,6 +684,7 @@ def _ddp_worker(rank, world, rendezvous, cfg, target, clock_rate=1.0):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_data_parallel_training_equals_one_process(tmp_path):
     cfg = config(tmp_path, dropout=0.0, max_tokens=4 * 16 * 4, cell="gru-ode:euler")
     single = Trainer(cfg)
@@ -694,6 +697,7 @@ def test_two_process_data_parallel_training_equals_one_process(tmp_path):
     assert all(torch.allclose(reference[k], parallel[k], rtol=0, atol=1e-12) for k in reference)
 
 
+@pytest.mark.slow
 def test_data_parallel_ranks_stop_together_at_the_time_budget(tmp_path):
     """Rank 1's clock runs 3× fast, so its --max-seconds budget ends first: every rank stops at the
     same step (a rank stopping alone left the others in the all-reduce for ever)."""
@@ -777,6 +781,7 @@ def _small_corpus(tmp_path):
     return str(text)
 
 
+@pytest.mark.slow
 def test_compare_tabulates_and_resumes(tmp_path):
     args = ["compare", "--text", _small_corpus(tmp_path), "--cells", "torch-gru", "gru-ode:euler", "--seeds", "0", "1",
             "--params", "8000",
@@ -814,6 +819,7 @@ def test_compare_tabulates_and_resumes(tmp_path):
     assert code == 2 and "gru-odd" in err
 
 
+@pytest.mark.slow
 def test_compare_restarts_a_run_that_left_records_but_no_checkpoint_with_them_set_aside(tmp_path):
     """A run folder with records and no checkpoint (a run killed before its first checkpoint, or
     its checkpoint lost with its machine): the run starts again from its seed, and its earlier
@@ -848,6 +854,7 @@ def test_compare_settings_on_one_out_are_compared_as_its_runs_see_them(tmp_path)
             refuse_other_settings(given)
 
 
+@pytest.mark.slow
 def test_an_interrupted_compare_resumes_its_run_exactly(tmp_path):
     """Ctrl-C in the middle of a run: the comparison stops, the run keeps its checkpoint and no
     result; the same command again finishes that run, to the weights and losses of the same run

@@ -88,6 +88,7 @@ def _child(code: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_implicit_cells_give_the_same_results_on_one_and_two_threads():
     """Stage systems of 128–384 rows, real and complex, in the engine and on the per-token path:
     outputs and every gradient equal to 1e-9 (past 150 rows they crashed or hung with two threads
@@ -98,6 +99,7 @@ def test_implicit_cells_give_the_same_results_on_one_and_two_threads():
         assert difference <= 1e-9, f"{spec} ({rows} rows): {difference:.2e}"
 
 
+@pytest.mark.slow
 def test_the_factorisation_helper_equals_the_one_threaded_routine_on_both_sides_of_the_boundary():
     report = _child(FACTORS)
     for n, (same_pivots, factors, solution, threads) in report.items():
@@ -105,6 +107,7 @@ def test_the_factorisation_helper_equals_the_one_threaded_routine_on_both_sides_
         assert threads == 3, "the helper must give the thread setting back"
 
 
+@pytest.mark.slow
 def test_layers_give_the_same_results_on_one_and_two_threads():
     """The engine, the per-token path and PyTorch's kernel at B·H = 32·256, where the products and
     elementwise kernels split across threads: equal to round-off."""
