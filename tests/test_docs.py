@@ -60,10 +60,10 @@ LANGUAGES = {"bash", "python", "toml", "text", "json"}  # a block in any other i
 SHRINK = {"--max-tokens": ["--max-tokens", "2048"], "--epochs": ["--max-tokens", "2048"],  # an epoch: ~1M tokens
           "--hidden": ["--hidden", "16"], "--hidden-size": ["--hidden-size", "16"], "--embed": ["--embed", "16"],
           "--length": ["--length", "50"], "--prompts": ["--prompts", "2"], "--eval-tokens": ["--eval-tokens", "512"],
-          "--max-seconds": ["--max-seconds", "2"], "--device": ["--device", "cpu"],
+          "--max-seconds": ["--max-seconds", "1"], "--device": ["--device", "cpu"],
           "--compile-elementwise": [], "--cuda-graphs": []}
 FLAGS = {"--compile-elementwise", "--cuda-graphs"}  # options without a value
-# Every train gets --max-seconds 2, which cuts its final validation over the whole split short, and
+# Every train gets --max-seconds 1, which cuts its final validation over the whole split short, and
 # every evaluate --prompts 2 (its default, 20 generated continuations, takes longest). The CPU has no
 # CUDA graphs, and compiling the elementwise math for it takes a minute: those two flags are dropped.
 DEFAULTS = {"train": "--max-seconds", "evaluate": "--prompts"}

@@ -4,7 +4,6 @@ import contextlib
 import io
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,11 +15,22 @@ import butcher
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def script(*args, timeout=300):
-    proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
+def script(path, *args):
+    """``python PATH ARGS`` run in this process (as ``__main__``, with its ``sys.argv``): its
+    standard output. A process of its own would cost seconds of imports; the suite's fixtures
+    restore the thread count and seeds a script changes."""
+    import runpy
+    argv = sys.argv
+    sys.argv = [str(path), *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            try:
+                runpy.run_path(str(path), run_name="__main__")
+            except SystemExit as exit_:
+                assert exit_.code in (0, None), exit_.code
+    finally:
+        sys.argv = argv
+    return printed.getvalue()
 
 
 def rows(markdown: str) -> dict:

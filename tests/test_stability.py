@@ -61,7 +61,7 @@ def test_rk4_on_a_skew_symmetric_matrix_is_stable_up_to_two_root_two():
     below, above = linear_cell(S, "rk4", 0.995 * limit), linear_cell(S, "rk4", 1.005 * limit)
     assert stability.check(below, samples=2).stable and not stability.check(above, samples=2).stable
     assert stability.check(below, samples=2).max_stable_dt == pytest.approx(limit, rel=1e-9)
-    assert not grows(below, 2000) and grows(above, 4000)
+    assert not grows(below, 400) and grows(above, 800)  # above: the top mode grows ×1.035 a token, past 1e3 in under 200
     # forward Euler never covers the imaginary axis; the midpoint method neither (|R(iy)|² = 1 + y⁴/4)
     assert not stability.check(linear_cell(S, "euler", 0.01), samples=2).stable
     assert stability.check(linear_cell(S, "gauss-2", 10.0), samples=2).stable  # A-stable

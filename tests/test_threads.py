@@ -79,37 +79,46 @@ print(json.dumps(report))
 """
 
 
-def _child(code: str) -> dict:
+# the three scripts share one child process (its imports cost seconds) and so one worker
+pytestmark = pytest.mark.xdist_group("threads")
+SCRIPTS = {"implicit": IMPLICIT, "factors": FACTORS, "layers": LAYERS}
+
+
+@pytest.fixture(scope="module")
+def reports() -> dict:
+    """Each script's report (its last printed line), the scripts run one after another in one
+    child process, each in a namespace of its own."""
+    code = "".join(f"exec({script!r}, {{}})\n" for script in SCRIPTS.values())
     try:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, check=False)
     except subprocess.TimeoutExpired:
         pytest.fail("hung with several threads (PyTorch's batched LU: see odernn/_linalg.py)")
     assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return dict(zip(SCRIPTS, map(json.loads, done.stdout.strip().splitlines()[-len(SCRIPTS):])))
 
 
 @pytest.mark.slow
-def test_implicit_cells_give_the_same_results_on_one_and_two_threads():
+def test_implicit_cells_give_the_same_results_on_one_and_two_threads(reports):
     """Stage systems of 128–384 rows, real and complex, in the engine and on the per-token path:
     outputs and every gradient equal to 1e-9 (past 150 rows they crashed or hung with two threads
     before ``odernn._linalg``)."""
-    report = _child(IMPLICIT)
+    report = reports["implicit"]
     assert len(report) == 4
     for spec, (rows, difference) in report.items():
         assert difference <= 1e-9, f"{spec} ({rows} rows): {difference:.2e}"
 
 
 @pytest.mark.slow
-def test_the_factorisation_helper_equals_the_one_threaded_routine_on_both_sides_of_the_boundary():
-    report = _child(FACTORS)
+def test_the_factorisation_helper_equals_the_one_threaded_routine_on_both_sides_of_the_boundary(reports):
+    report = reports["factors"]
     for n, (same_pivots, factors, solution, threads) in report.items():
         assert same_pivots and factors <= 1e-9 and solution <= 1e-9, n
         assert threads == 3, "the helper must give the thread setting back"
 
 
 @pytest.mark.slow
-def test_layers_give_the_same_results_on_one_and_two_threads():
+def test_layers_give_the_same_results_on_one_and_two_threads(reports):
     """The engine, the per-token path and PyTorch's kernel at B·H = 32·256, where the products and
     elementwise kernels split across threads: equal to round-off."""
-    for name, difference in _child(LAYERS).items():
+    for name, difference in reports["layers"].items():
         assert difference <= 1e-12, f"{name}: {difference:.2e}"
