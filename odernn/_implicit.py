@@ -90,6 +90,7 @@ _KRYLOV_ITERATIONS = 60  # GMRES iterations per linear solve at most (no restart
 # by column (N products a matrix: paid only where GMRES's updates stall, as they did at the seeds
 # study's SDIRK stop with 257 units, docs/results.md §9, and exact Newton converged)
 NEWTON_UPDATES = ("gmres", "lu")
+_LU_ELEMENTS = 2 ** 26  # B·N² at most for the LU updates' matrices (256 MiB in float32): a last resort must not exhaust memory
 _KRYLOV_FROM = 150  # state width D from which newton=auto solves matrix-free (measured: docs/speed.md)
 
 
@@ -602,8 +603,9 @@ class ImplicitTokenProgram:
         width = min(_KRYLOV_ITERATIONS, K.shape[-1])
         updates = {"gmres": (lambda apply, G: gmres(apply, G, eta, width)[0], eta),
                    "lu": (lambda apply, G: linear_solve(assembled(apply, G), G[..., None])[..., 0], 0.0)}
+        ways = [way for way in NEWTON_UPDATES if way != "lu" or K.shape[0] * K.shape[-1] ** 2 <= _LU_ELEMENTS]
         solved, evaluations = None, 0
-        for name in NEWTON_UPDATES:
+        for name in ways:
             solved, more, error = newton_with_fallbacks(system, K, tol, self.max_iterations, *updates[name])
             evaluations += more
             if solved is not None:
@@ -612,7 +614,7 @@ class ImplicitTokenProgram:
             raise ImplicitSolveError(
                 f"{self.name}: the stage equations did not converge in {self.max_iterations} Newton "
                 f"iterations, with or without a line search or continuation in the step, their linear "
-                f"systems solved by {' or by '.join(map(str.upper, NEWTON_UPDATES))} (relative update "
+                f"systems solved by {' or by '.join(map(str.upper, ways))} (relative update "
                 f"{error:.2e} > tolerance {tol:.1e}); "
                 f"try a smaller dt or more steps")
         return solved, evaluations * per_iteration

@@ -398,6 +398,10 @@ def test_where_gmres_updates_cannot_converge_newton_tries_again_with_lu_solved_u
     rnn.cells[0].scheme.max_iterations = 1  # and where LU's updates cannot converge either, the error says both
     with pytest.raises(odernn.ImplicitSolveError, match="their linear systems solved by GMRES or by LU"):
         _engine_run(rnn, x, blocks)
+    # where the batch's matrices would pass the memory cap, no LU updates: the error says so
+    monkeypatch.setattr(odernn._implicit, "_LU_ELEMENTS", 3 * 4 * 4 - 1)  # B·N² = 3·4² here
+    with pytest.raises(odernn.ImplicitSolveError, match=r"their linear systems solved by GMRES \(relative"):
+        _engine_run(rnn, x, blocks)
 
 
 def test_newton_krylovs_jacobian_product_is_the_residuals_derivative(monkeypatch):
