@@ -11,7 +11,6 @@ import odernn
 from odernn._engine import in_engine
 from odernn._implicit import (FieldLinearisation, ImplicitTokenProgram, gmres, newton_plan, stage_structure,
                               structured_jacobian)
-from odernn._newton import newton_with_fallbacks
 from test_sequence import cell_loop
 
 TIGHT = ":tol=1e-14"
@@ -196,7 +195,7 @@ def _programs(monkeypatch, **options):
 
 def _solves(monkeypatch, owner, name: str, method: bool) -> list[dict]:
     """Every solve ``owner.name(…, system, K, …)`` starts from now on (a method of the engine's
-    program, or ``odernn._newton.newton_with_fallbacks`` as the per-token cell calls it): its
+    program, or ``odernn._newton.newton_with_fallbacks`` as the per-token cell or the engine calls it): its
     ``system``, its first ``guess`` and, once it returns, its ``solution``."""
     solves, original = [], getattr(owner, name)
 
@@ -380,17 +379,12 @@ def test_where_gmres_updates_cannot_converge_newton_tries_again_with_lu_solved_u
     convergence). The outputs and every gradient are the per-token cell's (whose Newton's method
     solves by LU)."""
     monkeypatch.setattr(odernn._implicit, "_KRYLOV_ITERATIONS", 1)
-    tries = []
-
-    def kept(*args, **kwargs):
-        solved = newton_with_fallbacks(*args, **kwargs)
-        tries.append(solved[0] is not None)
-        return solved
-    monkeypatch.setattr(odernn._implicit, "newton_with_fallbacks", kept)
+    solves = _solves(monkeypatch, odernn._implicit, "newton_with_fallbacks", method=False)  # each way's tries
     rnn, x, blocks = _problem("gru-ode:alexander2:newton=krylov")
     rnn.cells[0].scheme.max_iterations = 6
     inputs = [x, *blocks, *rnn.parameters()]
     ours = _gradients(_engine_run(rnn, x, blocks), inputs)
+    tries = [solve["solution"] is not None for solve in solves]
     assert tries.count(False) >= 1 and tries[tries.index(False) + 1], tries  # GMRES's tries failed, LU's solved
     reference = _gradients(_reference_loop(rnn.cells[0], x, blocks), inputs)
     for a, b in zip(ours, reference):
