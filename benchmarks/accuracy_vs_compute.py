@@ -16,6 +16,7 @@ import torch
 
 import odernn
 
+from textlm.data import CorpusError
 from textlm.evaluate import evaluate_loss
 from textlm.model import LanguageModel
 from textlm.train import TrainConfig, Trainer
@@ -35,14 +36,15 @@ def main():
                         "training ends with a validation of the whole split)")
     args = parser.parse_args()
     trained = "gru-ode:dopri5:rtol=1e-3:atol=1e-5"
-    config = TrainConfig(corpus=None if args.text else "tinyshakespeare", text=args.text, cell=trained, hidden=args.hidden, max_tokens=args.tokens,
-                         out=args.out, progress=False, checkpoint_every=10**9, eval_tokens=args.eval_tokens)
-    if (Path(args.out) / "checkpoint.pt").is_file():  # a finished run is reused, an interrupted one finished
-        trainer = Trainer(config, resume=True)
-        if not (Path(args.out) / "result.json").is_file():
-            trainer.run()
-    else:
-        trainer = Trainer(config)
+    resume = (Path(args.out) / "checkpoint.pt").is_file()  # a finished run is reused, an interrupted one finished
+    try:  # a bad option, a missing or malformed text: one line, before any training
+        config = TrainConfig(corpus=None if args.text else "tinyshakespeare", text=args.text, cell=trained,
+                             hidden=args.hidden, max_tokens=args.tokens, out=args.out, progress=False,
+                             checkpoint_every=10**9, eval_tokens=args.eval_tokens)
+        trainer = Trainer(config, resume=resume)
+    except (ValueError, CorpusError) as err:
+        parser.error(str(err))
+    if not (resume and (Path(args.out) / "result.json").is_file()):
         trainer.run()
     state = trainer.model.state_dict()
     valid = trainer.corpus.valid
