@@ -221,15 +221,11 @@ def _retrain(config: CompareConfig, cell: str, seed: int, extra: list[str], reac
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             while proc.poll() is None and not reached(logged(metrics)):
-                time.sleep(0.5)
-        finally:  # stopped where it was wanted, or whatever happened here
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                time.sleep(0.1)
+        finally:  # stopped where it was wanted, or whatever happened here: killed, as its scratch folder
+            if proc.poll() is None:  # goes (a graceful stop would save a checkpoint and draw curves first)
+                proc.kill()
+                proc.wait()
         return logged(metrics), proc.returncode
 
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from math import factorial
+from typing import TYPE_CHECKING
 
-import networkx as nx
+if TYPE_CHECKING:
+    import networkx as nx
 
 Tree = tuple  # a sorted tuple of child trees
 
@@ -91,6 +93,7 @@ def tree_str(tree: Tree) -> str:
 
 def as_graph(tree: Tree) -> nx.DiGraph:
     """The tree as a ``networkx.DiGraph`` with edges from parent to child; the root is node 0."""
+    import networkx as nx  # here, not at import: every process that trains a cell imports butcher
     graph = nx.DiGraph()
     graph.add_node(0)
 

@@ -684,32 +684,30 @@ def _ddp_worker(rank, world, rendezvous, cfg, target, clock_rate=1.0):
     dist.destroy_process_group()
 
 
+def _ddp_worker_both(rank, world, folder, equal, timed):
+    """Both data-parallel runs of the test below in one pair of processes (each start imports torch):
+    ``equal`` on true clocks, then ``timed`` with rank 1's clock 3× fast."""
+    _ddp_worker(rank, world, folder / "rendezvous-equal", equal, str(folder / "equal.pt"))
+    _ddp_worker(rank, world, folder / "rendezvous-timed", timed, str(folder / "timed.pt"),
+                clock_rate=3.0 if rank == 1 else 1.0)
+
+
 @pytest.mark.slow
-def test_two_process_data_parallel_training_equals_one_process(tmp_path):
+def test_two_process_data_parallel_training_equals_one_process_and_its_ranks_stop_together(tmp_path):
+    """Two ranks train the weights one process does. And where rank 1's clock runs 3× fast, so that
+    its --max-seconds budget ends first, every rank stops at the same step (a rank stopping alone
+    left the others in the all-reduce for ever)."""
     cfg = config(tmp_path, dropout=0.0, max_tokens=4 * 16 * 4, cell="gru-ode:euler")
     single = Trainer(cfg)
     single.run()
-    target = str(tmp_path / "ddp.pt")
-    mp.spawn(_ddp_worker, args=(2, tmp_path / "rendezvous", config(tmp_path / "ddp", dropout=0.0, max_tokens=4 * 16 * 4,
-                                                                   cell="gru-ode:euler"), target), nprocs=2)
-    parallel = torch.load(f"{target}.0", weights_only=True)["weights"]
+    timed = config(tmp_path / "timed", dropout=0.0, max_tokens=4 * 16 * 100_000, cell="gru-ode:euler", max_seconds=3)
+    mp.spawn(_ddp_worker_both, args=(2, tmp_path, config(tmp_path / "ddp", dropout=0.0, max_tokens=4 * 16 * 4,
+                                                         cell="gru-ode:euler"), timed), nprocs=2)
+    parallel = torch.load(tmp_path / "equal.pt.0", weights_only=True)["weights"]
     reference = weights(single)
     assert all(torch.allclose(reference[k], parallel[k], rtol=0, atol=1e-12) for k in reference)
-
-
-@pytest.mark.slow
-def test_data_parallel_ranks_stop_together_at_the_time_budget(tmp_path):
-    """Rank 1's clock runs 3× fast, so its --max-seconds budget ends first: every rank stops at the
-    same step (a rank stopping alone left the others in the all-reduce for ever)."""
-    cfg = config(tmp_path / "ddp", dropout=0.0, max_tokens=4 * 16 * 100_000, cell="gru-ode:euler", max_seconds=3)
-    target = str(tmp_path / "ddp.pt")
-    mp.spawn(_ddp_worker_fast_rank_1, args=(2, tmp_path / "rendezvous", cfg, target), nprocs=2)
-    steps = [torch.load(f"{target}.{rank}", weights_only=True)["step"] for rank in (0, 1)]
+    steps = [torch.load(tmp_path / f"timed.pt.{rank}", weights_only=True)["step"] for rank in (0, 1)]
     assert steps[0] == steps[1] > 0
-
-
-def _ddp_worker_fast_rank_1(rank, world, rendezvous, cfg, target):
-    _ddp_worker(rank, world, rendezvous, cfg, target, clock_rate=3.0 if rank == 1 else 1.0)
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -783,12 +781,23 @@ def _small_corpus(tmp_path):
 
 @pytest.mark.slow
 def test_compare_tabulates_and_resumes(tmp_path):
+    """Also: a run folder with records and no checkpoint (a run killed before its first checkpoint, or
+    its checkpoint lost with its machine) starts again from its seed, its earlier records moved to
+    ``superseded-0/``, so that ``metrics.jsonl`` holds one run's records."""
+    from textlm.compare import checks, read_records
     args = ["compare", "--text", _small_corpus(tmp_path), "--cells", "torch-gru", "gru-ode:euler", "--seeds", "0", "1",
-            "--params", "8000",
+            "--params", "8000", "--check-at", "0",
             "--max-tokens", "1024", "--batch-size", "4", "--bptt", "16", "--eval-every", "4", "--eval-tokens",
             "1000", "--prompts", "2", "--out", str(tmp_path)]
+    restarted = tmp_path / "runs" / "gru-ode_euler" / "seed0"
+    restarted.mkdir(parents=True)
+    earlier = '{"step": 0, "event": "check", "fraction": 0, "verdict": "stable", "margin": 9.0}\n'
+    (restarted / "metrics.jsonl").write_text(earlier)
     code, stdout, err = run(*args)
     assert code == 0, err
+    assert (restarted / "superseded-0" / "metrics.jsonl").read_text() == earlier
+    logged = read_records(restarted / "metrics.jsonl")
+    assert sum(r.get("event") == "check" for r in logged) == 1 and checks(logged)["check_0"]["margin"] != 9.0
     assert "| torch-gru |" in stdout and "| gru-ode:euler |" in stdout and "±" in stdout
     assert (tmp_path / "results.md").is_file() and (tmp_path / "learning_curves.png").is_file()
     assert (tmp_path / "stability_gru-ode_euler.png").is_file()
@@ -817,26 +826,6 @@ def test_compare_tabulates_and_resumes(tmp_path):
     assert code == 0 and again == stdout
     code, _, err = run("compare", "--cells", "gru-odd", "--out", str(tmp_path / "x"))
     assert code == 2 and "gru-odd" in err
-
-
-@pytest.mark.slow
-def test_compare_restarts_a_run_that_left_records_but_no_checkpoint_with_them_set_aside(tmp_path):
-    """A run folder with records and no checkpoint (a run killed before its first checkpoint, or
-    its checkpoint lost with its machine): the run starts again from its seed, and its earlier
-    records move to ``superseded-0/``, so that ``metrics.jsonl`` holds one run's records."""
-    from textlm.compare import checks, read_records
-    folder = tmp_path / "c" / "runs" / "gru-ode_euler" / "seed0"
-    folder.mkdir(parents=True)
-    earlier = '{"step": 0, "event": "check", "fraction": 0, "verdict": "stable", "margin": 9.0}\n'
-    (folder / "metrics.jsonl").write_text(earlier)
-    code, _, err = run("compare", "--text", _small_corpus(tmp_path), "--cells", "gru-ode:euler", "--seeds", "0",
-                       "--hidden", "8", "--max-tokens", "640", "--batch-size", "4", "--bptt", "16", "--eval-tokens",
-                       "500", "--prompts", "1", "--check-at", "0", "--no-progress", "--out", str(tmp_path / "c"))
-    assert code == 0, err
-    assert (folder / "superseded-0" / "metrics.jsonl").read_text() == earlier
-    logged = read_records(folder / "metrics.jsonl")
-    assert sum(r.get("event") == "check" for r in logged) == 1 and checks(logged)["check_0"]["margin"] != 9.0
-    assert (folder / "compare.json").is_file()
 
 
 def test_compare_settings_on_one_out_are_compared_as_its_runs_see_them(tmp_path):
@@ -898,7 +887,9 @@ def test_an_interrupted_compare_resumes_its_run_exactly(tmp_path):
     assert all(torch.equal(final[k], v) for k, v in straight.model.state_dict().items())
 
 
-def test_resume_keeps_or_extends_the_budget(tmp_path):
+def test_resume_keeps_or_replaces_the_budget(tmp_path):
+    """--max-tokens on --resume is the run's new budget, longer or shorter (a smaller one was silently
+    ignored); one that ends before the steps the run has trained is refused with one line."""
     common = ["--no-progress", "--json", "--out", str(tmp_path)]
     code, out, err = run("train", "--corpus", "tinyshakespeare", "--train-tokens", "20000", "--valid-tokens", "2000", "--hidden", "8",
                          "--batch-size", "4", "--bptt", "16", "--max-tokens", "256", "--eval-tokens", "500", *common)
@@ -907,6 +898,11 @@ def test_resume_keeps_or_extends_the_budget(tmp_path):
     code, out, _ = run("train", "--resume", *common)  # nothing left to do: the run's own budget
     assert code == 0 and json.loads(out)["step"] == 4
     code, out, _ = run("train", "--resume", "--max-tokens", "512", *common)
+    assert code == 0 and json.loads(out)["step"] == 8
+    code, _, err = run("train", "--resume", "--max-tokens", "384", *common)
+    assert code == 2 and "has trained 8 steps" in err and "ends at step 6" in err and err.count("\n") == 1, err
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["position"]["step"] == 8
+    code, out, _ = run("train", "--resume", "--max-tokens", "512", *common)  # its position, once more
     assert code == 0 and json.loads(out)["step"] == 8
 
 

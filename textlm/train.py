@@ -225,14 +225,15 @@ def _refuse_another_runs_folder(folder: Path) -> None:
 
 def _resumed(saved: dict, given: TrainConfig, out: Path, max_tokens: int | None, epochs: int | None,
              device: str | None, world: int) -> TrainConfig:
-    """The configuration of a run resumed from ``saved``: the run's own, with its budget extended to
-    ``max_tokens`` or ``epochs``, on ``device``, writing to ``out`` with the progress bar as ``given``."""
+    """The configuration of a run resumed from ``saved``: the run's own, with the budget ``max_tokens``
+    or ``epochs`` where given (longer or shorter: :class:`Trainer` refuses one that ends before the
+    run's position), on ``device``, writing to ``out`` with the progress bar as ``given``."""
     config = TrainConfig.from_dict(saved["config"])
     if max_tokens is not None:
-        config.max_tokens = max(max_tokens, config.max_tokens)
+        config.max_tokens = max_tokens
         config.epochs = None
     if epochs is not None:
-        config.epochs = max(epochs, config.epochs or 0)
+        config.epochs = epochs
     config.out, config.progress = str(out), given.progress
     if device is not None:
         config.device = device
@@ -296,8 +297,8 @@ class _Position:
 
 class Trainer:
     """``Trainer(config).run()``. ``resume=True`` continues from ``config.out/checkpoint.pt`` with the
-    checkpoint's configuration; ``max_tokens`` or ``epochs`` then extend its budget (``None``: keep
-    it), and ``device`` moves the run to another device (``None``: the one it ran on; only a resume
+    checkpoint's configuration; ``max_tokens`` or ``epochs`` then replace its budget (``None``: keep
+    it; a budget that ends before the run's position is refused), and ``device`` moves the run to another device (``None``: the one it ran on; only a resume
     on the same device is bit-exact)."""
 
     def __init__(self, config: TrainConfig, resume: bool = False, corpus: Corpus | None = None,
@@ -340,6 +341,10 @@ class Trainer:
         self.probes = {}  # layer index -> stability.Probe, made at the first probe
         if saved is not None:
             self._restore(saved)
+            if self.position.step > self.total_steps:  # not silently kept, as the run's budget once was
+                raise ValueError(f"the run in {self.out} has trained {self.position.step:,} steps "
+                                 f"({self.position.tokens:,} tokens); the budget given ends at step "
+                                 f"{self.total_steps:,}: give one of at least that")
         self.module = self._parallel()
 
     # -- setup -------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def _options(p, defaults) -> None:
                           "ODE cell's step amplification towards 1 (stability.jacobian_penalty; 0: off)")
     budget = opt.add_mutually_exclusive_group()
     budget.add_argument("--max-tokens", type=argument("max_tokens"), help=f"training-token budget (default {defaults.max_tokens:,}; "
-                                                       "with --resume: extend the run's budget to this)")
+                                                       "with --resume: the run's new budget, longer or shorter, not below what it has trained)")
     budget.add_argument("--epochs", type=argument("epochs"), help="budget in passes over the training streams instead")
     opt.add_argument("--max-seconds", type=argument("max_seconds"),
                      help="wall-clock budget of the training, the final validation and the sample (summed over "
