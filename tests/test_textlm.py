@@ -4,7 +4,7 @@ other and finite differences, resumption, data parallelism, and the command line
 import json
 import math
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import sympy
@@ -904,6 +904,34 @@ def test_resume_keeps_or_replaces_the_budget(tmp_path):
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["position"]["step"] == 8
     code, out, _ = run("train", "--resume", "--max-tokens", "512", *common)  # its position, once more
     assert code == 0 and json.loads(out)["step"] == 8
+
+
+def test_resume_applies_every_setting_it_may_change(tmp_path):
+    """The cadence of validation, logging and checkpoints, the validation's cap and the time budget
+    given with --resume apply to the rest of the run (they were silently ignored: only the budget in
+    tokens and the device were taken); in Python, ``Trainer(config, resume=True, **changes)``."""
+    common = ["--no-progress", "--json", "--out", str(tmp_path)]
+    code, out, err = run("train", "--corpus", "tinyshakespeare", "--train-tokens", "20000", "--valid-tokens", "2000",
+                         "--hidden", "8", "--batch-size", "4", "--bptt", "16", "--max-tokens", "256", *common)
+    assert code == 0, err
+    code, out, err = run("train", "--resume", "--max-tokens", str(64 * 15), "--log-every", "3", "--eval-every", "5",
+                         "--eval-tokens", "300", "--checkpoint-every", "7", *common)
+    assert code == 0 and json.loads(out)["step"] == 15, err
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    later = [r for r in logged if r.get("step", 0) > 4 and "event" not in r and not r.get("final")]
+    assert [r["step"] for r in later if "train_loss" in r] == [6, 9, 12, 15]
+    assert [r["step"] for r in later if "valid_loss" in r] == [5, 10]  # at 15, the final validation
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["config"]
+    assert (saved["log_every"], saved["eval_every"], saved["eval_tokens"], saved["checkpoint_every"]) == (3, 5, 300, 7)
+    code, out, err = run("train", "--resume", "--max-tokens", str(64 * 10 ** 6), "--max-seconds", "1.5", *common)
+    assert code == 0 and 15 < json.loads(out)["step"] < 10 ** 6, err  # the time budget ended the run
+    cfg = TrainConfig.from_dict(saved)
+    resumed = Trainer(cfg, resume=True, log_every=1, max_seconds=None)  # None: not given
+    assert resumed.config.log_every == 1 and resumed.config.max_seconds == 1.5
+    with pytest.raises(TypeError, match="lr cannot change on resume"):
+        Trainer(cfg, resume=True, lr=1.0)
+    with pytest.raises(TypeError, match="change a resumed run's settings"):
+        Trainer(replace(cfg, out=str(tmp_path / "new")), max_tokens=512)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -223,23 +223,24 @@ def _refuse_another_runs_folder(folder: Path) -> None:
                          f"({', '.join(held)}): move them away to start again there, or give another --out")
 
 
-def _resumed(saved: dict, given: TrainConfig, out: Path, max_tokens: int | None, epochs: int | None,
-             device: str | None, world: int) -> TrainConfig:
-    """The configuration of a run resumed from ``saved``: the run's own, with the budget ``max_tokens``
-    or ``epochs`` where given (longer or shorter: :class:`Trainer` refuses one that ends before the
-    run's position), on ``device``, writing to ``out`` with the progress bar as ``given``."""
+# what a resumed run may change (``Trainer(config, resume=True, **changes)``, ``odernn train --resume``):
+# its budget, the cadence of validation, logging, checkpoints and probes, where its data is, and how it
+# runs; everything else is the run's own, from its checkpoint
+RESUMABLE = ("max_tokens", "epochs", "max_seconds", "eval_every", "eval_tokens", "checkpoint_every", "log_every",
+             "probe_every", "data_root", "device", "compile_elementwise", "cuda_graphs")
+
+
+def _resumed(saved: dict, given: TrainConfig, out: Path, changes: dict, world: int) -> TrainConfig:
+    """The configuration of a run resumed from ``saved``: the run's own, with the ``changes`` (of
+    :data:`RESUMABLE`; a budget longer or shorter: :class:`Trainer` refuses one that ends before the
+    run's position), writing to ``out`` with the progress bar as ``given``."""
     config = TrainConfig.from_dict(saved["config"])
-    if max_tokens is not None:
-        config.max_tokens = max_tokens
-        config.epochs = None
-    if epochs is not None:
-        config.epochs = epochs
-    config.out, config.progress = str(out), given.progress
-    if device is not None:
-        config.device = device
-    elif world > 1 and config.device.startswith("cuda"):
-        config.device = "cuda"  # rank 0 recorded its own GPU; each process takes its own
-    return config
+    if "max_tokens" in changes:  # the budget given, in tokens, replaces one in epochs
+        changes = {"epochs": None, **changes}
+    if "device" not in changes and world > 1 and config.device.startswith("cuda"):
+        changes = {"device": "cuda", **changes}  # rank 0 recorded its own GPU; each process takes its own
+    # replace() checks the changes within their limits, as a new run's settings are checked
+    return replace(config, **changes, out=str(out), progress=given.progress)
 
 
 def _clone(tree):
@@ -297,12 +298,20 @@ class _Position:
 
 class Trainer:
     """``Trainer(config).run()``. ``resume=True`` continues from ``config.out/checkpoint.pt`` with the
-    checkpoint's configuration; ``max_tokens`` or ``epochs`` then replace its budget (``None``: keep
-    it; a budget that ends before the run's position is refused), and ``device`` moves the run to another device (``None``: the one it ran on; only a resume
-    on the same device is bit-exact)."""
+    checkpoint's configuration, and ``changes`` (keywords of :data:`RESUMABLE`; ``None``: not given)
+    replace its settings there: ``max_tokens`` or ``epochs`` its budget, longer or shorter (one that
+    ends before the run's position is refused, and so is a ``max_seconds`` it has spent), ``device``
+    its device (only a resume on the same device is bit-exact), and so on."""
 
-    def __init__(self, config: TrainConfig, resume: bool = False, corpus: Corpus | None = None,
-                 max_tokens: int | None = None, device: str | None = None, epochs: int | None = None):
+    def __init__(self, config: TrainConfig, resume: bool = False, corpus: Corpus | None = None, **changes):
+        unknown = sorted(set(changes) - set(RESUMABLE))
+        if unknown:
+            raise TypeError(f"Trainer: {', '.join(unknown)} cannot change on resume (a new run's settings are "
+                            f"its config's); these can: {', '.join(RESUMABLE)}")
+        changes = {name: value for name, value in changes.items() if value is not None}
+        if changes and not resume:
+            raise TypeError(f"Trainer: {', '.join(changes)} change a resumed run's settings; a new run's are "
+                            "its config's")
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.out = _run_folder(config.out)
@@ -314,7 +323,7 @@ class Trainer:
                 _refuse_another_runs_folder(self.out)
         if resume:
             saved = load_checkpoint(self.checkpoint_path)
-            config = _resumed(saved, config, self.out, max_tokens, epochs, device, self.world)
+            config = _resumed(saved, config, self.out, changes, self.world)
         self.runtime = Runtime.of(config.device, config.precision)
         self.device = self.runtime.device
         config.device = str(self.device)
@@ -341,10 +350,13 @@ class Trainer:
         self.probes = {}  # layer index -> stability.Probe, made at the first probe
         if saved is not None:
             self._restore(saved)
-            if self.position.step > self.total_steps:  # not silently kept, as the run's budget once was
-                raise ValueError(f"the run in {self.out} has trained {self.position.step:,} steps "
-                                 f"({self.position.tokens:,} tokens); the budget given ends at step "
-                                 f"{self.total_steps:,}: give one of at least that")
+            p = self.position
+            if p.step > self.total_steps:
+                raise ValueError(f"the run in {self.out} has trained {p.step:,} steps ({p.tokens:,} tokens); the "
+                                 f"budget given ends at step {self.total_steps:,}: give one of at least that")
+            if "max_seconds" in changes and p.elapsed > config.max_seconds:
+                raise ValueError(f"the run in {self.out} has trained for {p.elapsed:,.1f} s; a --max-seconds "
+                                 f"{config.max_seconds:g} budget ended before that: give one of at least that")
         self.module = self._parallel()
 
     # -- setup -------------------------------------------------------------------------------------

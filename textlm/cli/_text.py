@@ -9,6 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from textlm.limits import argument
+from textlm.train import RESUMABLE as TRAINER_RESUMABLE
 
 from ._errors import CLIError
 from ._progress import HELP as PROGRESS_HELP
@@ -221,11 +222,10 @@ def _plot_curves(out: Path, config=None) -> Path | None:
     return target
 
 
-# what --resume lets change: the budget, the cadence of evaluation, logging and checkpoints, where the
-# run and the data are, how it runs (device, threads, progress, compiled math), and the printout
-RESUMABLE = ("max_tokens", "epochs", "max_seconds", "eval_every", "eval_tokens", "checkpoint_every", "log_every",
-             "probe_every", "out", "data_root", "device", "compile_elementwise", "cuda_graphs", "no_progress",
-             "sample_length", "json", "resume")
+# what --resume lets change: the trainer's resumable settings (the budget, the cadence of evaluation,
+# logging and checkpoints, where the data is, how it runs), and where the run is, the progress bar and
+# the printout
+RESUMABLE = (*TRAINER_RESUMABLE, "out", "no_progress", "sample_length", "json", "resume")
 
 
 def _resume_conflicts(args) -> None:
@@ -251,8 +251,9 @@ def cmd_train(args) -> int:
         _resume_conflicts(args)
     config = _config(args)
     try:
-        trainer = Trainer(config, resume=args.resume, max_tokens=args.max_tokens, device=args.device,
-                          epochs=args.epochs)
+        given = getattr(args, "given", set()) if args.resume else set()
+        trainer = Trainer(config, resume=args.resume, **{name: getattr(args, name) for name in TRAINER_RESUMABLE
+                                                         if name in given})
     except ValueError as err:
         raise CLIError(str(err)) from None
     with RunLock(trainer.out) if trainer.rank == 0 else contextlib.nullcontext():
