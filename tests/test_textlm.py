@@ -744,6 +744,13 @@ def test_train_generate_evaluate_from_the_command_line(tmp_path):
     (["train", "--corpus", "ptb", "--data-root", "/nonexistent"], "not found"),
     (["generate", "/nonexistent/ckpt.pt"], "no such file or folder"),
     (["train", "--grad", "sideways"], "invalid choice"),  # argparse's own errors are one line too
+    # an option that nothing reads with the others given (it was silently ignored)
+    (["train", "--corpus", "tinyshakespeare", "--momentum", "0.9"], "--momentum 0.9 acts only with --optimizer sgd"),
+    (["train", "--corpus", "tinyshakespeare", "--decay", "0.25"], "--decay 0.25 acts only with --schedule step"),
+    (["train", "--corpus", "tinyshakespeare", "--grad", "checkpoint", "--adjoint-steps", "3"],
+     "--adjoint-steps 3 acts only with --grad adjoint"),
+    (["compare", "--optimizer", "adamw", "--momentum", "0.5"], "--momentum 0.5 acts only with --optimizer sgd"),
+    (["compare", "--params", "8000", "--hidden", "64"], "--hidden 64 and --params 8000: give one"),
 ])
 def test_bad_input_gives_one_line_and_exit_2(args, message):
     code, _, err = run(*args)
@@ -904,6 +911,22 @@ def test_resume_keeps_or_replaces_the_budget(tmp_path):
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["position"]["step"] == 8
     code, out, _ = run("train", "--resume", "--max-tokens", "512", *common)  # its position, once more
     assert code == 0 and json.loads(out)["step"] == 8
+
+
+def test_settings_that_act_only_with_another_are_refused_where_nothing_reads_them(tmp_path):
+    """In Python as on the command line (one check, textlm.limits); with what they need, or at their
+    defaults, they pass; a checkpoint of a run given one before the check loads, without it."""
+    common = dict(corpus="tinyshakespeare", out=str(tmp_path))
+    for given, message in (({"momentum": 0.9}, "--momentum 0.9 acts only with --optimizer sgd"),
+                           ({"schedule": "constant", "min_lr_ratio": 0.5}, "--min-lr-ratio 0.5 acts only with --schedule cosine"),
+                           ({"decay_after": 2}, "--decay-after 2 acts only with --schedule step"),
+                           ({"adjoint_rtol": 1e-4}, "--adjoint-rtol 0.0001 acts only with --grad adjoint")):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**common, **given)
+    TrainConfig(**common, optimizer="sgd", momentum=0.9, schedule="step", decay_after=2, decay=0.25)
+    TrainConfig(**common, grad="adjoint", adjoint_method="rk4", adjoint_steps=2, momentum=0.0, decay=0.5)
+    old = TrainConfig.from_dict({**asdict(TrainConfig(**common)), "momentum": 0.9, "adjoint_steps": 3})
+    assert (old.momentum, old.adjoint_steps) == (0.0, None)
 
 
 def test_resume_applies_every_setting_it_may_change(tmp_path):

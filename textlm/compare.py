@@ -84,8 +84,8 @@ class CompareConfig:
     out: str = "runs/compare"
 
     def __post_init__(self):
-        from .limits import check_fields
-        problems = check_fields(self)  # every number within its kind's limits (textlm.limits)
+        from .limits import check_dependent, check_fields
+        problems = check_fields(self) + check_dependent(self)  # textlm.limits: numbers, and options that act
         if not self.cells or not self.seeds:
             problems.append("give at least one cell and one seed")
         if len(set(self.seeds)) != len(self.seeds):

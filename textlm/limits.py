@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from odernn import limits as L
 
-__all__ = ["KINDS", "argument", "check", "check_fields"]
+__all__ = ["KINDS", "argument", "check", "check_dependent", "check_fields", "without_effect"]
 
 KINDS = {
     # model and data
@@ -68,3 +68,30 @@ def check_fields(config) -> list[str]:
             except (TypeError, ValueError) as err:
                 problems.append(str(err))
     return problems
+
+
+# options that act only with another's value: (their names, that option, whether it has the value)
+_DEPENDENT = (
+    (("momentum",), "--optimizer sgd", lambda get: get("optimizer") == "sgd"),
+    (("decay_after", "decay"), "--schedule step", lambda get: get("schedule") == "step"),
+    (("min_lr_ratio",), "--schedule cosine", lambda get: get("schedule") == "cosine"),
+    (("adjoint_method", "adjoint_steps", "adjoint_rtol", "adjoint_atol"), "--grad adjoint",
+     lambda get: get("grad") == "adjoint"),
+)
+
+
+def without_effect(values: dict, defaults: dict) -> dict[str, str]:
+    """``{name: the option it needs}`` for every setting in ``values`` other than its default that
+    nothing reads there (``--momentum 0.9`` with AdamW was silently ignored)."""
+    def get(name):
+        return values.get(name, defaults.get(name))
+    return {name: needs for names, needs, acts in _DEPENDENT if not acts(get) for name in names
+            if name in defaults and get(name) != defaults[name]}
+
+
+def check_dependent(config) -> list[str]:
+    """The problems of a config dataclass whose settings :func:`without_effect` finds, one line each."""
+    from dataclasses import MISSING, fields
+    defaults = {f.name: f.default for f in fields(config) if f.default is not MISSING}
+    return [f"{_flag(name)} {getattr(config, name)} acts only with {needs}"
+            for name, needs in without_effect(vars(config), defaults).items()]

@@ -16,7 +16,7 @@ import resource
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ import odernn
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Corpus, Vocabulary, batchify, load_corpus
 from .evaluate import evaluate_within
-from .limits import check_fields
+from .limits import check_dependent, check_fields, without_effect
 from .model import LanguageModel, ModelConfig, ModelOptions
 from .runtime import PRECISIONS, Runtime
 
@@ -164,7 +164,7 @@ class TrainConfig(ModelOptions):
     progress: bool = True
 
     def __post_init__(self):
-        problems = check_fields(self)  # every number within its kind's limits (textlm.limits)
+        problems = check_fields(self) + check_dependent(self)  # textlm.limits: numbers, and options that act
         if self.optimizer not in ("adamw", "sgd"):
             problems.append(f"--optimizer must be adamw or sgd, not {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant", "step"):
@@ -189,7 +189,11 @@ class TrainConfig(ModelOptions):
             data["precision"] = data["dtype"]
         if "device" not in data:  # … and before --device: they were trained on the CPU
             data["device"] = "cpu"
-        return cls(**{k: v for k, v in data.items() if k in known})
+        data = {k: v for k, v in data.items() if k in known}
+        defaults = {f.name: f.default for f in fields(cls) if f.name in known and f.default is not MISSING}
+        for name in without_effect(data, defaults):  # a run given one before it was refused: it had no effect
+            data.pop(name)
+        return cls(**data)
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         """The model this run trains: its :class:`ModelOptions` for a vocabulary of ``vocab_size`` tokens."""

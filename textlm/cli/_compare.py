@@ -82,6 +82,9 @@ def cmd_compare(args) -> int:
     from textlm.compare import CompareConfig, CompareError, compare, plots, refuse_other_settings
     if args.corpus is None and args.text is None:
         args.corpus = "tinyshakespeare"
+    if args.params is not None and "hidden" in getattr(args, "given", ()):
+        raise CLIError(f"--hidden {args.hidden} and --params {args.params}: give one (with --params each cell gets "
+                       "the width that comes closest to it)")
     try:
         config = CompareConfig(corpus=args.corpus, text=args.text, level=args.level, data_root=args.data_root,
                                cells=args.cells, seeds=args.seeds, params=args.params, hidden=args.hidden,
