@@ -194,6 +194,9 @@ def test_a_checkpoint_with_expanding_dynamics_prints_no_fail(expanding_checkpoin
     assert "[note] absolute stability of the step" in out and "a Δ ≤" not in out and "no Δ > 0" in out
     for fail_on in ("marginal", "unstable", "never"):  # `… --fail-on marginal && odernn train …` goes on
         assert run("stability", "check", str(expanding_checkpoint), "--fail-on", fail_on)[0] == 0
+    # sizes are a spec's: given with a checkpoint they were silently ignored
+    code, _, err = run("stability", "check", str(expanding_checkpoint), "--input-size", "3", "--hidden-size", "64")
+    assert code == 2 and "--input-size and --hidden-size: for a cell spec" in err and err.count("\n") == 1, err
 
 
 class _Terminal(io.StringIO):

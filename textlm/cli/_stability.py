@@ -110,6 +110,10 @@ def _cells(args):
     if args.dt is not None and not args.dt > 0:
         raise CLIError("--dt must be positive")
     if _is_checkpoint(args.spec):
+        sized = [f"--{name.replace('_', '-')}" for name in ("input_size", "hidden_size") if name in getattr(args, "given", ())]
+        if sized:  # they size a spec's cell; they were silently ignored here
+            raise CLIError(f"{' and '.join(sized)}: for a cell spec; {args.spec} is a checkpoint, whose layers have "
+                           "the sizes they were trained with")
         cells = _checkpoint_cells(args)
         for label, cell, _ in cells:
             _affordable(label, cell, args.samples)
