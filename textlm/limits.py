@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from odernn import limits as L
 
-__all__ = ["KINDS", "argument", "check", "check_dependent", "check_fields", "without_effect"]
+__all__ = ["KINDS", "argument", "check", "check_dependent", "check_fields", "defaults", "without_effect"]
 
 KINDS = {
     # model and data
@@ -89,9 +89,13 @@ def without_effect(values: dict, defaults: dict) -> dict[str, str]:
             if name in defaults and get(name) != defaults[name]}
 
 
+def defaults(config) -> dict:
+    """A config dataclass's (or its class's) plain defaults, by field name."""
+    from dataclasses import MISSING, fields
+    return {f.name: f.default for f in fields(config) if f.default is not MISSING}
+
+
 def check_dependent(config) -> list[str]:
     """The problems of a config dataclass whose settings :func:`without_effect` finds, one line each."""
-    from dataclasses import MISSING, fields
-    defaults = {f.name: f.default for f in fields(config) if f.default is not MISSING}
     return [f"{_flag(name)} {getattr(config, name)} acts only with {needs}"
-            for name, needs in without_effect(vars(config), defaults).items()]
+            for name, needs in without_effect(vars(config), defaults(config)).items()]

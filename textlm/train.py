@@ -16,7 +16,7 @@ import resource
 import signal
 import threading
 import time
-from dataclasses import MISSING, asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ import odernn
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Corpus, Vocabulary, batchify, load_corpus
 from .evaluate import evaluate_within
-from .limits import check_dependent, check_fields, without_effect
+from .limits import check_dependent, check_fields, defaults, without_effect
 from .model import LanguageModel, ModelConfig, ModelOptions
 from .runtime import PRECISIONS, Runtime
 
@@ -190,8 +190,7 @@ class TrainConfig(ModelOptions):
         if "device" not in data:  # … and before --device: they were trained on the CPU
             data["device"] = "cpu"
         data = {k: v for k, v in data.items() if k in known}
-        defaults = {f.name: f.default for f in fields(cls) if f.name in known and f.default is not MISSING}
-        for name in without_effect(data, defaults):  # a run given one before it was refused: it had no effect
+        for name in without_effect(data, defaults(cls)):  # a run given one before it was refused: it had no effect
             data.pop(name)
         return cls(**data)
 
