@@ -202,8 +202,8 @@ def _retrain(config: CompareConfig, cell: str, seed: int, extra: list[str], reac
     training), in a scratch folder, from its seed until ``reached(records)`` (training is
     deterministic on one thread, so the weights on the way are the run's own), stopped there:
     ``(its records, its exit code if it ended first)``."""
-    import subprocess
     import tempfile
+    from textlm._commands import Command
     from textlm.compare import train_command
     run = folder(config, cell, seed)
     hidden = json.loads(next(run / name for name in ("compare.json", "failed.json")
@@ -217,15 +217,13 @@ def _retrain(config: CompareConfig, cell: str, seed: int, extra: list[str], reac
 
     with tempfile.TemporaryDirectory() as scratch:
         metrics = Path(scratch) / "metrics.jsonl"
-        proc = subprocess.Popen(train_command(config, cell, seed, hidden, Path(scratch)) + extra,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = Command(train_command(config, cell, seed, hidden, Path(scratch)) + extra)
         try:
             while proc.poll() is None and not reached(logged(metrics)):
                 time.sleep(0.1)
         finally:  # stopped where it was wanted, or whatever happened here: killed, as its scratch folder
-            if proc.poll() is None:  # goes (a graceful stop would save a checkpoint and draw curves first)
-                proc.kill()
-                proc.wait()
+            proc.kill()  # goes (a graceful stop would save a checkpoint and draw curves first)
+            proc.close()
         return logged(metrics), proc.returncode
 
 

@@ -1,3 +1,4 @@
+import gc
 import os
 import random
 from pathlib import Path
@@ -38,6 +39,15 @@ def pytest_collection_modifyitems(items):
         if "catalogue" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("catalogue"))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
+
+
+def pytest_collection_finish(session):
+    """What exists once the tests are collected (PyTorch, SymPy, every module and test item: about
+    a million objects) lives to the end: frozen out of the garbage collector's reach, so that its
+    full collections during the tests do not walk them all each time (on test_torch_conformance.py
+    and test_sequence.py: 2.6 s of full collections instead of 6.7)."""
+    gc.collect()
+    gc.freeze()
 
 
 # the standard corpora: CI sets ODERNN_DATA; a developer checkout finds ../shared/data beside it

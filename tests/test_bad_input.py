@@ -7,8 +7,6 @@ the test writes there first (text, bytes, or a callable that makes it)."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -351,14 +349,14 @@ TOKENS_PER_STEP = 8 * 16
 
 def _start(out: Path, *extra):
     """A training run whose budget it never reaches here: whatever the machine's load, a signal sent
-    once it has checkpointed lands during training (the test resumes it with a budget of its own)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "textlm.cli", "train", "--corpus", "tinyshakespeare",
-                             "--train-tokens", "20000", "--valid-tokens", "2000", "--cell", "gru-ode:euler", "--hidden", "16", "--batch-size", "8",
-                             "--bptt", "16", "--max-tokens", str(TOKENS_PER_STEP * 10 ** 7), "--checkpoint-every", "1",
-                             "--no-progress",
-                             "--eval-tokens", "500", "--out", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    once it has checkpointed lands during training (the test resumes it with a budget of its own).
+    A process of its own, forked from the server ``odernn compare`` starts its runs from (its signal
+    handlers are the interpreter's defaults, as in ``python -m textlm.cli``; test_commands.py)."""
+    from textlm._commands import Command
+    return Command(["train", "--corpus", "tinyshakespeare", "--train-tokens", "20000", "--valid-tokens", "2000",
+                    "--cell", "gru-ode:euler", "--hidden", "16", "--batch-size", "8", "--bptt", "16",
+                    "--max-tokens", str(TOKENS_PER_STEP * 10 ** 7), "--checkpoint-every", "1", "--no-progress",
+                    "--eval-tokens", "500", "--out", str(out), *extra])
 
 
 def _wait_for_checkpoints(out: Path, count: int = 2, timeout: float = 60):
@@ -392,10 +390,10 @@ def test_resume_refuses_options_that_contradict_the_run(tmp_path, trained):
 def test_a_signal_during_training_leaves_a_checkpoint_that_resumes(tmp_path, sig, code):
     """With a checkpoint every step, the signal also lands during checkpoint writes."""
     out = tmp_path / "run"
-    proc = _start(out, "--log-every", "1")
-    _wait_for_checkpoints(out)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    with _start(out, "--log-every", "1") as proc:
+        _wait_for_checkpoints(out)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     if sig != signal.SIGKILL:
         assert err.strip().splitlines()[-1].startswith("odernn: interrupted at step") and "Traceback" not in err

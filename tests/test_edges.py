@@ -2,6 +2,7 @@
 message, each answered now by one line and exit code 2 within 10 s (or by a correct result).
 Run in this process (``textlm.cli.main``), so each takes milliseconds unless it trains."""
 
+import functools
 import json
 import os
 import time
@@ -14,6 +15,7 @@ import butcher
 import odernn
 
 
+@functools.cache  # the text only (SymPy takes most of a second to write it); each test parses it anew
 def dense6(offset: int = 0) -> str:
     """A full 6-stage tableau over six square roots; ``offset`` makes another one (nothing cached)."""
     return butcher.dumps_toml(butcher.ButcherTableau(

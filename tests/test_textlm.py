@@ -856,8 +856,6 @@ def test_an_interrupted_compare_resumes_its_run_exactly(tmp_path):
     result; the same command again finishes that run, to the weights and losses of the same run
     never interrupted (trained here from the configuration the comparison gave it)."""
     import signal
-    import subprocess
-    import sys
     import time
     steps = 300
     args = ["compare", "--text", _small_corpus(tmp_path), "--cells", "gru-ode:euler", "--seeds", "0", "--hidden", "8",
@@ -867,8 +865,8 @@ def test_an_interrupted_compare_resumes_its_run_exactly(tmp_path):
     args = ["--threads", "1", *args]  # every run of the test on one thread: bit-equal results need the same count
     torch.set_num_threads(1)  # the straight run below, in this process (the suite restores the count)
     folder = tmp_path / "cut" / "runs" / "gru-ode_euler" / "seed0"
-    proc = subprocess.Popen([sys.executable, "-m", "textlm.cli", *args], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    from textlm._commands import Command
+    proc = Command(args, new_session=True)  # a process group of its own, as a shell's job
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # until the run has logged step 20
         metrics = folder / "metrics.jsonl"
@@ -878,6 +876,7 @@ def test_an_interrupted_compare_resumes_its_run_exactly(tmp_path):
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
     _, err = proc.communicate(timeout=120)
+    proc.close()
     assert proc.returncode != 0 and "Traceback" not in err, err
     saved = torch.load(folder / "checkpoint.pt", weights_only=True)
     assert 20 <= saved["position"]["step"] < steps

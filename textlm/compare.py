@@ -1,8 +1,9 @@
 """``odernn compare``: several cells, several seeds, one corpus, one budget — and a table.
 
-Every (cell, seed) run trains in its own process (``odernn train``), so that its peak resident
-memory is its own and a killed comparison loses at most the run in progress: a finished run has a
-``result.json`` and is not run again; an unfinished one resumes from its checkpoint. Then each run
+Every (cell, seed) run trains in its own process (``odernn train``, forked from a server that has
+imported the toolkit once: :mod:`textlm._commands`), so that its peak resident memory is its own
+and a killed comparison loses at most the run in progress: a finished run has a
+``compare.json`` and is not run again; an unfinished one resumes from its checkpoint. Then each run
 is measured the same way — validation perplexity, BLEU, ROUGE-L and the combined score of sampled
 continuations of validation prompts, the stability margin of its ODE layers at the final weights —
 and the table gives mean ± standard deviation over seeds.
@@ -31,7 +32,6 @@ import itertools
 import json
 import math
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -143,8 +143,8 @@ def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path, 
                 _set_aside(run)
         except RunInUse as err:
             raise CompareError(f"{cell} seed {seed}: {err}", 2) from None
-    args = train_command(config, cell, seed, hidden, run)
-    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    from ._commands import Command
+    with Command(train_command(config, cell, seed, hidden, run)) as proc:
         if show:
             _follow(proc, run / "metrics.jsonl", f"{cell} seed {seed}", config)
         stdout, stderr = proc.communicate()
@@ -169,11 +169,11 @@ def _set_aside(run: Path) -> None:
 
 
 def train_command(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path) -> list[str]:
-    """The ``odernn train`` command line of one comparison run writing to ``run`` (``--resume``
-    where it has a checkpoint)."""
+    """The ``odernn`` arguments (``--threads N train …``) of one comparison run writing to ``run``
+    (``--resume`` where it has a checkpoint); :class:`textlm._commands.Command` runs them."""
     import torch
-    args = [sys.executable, "-m", "textlm.cli", "--threads", str(torch.get_num_threads()), "train", "--out", str(run),
-            "--no-progress", "--json", "--device", config.device]
+    args = ["--threads", str(torch.get_num_threads()), "train", "--out", str(run), "--no-progress", "--json",
+            "--device", config.device]
     # the budget on a resume too (the same: compare refuses another one on the same --out)
     args += ["--epochs", str(config.epochs)] if config.epochs else ["--max-tokens", str(config.max_tokens)]
     if config.data_root:

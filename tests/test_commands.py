@@ -1,0 +1,84 @@
+"""``textlm._commands``: the processes ``odernn compare`` and the seeds study run their trainings in,
+forked from a server that imported the toolkit once. Each must behave as the console command does:
+its output and exit code, the caller's directory and environment (a forkserver keeps its own),
+signals, and a checkpoint when the caller stops."""
+
+import json
+import signal
+import time
+
+import pytest
+import torch
+from test_cli import run
+
+from textlm._commands import Command
+
+
+def _verse(folder):
+    text = folder / "verse.txt"
+    text.write_text("".join(f"{k} shall I compare thee to a summer's day?\n" for k in range(100)))
+    return text
+
+
+def _training(out, text, budget_steps):
+    return ["--threads", "1", "train", "--text", str(text), "--hidden", "8", "--batch-size", "4", "--bptt", "16",
+            "--max-tokens", str(64 * budget_steps), "--eval-tokens", "200", "--checkpoint-every", "1000",
+            "--no-progress", "--json", "--out", str(out)]
+
+
+@pytest.mark.parametrize("argv", [["tableau", "show", "heun", "--json"], ["tableau", "show", "nosuch"],
+                                  ["tableau", "show"], ["--threads", "0", "tableau", "list"]])
+def test_a_command_prints_and_exits_as_the_console_command(argv):
+    with Command(argv) as command:
+        out, err = command.communicate(timeout=120)
+    assert (command.returncode, out, err) == run(*argv)
+
+
+def test_a_command_works_in_the_callers_directory_and_environment(tmp_path, monkeypatch):
+    with Command(["tableau", "list"]) as command:  # the server runs from here on, from this directory
+        assert command.wait(120) == 0
+    _verse(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ODERNN_DATA", str(tmp_path / "nowhere"))
+    with Command(_training("run", "verse.txt", 2)) as command:  # relative paths: the caller's directory
+        out, err = command.communicate(timeout=120)
+    assert command.returncode == 0, err
+    assert json.loads(out)["step"] == 2 and (tmp_path / "run" / "checkpoint.pt").is_file()
+    with Command(["train", "--corpus", "tinyshakespeare", "--out", "other"]) as command:
+        _, err = command.communicate(timeout=120)
+    assert command.returncode == 2 and f"data root {tmp_path / 'nowhere'}," in err
+
+
+def _started(command, metrics):
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and '"tokens_per_s"' in metrics.read_text()):
+        assert command.poll() is None and time.monotonic() < deadline, command.communicate()
+        time.sleep(0.02)
+
+
+def test_a_signal_stops_a_command_as_it_stops_the_console_command(tmp_path):
+    """SIGINT: the training saves its checkpoint and exits 130; SIGKILL: the exit status is −9."""
+    text = _verse(tmp_path)
+    with Command(_training(tmp_path / "a", text, 10**6)) as command:
+        _started(command, tmp_path / "a" / "metrics.jsonl")
+        command.send_signal(signal.SIGINT)
+        _, err = command.communicate(timeout=120)
+    assert command.returncode == 130 and "checkpoint saved" in err and "Traceback" not in err, err
+    assert torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["position"]["step"] > 0
+    with Command(_training(tmp_path / "b", text, 10**6)) as command:
+        _started(command, tmp_path / "b" / "metrics.jsonl")
+        command.kill()
+        assert command.wait(120) == -signal.SIGKILL
+
+
+def test_a_command_saves_its_run_when_its_caller_stops(tmp_path):
+    """An exception in the caller (Ctrl-C that reached only it, or an error) while the command
+    trains: the command is told, saves its checkpoint, and the caller's exception goes on."""
+    with pytest.raises(KeyboardInterrupt):
+        with Command(_training(tmp_path, _verse(tmp_path), 10**6)) as command:
+            _started(command, tmp_path / "metrics.jsonl")
+            raise KeyboardInterrupt
+    assert command.returncode == 130
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["position"]["step"]
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert 0 < max(r["step"] for r in logged) <= saved < 1000  # saved on the stop: the periodic one is at 1000

@@ -1,0 +1,119 @@
+"""``odernn`` commands in processes of their own that start in milliseconds.
+
+``python -m textlm.cli train …`` spends about 5 s importing PyTorch, Dynamo, SymPy and matplotlib
+before its first step, and ``odernn compare`` starts one such process per run (a study, dozens).
+So the runs start from a *forkserver* (:mod:`multiprocessing`) that has imported all that once:
+each command is a fork of it, a process of its own as before (its own memory and peak resident
+set, exit code and signals; killed without harm to the others), without the imports. The server
+itself never runs a tensor operation, so no thread pool is forked into a command.
+
+A forkserver keeps the working directory and environment it started with; each command is given
+the caller's, as they are when it starts. (What the server imported read its environment once:
+PyTorch's and matplotlib's variables act as they were at the first command.)
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+# what an ``odernn train`` imports before its first step, and the curves it draws at its end
+_PRELOAD = ["textlm.cli", "textlm.train", "textlm.evaluate", "torch._dynamo", "matplotlib.pyplot"]
+
+
+def _context():
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)  # read when the server starts: at the first command
+    return context
+
+
+def _main(argv: list[str], cwd: str, environ: dict, folder: str, new_session: bool) -> None:
+    """The command's process: the caller's directory and environment, its output to ``folder``."""
+    if new_session:  # a process group of its own, as ``start_new_session=True``
+        os.setsid()
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(environ)
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        target = os.open(os.path.join(folder, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(target, fd)
+        os.close(target)
+    sys.argv = ["odernn", *argv]
+    from textlm.cli import main
+    sys.exit(main(argv))
+
+
+class Command:
+    """``odernn ARGV`` running in its own process, with the subset of :class:`subprocess.Popen`'s
+    interface that its callers use: ``pid``, ``returncode``, ``poll``, ``wait``, ``kill``,
+    ``send_signal`` and ``communicate`` (which returns its stdout and stderr as text)."""
+
+    def __init__(self, argv: list[str], *, new_session: bool = False):
+        self._folder = tempfile.mkdtemp(prefix="odernn-command-")
+        try:
+            self._process = _context().Process(target=_main, name="odernn " + " ".join(argv[:3]),
+                                               args=(list(argv), os.getcwd(), dict(os.environ), self._folder, new_session))
+            self._process.start()
+        except BaseException:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            raise
+        self.pid = self._process.pid
+        self._ended = None  # the exit status, once closed
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once it has ended (``-N`` where signal ``N`` ended it), else None."""
+        return self._ended if self._ended is not None else self._process.exitcode
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self.returncode is None:
+            raise subprocess.TimeoutExpired(["odernn"], timeout)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            self._process.kill()
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        """Its stdout and stderr, once it has ended."""
+        self.wait(timeout)
+        return tuple(_read(os.path.join(self._folder, name)) for name in ("stdout", "stderr"))
+
+    def close(self) -> None:
+        """Wait for it to end, then free what it held (its output included)."""
+        if self._ended is None:
+            self._ended = self.wait()
+            self._process.close()
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+    def __enter__(self) -> "Command":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is not None and self.returncode is None:  # the caller stops (Ctrl-C, an error):
+            try:  # so does the command, saving its checkpoint. Ctrl-C in a terminal reached it too,
+                self.wait(1.0)
+            except subprocess.TimeoutExpired:  # else it is told so
+                self.send_signal(signal.SIGINT)
+        self.close()
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:  # it ended before it redirected its output
+        return ""
