@@ -142,16 +142,16 @@ def folder(config: CompareConfig, cell: str, seed: int) -> Path:
     return Path(config.out) / "runs" / _slug(cell) / f"seed{seed}"
 
 
-def execute(config: CompareConfig, cell: str, seed: int, hidden: int) -> dict:
+def execute(config: CompareConfig, cell: str, seed: int, hidden: int, fresh: bool = False) -> dict:
     """One run (trained, or read back if finished). A run whose training could not go on (NaNs past
     the recoveries, a solver failure: exit 1) is recorded as failed, once; an interrupted one is not
-    (it resumes next time)."""
+    (it resumes next time). ``fresh``: in a new interpreter (``textlm._commands.Command``)."""
     run = folder(config, cell, seed)
     failed = run / "failed.json"
     if failed.is_file():
         return json.loads(failed.read_text())
     try:
-        return run_one(config, cell, seed, hidden)
+        return run_one(config, cell, seed, hidden, fresh=fresh)
     except CompareError as err:
         if err.exit_code != 1 or err.crashed:  # interrupted, a bad option, or a bug: not the run's outcome
             raise
@@ -170,7 +170,9 @@ def run_phase(phase: str, p: Plan, out: Path, cells: list[str], jobs: int) -> No
 
     def one(job):
         config, cell, seed = job
-        row = execute(config, cell, seed, widths[cell])
+        # the seeds' table compares peak memory: every run measured in a new interpreter, as the
+        # study's first runs were (a fork of the command server starts from its resident set)
+        row = execute(config, cell, seed, widths[cell], fresh=phase == "seeds")
         state = "FAILED" if "failed" in row else f"valid ppl {row['valid_ppl']:.3f}"
         gain = f" init gain {config.init_gain:g}" if config.init_gain != 1 else ""
         print(f"{phase} {cell} lr {config.lr:g}{gain} seed {seed}: {state}", file=sys.stderr, flush=True)

@@ -56,15 +56,21 @@ def _started(command, metrics):
         time.sleep(0.02)
 
 
-def test_a_signal_stops_a_command_as_it_stops_the_console_command(tmp_path):
-    """SIGINT: the training saves its checkpoint and exits 130; SIGKILL: the exit status is −9."""
+@pytest.mark.parametrize("fresh", [False, True])
+def test_a_signal_stops_a_command_as_it_stops_the_console_command(tmp_path, fresh):
+    """SIGINT: the training saves its checkpoint and exits 130; SIGKILL: the exit status is −9.
+    ``fresh``: the same process runs ``python -m textlm.cli`` (a new interpreter)."""
     text = _verse(tmp_path)
-    with Command(_training(tmp_path / "a", text, 10**6)) as command:
+    with Command(_training(tmp_path / "a", text, 10**6), fresh=fresh) as command:
         _started(command, tmp_path / "a" / "metrics.jsonl")
+        running = open(f"/proc/{command.pid}/cmdline", "rb").read().split(b"\0")
+        assert (running[1:3] == [b"-m", b"textlm.cli"]) == fresh, running
         command.send_signal(signal.SIGINT)
         _, err = command.communicate(timeout=120)
     assert command.returncode == 130 and "checkpoint saved" in err and "Traceback" not in err, err
     assert torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["position"]["step"] > 0
+    if fresh:
+        return
     with Command(_training(tmp_path / "b", text, 10**6)) as command:
         _started(command, tmp_path / "b" / "metrics.jsonl")
         command.kill()

@@ -132,10 +132,11 @@ class CompareError(RuntimeError):
         self.exit_code, self.crashed = exit_code, crashed  # crashed: a traceback, not a training failure
 
 
-def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path, show: bool = False) -> dict:
+def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path, show: bool = False,
+           fresh: bool = False) -> dict:
     """Train in a child process (resuming if it has a checkpoint); its result, with its own peak
     resident memory (``peak_rss_mb``). ``show``: a progress bar (steps, tokens/s, ETA) read from
-    the child's ``metrics.jsonl`` while it runs."""
+    the child's ``metrics.jsonl`` while it runs. ``fresh``: a new interpreter (``Command``'s)."""
     if not (run / "checkpoint.pt").is_file():
         from .train import RunInUse, RunLock
         try:
@@ -144,7 +145,7 @@ def _train(config: CompareConfig, cell: str, seed: int, hidden: int, run: Path, 
         except RunInUse as err:
             raise CompareError(f"{cell} seed {seed}: {err}", 2) from None
     from ._commands import Command
-    with Command(train_command(config, cell, seed, hidden, run)) as proc:
+    with Command(train_command(config, cell, seed, hidden, run), fresh=fresh) as proc:
         if show:
             _follow(proc, run / "metrics.jsonl", f"{cell} seed {seed}", config)
         stdout, stderr = proc.communicate()
@@ -324,13 +325,14 @@ def _probe_tokens(model):
     return torch.randint(0, model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0)).to(device)
 
 
-def run_one(config: CompareConfig, cell: str, seed: int, hidden: int, show: bool = False, progress=None) -> dict:
+def run_one(config: CompareConfig, cell: str, seed: int, hidden: int, show: bool = False, progress=None,
+            fresh: bool = False) -> dict:
     from .evaluate import perplexity
     run = Path(config.out) / "runs" / _slug(cell) / f"seed{seed}"
     done = run / "compare.json"
     if done.is_file():
         return json.loads(done.read_text())
-    result = _train(config, cell, seed, hidden, run, show)
+    result = _train(config, cell, seed, hidden, run, show, fresh)
     if progress is not None:
         progress(f"{cell} seed {seed}: trained; measuring test perplexity, BLEU and ROUGE-L on {config.prompts} prompts")
     records = read_records(run / "metrics.jsonl")
