@@ -14,6 +14,7 @@ growing, and ``adjoint`` at most 2.5× the time of ``backprop`` at the same step
 """
 
 import argparse
+import gc
 import json
 import statistics
 import subprocess
@@ -23,7 +24,7 @@ import time
 MODES = ("backprop", "checkpoint", "adjoint")
 
 
-def _training_step(cell: str, steps: int, mode: str, hidden: int, batch: int, bptt: int, held: list):
+def _training_step(cell: str, steps: int, mode: str, hidden: int, batch: int, bptt: int, held: list | None):
     import torch
 
     from textlm.memory import allocated_bytes
@@ -34,9 +35,17 @@ def _training_step(cell: str, steps: int, mode: str, hidden: int, batch: int, bp
 
     def step():
         model.zero_grad(set_to_none=True)
-        before = allocated_bytes()
-        _, loss, _ = model(idx[:, :-1], idx[:, 1:])
-        held.append(allocated_bytes() - before)
+        if held is None:  # timed
+            _, loss, _ = model(idx[:, :-1], idx[:, 1:])
+        else:
+            gc.collect()  # no collection inside the measured forward pass: freeing earlier garbage
+            gc.disable()  # there would count against what the pass keeps (it came out negative)
+            try:
+                before = allocated_bytes()
+                _, loss, _ = model(idx[:, :-1], idx[:, 1:])
+                held.append(allocated_bytes() - before)
+            finally:
+                gc.enable()
         loss.backward()
     return step
 
@@ -56,7 +65,7 @@ def timed(cell: str, steps: int, hidden: int, batch: int, bptt: int, repeats: in
     """Median seconds of a training step in each mode, the modes timed round-robin."""
     import torch
     torch.set_num_threads(1)
-    runs = {mode: _training_step(cell, steps, mode, hidden, batch, bptt, []) for mode in MODES}
+    runs = {mode: _training_step(cell, steps, mode, hidden, batch, bptt, None) for mode in MODES}
     for step in runs.values():
         step()
     times = {mode: [] for mode in MODES}

@@ -88,3 +88,36 @@ def test_a_command_saves_its_run_when_its_caller_stops(tmp_path):
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["position"]["step"]
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert 0 < max(r["step"] for r in logged) <= saved < 1000  # saved on the stop: the periodic one is at 1000
+
+
+UNGUARDED = """
+import sys, time
+print("top level", file=sys.stderr)  # a script without ``if __name__ == "__main__"``
+from textlm._commands import Command
+with Command(["tableau", "show", "heun", "--json"]) as command:
+    out, err = command.communicate(timeout=120)
+assert command.returncode == 0 and '"name": "heun"' in out, err
+with Command(TRAINING) as command:  # killed after its stability check made a lock (tqdm's)
+    while "check" not in open(METRICS).read() if __import__("os").path.exists(METRICS) else True:
+        assert command.poll() is None, command.communicate()
+        time.sleep(0.02)
+    command.kill()
+print("done", command.wait(), file=sys.stderr)
+"""
+
+
+@pytest.mark.slow
+def test_a_command_runs_nothing_of_the_callers_script_and_leaves_nothing_behind(tmp_path):
+    """Started from a script whose top level is unguarded: the script's top level runs once (a
+    fork prepared by multiprocessing imports ``__main__`` again, and would run the script in each
+    command), and killing a command that made a lock leaves no "leaked semaphore" warning."""
+    import subprocess
+    import sys
+    out = tmp_path / "run"
+    script = tmp_path / "script.py"
+    script.write_text(f"TRAINING = {_training(out, _verse(tmp_path), 10**6) + ['--check-at', '0']!r}\n"
+                      f"METRICS = {str(out / 'metrics.jsonl')!r}\n" + UNGUARDED)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("top level") == 1 and f"done {-signal.SIGKILL}" in done.stderr, done.stderr
+    assert "leaked" not in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -47,7 +47,7 @@ def test_cuda_without_cuda_says_so(name):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    trainer = Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=8000, valid_tokens=2000, cell="gru-ode:midpoint", hidden=16,
+    trainer = Trainer(TrainConfig(corpus="tinyshakespeare", train_tokens=8000, valid_tokens=500, cell="gru-ode:midpoint", hidden=16,
                                   batch_size=4, bptt=16, max_tokens=4 * 16 * 4, out=str(out), progress=False,
                                   eval_tokens=500, precision="bf16", device="cpu"))
     trainer.run()

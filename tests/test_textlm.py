@@ -701,8 +701,11 @@ def test_two_process_data_parallel_training_equals_one_process_and_its_ranks_sto
     single = Trainer(cfg)
     single.run()
     timed = config(tmp_path / "timed", dropout=0.0, max_tokens=4 * 16 * 100_000, cell="gru-ode:euler", max_seconds=3)
-    mp.spawn(_ddp_worker_both, args=(2, tmp_path, config(tmp_path / "ddp", dropout=0.0, max_tokens=4 * 16 * 4,
-                                                         cell="gru-ode:euler"), timed), nprocs=2)
+    from textlm._commands import _context
+    _context()  # the ranks fork from the server compare's runs start from: the toolkit imported once
+    mp.start_processes(_ddp_worker_both, args=(2, tmp_path, config(tmp_path / "ddp", dropout=0.0, max_tokens=4 * 16 * 4,
+                                                                   cell="gru-ode:euler"), timed),
+                       nprocs=2, start_method="forkserver")
     parallel = torch.load(tmp_path / "equal.pt.0", weights_only=True)["weights"]
     reference = weights(single)
     assert all(torch.allclose(reference[k], parallel[k], rtol=0, atol=1e-12) for k in reference)

@@ -14,6 +14,7 @@ PyTorch's and matplotlib's variables act as they were at the first command.)
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 import shutil
@@ -21,6 +22,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
+from multiprocessing.context import set_spawning_popen
 
 # what an ``odernn train`` imports before its first step, and the curves it draws at its end
 _PRELOAD = ["textlm.cli", "textlm.train", "textlm.evaluate", "torch._dynamo", "matplotlib.pyplot"]
@@ -30,6 +33,42 @@ def _context():
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)  # read when the server starts: at the first command
     return context
+
+
+class _Popen(popen_forkserver.Popen):
+    """The forkserver's start of a process (CPython's ``_launch``), less two of its preparations,
+    so that the command is what a new interpreter would be. Multiprocessing has the fork import
+    the caller's ``__main__`` again, which would run a script's unguarded top level (its own
+    ``compare`` call) once more in every command, and fails for a script read from stdin; and it
+    makes the caller's start method the fork's default, under which a lock the command makes
+    (tqdm makes one) is registered with the caller's resource tracker, which warns of a "leaked
+    semaphore" when a command was killed. A command runs ``textlm.cli.main`` only."""
+
+    def _launch(self, process_obj):
+        prep_data = spawn.get_preparation_data(process_obj._name)
+        for step in ("init_main_from_name", "init_main_from_path", "start_method"):
+            prep_data.pop(step, None)
+        buf = io.BytesIO()
+        set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            set_spawning_popen(None)
+        self.sentinel, w = forkserver.connect_to_new_process(self._fds)
+        _parent_w = os.dup(w)  # the child's sentinel of this process
+        self.finalizer = util.Finalize(self, util.close_fds, (_parent_w, self.sentinel))
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = forkserver.read_signed(self.sentinel)
+
+
+class _Process(multiprocessing.context.ForkServerProcess):
+    _start_method = None  # not forced on the command either (see _Popen)
+
+    @staticmethod
+    def _Popen(process_obj):
+        return _Popen(process_obj)
 
 
 def _main(argv: list[str], cwd: str, environ: dict, folder: str, new_session: bool, fresh: bool) -> None:
@@ -65,14 +104,16 @@ class Command:
     def __init__(self, argv: list[str], *, new_session: bool = False, fresh: bool = False):
         self._folder = tempfile.mkdtemp(prefix="odernn-command-")
         try:
-            self._process = _context().Process(target=_main, name="odernn " + " ".join(argv[:3]),
-                                               args=(list(argv), os.getcwd(), dict(os.environ), self._folder, new_session, fresh))
+            _context()  # the server's preload
+            self._process = _Process(target=_main, name="odernn " + " ".join(argv[:3]),
+                                     args=(list(argv), os.getcwd(), dict(os.environ), self._folder, new_session, fresh))
             self._process.start()
         except BaseException:
             shutil.rmtree(self._folder, ignore_errors=True)
             raise
         self.pid = self._process.pid
         self._ended = None  # the exit status, once closed
+        self._output = None  # (stdout, stderr), once read
 
     @property
     def returncode(self) -> int | None:
@@ -83,6 +124,8 @@ class Command:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
+        if self._ended is not None:
+            return self._ended
         self._process.join(timeout)
         if self.returncode is None:
             raise subprocess.TimeoutExpired(["odernn"], timeout)
@@ -99,12 +142,15 @@ class Command:
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
         """Its stdout and stderr, once it has ended."""
         self.wait(timeout)
-        return tuple(_read(os.path.join(self._folder, name)) for name in ("stdout", "stderr"))
+        if self._output is None:
+            self._output = tuple(_read(os.path.join(self._folder, name)) for name in ("stdout", "stderr"))
+        return self._output
 
     def close(self) -> None:
-        """Wait for it to end, then free what it held (its output included)."""
+        """Wait for it to end, then free what it held (its output kept for ``communicate``)."""
         if self._ended is None:
-            self._ended = self.wait()
+            self.communicate()
+            self._ended = self.returncode
             self._process.close()
             shutil.rmtree(self._folder, ignore_errors=True)
 
