@@ -25,8 +25,9 @@ import tempfile
 from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
 from multiprocessing.context import set_spawning_popen
 
-# what an ``odernn train`` imports before its first step, and the curves it draws at its end
-_PRELOAD = ["textlm.cli", "textlm.train", "textlm.evaluate", "torch._dynamo", "matplotlib.pyplot"]
+# what an ``odernn train`` imports before its first step (the command line imports the trainer,
+# PyTorch, Dynamo and SymPy), and the curves it draws at its end
+_PRELOAD = ["textlm.cli", "matplotlib.pyplot"]
 
 
 def _context():
@@ -42,7 +43,8 @@ class _Popen(popen_forkserver.Popen):
     ``compare`` call) once more in every command, and fails for a script read from stdin; and it
     makes the caller's start method the fork's default, under which a lock the command makes
     (tqdm makes one) is registered with the caller's resource tracker, which warns of a "leaked
-    semaphore" when a command was killed. A command runs ``textlm.cli.main`` only."""
+    semaphore" when a command was killed. A command runs ``textlm.cli.main`` only. (What stays:
+    the caller's ``sys.path`` and working directory, which the preparation makes the fork's.)"""
 
     def _launch(self, process_obj):
         prep_data = spawn.get_preparation_data(process_obj._name)
@@ -71,11 +73,10 @@ class _Process(multiprocessing.context.ForkServerProcess):
         return _Popen(process_obj)
 
 
-def _main(argv: list[str], cwd: str, environ: dict, folder: str, new_session: bool, fresh: bool) -> None:
-    """The command's process: the caller's directory and environment, its output to ``folder``."""
+def _main(argv: list[str], environ: dict, folder: str, new_session: bool, fresh: bool) -> None:
+    """The command's process: the caller's environment, its output to ``folder``."""
     if new_session:  # a process group of its own, as ``start_new_session=True``
         os.setsid()
-    os.chdir(cwd)
     os.environ.clear()
     os.environ.update(environ)
     for fd, name in ((1, "stdout"), (2, "stderr")):
@@ -106,7 +107,7 @@ class Command:
         try:
             _context()  # the server's preload
             self._process = _Process(target=_main, name="odernn " + " ".join(argv[:3]),
-                                     args=(list(argv), os.getcwd(), dict(os.environ), self._folder, new_session, fresh))
+                                     args=(list(argv), dict(os.environ), self._folder, new_session, fresh))
             self._process.start()
         except BaseException:
             shutil.rmtree(self._folder, ignore_errors=True)
