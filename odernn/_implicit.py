@@ -90,6 +90,10 @@ _KRYLOV_ITERATIONS = 60  # GMRES iterations per linear solve at most (no restart
 # by column (N products a matrix: paid only where GMRES's updates stall, as they did at the seeds
 # study's SDIRK stop with 257 units, docs/results.md §9, and exact Newton converged)
 NEWTON_UPDATES = ("gmres", "lu")
+# a lower-triangular step whose stage the tries do not solve stage by stage is solved all stages at
+# once (continuation in the whole step: :meth:`ImplicitTokenProgram._whole_step`); False replays the
+# engine before that fallback (benchmarks/implicit_failure.py)
+WHOLE_STEP = True
 _LU_ELEMENTS = 2 ** 26  # B·N² at most for the LU updates' matrices (256 MiB in float32): a last resort must not exhaust memory
 _KRYLOV_FROM = 150  # state width D from which newton=auto solves matrix-free (measured: docs/speed.md)
 
@@ -593,7 +597,7 @@ class ImplicitTokenProgram:
         solved, more = self._newton_krylov(system, K, tol, per_iteration)
         return solved, None, evaluations + more
 
-    def _newton_krylov(self, system, K, tol, per_iteration: int = 1):
+    def _newton_krylov(self, system, K, tol, per_iteration: int = 1, how: str = ""):
         """``K`` with ``F(K) = K`` by Newton's method and its fallbacks (``odernn._newton``), each
         update from ``(residual, apply) = system(K)`` by GMRES with Jacobian–vector products
         (matrix-free: no factorisation) to ``√tol`` (at least 1e-2), so that Newton converges by
@@ -612,7 +616,7 @@ class ImplicitTokenProgram:
                 break
         if solved is None:
             raise ImplicitSolveError(
-                f"{self.name}: the stage equations did not converge in {self.max_iterations} Newton "
+                f"{self.name}: the stage equations did not converge{' ' + how if how else ''} in {self.max_iterations} Newton "
                 f"iterations, with or without a line search or continuation in the step, their linear "
                 f"systems solved by {' or by '.join(map(str.upper, ways))} (relative update "
                 f"{error:.2e} > tolerance {tol:.1e}); "
@@ -649,9 +653,14 @@ class ImplicitTokenProgram:
                     # from the step's start, the linearly implicit predictor (I − h a J₀)⁻¹ f(y):
                     # exact for a linear field, and one solve with the factorisation the stage needs
                     guess = self._iteration_matrix(start, W, h, a, "shared").solve(f0)
-                Ki, factors, count = self._solve_stages(
-                    residual, system, guess, lambda kind, a=a: self._iteration_matrix(start, W, h, a, kind),
-                    lambda factors, G: factors.solve(G), tol, 1)
+                try:
+                    Ki, factors, count = self._solve_stages(
+                        residual, system, guess, lambda kind, a=a: self._iteration_matrix(start, W, h, a, kind),
+                        lambda factors, G: factors.solve(G), tol, 1)
+                except ImplicitSolveError:
+                    if not (self.krylov and WHOLE_STEP):
+                        raise
+                    return self._whole_step(yf, f0, context, h, W, b, sizes, tape, evaluations)
                 evaluations += count
                 if tape is not None:
                     tape.factors[a] = factors
@@ -670,9 +679,12 @@ class ImplicitTokenProgram:
             K.append(Ki)
         return K, evaluations
 
-    def _coupled(self, yf, f0, start, context, h, W, b, sizes, tape):
-        """All stages at once (``A = V Λ V⁻¹``), one system per eigenvalue (pair)."""
-        tol = self._tolerance(yf.dtype)
+    def _stacked(self, yf, context, h, W, b, sizes):
+        """The step's stage equations, all stages at once: ``(values, stage_context, residual,
+        system)``. ``values(K)`` are the stage values ``(B, s, D)``, ``residual(K)`` is ``F(K) − K``
+        and ``system(K, tau)`` the residual of the stacked stages ``(B, s·D)`` with its operator
+        ``I − ∂F/∂K`` for Newton–Krylov, of the step ``tau·h``: continuation there scales every
+        stage's step, so its ``τ → 0`` is the explicit limit, every stage ``f(y)``."""
         s, (B, D) = self.s, yf.shape
         A = torch.as_tensor(self.A, dtype=yf.dtype, device=yf.device)
         hb = h.reshape(B, 1, 1) if isinstance(h, torch.Tensor) else h
@@ -685,9 +697,7 @@ class ImplicitTokenProgram:
             F = self._evaluate(stage_context, values(K).reshape(B * s, D), sizes, W, b)[0]
             return F.reshape(B, s, D) - K
 
-        K0 = f0[:, None, :].expand(B, s, D).contiguous()
-
-        def system(Kt, tau=1):  # the stacked stages (B, s·D), for Newton–Krylov; tau < 1: h·tau
+        def system(Kt, tau=1):
             step = hb if tau == 1 else hb * tau
             Yf = (yf[:, None, :] + step * torch.einsum("ij,bjd->bid", A, Kt.reshape(B, s, D))).reshape(B * s, D)
             F, act, _, Y = self._evaluate(stage_context, Yf, sizes, W, b)
@@ -697,6 +707,30 @@ class ImplicitTokenProgram:
                 combined = torch.einsum("ij,bjd->bid", A, v.reshape(B, s, D)).reshape(B * s, D)
                 return v - (step * linear.jvp(combined).reshape(B, s, D)).reshape(B, s * D)
             return F.reshape(B, s * D) - Kt, apply
+        return values, stage_context, residual, system
+
+    def _whole_step(self, yf, f0, context, h, W, b, sizes, tape, evaluations):
+        """A lower-triangular step one of whose stages the tries did not solve with the stages before it
+        held at their solutions (continuation in that stage's own ``h·a_ii``): all its stages at once
+        by Newton–Krylov, whose continuation is in the whole step, as the per-token cell's is. The
+        two homotopies differ: at the stops of the seeds study's SDIRK GRU-ODE, one stage's
+        equations alone fold (turn back in ``τ`` before ``h``) where the whole step's branch reaches
+        ``h`` without a fold, or past a pair of them below it (docs/results.md §9)."""
+        s, (B, D) = self.s, yf.shape
+        values, stage_context, _, system = self._stacked(yf, context, h, W, b, sizes)
+        K0 = f0[:, None, :].expand(B, s, D).reshape(B, s * D)
+        K, more = self._newton_krylov(system, K0, self._tolerance(yf.dtype), s, "stage by stage or all at once")
+        if tape is not None:  # recorded anew; the backward solves matrix-free, as after any Newton–Krylov solve
+            tape.stages.clear()
+            tape.factors.clear()
+        return self._coupled_record(K.reshape(B, s, D), values, stage_context, sizes, W, b, tape, evaluations + more)
+
+    def _coupled(self, yf, f0, start, context, h, W, b, sizes, tape):
+        """All stages at once (``A = V Λ V⁻¹``), one system per eigenvalue (pair)."""
+        tol = self._tolerance(yf.dtype)
+        s, (B, D) = self.s, yf.shape
+        values, stage_context, residual, system = self._stacked(yf, context, h, W, b, sizes)
+        K0 = f0[:, None, :].expand(B, s, D).contiguous()
 
         def make(kind):  # one factorisation per eigenvalue, a conjugate pair's shared
             return {k: self._iteration_matrix(start, W, h, complex(self.facts.eigenvalues[k]), kind)

@@ -94,6 +94,34 @@ def test_adjoint_memory_smoke():
         assert held[mode, 8] <= 1.1 * held[mode, 1] + 0.01, (mode, held)
 
 
+def test_implicit_failure_follows_a_step_through_its_folds():
+    """benchmarks/implicit_failure.py's branch following, on stage equations solved by hand. Backward
+    Euler on y' = y² from y0 = 1: K = (1 + τK)² has the branch K = (1 − 2τ − √(1 − 4τ)) / (2τ²) from
+    K(0) = 1, which folds at τ = 1/4 (the discriminant vanishes) and never reaches the step. Two-stage
+    SDIRK (γ = 1 − 1/√2) on y' = −3y, step 1: the stage equations are linear, so the branch reaches
+    τ = 1 without a fold, at K1 = −3(1 + γK1) = −3/(1 + 3γ) and K2 = −3(1 + (1 − γ)K1 + γK2)."""
+    import importlib.util
+    import math
+
+    import torch
+    spec = importlib.util.spec_from_file_location("implicit_failure", ROOT / "benchmarks" / "implicit_failure.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    one = torch.ones(1, dtype=torch.float64)
+    fold = module.follow(lambda Y: Y ** 2, lambda Y: torch.diag_embed(2 * Y), one, 1.0, [[1.0]], max_steps=200)
+    assert fold["outcome"] != "reached" and len(fold["folds"]) == 1
+    assert abs(fold["folds"][0] - 0.25) < 1e-3, fold["folds"]
+
+    gamma = 1 - 1 / math.sqrt(2)
+    A = [[gamma, 0.0], [1 - gamma, gamma]]
+    linear = module.follow(lambda Y: -3 * Y, lambda Y: -3 * torch.eye(1, dtype=torch.float64).expand(len(Y), 1, 1),
+                           one, 1.0, A)
+    assert linear["outcome"] == "reached" and linear["folds"] == [] and linear["tau"] == 1.0
+    K1, K2 = linear["stages"][:, 0].tolist()
+    assert abs(K1 - (-3 * (1 + gamma * K1))) < 1e-9 and abs(K2 - (-3 * (1 + (1 - gamma) * K1 + gamma * K2))) < 1e-9
+    assert abs(K1 + 3 / (1 + 3 * gamma)) < 1e-9
+
+
 def test_sequence_speed_smoke():
     """In-process version of benchmarks/sequence_speed.py: every row and ratio is measured."""
     import importlib.util

@@ -371,6 +371,60 @@ def test_newton_krylov_solves_stages_plain_newton_cannot(spec, dt, gain, scale, 
     assert newton and (out.detach() - reference).abs().max() <= 1e-10 * (1 + reference.abs().max())
 
 
+@pytest.mark.parametrize("spec", ["gru-ode:alexander2:newton=krylov", "lstm:kvaerno4:newton=krylov",
+                                  "cornn:sdirk4:dt=0.3:newton=krylov"])
+def test_a_step_solved_all_stages_at_once_equals_the_per_token_cell(spec, monkeypatch):
+    """The lower-triangular step's last resort, every stage at once (``_whole_step``), taken at
+    every step of every token here (the stage-by-stage solve made to fail): the outputs and every
+    gradient, whose backward then solves matrix-free, are the per-token cell's to the tolerance, on
+    SDIRK, ESDIRK (an explicit first stage) and a two-block field."""
+    def refused(*args, **kwargs):
+        raise odernn.ImplicitSolveError("stage by stage: refused by the test")
+    wholes = _solves(monkeypatch, ImplicitTokenProgram, "_whole_step", method=True)
+    monkeypatch.setattr(ImplicitTokenProgram, "_solve_stages", refused)
+    rnn, x, blocks = _problem(spec)
+    inputs = [x, *blocks, *rnn.parameters()]
+    ours = _gradients(_engine_run(rnn, x, blocks), inputs)
+    assert len(wholes) == x.shape[0]
+    reference = _gradients(_reference_loop(rnn.cells[0], x, blocks), inputs)
+    for a, b in zip(ours, reference):
+        assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max()), spec
+    monkeypatch.setattr(odernn._implicit, "WHOLE_STEP", False)
+    with pytest.raises(odernn.ImplicitSolveError, match="refused by the test"):
+        _engine_run(rnn, x, blocks)
+
+
+def test_where_one_stages_equations_fold_the_whole_step_is_continued(monkeypatch):
+    """Strong recurrent weights and a long step (one of 6 such layers a search over 270 small ones
+    found; its second token): a stage's equations alone, continued in its own ``h·a_ii`` from its
+    base, are not solved by any try (as at two of the seeds study's SDIRK stops, where that
+    continuation folds: docs/results.md §9); the whole step, continued from the explicit limit, is.
+    Every stage equation then holds, and the outputs are the per-token cell's (whose continuation
+    is in the whole step)."""
+    torch.manual_seed(1)
+    rnn = odernn.ODERNN("gru-ode:alexander2:newton=krylov:dt=4:tol=1e-12", 3, 4, dtype=torch.float64)
+    with torch.no_grad():
+        rnn.weight_hh_l0.mul_(16)
+    x = (3 * torch.randn(4, 3, 3, dtype=torch.float64))[:2]
+    monkeypatch.setattr(odernn._implicit, "WHOLE_STEP", False)
+    with pytest.raises(odernn.ImplicitSolveError, match="with or without a line search"):
+        rnn(x)
+    monkeypatch.undo()
+    wholes = _solves(monkeypatch, ImplicitTokenProgram, "_newton_krylov", method=True)
+    with torch.no_grad():
+        out = rnn(x)[0]
+    stacked = [solve for solve in wholes if solve["guess"].shape[-1] > 4]  # the whole step's (B, s·D)
+    assert stacked and all(solve["solution"] is not None for solve in stacked)
+    for solve in stacked:
+        K = solve["solution"]
+        assert solve["system"](K)[0].abs().max() <= 1e-10 * (1 + K.abs().max())
+    cell = rnn.cells[0]
+    zero = tuple(torch.zeros(3, 4, dtype=torch.float64) for _ in range(cell.t))
+    with torch.no_grad():
+        reference = _reference_loop(cell, x, zero)[0]
+    assert (out - reference).abs().max() <= 1e-10 * (1 + reference.abs().max())
+
+
 def test_where_gmres_updates_cannot_converge_newton_tries_again_with_lu_solved_updates(monkeypatch):
     """GMRES held to one iteration per update (a Krylov space too small for the system, as 60
     iterations were for 257 units at the seeds study's SDIRK stop, docs/results.md §9): in a budget
