@@ -456,30 +456,59 @@ def claims(plan, sweep: list[dict], seeds: list[dict], cells: list[str], target:
     return lines
 
 
+def _drawn_from(picture: Path, data) -> tuple[bool, str]:
+    """Whether ``picture`` was drawn from ``data`` already (its fingerprint is in the PNG's
+    ``Description``), and the fingerprint: a report asked again redraws only what changed."""
+    import hashlib
+
+    from PIL import Image
+    fingerprint = hashlib.sha256(repr(data).encode()).hexdigest()
+    try:
+        with Image.open(picture) as image:
+            return image.info.get("Description") == fingerprint, fingerprint
+    except OSError:  # none yet, or not a picture
+        return False, fingerprint
+
+
 def figures(sweep: list[dict], seeds: list[dict], cells: list[str], docs_figures: Path,
             unigram: float, target: float | None = None) -> list[str]:
     """The sweep (final loss against rate) and the learning curves at convergence (the mean over a
     cell's seeds, as long as its shortest seed, against tokens and against wall time), each cell in
-    one style in both: the classical cells black, the ODE cells in colour."""
+    one style in both: the classical cells black, the ODE cells in colour. A picture whose data
+    have not changed since it was drawn is left as it is."""
+    import numpy as np
+    ceiling = unigram + 0.4  # a diverged run's loss (up to 191 here) would flatten every other line
+    points = {cell: sorted((r["lr"], min(r["valid_loss"], ceiling) if "failed" not in r and
+                            math.isfinite(r["valid_loss"]) else ceiling) for r in sweep if r["cell"] == cell)
+              for cell in cells}
+    means = {}
+    for cell in cells:
+        curves = [np.array([(q["tokens"], q["elapsed"], q["valid_loss"]) for q in validations(r)])
+                  for r in seeds if r["cell"] == cell and "failed" not in r]
+        curves = [c for c in curves if len(c)]
+        if curves:
+            length = min(len(c) for c in curves)
+            means[cell] = np.stack([c[:length] for c in curves]).mean(axis=0)
+    sweep_picture, curves_picture = docs_figures / "seeds_study_sweep.png", docs_figures / "seeds_study_curves.png"
+    sweep_done, sweep_print = _drawn_from(sweep_picture, (cells, points, unigram))
+    curves_done, curves_print = _drawn_from(curves_picture, (cells, {c: m.tolist() for c, m in means.items()}, target))
+    written = [picture.name for picture, wanted in ((sweep_picture, sweep), (curves_picture, seeds)) if wanted]
+    if (not sweep or sweep_done) and (not seeds or curves_done):
+        return written
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
-    written = []
     docs_figures.mkdir(parents=True, exist_ok=True)
     colours = iter(plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors)
     dashes = iter(("-", "--", ":"))
     style = {cell: dict(color="black", linestyle=next(dashes), linewidth=1.8) if cell in CLASSICAL
              else dict(color=next(colours), linestyle="-", linewidth=1.2) for cell in cells}
-    if sweep:
+    if sweep and not sweep_done:
         fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-        ceiling = unigram + 0.4  # a diverged run's loss (up to 191 here) would flatten every other line
         for cell in cells:
-            points = sorted((r["lr"], min(r["valid_loss"], ceiling) if "failed" not in r and
-                             math.isfinite(r["valid_loss"]) else ceiling) for r in sweep if r["cell"] == cell)
-            if points:
-                ax.plot(*zip(*points), marker="o", label=cell, markersize=4, **style[cell])
+            if points[cell]:
+                ax.plot(*zip(*points[cell]), marker="o", label=cell, markersize=4, **style[cell])
         ax.axhline(unigram, color="grey", linewidth=1, linestyle="-.", label="unigram model (above: diverged)")
         ax.set_ylim(top=ceiling + 0.05)
         ax.set_xscale("log")
@@ -488,22 +517,13 @@ def figures(sweep: list[dict], seeds: list[dict], cells: list[str], docs_figures
                       f"(diverged and failed runs drawn at {ceiling:.2f})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        picture = docs_figures / "seeds_study_sweep.png"
-        fig.savefig(picture, bbox_inches="tight")
+        fig.savefig(sweep_picture, bbox_inches="tight", metadata={"Description": sweep_print})
         plt.close(fig)
-        written.append(picture.name)
-    if seeds:
+    if seeds and not curves_done:
         fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), dpi=120)
-        for cell in cells:
-            curves = [np.array([(q["tokens"], q["elapsed"], q["valid_loss"]) for q in validations(r)])
-                      for r in seeds if r["cell"] == cell and "failed" not in r]
-            curves = [c for c in curves if len(c)]
-            if not curves:
-                continue
-            length = min(len(c) for c in curves)
-            stack = np.stack([c[:length] for c in curves])
+        for cell, mean in means.items():
             for ax, column in zip(axes, (0, 1)):
-                ax.plot(stack[:, :, column].mean(axis=0), stack[:, :, 2].mean(axis=0), label=cell, **style[cell])
+                ax.plot(mean[:, column], mean[:, 2], label=cell, **style[cell])
         for ax, label in zip(axes, ("training tokens", "wall-clock seconds (one CPU thread; log scale)")):
             if target:
                 ax.axhline(target, color="grey", linestyle="-.", linewidth=1, label="target (2 % above torch-gru)")
@@ -515,10 +535,8 @@ def figures(sweep: list[dict], seeds: list[dict], cells: list[str], docs_figures
         axes[1].xaxis.set_major_formatter(ScalarFormatter())
         axes[1].xaxis.set_minor_formatter(NullFormatter())
         axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        picture = docs_figures / "seeds_study_curves.png"
-        fig.savefig(picture, bbox_inches="tight")
+        fig.savefig(curves_picture, bbox_inches="tight", metadata={"Description": curves_print})
         plt.close(fig)
-        written.append(picture.name)
     return written
 
 

@@ -320,9 +320,10 @@ def test_seeds_study_smoke(tmp_path, monkeypatch):
     assert any(line.startswith("| rnn:euler, recurrent weights ×8 at initialisation | 0.002 | unstable step")
                and "| diverged |" in line for line in lines)
     finished = next((tmp_path / "study" / "seeds").glob("lr*/runs/*/seed0/compare.json"))
-    stamp = finished.stat().st_mtime_ns
-    again = script_("report", *study)
-    assert again == out[out.index("Runs finished"):] and finished.stat().st_mtime_ns == stamp
+    pictures = [tmp_path / "study" / "figures" / f"seeds_study_{name}.png" for name in ("sweep", "curves")]
+    stamps = [path.stat().st_mtime_ns for path in (finished, *pictures)]
+    again = script_("report", *study)  # trains nothing, and redraws no picture whose data are the same
+    assert again == out[out.index("Runs finished"):] and [path.stat().st_mtime_ns for path in (finished, *pictures)] == stamps
     from textlm.compare import checks, read_records
     # the probe at 5 % ran on each ODE run's own weights: its witness, the check at the same step, is
     # the check the run logged (none where the run failed before 5 %, as the Δ = 3 one did)
@@ -343,6 +344,24 @@ def test_seeds_study_smoke(tmp_path, monkeypatch):
     for key in logged:
         assert (redone[key]["verdict"], redone[key]["margin"]) == (logged[key]["verdict"], logged[key]["margin"])
         assert redone[key]["far_field"] is True  # today's check: the far field measured
+
+
+def test_the_study_redraws_a_picture_only_when_its_data_change(tmp_path, monkeypatch):
+    """benchmarks/seeds_study_report.py's figures: drawn once, left as they are when asked again with
+    the same data, drawn again when a run's loss changes."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from seeds_study_report import figures
+    picture = tmp_path / "seeds_study_sweep.png"
+    sweep = [{"cell": "torch-gru", "lr": lr, "valid_loss": loss} for lr, loss in ((2e-3, 1.9), (8e-3, 1.6))]
+    assert figures(sweep, [], ["torch-gru"], tmp_path, 3.33) == [picture.name]
+    drawn = picture.read_bytes()
+    picture.touch()
+    stamp = picture.stat().st_mtime_ns
+    figures(sweep, [], ["torch-gru"], tmp_path, 3.33)
+    assert picture.stat().st_mtime_ns == stamp
+    sweep[1]["valid_loss"] = 1.7
+    figures(sweep, [], ["torch-gru"], tmp_path, 3.33)
+    assert picture.read_bytes() != drawn
 
 
 def test_seed_claims_judge_by_complete_separation(monkeypatch):

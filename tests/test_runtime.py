@@ -228,8 +228,11 @@ def test_a_float64_run_extends_by_epochs_and_evaluates_in_bf16(tmp_path):
 
 # --- fused elementwise math ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec", ["gru-ode:rk4", "lstm:euler"])
-def test_compiled_elementwise_math_equals_the_eager_engine(spec):
+@pytest.mark.slow
+def test_compiled_elementwise_math_equals_the_eager_engine(spec="gru-ode:rk4"):
+    """Inductor's C++ kernels for a field's elementwise functions (about 15 s of this suite's CPU
+    on a cold cache, and 3–6 s more a field): one field here; every field of its SPECS, compiled
+    against float64, is checked by ``python benchmarks/cuda_check.py --device cpu``."""
     from torch._dynamo.utils import counters
     counters.clear()
     torch.manual_seed(2)
