@@ -371,21 +371,24 @@ def test_newton_krylov_solves_stages_plain_newton_cannot(spec, dt, gain, scale, 
     assert newton and (out.detach() - reference).abs().max() <= 1e-10 * (1 + reference.abs().max())
 
 
+@pytest.mark.parametrize("grad", ["backprop", "checkpoint"])
 @pytest.mark.parametrize("spec", ["gru-ode:alexander2:newton=krylov", "lstm:kvaerno4:newton=krylov",
                                   "cornn:sdirk4:dt=0.3:newton=krylov"])
-def test_a_step_solved_all_stages_at_once_equals_the_per_token_cell(spec, monkeypatch):
+def test_a_step_solved_all_stages_at_once_equals_the_per_token_cell(spec, grad, monkeypatch):
     """The lower-triangular step's last resort, every stage at once (``_whole_step``), taken at
     every step of every token here (the stage-by-stage solve made to fail): the outputs and every
     gradient, whose backward then solves matrix-free, are the per-token cell's to the tolerance, on
-    SDIRK, ESDIRK (an explicit first stage) and a two-block field."""
+    SDIRK, ESDIRK (an explicit first stage) and a two-block field, in both memory modes (the
+    checkpointed one solves each step again in its backward)."""
     def refused(*args, **kwargs):
         raise odernn.ImplicitSolveError("stage by stage: refused by the test")
     wholes = _solves(monkeypatch, ImplicitTokenProgram, "_whole_step", method=True)
     monkeypatch.setattr(ImplicitTokenProgram, "_solve_stages", refused)
     rnn, x, blocks = _problem(spec)
+    rnn.grad = grad
     inputs = [x, *blocks, *rnn.parameters()]
     ours = _gradients(_engine_run(rnn, x, blocks), inputs)
-    assert len(wholes) == x.shape[0]
+    assert len(wholes) == x.shape[0] * (2 if grad == "checkpoint" else 1)
     reference = _gradients(_reference_loop(rnn.cells[0], x, blocks), inputs)
     for a, b in zip(ours, reference):
         assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max()), spec
