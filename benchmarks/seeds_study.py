@@ -91,6 +91,10 @@ class Plan:
     rates: tuple = tuple(RATES)
     seeds: tuple = tuple(SEEDS)
     failing: tuple = tuple(FAILING)
+    # the seeds' table compares peak memory: each of their runs measured in a new interpreter, as the
+    # study's first runs were (a fork of the command server starts from its resident set); the
+    # smoke's, which compares nothing, forks (a new interpreter's imports take seconds)
+    fresh_seeds: bool = True
 
 
 def plan(smoke: bool, data_root: str | None, text: str | None) -> Plan:
@@ -100,7 +104,8 @@ def plan(smoke: bool, data_root: str | None, text: str | None) -> Plan:
     if smoke:  # two rates, one seed, one failure: the code of every phase on budgets of seconds
         common.update(batch_size=4, bptt=16, prompts=2, params=3_000)
         return Plan(CompareConfig(**common), sweep_epochs=1, seed_epochs=2, eval_per_epoch=2, patience=1,
-                    rates=(2e-3, 3.2e-2), seeds=(0,), failing=(("rnn:euler:dt=3", 2e-3, 1), ("rnn:euler", 2e-3, 8)))
+                    rates=(2e-3, 3.2e-2), seeds=(0,), failing=(("rnn:euler:dt=3", 2e-3, 1), ("rnn:euler", 2e-3, 8)),
+                    fresh_seeds=False)
     return Plan(CompareConfig(**common), sweep_epochs=1, seed_epochs=10, eval_per_epoch=2, patience=3)
 
 
@@ -170,9 +175,7 @@ def run_phase(phase: str, p: Plan, out: Path, cells: list[str], jobs: int) -> No
 
     def one(job):
         config, cell, seed = job
-        # the seeds' table compares peak memory: every run measured in a new interpreter, as the
-        # study's first runs were (a fork of the command server starts from its resident set)
-        row = execute(config, cell, seed, widths[cell], fresh=phase == "seeds")
+        row = execute(config, cell, seed, widths[cell], fresh=phase == "seeds" and p.fresh_seeds)
         state = "FAILED" if "failed" in row else f"valid ppl {row['valid_ppl']:.3f}"
         gain = f" init gain {config.init_gain:g}" if config.init_gain != 1 else ""
         print(f"{phase} {cell} lr {config.lr:g}{gain} seed {seed}: {state}", file=sys.stderr, flush=True)
