@@ -616,7 +616,8 @@ class ImplicitTokenProgram:
                 break
         if solved is None:
             raise ImplicitSolveError(
-                f"{self.name}: the stage equations did not converge{' ' + how if how else ''} in {self.max_iterations} Newton "
+                f"{self.name}: the stage equations did not converge{' ' + how if how else ''} in "
+                f"{self.max_iterations} Newton "
                 f"iterations, with or without a line search or continuation in the step, their linear "
                 f"systems solved by {' or by '.join(map(str.upper, ways))} (relative update "
                 f"{error:.2e} > tolerance {tol:.1e}); "
