@@ -100,17 +100,25 @@ def follow(f, jacobians, y0: torch.Tensor, h: float, A, *, max_steps: int = 3000
                 break
             continue
         steps += 1
-        if float(new[-1]) * float(t[-1]) < 0:  # τ turns back: a fold between x and y
-            folds.append(float(max(x[-1], y[-1])))
+        if float(new[-1]) * float(t[-1]) < 0:  # τ turns: a fold between x and y, at τ's maximum or minimum
+            folds.append(float(max(x[-1], y[-1]) if float(t[-1]) > 0 else min(x[-1], y[-1])))
         smallest = float(torch.linalg.svdvals(jacobian[:, :-1])[-1])
         if smallest < sigma:
             sigma, sigma_tau = smallest, float(y[-1])
         if float(y[-1]) >= 1 > float(x[-1]):  # then the solution at τ = 1 itself, by Newton in K
-            w = x + (1 - x[-1]) / (y[-1] - x[-1]) * (y - x)
-            for _ in range(20):
-                G, jacobian = parts(w)
-                w = torch.cat([w[:-1] - torch.linalg.solve(jacobian[:, :-1], G), w[-1:]])
-            outcome = "reached" if parts(w)[0].abs().max() < 1e-9 else "stalled"
+            start = x + (1 - x[-1]) / (y[-1] - x[-1]) * (y - x)
+            w = torch.cat([start[:-1], torch.ones(1, dtype=torch.float64)])
+            outcome = "stalled"
+            try:
+                for _ in range(20):
+                    G, jacobian = parts(w)
+                    if G.abs().max() < 1e-10 * (1 + w.abs().max()):
+                        # on this branch: no farther from the interpolated point than the step's length
+                        outcome = "reached" if float((w - start).norm()) <= ds else "stalled"
+                        break
+                    w = torch.cat([w[:-1] - torch.linalg.solve(jacobian[:, :-1], G), w[-1:]])
+            except torch.linalg.LinAlgError:  # ∂G/∂K singular at τ = 1: a fold there
+                pass
             x = w
             break
         if float(y[-1]) < 0:

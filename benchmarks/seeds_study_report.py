@@ -4,6 +4,7 @@ a cell or a phase without finished runs is said to be missing."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -490,8 +491,10 @@ def figures(sweep: list[dict], seeds: list[dict], cells: list[str], docs_figures
             length = min(len(c) for c in curves)
             means[cell] = np.stack([c[:length] for c in curves]).mean(axis=0)
     sweep_picture, curves_picture = docs_figures / "seeds_study_sweep.png", docs_figures / "seeds_study_curves.png"
-    sweep_done, sweep_print = _drawn_from(sweep_picture, (cells, points, unigram))
-    curves_done, curves_print = _drawn_from(curves_picture, (cells, {c: m.tolist() for c, m in means.items()}, target))
+    drawing = inspect.getsource(figures)  # a change to how they are drawn redraws them too
+    sweep_done, sweep_print = _drawn_from(sweep_picture, (drawing, cells, points, unigram))
+    curves_done, curves_print = _drawn_from(
+        curves_picture, (drawing, cells, {c: m.tolist() for c, m in means.items()}, target))
     written = [picture.name for picture, wanted in ((sweep_picture, sweep), (curves_picture, seeds)) if wanted]
     if (not sweep or sweep_done) and (not seeds or curves_done):
         return written

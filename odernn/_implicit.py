@@ -594,7 +594,11 @@ class ImplicitTokenProgram:
                 f"{self.name}: the stage equations did not converge in {self.max_iterations} simplified-"
                 f"Newton iterations (relative update {error:.2e} > tolerance {tol:.1e}); try a smaller dt "
                 "or more steps")
-        solved, more = self._newton_krylov(system, K, tol, per_iteration)
+        try:
+            solved, more = self._newton_krylov(system, K, tol, per_iteration)
+        except ImplicitSolveError as err:
+            err.evaluations = evaluations + err.evaluations  # what the tries cost, for a caller that goes on
+            raise
         return solved, None, evaluations + more
 
     def _newton_krylov(self, system, K, tol, per_iteration: int = 1, how: str = ""):
@@ -615,13 +619,15 @@ class ImplicitTokenProgram:
             if solved is not None:
                 break
         if solved is None:
-            raise ImplicitSolveError(
+            failure = ImplicitSolveError(
                 f"{self.name}: the stage equations did not converge{' ' + how if how else ''} in "
                 f"{self.max_iterations} Newton "
                 f"iterations, with or without a line search or continuation in the step, their linear "
                 f"systems solved by {' or by '.join(map(str.upper, ways))} (relative update "
                 f"{error:.2e} > tolerance {tol:.1e}); "
                 f"try a smaller dt or more steps")
+            failure.evaluations = evaluations * per_iteration
+            raise failure
         return solved, evaluations * per_iteration
 
     def _lower(self, yf, f0, start, context, h, W, b, sizes, tape):
@@ -658,10 +664,11 @@ class ImplicitTokenProgram:
                     Ki, factors, count = self._solve_stages(
                         residual, system, guess, lambda kind, a=a: self._iteration_matrix(start, W, h, a, kind),
                         lambda factors, G: factors.solve(G), tol, 1)
-                except ImplicitSolveError:
+                except ImplicitSolveError as err:
                     if not (self.krylov and WHOLE_STEP):
                         raise
-                    return self._whole_step(yf, f0, context, h, W, b, sizes, tape, evaluations)
+                    return self._whole_step(yf, f0, context, h, W, b, sizes, tape,
+                                            evaluations + err.evaluations)
                 evaluations += count
                 if tape is not None:
                     tape.factors[a] = factors

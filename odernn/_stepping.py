@@ -196,6 +196,8 @@ class ImplicitSolveError(RuntimeError):
     """The stage equations of an implicit step were not solved to the requested tolerance, or a
     derivative the step cannot give was asked for."""
 
+    evaluations = 0  # the field evaluations the failed tries took, where counted (a fallback adds them)
+
 
 def _may_carry_tangent(t: torch.Tensor) -> bool:
     """Whether forward-mode AD may follow ``t``: a dual tensor, or one a ``torch.func`` transform wraps."""
