@@ -51,9 +51,8 @@ def follow(f, jacobians, y0: torch.Tensor, h: float, A, *, max_steps: int = 3000
     where the branch turns back in ``τ`` (a fold: ``∂G/∂K`` singular there), so this follows it by
     pseudo-arclength continuation (Keller), which can: it reports the ``τ`` of each fold, whether the
     branch reaches ``τ = 1`` and after how many folds, and the smallest singular value of
-    ``∂G/∂K`` met. A branch that folds before ``τ = 1`` and comes back only after turning again
-    leaves the step discontinuous in the weights: the solution at ``τ = 1`` the weights had a step
-    earlier no longer exists nearby.
+    ``∂G/∂K`` met. A branch that reaches ``τ = 1``, with or without folds on the way, ends at a
+    solution a solver could have found from the explicit limit.
 
     ``f`` maps stage values ``(s, D)`` to field values ``(s, D)``; ``jacobians`` gives ``∂f/∂y``
     ``(s, D, D)`` at them."""
@@ -71,14 +70,16 @@ def follow(f, jacobians, y0: torch.Tensor, h: float, A, *, max_steps: int = 3000
         dG_dtau = -h * torch.einsum("iab,ib->ia", J, increments).flatten()
         return G, torch.cat([dG_dK, dG_dtau[:, None]], dim=1)
 
-    def tangent(jacobian, previous):
-        t = torch.linalg.solve(torch.cat([jacobian, previous[None]]),
-                               torch.cat([torch.zeros(s * D, dtype=torch.float64), torch.ones(1, dtype=torch.float64)]))
+    along_tau = torch.zeros(s * D + 1, dtype=torch.float64)
+    along_tau[-1] = 1
+
+    def tangent(jacobian, previous):  # the null direction of ∂G, oriented along previous (t·previous > 0)
+        t = torch.linalg.solve(torch.cat([jacobian, previous[None]]), along_tau)
         return t / t.norm()
 
     x = torch.cat([f(y0.expand(s, D)).flatten(), torch.zeros(1, dtype=torch.float64)])
     G, jacobian = parts(x)
-    t = tangent(jacobian, torch.cat([torch.zeros(s * D, dtype=torch.float64), torch.ones(1, dtype=torch.float64)]))
+    t = tangent(jacobian, along_tau)
     folds, sigma, sigma_tau, ds, steps = [], float("inf"), 0.0, 1e-2, 0
     outcome = "unfinished"
     while steps < max_steps:
@@ -238,9 +239,9 @@ def replay(path: str, data_root: str | None, starts: int) -> None:
                 K_ = torch.tensor(k)[None]
                 return (f(base + h * a * K_) - K_)[0].detach().numpy()
 
-            def jacobian(k, base=base, a=a):
-                return torch.autograd.functional.jacobian(
-                    lambda v: (f(base + h * a * v[None]) - v[None])[0], torch.tensor(k)).numpy()
+            def jacobian(k, base=base, a=a):  # the residual's: h a ∂f/∂y − I
+                Y = base + h * a * torch.tensor(k)[None]
+                return h * a * jacobians(Y)[0].detach().numpy() - np.eye(len(k))
             best = None
             for start in range(starts):
                 k0 = f(base)[0].detach().numpy() if start == 0 else generator.normal(0, 2, base.shape[1])
