@@ -84,34 +84,45 @@ def _solve(K, M, rhs):
 _x, _y = sp.symbols("x y")
 
 
-def _nodal_formulas(family: str, s: int, assumption: str):
+def _nodal_formulas(family: str, s: int, assumption: str) -> tuple[sp.Poly, sp.Poly]:
     """Polynomials ``F(x, y)`` and ``G(y)`` over ``QQ`` with ``a_ij = F(c_i, c_j)``, ``b_j = G(c_j)``.
 
     With ``p`` the monic polynomial whose roots are the nodes, the collocation matrix is
     ``a_ij = ∫_0^{c_i} ℓ_j`` with the Lagrange basis ``ℓ_j(τ) = p(τ) / ((τ − c_j) p'(c_j))``, and
     ``b_j = ∫_0^1 ℓ_j``; ``(p(τ) − p(y)) / (τ − y)`` is a polynomial and ``1/p'(y)`` an inverse
-    modulo ``p``, so everything is rational arithmetic modulo ``p`` — no splitting field needed.
-    ``D(s)`` is the adjoint relation ``b_i a_ij + b_j â_ji = b_i b_j`` with ``â`` the collocation
-    matrix on the same nodes.
+    modulo ``p``, so everything is rational arithmetic modulo ``p(x)`` and ``p(y)`` — no splitting
+    field needed. ``D(s)`` is the adjoint relation ``b_i a_ij + b_j â_ji = b_i b_j`` with ``â`` the
+    collocation matrix on the same nodes. (Polynomials in ``QQ[x, y]`` throughout: SymPy's
+    expressions took seconds a member to expand and divide.)
     """
+    gens = (_x, _y)
     p = sp.Poly(_node_polynomial(family, s).subs(_t, 2 * _x - 1), _x).monic()
     coeffs = p.all_coeffs()[::-1]  # p_0 .. p_s
-    tau = sp.Symbol("tau")
-    # (p(τ) − p(y)) / (τ − y) = Σ_k p_k Σ_{m<k} τ^m y^(k−1−m)
-    quotient = sp.Add(*(coeffs[k] * tau**m * _y ** (k - 1 - m) for k in range(1, s + 1) for m in range(k)))
-    inverse_dp = sp.invert(p.diff(_x).as_expr().subs(_x, _y), p.as_expr().subs(_x, _y), _y)
-    py, px = p.as_expr().subs(_x, _y), p.as_expr()
+    # ∫_0^x (p(τ) − p(y)) / (τ − y) dτ = Σ_k p_k Σ_{m<k} x^(m+1)/(m+1) y^(k−1−m)
+    integral = sp.Poly.from_dict({(m + 1, k - 1 - m): coeffs[k] / (m + 1) for k in range(1, s + 1) for m in range(k)},
+                                 *gens, domain=QQ)
+    px, py = sp.Poly(p.as_expr(), *gens), sp.Poly(p.as_expr().subs(_x, _y), *gens)
+    inverse_dp = sp.Poly(sp.invert(p.diff(_x).as_expr().subs(_x, _y), py.as_expr(), _y), *gens)
 
-    def reduce(expr):
-        return sp.expand(sp.rem(sp.rem(sp.expand(expr), px, _x), py, _y))
+    def reduce(P):  # the normal form modulo p(x), p(y): a Gröbner basis, their leading terms coprime
+        return sp.reduced(P, [px, py])[1]
 
-    integral = sp.integrate(quotient, (tau, 0, _x))
     F = reduce(integral * inverse_dp)
-    G = reduce(integral.subs(_x, 1) * inverse_dp)
+    G = reduce(sp.Poly(integral.as_expr().subs(_x, 1), *gens) * inverse_dp)
     if assumption == "D":
-        G_inverse_x = sp.invert(G.subs(_y, _x), px, _x)
-        F = reduce(G - G * F.subs({_x: _y, _y: _x}, simultaneous=True) * G_inverse_x)
+        G_inverse_x = sp.Poly(sp.invert(G.as_expr().subs(_y, _x), px.as_expr(), _x), *gens)
+        F_transposed = sp.Poly.from_dict({(j, i): a for (i, j), a in F.terms()}, *gens, domain=QQ)
+        F = reduce(G - G * F_transposed * G_inverse_x)
     return F, G
+
+
+def _at(T: sp.Poly, u: sp.Expr, v: sp.Expr) -> sp.Expr:
+    """``T(u, v)`` for nodes ``c = (1 + u)/2``, ``(1 + v)/2`` given by their roots ``u``, ``v`` in
+    ``t`` (a ``CRootOf`` root, a radical or a rational): the sum of ``T``'s terms, in its exact form."""
+    value = sp.Add(*(a * u**i * v**j for (i, j), a in T.terms()))
+    if all(isinstance(w, (sp.CRootOf, sp.Rational)) for w in (u, v)):
+        return value  # a sum of powers of atoms: expanded already, and nothing to rationalise
+    return _exact_form(value)
 
 
 def _exact_form(value: sp.Expr) -> sp.Expr:
@@ -150,13 +161,16 @@ def _generate(family: str, assumption: str, s: int) -> ButcherTableau:
     c = nodes(family, s)
     if assumption in ("C", "D"):
         F, G = _nodal_formulas(family, s, assumption)
-        A = [[_exact_form(F.subs({_x: ci, _y: cj}, simultaneous=True)) for cj in c] for ci in c]
-        b = [_exact_form(G.subs(_y, cj)) for cj in c]
+        # in the roots t = 2c − 1, which SymPy keeps as atoms: each entry a sum of their powers
+        roots = [sp.expand(2 * ci - 1) for ci in c]
+        half = {_x: (1 + _x) / 2, _y: (1 + _y) / 2}
+        TF, TG = (sp.Poly(P.as_expr().subs(half, simultaneous=True), _x, _y) for P in (F, G))
+        A = [[_at(TF, ti, tj) for tj in roots] for ti in roots]
+        b = [_at(TG, 0, tj) for tj in roots]
         # The same numbers in the nodes' number field, for the exact order and stability checks.
         K, ce = _node_field(family, s, c)
-        PF, PG = sp.Poly(F, _x, _y), sp.Poly(G, _x, _y)
-        exact = ExactCoefficients(K, [[_evaluate(K, PF, ci, cj) for cj in ce] for ci in ce],
-                                  [_evaluate(K, PG, K.one, cj) for cj in ce], ce)
+        exact = ExactCoefficients(K, [[_evaluate(K, F, ci, cj) for cj in ce] for ci in ce],
+                                  [_evaluate(K, G, K.one, cj) for cj in ce], ce)
         return ButcherTableau(A, b, c, _exact=exact)
     if assumption != "IIIC":
         raise ValueError(assumption)

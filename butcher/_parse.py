@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import re
 from fractions import Fraction
+from functools import lru_cache
 from numbers import Rational as _RationalABC
 
 import sympy as sp
@@ -76,21 +77,32 @@ def degree_bound(value: sp.Expr) -> int:
     """An upper bound on the algebraic degree of ``value`` over the rationals: the product of the
     degrees of its radicals ``a^(p/q)`` (``q`` times the bound of ``a``) and of its ``CRootOf``
     roots. Cheap, and never below the true degree."""
-    bound = 1
-    for atom in generators(value):
-        bound *= atom[1]
-    return bound
+    return math.prod(d for _, d in _built_from(value)[1])
 
 
 def generators(value: sp.Expr) -> set:
     """``{(generator, degree bound)}``: the algebraic numbers ``value`` is built from."""
-    out = set()
-    for atom in value.atoms(sp.Pow, sp.CRootOf):
-        if isinstance(atom, sp.CRootOf):
-            out.add((atom, atom.poly.degree()))
-        elif atom.exp.is_Rational and not atom.exp.is_Integer:
-            out.add((atom, int(atom.exp.q) * degree_bound(atom.base)))
-    return out
+    return set(_built_from(value)[1])
+
+
+@lru_cache(maxsize=4096)
+def _built_from(value: sp.Basic) -> tuple[frozenset, frozenset]:
+    """``(rationals, generators)`` of every subexpression of ``value``: ``value.atoms(sp.Rational)``
+    and :func:`generators`, each subexpression visited once however often it recurs. The parser
+    checks its budgets after every operation, on values that share their parts (a file's entries
+    in powers of one named generator ``theta``, which ``atoms`` would walk again each time)."""
+    if isinstance(value, sp.Rational):
+        return frozenset((value,)), frozenset()
+    if isinstance(value, sp.CRootOf):  # its polynomial's coefficients (not its args: SymPy rebuilds them)
+        return frozenset(map(sp.Rational, value.poly.coeffs())), frozenset(((value, value.poly.degree()),))
+    rationals, found = set(), set()
+    for arg in value.args:
+        r, g = _built_from(arg)
+        rationals |= r
+        found |= g
+    if isinstance(value, sp.Pow) and value.exp.is_Rational and not value.exp.is_Integer:
+        found.add((value, int(value.exp.q) * math.prod(d for _, d in _built_from(value.base)[1])))
+    return frozenset(rationals), frozenset(found)
 
 
 def _tokens(text: str, where: str) -> list[tuple[str, str]]:
@@ -192,11 +204,12 @@ class _Parser:
 
     def checked(self, value):
         """The budgets: digits of rationals, algebraic degree (exact parsing only)."""
-        for number in value.atoms(sp.Rational):
+        rationals, found = _built_from(value)
+        for number in rationals:
             if max(abs(number.p), number.q).bit_length() > MAX_DIGITS * 3.33:
                 self.fail(f"a number with more than {MAX_DIGITS} digits")
-        if self.exact and value.has(sp.Pow, sp.CRootOf):
-            degree = degree_bound(value)
+        if self.exact and found:
+            degree = math.prod(d for _, d in found)  # degree_bound(value)
             if degree > MAX_DEGREE:
                 self.fail(f"an algebraic number of degree up to {degree}, more than the exact analysis's "
                           f"budget of {MAX_DEGREE}; {_HINT}", BudgetError)
