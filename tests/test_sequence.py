@@ -146,11 +146,11 @@ _SECOND = [(field, tableau, grad) for field in ("gru-ode", "lstm", "cornn:dt=0.3
            for grad in ("backprop", "checkpoint") if (tableau, grad) != ("rk4", "backprop") or field == "cornn:dt=0.3"]
 
 
-@pytest.mark.parametrize("field, tableau, grad", _SECOND)
-def test_gradgradcheck_through_the_engine(field, tableau, grad):
-    """A backward with create_graph=True (gradient penalties, Hessian–vector products) is itself
-    differentiated: once silently zero for the recurrent weights, now checked against finite
-    differences of the gradient."""
+def _second_order_check(field, tableau, grad):
+    """gradgradcheck of the engine's outputs and final blocks in its inputs, initial blocks and
+    weights, in fast mode: the second derivatives projected on random vectors against finite
+    differences of the projected gradient, a sixth of the full Jacobian's time. A wrong block of
+    the Jacobian shows in almost every projection (``test_the_second_order_check_sees_...``)."""
     torch.manual_seed(13)
     rnn = odernn.ODERNN(_spec(field, tableau, None), 2, 2, grad=grad)
     assert rnn.cells[0].runs_in_engine
@@ -164,7 +164,32 @@ def test_gradgradcheck_through_the_engine(field, tableau, grad):
         hx = state[0] if len(state) == 1 else field_.from_blocks(state)
         out, h_n = torch.func.functional_call(rnn, dict(zip(names, weights)), (x, hx))
         return (out, *field_.to_blocks(h_n))
-    assert torch.autograd.gradgradcheck(run, (x, *blocks, *rnn.parameters()))
+    return torch.autograd.gradgradcheck(run, (x, *blocks, *rnn.parameters()), fast_mode=True)
+
+
+@pytest.mark.parametrize("field, tableau, grad", _SECOND)
+def test_gradgradcheck_through_the_engine(field, tableau, grad):
+    """A backward with create_graph=True (gradient penalties, Hessian–vector products) is itself
+    differentiated: once silently zero for the recurrent weights, now checked against finite
+    differences of the gradient."""
+    assert _second_order_check(field, tableau, grad)
+
+
+def test_the_second_order_check_sees_second_derivatives_that_are_silently_zero(monkeypatch):
+    """The fast check above fails on the engine's old fault: first derivatives right, a graph
+    attached, and every second derivative zero."""
+    import sys
+    from odernn import _engine
+    GradcheckError = sys.modules["torch.autograd.gradcheck"].GradcheckError  # (the name is also the function's)
+
+    def first_order_only(ctx, grad_out, *grad_final):
+        with torch.no_grad():
+            result = _engine._Sequence._backward(ctx, grad_out, *grad_final)
+        zero = sum((t * 0).sum() for t in ctx.saved_tensors if t is not None and t.requires_grad) + (grad_out * 0).sum()
+        return tuple(r if r is None else r + zero for r in result)
+    monkeypatch.setattr(_engine._Sequence, "_differentiable_backward", staticmethod(first_order_only))
+    with pytest.raises(GradcheckError, match="Jacobian mismatch"):
+        _second_order_check("gru-ode", "heun", "backprop")
 
 
 @pytest.mark.parametrize("spec, grad", [("gru-ode:rk4", "backprop"), ("lstm:midpoint", "checkpoint"),
@@ -241,7 +266,7 @@ def test_the_per_token_path_is_twice_differentiable(spec, grad):
 
     def run(x, *weights):
         return torch.func.functional_call(rnn, dict(zip(names, weights)), (x,))[0]
-    assert torch.autograd.gradgradcheck(run, (x, *rnn.parameters()))
+    assert torch.autograd.gradgradcheck(run, (x, *rnn.parameters()), fast_mode=True)  # as _second_order_check
 
 
 def test_first_order_torch_func_through_an_implicit_cell_is_exact_and_forward_mode_is_refused():
