@@ -28,7 +28,7 @@ def catalogue():
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
-    """Building the catalogue takes about 7 s (its Gauss, Radau and Lobatto members are derived
+    """Building the catalogue takes about 8 s (its Gauss, Radau and Lobatto members are derived
     exactly): under pytest-xdist (``--dist loadgroup``, pyproject.toml) the tests that use it run on
     one worker, which builds it once, rather than on every worker.
 

@@ -66,7 +66,7 @@ def test_the_nodes_number_field_holds_each_node_the_root_left_out_of_its_generat
     element written out in the generator took seconds a node.)"""
     from butcher._families import _node_field, nodes
     c = nodes(family, s)
-    K, elements = _node_field(family, s, c)
+    K, elements = _node_field(family, s)
     assert K.ext.minpoly.degree() > 1  # none of these is rational
     x = sp.Symbol("x")
     for node, element in zip(c, elements):
