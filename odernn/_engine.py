@@ -130,6 +130,14 @@ class TokenProgram:
         free = set(field.activation_free_blocks)
         self.group_needs_activation = {g: not set(g) <= free for g in self.groups}
 
+    def carried(self):
+        """What a token's solve takes from the tokens before it (nothing here; see
+        ``ImplicitTokenProgram.carried``)."""
+        return None
+
+    def carry(self, state) -> None:
+        """Start the next token from ``state``, what :meth:`carried` gave."""
+
     @staticmethod
     def eager(program: "TokenProgram") -> "TokenProgram":
         """``program`` with the field's math uncompiled."""
@@ -261,6 +269,8 @@ class AdaptiveTokenProgram:
         self.compiled = compiled
         self.evaluations = 0  # of the last token
 
+    carried, carry = TokenProgram.carried, TokenProgram.carry  # each token's steps start from its own state
+
     @staticmethod
     def eager(program: "AdaptiveTokenProgram") -> "AdaptiveTokenProgram":
         eager = copy.copy(program)
@@ -322,16 +332,20 @@ class _WeightGradient:
 def _forward(program: TokenProgram, C, h, W, b, y: tuple, tapes: list | None = None, starts: list | None = None,
              keep_K: bool = False):
     """``(outputs (T, B, H), final blocks)``; each token's evaluations go on a new tape in ``tapes``,
-    or its starting state into ``starts``, when those lists are given."""
+    or its starting state and what its solve carried from the tokens before (``program.carried``)
+    into ``starts``, when those lists are given."""
     outputs = []
     for t in range(C.shape[0]):
         h_t = h[t] if isinstance(h, torch.Tensor) else h
-        if starts is not None:
-            starts.append(y)
         tape = None
         if tapes is not None:
             tape = _Tape()
             tapes.append(tape)
+        elif starts is not None:
+            starts.append((y, program.carried()))
+            # a tape not kept: its token solved as the backward will solve it again (an implicit
+            # step records F(K) at its solution, which moves the state by up to the tolerance)
+            tape = _Tape()
         y = program.token(y, C[t], h_t, W, b, tape, keep_K)
         outputs.append(y[program.field.output_block])
     return torch.stack(outputs), y
@@ -435,19 +449,28 @@ class _Sequence(torch.autograd.Function):
         grad_h = torch.zeros_like(h) if ctx.keep_K else None
         lam = list(grad_final)
         output_block = program.field.output_block
-        for t in reversed(range(C.shape[0])):
-            if grad_out is not None:
-                g = grad_out[t]
-                lam[output_block] = g if lam[output_block] is None else lam[output_block] + g
-            h_t = h[t] if isinstance(h, torch.Tensor) else h
-            if ctx.recompute:
-                tape = _Tape()
-                program.token(ctx.starts[t], C[t], h_t, W, b, tape, ctx.keep_K)
-            else:
-                tape = ctx.tapes[t]  # kept: a graph retained for a second backward pass reads it again
-            lam, grad_C[t], g_h = program.token_reverse(tape, lam, h_t, W, weight_grad)
-            if g_h is not None:
-                grad_h[t] = g_h
+        # A token solved again starts from what its forward solve carried from the tokens before
+        # (an implicit cell's kept factorisations): the forward's path, so the forward's solution,
+        # where another start can reach another solution of the same stage equations. The backward
+        # leaves the program as it found it, so the next forward is the same in either mode.
+        resume = program.carried()
+        try:
+            for t in reversed(range(C.shape[0])):
+                if grad_out is not None:
+                    g = grad_out[t]
+                    lam[output_block] = g if lam[output_block] is None else lam[output_block] + g
+                h_t = h[t] if isinstance(h, torch.Tensor) else h
+                if ctx.recompute:
+                    tape, (start, carried) = _Tape(), ctx.starts[t]
+                    program.carry(carried)
+                    program.token(start, C[t], h_t, W, b, tape, ctx.keep_K)
+                else:
+                    tape = ctx.tapes[t]  # kept: a graph retained for a second backward pass reads it again
+                lam, grad_C[t], g_h = program.token_reverse(tape, lam, h_t, W, weight_grad)
+                if g_h is not None:
+                    grad_h[t] = g_h
+        finally:
+            program.carry(resume)
         weight_grad.flush()
         grad_C = torch.stack([torch.zeros_like(C[0]) if g is None else g for g in grad_C])
         grad_W = weight_grad.W if weight_grad.W is not None else torch.zeros_like(W)

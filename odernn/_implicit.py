@@ -468,6 +468,14 @@ class ImplicitTokenProgram:
     def eager(program):
         return program
 
+    def carried(self) -> dict:
+        """What a token's solve takes from the tokens before it: the batch-shared factorisations
+        it starts from (``kept``; each is replaced, never changed, so a copy of the dict keeps them)."""
+        return dict(self.kept)
+
+    def carry(self, state: dict) -> None:
+        self.kept = dict(state)
+
     # -- the field through its structure ---------------------------------------------------------
     def _evaluate(self, context, Yf, sizes, W, b):
         """``(f(Y) (N, D), act, y_in, Y blocks)`` at the rows ``Yf`` ``(N, D)``."""
