@@ -116,6 +116,7 @@ class TokenProgram:
     elementwise math fused by ``torch.compile``."""
 
     second_order = True  # its backward can build a graph (by running the sequence again under autograd)
+    taped_differently = False  # whether a token run with a tape ends elsewhere than without one
 
     def __init__(self, cell, compiled: bool = False, scheme=None):
         scheme, field = scheme or cell.scheme, cell.field
@@ -261,6 +262,7 @@ class AdaptiveTokenProgram:
     path). The batch shares its steps, so ``dt`` is one number."""
 
     second_order = True  # its backward re-runs the forward under autograd, the same steps accepted
+    taped_differently = False
 
     def __init__(self, cell, compiled: bool = False):
         self.adaptive, self.field, self.steps = cell.scheme, cell.field, cell.steps
@@ -343,9 +345,8 @@ def _forward(program: TokenProgram, C, h, W, b, y: tuple, tapes: list | None = N
             tapes.append(tape)
         elif starts is not None:
             starts.append((y, program.carried()))
-            # a tape not kept: its token solved as the backward will solve it again (an implicit
-            # step records F(K) at its solution, which moves the state by up to the tolerance)
-            tape = _Tape()
+            if program.taped_differently:  # solved as the backward will solve it again, on a tape not kept
+                tape = _Tape()
         y = program.token(y, C[t], h_t, W, b, tape, keep_K)
         outputs.append(y[program.field.output_block])
     return torch.stack(outputs), y

@@ -448,6 +448,7 @@ class ImplicitTokenProgram:
 
     compiled = False
     second_order = False  # the implicit function theorem's gradient is first order
+    taped_differently = True  # a recorded step takes F(K) at its solution, up to the tolerance from K
 
     def __init__(self, cell, shared: bool = True, solver: str | None = None):
         scheme, field = cell.scheme, cell.field
