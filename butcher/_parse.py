@@ -101,7 +101,7 @@ def _built_from(value: sp.Basic) -> tuple[frozenset, frozenset]:
         rationals |= r
         found |= g
     if isinstance(value, sp.Pow) and value.exp.is_Rational and not value.exp.is_Integer:
-        found.add((value, int(value.exp.q) * math.prod(d for _, d in _built_from(value.base)[1])))
+        found.add((value, int(value.exp.q) * degree_bound(value.base)))
     return frozenset(rationals), frozenset(found)
 
 
@@ -209,7 +209,7 @@ class _Parser:
             if max(abs(number.p), number.q).bit_length() > MAX_DIGITS * 3.33:
                 self.fail(f"a number with more than {MAX_DIGITS} digits")
         if self.exact and found:
-            degree = math.prod(d for _, d in found)  # degree_bound(value)
+            degree = degree_bound(value)
             if degree > MAX_DEGREE:
                 self.fail(f"an algebraic number of degree up to {degree}, more than the exact analysis's "
                           f"budget of {MAX_DEGREE}; {_HINT}", BudgetError)
