@@ -853,6 +853,20 @@ def test_compare_settings_on_one_out_are_compared_as_its_runs_see_them(tmp_path)
             refuse_other_settings(given)
 
 
+@pytest.mark.parametrize("cells, seeds, message", [
+    (["torch-gru"], [0, 1, 0], "a seed given twice"),
+    (["gru-ode:rk4", "torch-gru", "gru-ode:rk4"], [0], "gru-ode:rk4 gru-ode:rk4: a cell given twice"),
+    (["gru-ode:my_tableau.toml", "gru-ode:my:tableau.toml"], [0], "would share one run folder")])
+def test_compare_refuses_a_run_it_would_count_twice(tmp_path, cells, seeds, message):
+    """A run's folder is its cell's and seed's: a cell or seed given twice was one run, and the table
+    counted it twice (seeds 2, ± 0: a spread the runs never had)."""
+    from textlm.compare import CompareConfig
+    with pytest.raises(ValueError, match=message):
+        CompareConfig(out=str(tmp_path), cells=cells, seeds=seeds)
+    code, _, err = run("compare", "--cells", *cells, "--seeds", *map(str, seeds), "--out", str(tmp_path / "x"))
+    assert code == 2 and message in err and err.count("\n") == 1 and not (tmp_path / "x").exists(), err
+
+
 @pytest.mark.slow
 def test_an_interrupted_compare_resumes_its_run_exactly(tmp_path):
     """Ctrl-C in the middle of a run: the comparison stops, the run keeps its checkpoint and no

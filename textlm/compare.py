@@ -90,6 +90,14 @@ class CompareConfig:
             problems.append("give at least one cell and one seed")
         if len(set(self.seeds)) != len(self.seeds):
             problems.append(f"--seeds {' '.join(map(str, self.seeds))}: a seed given twice")
+        folders = {}  # a run's folder is named after its cell: two cells in one would be one run counted twice
+        for cell in self.cells:
+            folders.setdefault(_slug(cell), []).append(cell)
+        for folder, cells in folders.items():
+            if len(cells) > 1:
+                problems.append(f"--cells {' '.join(cells)}: a cell given twice" if len(set(cells)) == 1 else
+                                f"--cells {' and '.join(cells)} would share one run folder ({folder}): give one of "
+                                "them per command")
         if problems:
             raise ValueError("; ".join(problems))
 
