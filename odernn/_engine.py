@@ -125,6 +125,7 @@ class TokenProgram:
         self.math = _FieldMath(field, compiled)
         self.stages, self.weights, self.reverse = scheme.program, scheme.weights, scheme.reverse
         self.error_weights = scheme.error_weights  # an embedded pair's (empty otherwise)
+        self.at_end = scheme.at_end  # the stage whose value is y⁺ (first same as last), or None
         self.steps = cell.steps
         blocks = tuple(range(field.blocks))
         self.groups = tuple((k,) for k in blocks) if cell.partitioned else (blocks,)
@@ -163,9 +164,11 @@ class TokenProgram:
         activations = tape.activations if tape is not None else []
         error = None
         for group in self.groups:
-            K, evaluations = {}, {}
+            K, evaluations, at_end = {}, {}, None
             for i, row in self.stages:
                 Y = self._advance(y, group, h, row, K)
+                if i == self.at_end:
+                    at_end = Y
                 index, made = None, False
                 if self.group_needs_activation[group]:
                     index = self._find(activations, Y)
@@ -179,7 +182,9 @@ class TokenProgram:
                     evaluations[i] = _Evaluation(Y, index, K[i] if keep_K else None, made)
             if error_weights:
                 error = self._advance(tuple(torch.zeros_like(v) for v in y), group, h, error_weights, K)
-            y = self._advance(y, group, h, self.weights, K)
+            # first same as last: y⁺ is that stage's value (the same tensors, so that the next step's
+            # first stage finds its activation)
+            y = at_end if at_end is not None else self._advance(y, group, h, self.weights, K)
             if tape is not None:
                 tape.substeps.append((group, evaluations))
         return y, error
@@ -196,9 +201,11 @@ class TokenProgram:
         return tuple(out)
 
     def _find(self, activations, Y):
+        """The index of the activation made at ``Y``'s recurrent blocks (the same tensors), or None;
+        the latest first (an adaptive token's list is long, and what is found is near its end)."""
         key = tuple(Y[k] for k in self.field.recurrent_blocks)
-        for index, entry in enumerate(activations):
-            if all(a is b for a, b in zip(entry.key, key)):
+        for index in range(len(activations) - 1, -1, -1):
+            if all(a is b for a, b in zip(activations[index].key, key)):
                 return index
         return None
 
@@ -206,17 +213,19 @@ class TokenProgram:
     def token_reverse(self, tape: _Tape, lam: list, h, W, weight_grad: "_WeightGradient"):
         """The reverse sweep of one token: ``lam`` (``∂L/∂y`` after the token, one entry per block,
         ``None`` for zero) becomes ``∂L/∂y`` before it. Returns ``(lam, ∂L/∂context, ∂L/∂h)``;
-        ``∂L/∂h`` (per row) only when the tape kept the stage derivatives."""
+        ``∂L/∂h`` (per row) only when the tape kept the stage derivatives. A substep recorded with
+        its own step size (``(group, evaluations, h)``: an adaptive token's) is reversed with it."""
         field = self.field
         grad_context, grad_h = None, None
         act_grads = {}  # activation index -> the summed gradients of its entries
-        scaled = not isinstance(h, torch.Tensor)  # a float step folds into the coefficients
-        for group, evaluations in reversed(tape.substeps):
+        for group, evaluations, *size in reversed(tape.substeps):
+            step = size[0] if size else h
+            scaled = not isinstance(step, torch.Tensor)  # a float step folds into the coefficients
             lam_plus = list(lam)
             mu = {}
             for i, b_i, row in self.reverse:
                 e = evaluations[i]
-                scale = h if scaled else 1.0
+                scale = step if scaled else 1.0
                 kappa = []
                 for slot, k in enumerate(group):
                     terms = [(scale * b_i, lam_plus[k])] + [(scale * a, mu[j][k] if mu[j] else None) for j, a in row]
@@ -227,8 +236,9 @@ class TokenProgram:
                             term = (kap * K).sum(dim=-1, keepdim=True)
                             grad_h = term if grad_h is None else grad_h + term
                 if not scaled:
-                    kappa = [None if kap is None else kap * h for kap in kappa]
-                if all(kap is None for kap in kappa):
+                    kappa = [None if kap is None else kap * step for kap in kappa]
+                finishes = e.makes_activation and e.activation in act_grads  # later users' gradients wait here
+                if all(kap is None for kap in kappa) and not finishes:  # (FSAL's last stage: b = 0, used after)
                     mu[i] = None
                     continue
                 kappa = [torch.zeros_like(e.Y[k]) if kap is None else kap for kap, k in zip(kappa, group)]
@@ -256,10 +266,12 @@ class TokenProgram:
 class AdaptiveTokenProgram:
     """One token of an adaptive cell (an embedded explicit pair with error control) in the engine:
     the forward takes the steps the error controller accepts (``AdaptiveScheme.control``, the loop
-    the per-token cell runs, so the same steps), each on its own tape with its step size; the
-    backward is the explicit reverse sweep over the accepted steps, last first (the discrete
+    the per-token cell runs, so the same steps), the accepted ones on the token's tape with their
+    step sizes; the backward is the explicit reverse sweep over them, last first (the discrete
     adjoint of the steps taken; the step-size choices are not differentiated, as on the per-token
-    path). The batch shares its steps, so ``dt`` is one number."""
+    path). The batch shares its steps, so ``dt`` is one number. Neither path evaluates the field
+    twice at one state: a retry's first stage is its rejected attempt's, and a first-same-as-last
+    pair's next step starts from its last stage's evaluation."""
 
     second_order = True  # its backward re-runs the forward under autograd, the same steps accepted
     taped_differently = False
@@ -280,24 +292,47 @@ class AdaptiveTokenProgram:
         return eager
 
     def token(self, y: tuple, context, h, W, b, tape: _Tape | None = None, keep_K: bool = False) -> tuple:
-        attempts = []
+        # The token's attempts share one record of activations: an attempt's first stage is at a
+        # state an earlier attempt evaluated already (a rejected step's start, or an accepted one's
+        # end where the pair is first same as last) and finds its activation there. What a rejected
+        # attempt made is dropped, but for that one; without a tape, all but it after every step.
+        record = tape if tape is not None else _Tape()
+        last = {}
 
         def attempt(y, step):
-            attempts.append(_Tape() if tape is not None else None)
-            return self.base.step(y, context, step, W, b, attempts[-1], False, self.base.error_weights)
+            if "mark" in last:  # the last attempt was rejected: this one starts where it did
+                self._forget(record, last["mark"], y)
+            last["mark"] = mark = (len(record.activations), len(record.substeps))
+            y_new, error = self.base.step(y, context, step, W, b, record, False, self.base.error_weights)
+            record.substeps[mark[1]:] = [(group, evaluations, step) for group, evaluations in record.substeps[mark[1]:]]
+            last["end"] = y_new
+            return y_new, error, len(record.activations) - mark[0]
 
         def accepted(step):
-            if tape is not None:
-                tape.substeps.append((attempts[-1], step))
+            del last["mark"]
+            if tape is None:
+                self._forget(record, (0, 0), last["end"])
         y, self.evaluations = self.adaptive.control(attempt, y, h * self.steps, h, accepted=accepted)
+        # the reverse sweep finishes an activation (through W) at its first user, which it reverses last
+        seen = set()
+        for _, evaluations, _ in record.substeps:
+            for e in evaluations.values():
+                if e.activation is not None:
+                    e.makes_activation = e.activation not in seen
+                    seen.add(e.activation)
         return y
 
+    def _forget(self, record: _Tape, mark: tuple, state: tuple) -> None:
+        """Drop the activations and substeps recorded since ``mark`` but an activation at ``state``,
+        where the next attempt starts."""
+        index = self.base._find(record.activations, state)
+        kept = record.activations[index] if index is not None and index >= mark[0] else None
+        del record.activations[mark[0]:], record.substeps[mark[1]:]
+        if kept is not None:
+            record.activations.append(kept)
+
     def token_reverse(self, tape: _Tape, lam: list, h, W, weight_grad):
-        grad_context = None
-        for attempt, step in reversed(tape.substeps):
-            lam, g_context, _ = self.base.token_reverse(attempt, lam, step, W, weight_grad)
-            if g_context is not None:
-                grad_context = g_context if grad_context is None else grad_context + g_context
+        lam, grad_context, _ = self.base.token_reverse(tape, lam, h, W, weight_grad)
         return lam, grad_context, None
 
 

@@ -77,22 +77,32 @@ class ExplicitScheme:
         # the reverse sweep (the discrete adjoint, see butcher._program): κ_i = h (b_i λ⁺ + Σ a_ji μ_j)
         self.reverse = list(program.reverse().stages)
         self.evaluations = program.evaluations
+        # the stage evaluated at the step's start (f(y)), and the one evaluated at the update's own
+        # combination (first same as last: Dormand–Prince, Bogacki–Shampine, Tsitouras), whose
+        # derivative f(y⁺) is the next step's first stage: an error-controlled loop evaluates
+        # neither twice (a rejected step's retry starts where it started, an accepted one's successor
+        # where it ended)
+        self.at_start = next((i for i, row in self.program if not row), None)
+        self.at_end = next((i for i, row in self.program if row and list(row) == self.weights), None)
 
-    def _stages(self, f: Field, y: Blocks, h) -> dict:
+    def _stages(self, f: Field, y: Blocks, h, first: Blocks | None = None) -> dict:
         K: dict[int, Blocks] = {}
         for i, row in self.program:
-            K[i] = f(_combine_blocks(y, h, [(a, K[j]) for j, a in row]))
+            K[i] = first if i == self.at_start and first is not None else f(
+                _combine_blocks(y, h, [(a, K[j]) for j, a in row]))
         return K
 
     def step(self, f: Field, y: Blocks, h) -> Blocks:
         K = self._stages(f, y, h)
         return _combine_blocks(y, h, [(w, K[i]) for i, w in self.weights])
 
-    def step_with_error(self, f: Field, y: Blocks, h) -> tuple[Blocks, Blocks]:
-        """``(y⁺, y⁺ − ŷ⁺)``: the step and the embedded local-error estimate."""
-        K = self._stages(f, y, h)
+    def step_with_error(self, f: Field, y: Blocks, h, first: Blocks | None = None) -> tuple[Blocks, Blocks, dict]:
+        """``(y⁺, y⁺ − ŷ⁺, K)``: the step, the embedded local-error estimate and the stage derivatives
+        by stage; ``first``: ``f(y)`` where it is known already (not evaluated again)."""
+        K = self._stages(f, y, h, first)
         zero = tuple(torch.zeros_like(block) for block in y)
-        return _combine_blocks(y, h, [(w, K[i]) for i, w in self.weights]), _combine_blocks(zero, h, [(w, K[i]) for i, w in self.error_weights])
+        return (_combine_blocks(y, h, [(w, K[i]) for i, w in self.weights]),
+                _combine_blocks(zero, h, [(w, K[i]) for i, w in self.error_weights]), K)
 
 
 class StepSizeUnderflow(RuntimeError):
@@ -118,23 +128,31 @@ class AdaptiveScheme:
         """``y`` after ``interval``; only the first ``controlled`` blocks (default all, each
         ``(B, …)``) enter the error norm — a seminorm, as for the parameter-gradient blocks of an
         adjoint solve, which do not feed back into the dynamics."""
-        y, self.evaluations = self.control(lambda y, h: self.scheme.step_with_error(f, y, h), y, interval,
-                                           initial_step, controlled)
+        scheme, known = self.scheme, []  # (state, f(state)) from the last attempt: its start and, FSAL, its end
+
+        def attempt(y, h):
+            first = next((K for state, K in known if state is y), None)
+            y_new, error, K = scheme.step_with_error(f, y, h, first)
+            known[:] = [(y, K[scheme.at_start])] if scheme.at_start is not None else []
+            if scheme.at_end is not None:
+                known.append((y_new, K[scheme.at_end]))
+            return y_new, error, scheme.evaluations - (first is not None)
+        y, self.evaluations = self.control(attempt, y, interval, initial_step, controlled)
         return y
 
     def control(self, attempt, y: Blocks, interval: float, initial_step: float, controlled: int | None = None,
                 accepted=None) -> tuple[Blocks, int]:
         """The error-controlled loop over ``interval``, the one of every adaptive path:
-        ``attempt(y, h) -> (y⁺, y⁺ − ŷ⁺)`` takes a step; ``accepted(h)`` (if given) hears of each step
-        kept. Returns ``(y, field evaluations)``."""
+        ``attempt(y, h) -> (y⁺, y⁺ − ŷ⁺, field evaluations)`` takes a step; ``accepted(h)`` (if
+        given) hears of each step kept. Returns ``(y, field evaluations)``."""
         tau, h = 0.0, min(initial_step, interval)  # no memory between calls: a call is reproducible
         evaluations = 0
         for _ in range(self.max_steps):
             if tau >= interval * (1 - 1e-12):
                 break
             h = min(h, interval - tau)
-            y_new, error = attempt(y, h)
-            evaluations += self.scheme.evaluations
+            y_new, error, count = attempt(y, h)
+            evaluations += count
             with torch.no_grad():
                 ratios = [(e / (self.atol + self.rtol * torch.maximum(a.abs(), b.abs()))).square()
                           for e, a, b in list(zip(error, y, y_new))[:controlled]]

@@ -266,18 +266,34 @@ def test_backward_euler_is_stable_where_forward_euler_explodes():
 # --- adaptive stepping with embedded pairs ------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["dopri5", "bs3", "cash-karp", "tsit5"])
-def test_adaptive_error_follows_the_tolerance(name, smooth_problem):
+def test_adaptive_error_follows_the_tolerance(name, smooth_problem, monkeypatch):
+    """The error falls with the tolerance, the work grows, and ``nfe`` is the field's calls: no state
+    is evaluated twice — a retry reuses its rejected attempt's first stage, and a first-same-as-last
+    pair (all but Cash–Karp here) its last accepted step's final stage, so each attempt costs one
+    evaluation fewer than the pair's stages, and each token one more for its start."""
     module, x, h0, exact = smooth_problem
+    calls = {"field": 0, "attempts": 0}
+    module.register_forward_hook(lambda *_: calls.__setitem__("field", calls["field"] + 1))
+    step_with_error = odernn.ExplicitScheme.step_with_error
+
+    def counted(self, *args):
+        calls["attempts"] += 1
+        return step_with_error(self, *args)
+    monkeypatch.setattr(odernn.ExplicitScheme, "step_with_error", counted)
     field = odernn.ModuleField(module, 4, 4)
+    scheme = odernn.ExplicitScheme(butcher.get(name), embedded=True)
     errors, nfes = [], []
     with torch.no_grad():
         for tol in (1e-4, 1e-6, 1e-8, 1e-10):
             cell = odernn.ODECell(field, name, dt=1.0, rtol=tol, atol=tol)
+            calls.update(field=0, attempts=0)
             errors.append((cell(x, h0) - exact).abs().max().item())
             nfes.append(cell.nfe)
+            starts = cell.nfe - (scheme.evaluations - 1) * calls["attempts"]  # the evaluations at a step's start
+            assert cell.nfe == calls["field"] and (starts == 1 if scheme.at_end is not None else
+                                                   1 <= starts < calls["attempts"]), (tol, cell.nfe, calls)
     assert all(e2 < e1 for e1, e2 in zip(errors, errors[1:])) and errors[-1] < 1e-8
     assert all(n2 > n1 for n1, n2 in zip(nfes, nfes[1:]))
-    assert nfes[0] % odernn.ExplicitScheme(butcher.get(name), embedded=True).evaluations == 0
 
 
 def test_adaptive_gradcheck_and_reproducibility():

@@ -73,6 +73,12 @@ def test_accuracy_vs_compute_smoke(tmp_path):
     evaluations = {k: float(v[0]) for k, v in table.items()}
     assert evaluations["euler"] == 1 and evaluations["rk4:steps=2"] == 8  # exact counts of fixed-step solvers
     assert evaluations["dopri5:rtol=1e-7"] > evaluations["dopri5:rtol=1e-1"]
+    # the trained run's training step, as benchmarks/run_step_speed.py times it: Dormand–Prince
+    # costs 1 evaluation a token and 6 a step tried (its last stage is the next step's first)
+    import re
+    out = script(ROOT / "benchmarks" / "run_step_speed.py", tmp_path / "run", "--batches", "1")
+    nfe, speed = re.search(r"([\d.]+) field evaluations per token \(mean\), ([\d,]+) tokens/s", out).groups()
+    assert (float(nfe) - 1) / 6 >= 1 and float(speed.replace(",", "")) > 0, out
 
 
 def test_adjoint_memory_smoke():

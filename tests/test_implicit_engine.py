@@ -64,10 +64,12 @@ def test_the_engine_equals_the_per_token_cell_outputs_and_gradients(spec, grad):
     cell = rnn.cells[0]
     assert in_engine(cell), spec
     inputs = [x, *blocks, *rnn.parameters()]
-    ours = _gradients(_engine_run(rnn, x, blocks), inputs)
+    ours, nfe = _gradients(_engine_run(rnn, x, blocks), inputs), cell.nfe
     reference = _gradients(_reference_loop(cell, x, blocks), inputs)
     for a, b in zip(ours, reference):
         assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max()), spec
+    if "rtol" in spec:  # adaptive: the same steps and the same evaluations, none repeated (test_cells)
+        assert nfe == cell.nfe, (nfe, cell.nfe)
 
 
 @pytest.mark.parametrize("spec, gain, H, batches", [
