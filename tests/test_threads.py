@@ -36,7 +36,13 @@ for spec, H, rows, path in (("gru-ode:alexander2", 160, 160, "engine"), ("gru-od
                 outs.append(state)
             out = torch.stack(outs)
         runs.append([out.detach(), *torch.autograd.grad(out.square().sum(), [x, *rnn.parameters()])])
-    report[spec] = [rows, max((a - b).abs().max().item() for a, b in zip(*runs))]
+    same = None
+    if spec == "gru-ode:alexander2":  # grad="checkpoint" on two threads: each token solved as its forward did
+        rnn.grad = "checkpoint"
+        out, _ = rnn(x)
+        again = [out.detach(), *torch.autograd.grad(out.square().sum(), [x, *rnn.parameters()])]
+        same = all(torch.equal(a, b) for a, b in zip(again, runs[-1]))
+    report[spec] = [rows, max((a - b).abs().max().item() for a, b in zip(*runs)), same]
 print(json.dumps(report))
 """
 
@@ -101,11 +107,15 @@ def reports() -> dict:
 def test_implicit_cells_give_the_same_results_on_one_and_two_threads(reports):
     """Stage systems of 128–384 rows, real and complex, in the engine and on the per-token path:
     outputs and every gradient equal to 1e-9 (past 150 rows they crashed or hung with two threads
-    before ``odernn._linalg``)."""
+    before ``odernn._linalg``); in the engine, ``grad="checkpoint"`` on two threads equals backprop
+    bit for bit, as on one (tests/test_implicit_engine.py; checked on SDIRK, whose checkpointed
+    backward once reached another solution)."""
     report = reports["implicit"]
     assert len(report) == 4
-    for spec, (rows, difference) in report.items():
+    for spec, (rows, difference, same) in report.items():
         assert difference <= 1e-9, f"{spec} ({rows} rows): {difference:.2e}"
+        assert same is not False, f"{spec}: checkpoint and backprop differ on two threads"
+    assert report["gru-ode:alexander2"][2] is True
 
 
 @pytest.mark.slow
