@@ -59,14 +59,17 @@ def main(argv=None) -> None:
         return y, evaluations
     odernn.AdaptiveScheme.control = counting
     times = []
-    for i in range(args.batches + 1):  # the first allocates: not counted
-        start = i * bptt % max(1, data.shape[1] - bptt - 1)
-        x, y = data[:, start:start + bptt], data[:, start + 1:start + bptt + 1]
-        model.zero_grad()
-        began = time.perf_counter()
-        _, loss, _ = model(x, y)
-        loss.backward()
-        times.append(time.perf_counter() - began)
+    try:
+        for i in range(args.batches + 1):  # the first allocates: not counted
+            start = i * bptt % max(1, data.shape[1] - bptt - 1)
+            x, y = data[:, start:start + bptt], data[:, start + 1:start + bptt + 1]
+            model.zero_grad()
+            began = time.perf_counter()
+            _, loss, _ = model(x, y)
+            loss.backward()
+            times.append(time.perf_counter() - began)
+    finally:
+        odernn.AdaptiveScheme.control = control
     median = statistics.median(times[1:])
     nfe = (f"{counted['evaluations'] / counted['tokens']:.1f} field evaluations per token (mean)" if counted["tokens"]
            else f"{model.nfe_per_token()} field evaluations per token (the last)")

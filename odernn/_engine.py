@@ -66,7 +66,8 @@ class _Evaluation:
 @dataclass
 class _Tape:
     activations: list = dataclass_field(default_factory=list)
-    substeps: list = dataclass_field(default_factory=list)  # (group, {stage: _Evaluation}) in order
+    # (group, {stage: _Evaluation}) in order; an adaptive token's (group, {stage: _Evaluation}, its step size)
+    substeps: list = dataclass_field(default_factory=list)
 
 
 def _compiled(function):
@@ -294,8 +295,9 @@ class AdaptiveTokenProgram:
     def token(self, y: tuple, context, h, W, b, tape: _Tape | None = None, keep_K: bool = False) -> tuple:
         # The token's attempts share one record of activations: an attempt's first stage is at a
         # state an earlier attempt evaluated already (a rejected step's start, or an accepted one's
-        # end where the pair is first same as last) and finds its activation there. What a rejected
-        # attempt made is dropped, but for that one; without a tape, all but it after every step.
+        # end where the pair is first same as last) and finds its activation there. A rejected
+        # attempt's activations are dropped but the one at its start, where its retry starts;
+        # without a tape, after each accepted step all are dropped but the one at its end (if any).
         record = tape if tape is not None else _Tape()
         last = {}
 

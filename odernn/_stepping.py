@@ -82,14 +82,26 @@ class ExplicitScheme:
         # derivative f(y⁺) is the next step's first stage: an error-controlled loop evaluates
         # neither twice (a rejected step's retry starts where it started, an accepted one's successor
         # where it ended)
+        self._derive()
+
+    def _derive(self) -> None:
         self.at_start = next((i for i, row in self.program if not row), None)
         self.at_end = next((i for i, row in self.program if row and list(row) == self.weights), None)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "at_end" not in state:  # pickled before they were derived
+            self._derive()
 
     def _stages(self, f: Field, y: Blocks, h, first: Blocks | None = None) -> dict:
         K: dict[int, Blocks] = {}
         for i, row in self.program:
-            K[i] = first if i == self.at_start and first is not None else f(
-                _combine_blocks(y, h, [(a, K[j]) for j, a in row]))
+            if not row and first is not None:  # a stage at the step's start: f(y), evaluated once
+                K[i] = first
+                continue
+            K[i] = f(_combine_blocks(y, h, [(a, K[j]) for j, a in row]))
+            if not row:
+                first = K[i]
         return K
 
     def step(self, f: Field, y: Blocks, h) -> Blocks:
@@ -129,14 +141,19 @@ class AdaptiveScheme:
         ``(B, …)``) enter the error norm — a seminorm, as for the parameter-gradient blocks of an
         adjoint solve, which do not feed back into the dynamics."""
         scheme, known = self.scheme, []  # (state, f(state)) from the last attempt: its start and, FSAL, its end
+        calls = [0]
+
+        def counted(blocks):
+            calls[0] += 1
+            return f(blocks)
 
         def attempt(y, h):
-            first = next((K for state, K in known if state is y), None)
-            y_new, error, K = scheme.step_with_error(f, y, h, first)
+            first, calls[0] = next((K for state, K in known if state is y), None), 0
+            y_new, error, K = scheme.step_with_error(counted, y, h, first)
             known[:] = [(y, K[scheme.at_start])] if scheme.at_start is not None else []
             if scheme.at_end is not None:
                 known.append((y_new, K[scheme.at_end]))
-            return y_new, error, scheme.evaluations - (first is not None)
+            return y_new, error, calls[0]
         y, self.evaluations = self.control(attempt, y, interval, initial_step, controlled)
         return y
 

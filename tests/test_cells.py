@@ -296,6 +296,47 @@ def test_adaptive_error_follows_the_tolerance(name, smooth_problem, monkeypatch)
     assert all(n2 > n1 for n1, n2 in zip(nfes, nfes[1:]))
 
 
+def test_a_pair_with_two_stages_at_the_start_evaluates_there_once_on_both_paths():
+    """A user's pair whose first two stages are both ``f(y)``: one evaluation there, and ``nfe`` the
+    field's calls, on the per-token path; the engine's count equal to it, as its outputs are."""
+    from test_sequence import cell_loop
+    pair = butcher.ButcherTableau([[0, 0, 0], [0, 0, 0], ["1/2", "1/2", 0]], ["1/4", "1/4", "1/2"],
+                                  b_hat=["1/2", "1/2", 0])
+    assert [row for _, row in odernn.ExplicitScheme(pair, embedded=True).program][:2] == [(), ()]
+    for spec in ("rnn", "lstm"):
+        torch.manual_seed(0)
+        cell = odernn.ODECell(odernn.cell(spec + ":euler", 3, 4).field.double(), pair, rtol=1e-3, atol=1e-5)
+        x = torch.randn(5, 2, 3, dtype=torch.float64)
+        blocks = tuple(torch.zeros(2, 4, dtype=torch.float64) for _ in range(cell.t))
+        engine, _ = odernn._engine.run_sequence(cell, x, blocks, 1.0)
+        nfe = cell.nfe  # the last token's
+        _, before = cell_loop(cell, x[:4], None)
+        calls = [0]
+        hook = cell.field.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        try:
+            cell(x[4], cell.field.from_blocks(before))
+        finally:
+            hook.remove()
+        reference, _ = cell_loop(cell, x, None)
+        assert (engine - reference).abs().max() < 1e-12, spec
+        assert nfe == cell.nfe == calls[0], (spec, nfe, cell.nfe, calls)
+
+
+def test_a_cell_pickled_before_its_scheme_derived_its_shared_stages_still_runs():
+    """``ExplicitScheme.at_start``/``at_end`` (the stages an error-controlled loop shares) are derived
+    on unpickling a scheme saved without them."""
+    import pickle
+    torch.manual_seed(0)
+    for spec in ("gru-ode:dopri5:rtol=1e-5", "gru-ode:rk4"):
+        rnn = odernn.ODERNN(spec, 3, 4, dtype=torch.float64)
+        x = torch.randn(4, 2, 3, dtype=torch.float64)
+        expected = rnn(x)[0]
+        scheme = rnn.cells[0].scheme
+        scheme = getattr(scheme, "scheme", scheme)
+        del scheme.at_start, scheme.at_end  # as a pickle from before they existed holds it
+        assert torch.equal(pickle.loads(pickle.dumps(rnn))(x)[0], expected), spec
+
+
 def test_adaptive_gradcheck_and_reproducibility():
     torch.manual_seed(10)
     cell = odernn.cell("gru-ode:dopri5:rtol=1e-10:atol=1e-12:dt=2", 2, 3)
