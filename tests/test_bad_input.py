@@ -189,6 +189,8 @@ def test_bad_training_input(tmp_path, args, message):
         args += ["--max-tokens", "256"]
     code, _, err = run("train", *args, "--no-progress")
     assert code == 2 and message in err and err.count("\n") == 1, err
+    out = Path(args[args.index("--out") + 1])  # a refused run leaves no folder: it is made when the run starts
+    assert not out.exists() or out == places["FILE"], sorted(out.iterdir())
 
 
 @pytest.fixture(scope="module")

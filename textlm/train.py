@@ -199,11 +199,14 @@ class TrainConfig(ModelOptions):
         return ModelConfig(vocab_size=vocab_size, **{f.name: getattr(self, f.name) for f in fields(ModelOptions)})
 
 
-def _run_folder(out: str) -> Path:
-    """``--out`` as a folder that exists (made if need be)."""
+def _run_folder(out: str, make: bool = True) -> Path:
+    """``--out`` as a folder that exists (with ``make``, made if need be: once nothing stands in the
+    way of the run, so that a command refused leaves no folder behind)."""
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out {folder} is a file, not a folder")
+    if not make:
+        return folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -317,11 +320,11 @@ class Trainer:
                             "its config's")
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
-        self.out = _run_folder(config.out)
+        self.out = _run_folder(config.out, make=False)
         self.checkpoint_path = self.out / "checkpoint.pt"
         self.best_path = self.out / "best.pt"  # with --patience: the weights of the best periodic validation
         saved = None
-        if not resume and self.rank == 0:  # under the lock: a run writing there is named as such
+        if not resume and self.rank == 0 and self.out.is_dir():  # under the lock: a run writing there is named
             with RunLock(self.out):
                 _refuse_another_runs_folder(self.out)
         if resume:
@@ -361,6 +364,7 @@ class Trainer:
                 raise ValueError(f"the run in {self.out} has trained for {p.elapsed:,.1f} s; a --max-seconds "
                                  f"{config.max_seconds:g} budget ended before that: give one of at least that")
         self.module = self._parallel()
+        _run_folder(config.out)
 
     # -- setup -------------------------------------------------------------------------------------
     def _check_jacobian_penalty(self) -> None:
