@@ -867,6 +867,15 @@ def test_compare_refuses_a_run_it_would_count_twice(tmp_path, cells, seeds, mess
     assert code == 2 and message in err and err.count("\n") == 1 and not (tmp_path / "x").exists(), err
 
 
+@pytest.mark.parametrize("option", [["--bptt", "60000"], ["--batch-size", "60000"]])
+def test_a_compare_its_corpus_cannot_train_is_refused_before_it_writes(tmp_path, option):
+    """Too few tokens for one step of the runs: one line, exit 2, no folder — not a run failing
+    with the message after the comparison made its folders."""
+    code, _, err = run("compare", "--text", _small_corpus(tmp_path), "--cells", "gru-ode:euler", "--seeds", "0",
+                       *option, "--out", str(tmp_path / "x"))
+    assert code == 2 and err.count("\n") == 1 and ("longer than" in err or "too few" in err), err
+    assert not (tmp_path / "x").exists()
+
 @pytest.mark.slow
 def test_an_interrupted_compare_resumes_its_run_exactly(tmp_path):
     """Ctrl-C in the middle of a run: the comparison stops, the run keeps its checkpoint and no

@@ -516,6 +516,8 @@ def compare(config: CompareConfig, progress=print, bars: bool = False) -> tuple[
     from .data import load_corpus
     refuse_other_settings(config)
     corpus = load_corpus(config.corpus, config.text, config.level, config.data_root)
+    from .train import training_streams
+    training_streams(corpus.train, config.batch_size, config.bptt)  # every run's: refused before any is made
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))

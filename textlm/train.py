@@ -217,6 +217,17 @@ def _run_folder(out: str, make: bool = True) -> Path:
 RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "result.json")  # what a run writes into its --out
 
 
+def training_streams(train: torch.Tensor, batch_size: int, bptt: int) -> tuple[torch.Tensor, int]:
+    """The training tokens as ``batch_size`` streams ``(batch_size, N)``, and the steps of ``bptt``
+    tokens in one epoch of them; a ``ValueError`` where there is not one."""
+    rows = batchify(train, batch_size)
+    steps = (rows.shape[1] - 1) // bptt
+    if steps < 1:
+        raise ValueError(f"--bptt {bptt} is longer than each of the {batch_size} training streams "
+                         f"({rows.shape[1]} tokens)")
+    return rows, steps
+
+
 def _refuse_another_runs_folder(folder: Path) -> None:
     """A new run does not write over one that is there: its checkpoint would be replaced and its
     records mixed with the new run's in one ``metrics.jsonl``."""
@@ -382,13 +393,9 @@ class Trainer:
         if c.batch_size % self.world:
             raise ValueError(f"--batch-size {c.batch_size} is not divisible by {self.world} processes")
         train = self.corpus.train if c.train_tokens is None else self.corpus.train[: c.train_tokens]
-        rows = batchify(train, c.batch_size)
+        rows, self.steps_per_epoch = training_streams(train, c.batch_size, c.bptt)
         share = c.batch_size // self.world
         self.data = rows[self.rank * share:(self.rank + 1) * share].to(self.device)
-        self.steps_per_epoch = (rows.shape[1] - 1) // c.bptt
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"--bptt {c.bptt} is longer than each of the {c.batch_size} training streams "
-                             f"({rows.shape[1]} tokens)")
         if c.epochs is not None:
             self.total_steps = c.epochs * self.steps_per_epoch
             c.max_tokens = self.total_steps * c.batch_size * c.bptt

@@ -124,6 +124,8 @@ def cmd_compare(args) -> int:
                                  bars=not args.no_progress)
     except CompareError as err:
         raise CLIError(f"{err}; the finished runs are kept: run the same command again to resume") from None
+    except ValueError as err:  # the corpus cannot hold one training step of the runs
+        raise CLIError(str(err)) from None
     with busy("drawing the learning curves and each ODE cell's stability region at its final weights"):
         written = plots(config, rows)
     print(markdown)
