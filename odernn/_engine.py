@@ -459,7 +459,7 @@ class _Sequence(torch.autograd.Function):
         C, h, W, b, y0 = _Sequence._saved(ctx)
         inputs = (C, h, W, b, *y0)
         wanted = [k for k, needed in enumerate(ctx.needs_input_grad[3:]) if needed]
-        program = TokenProgram.eager(ctx.program)  # compiled kernels have no double backward
+        program = ctx.program.eager(ctx.program)  # compiled kernels have no double backward (each kind its own)
 
         def sequence(*chosen):
             args = list(inputs)

@@ -268,6 +268,32 @@ def traced_not_built(monkeypatch):
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("spec", ["gru-ode:rk4", "gru-ode:dopri5:rtol=1e-6"])
+def test_second_derivatives_through_compiled_math_run_it_eagerly(monkeypatch, spec):
+    """A graph-building backward runs the sequence again with the field's math uncompiled (a
+    compiled function's backward is not differentiable again), an adaptive cell's too: its steps'
+    program is inside it (the adaptive cell raised, Dynamo refusing the second pass). AOTAutograd's
+    ``aot_eager`` backend traces as Inductor does, without building kernels."""
+    import functools
+
+    import torch._dynamo
+    from odernn import _engine
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    monkeypatch.setattr(_engine._FieldMath, "_compiled", {})
+    try:
+        results = []
+        for compiled in (False, True):
+            torch.manual_seed(0)
+            rnn = odernn.ODERNN(spec, 3, 4, fused=False, compile_elementwise=compiled).double()
+            x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+            out, _ = rnn(x)
+            g, = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+            results.append(torch.autograd.grad(g.square().sum(), [x, *rnn.parameters()]))
+        assert all((a - b).abs().max() < 1e-12 for a, b in zip(*results))
+    finally:
+        torch._dynamo.reset()
+
+
 def test_compiled_math_keeps_no_field_alive(traced_not_built):
     import gc
     import weakref
